@@ -1,0 +1,31 @@
+# Two commands: `make up` (whole stack in the background) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: up down status test logs bench clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+up: $(STAMP) ## install what is missing, start everything, print the URLs
+	$(PY) -m stack.stack up
+
+down: ## stop what `make up` started
+	@if test -x $(PY); then $(PY) -m stack.stack down; else $(PYTHON) -m stack.stack down; fi
+
+status: ## show each part
+	@$(PYTHON) -m stack.stack status
+
+test: $(STAMP) ## start what tests need (own vhost, databases, ports) and run pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+logs:
+	@tail -n 50 var/log/*.log
+
+clean: down
+	rm -rf var

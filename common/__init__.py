@@ -1,0 +1,1 @@
+"""What every service and the gateway must agree on: events, errors, bus topology, Mongo access, config."""

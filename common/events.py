@@ -1,0 +1,191 @@
+"""Event names and payload schemas: the bus contract every publisher and subscriber shares.
+
+Every event carries ``event_id`` (uuid4 hex), ``occurred_at`` (ISO 8601 UTC) and, where one
+applies, ``organization_id``. Publishers build payloads with :func:`make_event`, which validates
+against the schema below, so a malformed event never leaves a service.
+"""
+import uuid
+from datetime import datetime, timezone
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+ROLES = ("member", "dataset_manager", "admin")
+PLAN_NAMES = ("personal", "team", "power", "team_trial", "power_trial", "custom")
+
+# (source service, event type) -- the exchange is "<source>.events", the routing key the type.
+ORGANIZATION_CREATED = ("org", "organization_created")
+ORGANIZATION_RENAMED = ("org", "organization_renamed")
+PLAN_CHANGED = ("org", "plan_changed")
+ORGANIZATION_DELETION_REQUESTED = ("org", "organization_deletion_requested")
+ORGANIZATION_DELETED = ("org", "organization_deleted")
+MEMBER_JOINED = ("membership", "member_joined")
+MEMBER_LEFT = ("membership", "member_left")
+MEMBER_ROLE_CHANGED = ("membership", "member_role_changed")
+OWNERSHIP_TRANSFERRED = ("membership", "ownership_transferred")
+INVITE_CREATED = ("membership", "invite_created")
+ACCESS_REVOKED = ("membership", "access_revoked")
+STORAGE_UPDATED = ("usage", "storage_updated")
+CREDITS_CHANGED = ("usage", "credits_changed")
+AI_JOB_COMPLETED = ("usage", "ai_job_completed")
+
+
+def organization_purged(service):
+    return (service, "organization_purged")
+
+
+class EventSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # subscribers tolerate fields added by newer publishers
+
+    event_id = fields.String(required=True)
+    occurred_at = fields.String(required=True)
+    organization_id = fields.String(allow_none=True)
+
+
+class PlanSchema(Schema):
+    name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
+    included_users = fields.Integer(allow_none=True, required=True)
+    included_storage_bytes = fields.Integer(allow_none=True, required=True)
+    paid_until = fields.String(allow_none=True, required=True)
+
+
+class OrganizationCreated(EventSchema):
+    name = fields.String(required=True)
+    owner_user_id = fields.String(required=True)
+    # Extensions beyond the contract's minimum, so subscribers need not ask back.
+    owner_email = fields.String()
+    owner_name = fields.String()
+    plan = fields.Nested(PlanSchema)
+    created_at = fields.String()
+
+
+class OrganizationRenamed(EventSchema):
+    name = fields.String(required=True)
+
+
+class PlanChanged(EventSchema):
+    plan = fields.Nested(PlanSchema, required=True)
+    old_plan = fields.Nested(PlanSchema, allow_none=True)
+
+
+class OrganizationDeletionRequested(EventSchema):
+    name = fields.String(required=True)
+    requested_by = fields.String(required=True)
+    owner_email = fields.String(allow_none=True)
+
+
+class OrganizationDeleted(EventSchema):
+    pass
+
+
+class MemberJoined(EventSchema):
+    user_id = fields.String(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    via_invite = fields.Boolean(required=True)
+    is_owner = fields.Boolean()
+
+
+class MemberLeft(EventSchema):
+    user_id = fields.String(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(("left", "removed")))
+
+
+class MemberRoleChanged(EventSchema):
+    user_id = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+
+
+class OwnershipTransferred(EventSchema):
+    from_user_id = fields.String(required=True)
+    to_user_id = fields.String(required=True)
+    to_user_email = fields.String()
+    to_user_name = fields.String()
+
+
+class InviteCreated(EventSchema):
+    invite_id = fields.String(required=True)
+    email = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    inviter_name = fields.String(required=True)
+    accept_url = fields.String(required=True)
+    expires_at = fields.String(required=True)
+    organization_name = fields.String()
+
+
+class AccessRevoked(EventSchema):
+    user_id = fields.String(allow_none=True)
+    session_id = fields.String(allow_none=True)
+    not_before = fields.Integer(required=True)  # unix seconds: tokens issued before are void
+
+
+class StorageUpdated(EventSchema):
+    used_bytes = fields.Integer(required=True)
+    datasets = fields.Integer(required=True)
+
+
+class CreditsChanged(EventSchema):
+    balance = fields.Integer(required=True)
+
+
+class AiJobCompleted(EventSchema):
+    job_id = fields.String(required=True)
+    job_type = fields.String(required=True)
+    initiator_user_id = fields.String(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
+    credits = fields.Integer(required=True)
+
+
+class OrganizationPurged(EventSchema):
+    service = fields.String(required=True)
+    removed = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+SCHEMAS = {
+    ORGANIZATION_CREATED: OrganizationCreated,
+    ORGANIZATION_RENAMED: OrganizationRenamed,
+    PLAN_CHANGED: PlanChanged,
+    ORGANIZATION_DELETION_REQUESTED: OrganizationDeletionRequested,
+    ORGANIZATION_DELETED: OrganizationDeleted,
+    MEMBER_JOINED: MemberJoined,
+    MEMBER_LEFT: MemberLeft,
+    MEMBER_ROLE_CHANGED: MemberRoleChanged,
+    OWNERSHIP_TRANSFERRED: OwnershipTransferred,
+    INVITE_CREATED: InviteCreated,
+    ACCESS_REVOKED: AccessRevoked,
+    STORAGE_UPDATED: StorageUpdated,
+    CREDITS_CHANGED: CreditsChanged,
+    AI_JOB_COMPLETED: AiJobCompleted,
+}
+for _service in ("org", "membership", "notifications", "usage"):
+    SCHEMAS[organization_purged(_service)] = OrganizationPurged
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment):
+    """ISO 8601 UTC with a 'Z', millisecond precision (what Mongo stores)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_event(event, organization_id=None, **payload):
+    """Build and validate an event body; returns ``(source, type, body)``."""
+    source, event_type = event
+    body = dict(payload, event_id=uuid.uuid4().hex, occurred_at=isoformat(utcnow()),
+                organization_id=organization_id)
+    errors = SCHEMAS[event]().validate(body)
+    if errors:
+        raise ValidationError({"event": event_type, "errors": errors})
+    return source, event_type, body
+
+
+def load_event(event, body):
+    """Validate an incoming event; unknown extra fields are dropped."""
+    return SCHEMAS[event]().load(body)

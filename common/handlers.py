@@ -1,0 +1,60 @@
+"""Event handlers that never lose an event.
+
+nameko acks an event whose handler raised, and the event is gone. ``reliable_handler`` instead
+moves a failed event to its retry queue (it comes back after an exponential backoff) and, after
+``MAX_ATTEMPTS``, to its parking queue for an operator -- the queues come from ``common.topology``.
+Only when that hand-over is confirmed by the broker is the original acked; if it fails the event
+is requeued. Handlers must be idempotent: every event may arrive twice.
+"""
+import logging
+
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.events import SERVICE_POOL, EventHandler
+
+from common.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+BASE_DELAY_MS = 500
+MAX_DELAY_MS = 60_000
+ATTEMPTS_HEADER = "x-orgplatform-attempts"
+
+
+class ReliableEventHandler(EventHandler):
+    def setup(self):
+        super().setup()
+        self._publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], serializer="json")
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        if exc_info is None:
+            self.queue_consumer.ack_message(message)
+            return
+        attempts = int((message.headers or {}).get(ATTEMPTS_HEADER, 0)) + 1
+        queue = self.queue.name
+        if attempts >= MAX_ATTEMPTS:
+            target, expiration = queue + ".parked", None
+            log.error("parking event on %s after %d attempts: %r", queue, attempts, exc_info[1])
+        else:
+            target = queue + ".retry"
+            expiration = min(BASE_DELAY_MS * 2 ** (attempts - 1), MAX_DELAY_MS) / 1000.0
+            log.warning("event on %s failed (attempt %d), retrying in %.1fs: %r",
+                        queue, attempts, expiration, exc_info[1])
+        headers = dict(message.headers or {})
+        headers[ATTEMPTS_HEADER] = attempts
+        try:
+            self._publisher.publish(message.payload, exchange="", routing_key=target,
+                                    headers=headers, expiration=expiration, mandatory=True)
+        except Exception:  # the broker did not take it: keep the original instead
+            log.exception("could not hand failed event to %s; requeueing", target)
+            self.queue_consumer.requeue_message(message)
+            return
+        self.queue_consumer.ack_message(message)
+
+
+def reliable_handler(event, handler_type=SERVICE_POOL):
+    """``@reliable_handler(events.ORGANIZATION_RENAMED)`` -- subscribe with retry and parking."""
+    source, event_type = event
+    return ReliableEventHandler.decorator(source, event_type, handler_type=handler_type,
+                                          expected_exceptions=(DomainError,))

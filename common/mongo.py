@@ -1,0 +1,76 @@
+"""MongoDB access: one client per process, each service's indexes declared once at start-up.
+
+A service's ``store.py`` defines a :class:`Store` subclass listing its indexes in ``INDEXES``;
+``StoreProvider(ThatStore, "org")`` connects, ensures the indexes and hands the same store
+(pymongo clients are thread-safe) to every worker.
+"""
+import threading
+import time
+
+import pymongo
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from pymongo.errors import PyMongoError
+
+from common.config import database_name
+from common.outbox import Outbox
+
+_clients = {}
+_clients_lock = threading.Lock()
+
+
+def get_client(url):
+    """The process-wide client for ``url`` (pymongo pools connections internally)."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=5000,
+                                         connectTimeoutMS=5000, appname="orgplatform")
+            _clients[url] = client
+        return client
+
+
+class Store:
+    """Base for a service's Mongo access; subclasses declare ``INDEXES = {collection: [IndexModel]}``."""
+
+    INDEXES = {}
+
+    def __init__(self, db, outbox=None):
+        self.db = db
+        self.outbox = outbox
+
+    def ensure_indexes(self):
+        # One index per createIndexes command: FerretDB 1.24 panics when a multi-index request
+        # names indexes that already exist (every restart would).
+        for collection, indexes in self.INDEXES.items():
+            for index in indexes:
+                self.db[collection].create_indexes([index])
+
+
+class StoreProvider(DependencyProvider):
+    """Injects the service's store; the store publishes its outbox through the service's broker."""
+
+    def __init__(self, store_cls, default_database, startup_timeout=60):
+        self.store_cls = store_cls
+        self.default_database = default_database
+        self.startup_timeout = startup_timeout
+        self.store = None
+
+    def setup(self):
+        config = self.container.config
+        db = get_client(config.get("MONGO_URL", "mongodb://127.0.0.1:27017/"))[
+            database_name(config, self.default_database)]
+        outbox = Outbox(db, config[AMQP_URI_CONFIG_KEY])
+        self.store = self.store_cls(db, outbox)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:  # the database may still be starting when the service does
+            try:
+                self.store.ensure_indexes()
+                return
+            except PyMongoError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def get_dependency(self, worker_ctx):
+        return self.store

@@ -1,0 +1,105 @@
+"""Transactional outbox without transactions.
+
+MongoDB-compatible servers here have no multi-document transactions, so an event is written
+*into the document whose change it announces*, in the same single-document write:
+``_outbox.<event_id>: event`` plus ``$inc: {_outbox_n: 1}``. After the write the service publishes
+the pending events and unsets them (decrementing the counter). If the process dies in between,
+the periodic ``sweep`` finds documents with ``_outbox_n > 0`` and publishes what they still hold;
+subscribers dedupe or are idempotent, so a rare double publish is harmless.
+
+(A map keyed by event id rather than an array: FerretDB ignores ``$pull`` with a dotted condition
+and ``$elemMatch``, while ``$unset``/``$exists`` on a dotted path work on every server.)
+
+A document that should disappear once its events are out (a removed membership, say) is marked
+``_delete_after_publish`` and the outbox deletes it when its counter reaches zero.
+"""
+import logging
+from datetime import timedelta
+
+from nameko.amqp.publish import Publisher
+
+from common.events import make_event, utcnow
+from common.topology import event_exchange
+
+log = logging.getLogger(__name__)
+
+FIELD = "_outbox"
+COUNT = "_outbox_n"
+DELETE_AFTER = "_delete_after_publish"
+PROJECTION = {FIELD: 1, COUNT: 1, DELETE_AFTER: 1}
+
+
+def without_outbox(doc):
+    """The document without outbox bookkeeping (FerretDB's findAndModify takes no projection)."""
+    if doc is not None:
+        doc.pop(FIELD, None)
+        doc.pop(COUNT, None)
+    return doc
+
+
+def pending(event, organization_id=None, **payload):
+    """An outbox entry for ``event``, validated against the event schema now, not at publish."""
+    source, event_type, body = make_event(event, organization_id, **payload)
+    return {"source": source, "type": event_type, "body": body, "queued_at": utcnow()}
+
+
+def queue_fields(*entries):
+    """Fields to ``$set`` (or insert) that queue ``entries``; pair with :func:`count_increment`."""
+    return {"%s.%s" % (FIELD, entry["body"]["event_id"]): entry for entry in entries}
+
+
+def new_document_fields(*entries):
+    """The outbox part of a document being inserted."""
+    return {FIELD: {entry["body"]["event_id"]: entry for entry in entries}, COUNT: len(entries)}
+
+
+def update_with_events(update, *entries):
+    """Add ``entries`` to a Mongo update document (``$set`` + ``$inc``)."""
+    update = {op: dict(fields) for op, fields in update.items()}
+    update.setdefault("$set", {}).update(queue_fields(*entries))
+    update.setdefault("$inc", {})[COUNT] = len(entries)
+    return update
+
+
+class Outbox:
+    def __init__(self, db, amqp_uri):
+        self.db = db
+        self.publisher = Publisher(amqp_uri, serializer="json")
+
+    def publish_entry(self, entry):
+        self.publisher.publish(entry["body"], exchange=event_exchange(entry["source"]),
+                               routing_key=entry["type"], mandatory=False)
+
+    def flush(self, collection, doc_id):
+        """Publish and clear what one document has pending; returns how many were published."""
+        doc = self.db[collection].find_one({"_id": doc_id}, PROJECTION)
+        return self._flush_doc(collection, doc) if doc else 0
+
+    def _flush_doc(self, collection, doc):
+        published = 0
+        for event_id, entry in sorted((doc.get(FIELD) or {}).items(),
+                                      key=lambda item: item[1]["body"]["occurred_at"]):
+            self.publish_entry(entry)
+            key = "%s.%s" % (FIELD, event_id)
+            self.db[collection].update_one({"_id": doc["_id"], key: {"$exists": True}},
+                                           {"$unset": {key: ""}, "$inc": {COUNT: -1}})
+            published += 1
+        if doc.get(DELETE_AFTER):
+            self.db[collection].delete_one({"_id": doc["_id"], COUNT: {"$lte": 0}, DELETE_AFTER: True})
+        return published
+
+    def sweep(self, collections, grace_seconds=5):
+        """Publish events left behind by a crash; skips entries younger than ``grace_seconds``."""
+        cutoff = utcnow() - timedelta(seconds=grace_seconds)
+        published = 0
+        for collection in collections:
+            query = {"$or": [{COUNT: {"$gt": 0}}, {DELETE_AFTER: True}]}
+            for doc in self.db[collection].find(query, PROJECTION).limit(1000):
+                entries = doc.get(FIELD) or {}
+                if any(entry["queued_at"] > cutoff for entry in entries.values()):
+                    continue  # its writer is probably publishing right now
+                try:
+                    published += self._flush_doc(collection, doc)
+                except Exception:
+                    log.exception("outbox sweep failed for %s/%s", collection, doc["_id"])
+        return published

@@ -1,0 +1,152 @@
+"""Declarative routes: one decorator states path, access rule, request and response schema.
+
+The same declaration drives request handling (token check, organization rule, role check, body
+validation, response shaping) and the OpenAPI document, so the two cannot drift apart.
+"""
+import functools
+import re
+from dataclasses import dataclass, field
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, current_app, g, jsonify, request
+from marshmallow import ValidationError
+
+from common.errors import DomainError
+from gateway.schemas import ErrorSchema
+
+ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
+#: access rules: who may call an operation
+PUBLIC, USER, MEMBER, DATASET_MANAGER, ADMIN, OWNER, SUPERUSER = (
+    "public", "user", "member", "dataset_manager", "admin", "owner", "superuser")
+
+
+@dataclass
+class Operation:
+    rule: str
+    method: str
+    access: str
+    summary: str
+    tag: str
+    body: type = None
+    response: type = None
+    status: int = 200
+    errors: tuple = ()
+    view: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def openapi_path(self):
+        return "/api/v1" + re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", self.rule)
+
+    @property
+    def org_scoped(self):
+        return "<org_id>" in self.rule
+
+
+class Api:
+    def __init__(self):
+        self.blueprint = Blueprint("api", __name__)
+        self.operations = []
+
+    def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=()):
+        def decorate(view):
+            operation = Operation(rule, method, access, summary, tag, body, response, status, errors, view)
+            self.operations.append(operation)
+            endpoint = "%s_%s" % (method.lower(), view.__name__)
+
+            @functools.wraps(view)
+            def handle(**path_args):
+                g.claims = authorize(operation, path_args)
+                if body is not None:
+                    path_args["body"] = parse_body(body)
+                result = view(**path_args)
+                headers = {}
+                if isinstance(result, tuple):
+                    result, headers = result
+                payload = response().dump(result) if response is not None else result
+                return jsonify(payload), status, headers
+
+            self.blueprint.add_url_rule(rule, endpoint, handle, methods=[method])
+            return view
+        return decorate
+
+
+def bearer_token():
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise DomainError("unauthorized", "a bearer access token is required")
+    return token.strip()
+
+
+def authorize(operation, path_args):
+    """Apply the operation's access rule; returns the token claims (None for public operations)."""
+    if operation.access == PUBLIC:
+        return None
+    claims = current_app.extensions["verifier"].verify(bearer_token())
+    superuser = bool(claims.get("su"))
+    if operation.access == SUPERUSER and not superuser:
+        raise DomainError("forbidden", "only platform operators may do this")
+    if operation.org_scoped:
+        if claims.get("org") != path_args["org_id"] and not superuser:
+            raise DomainError("wrong_organization", "your token is scoped to another organization")
+        if operation.access == OWNER and not claims.get("owner"):
+            raise DomainError("forbidden", "only the organization's owner may do this")
+        required = ROLE_RANK.get(operation.access)
+        if required and not superuser and ROLE_RANK.get(claims.get("role"), 0) < required:
+            raise DomainError("forbidden", "your role in this organization does not allow this")
+    return claims
+
+
+def parse_body(schema):
+    if not request.data:
+        data = {}
+    else:
+        data = request.get_json(silent=True)
+        if data is None:
+            raise DomainError("invalid_json", "request body is not valid JSON")
+    if not isinstance(data, dict):
+        raise DomainError("malformed_request", "request body must be a JSON object")
+    try:
+        return schema().load(data)
+    except ValidationError as error:
+        raise DomainError("validation_failed", "invalid input", error.messages)
+
+
+def build_openapi(api):
+    spec = APISpec(title="Organizations platform", version="1.0.0", openapi_version="3.0.3",
+                   plugins=[MarshmallowPlugin()],
+                   info={"description": "Organizations, members, invitations, usage and credits. "
+                                        "Credits are integer milli-credits."})
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    spec.components.schema("Error", schema=ErrorSchema)
+    paths = {}
+    for op in api.operations:
+        responses = {str(op.status): {"description": "success"}}
+        if op.response is not None:
+            responses[str(op.status)]["content"] = {"application/json": {"schema": op.response}}
+        codes = set(op.errors) | {"400", "422"} if op.body else set(op.errors)
+        if op.access != PUBLIC:
+            codes |= {"401"}
+        if op.access not in (PUBLIC, USER):
+            codes |= {"403"}
+        if op.org_scoped:
+            codes |= {"404"}
+        codes |= {"503"}
+        for code in sorted(codes):
+            responses[code] = {"description": "error", "content": {"application/json": {"schema": "Error"}}}
+        operation = {"summary": op.summary, "tags": [op.tag], "responses": responses,
+                     "operationId": op.view.__name__, "x-access": op.access}
+        if op.access != PUBLIC:
+            operation["security"] = [{"bearer": []}]
+        if op.body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
+        params = re.findall(r"{([a-z_]+)}", op.openapi_path)
+        if params:
+            operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                                       for p in params]
+        paths.setdefault(op.openapi_path, {})[op.method.lower()] = operation
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    return spec.to_dict()

@@ -1,0 +1,92 @@
+"""Flask application factory for the gateway (run by gunicorn: ``gateway.app:create_app()``)."""
+import logging
+import os
+
+from flask import Flask, jsonify, request
+from nameko.exceptions import RemoteError
+from werkzeug.exceptions import HTTPException
+
+from common.config import load_config
+from common.errors import STATUS_BY_CODE, DomainError
+from gateway.api import build_openapi
+from gateway.auth import KeyRing, NoRevocations, TokenVerifier
+from gateway.routes import api, register_health
+from gateway.rpc import RpcPool, ServiceUnavailable
+
+log = logging.getLogger("gateway")
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "config.yml")
+_CODE_BY_STATUS = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 409: "conflict", 410: "organization_gone",
+                   413: "payload_too_large", 422: "validation_failed", 429: "rate_limited"}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def error_response(code, message, details=None, status=None, headers=None):
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return jsonify(body), status or STATUS_BY_CODE[code], headers or {}
+
+
+def create_app(config=None):
+    config = config or load_config(CONFIG_FILE)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)
+    app.json.sort_keys = False
+
+    pool = RpcPool(config, size=config.get("RPC_POOL_SIZE") or 8, timeout=config.get("RPC_TIMEOUT") or 5)
+    key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]
+    keyring = KeyRing(key_files, fetch=None if key_files else lambda: pool.call("membership", "public_keys"))
+    app.extensions["rpc"] = pool
+    app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform",
+                                               NoRevocations())
+    allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
+
+    app.register_blueprint(api.blueprint, url_prefix="/api/v1")
+    register_health(app)
+    openapi = build_openapi(api)
+
+    @app.get("/api/v1/openapi.json")
+    def openapi_document():
+        return jsonify(openapi)
+
+    @app.errorhandler(DomainError)
+    def domain_error(error):
+        return error_response(error.code, error.message, error.details)
+
+    @app.errorhandler(ServiceUnavailable)
+    def unavailable(error):
+        log.warning("%s", error)
+        return error_response("service_unavailable", "%s service is unavailable, try again shortly"
+                              % error.service, {"service": error.service}, headers={"Retry-After": "1"})
+
+    @app.errorhandler(RemoteError)
+    def remote_error(error):
+        log.error("service error: %s", error)
+        return error_response("internal_error", "internal error")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        code = _CODE_BY_STATUS.get(error.code, "malformed_request" if error.code < 500 else "internal_error")
+        return error_response(code, error.description or error.name, status=error.code)
+
+    @app.errorhandler(Exception)
+    def unexpected(error):
+        log.exception("unhandled error")
+        return error_response("internal_error", "internal error")
+
+    @app.after_request
+    def headers(response):
+        response.headers.update(SECURITY_HEADERS)
+        origin = request.headers.get("Origin")
+        if origin and origin in allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return app

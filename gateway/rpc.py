@@ -1,0 +1,102 @@
+"""A bounded pool of started nameko RPC proxies, one per gunicorn worker process.
+
+``ClusterRpcProxy`` is single-threaded, so a thread borrows a whole proxy for one call and gives it
+back. Proxies are created lazily (so after gunicorn forks), reused across requests, and thrown away
+after a timeout or a connection error so that a broken connection never serves the next request.
+Requests carry an AMQP expiration equal to the timeout: a call the client already got a 503 for is
+not executed later when the service comes back.
+"""
+import logging
+import queue
+import threading
+
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
+from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
+from nameko.rpc import ServiceProxy
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from common.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
+
+
+class ServiceUnavailable(Exception):
+    def __init__(self, service, reason):
+        super().__init__("%s unavailable: %s" % (service, reason))
+        self.service = service
+
+
+class _PooledProxy:
+    def __init__(self, config, timeout):
+        self.timeout = timeout
+        self.standalone = ClusterRpcProxy(config, timeout=timeout)
+        self.standalone.start()
+
+    def call(self, service, method, args, kwargs):
+        proxy = ServiceProxy(self.standalone._worker_ctx, service, self.standalone._reply_listener,
+                             expiration=self.timeout, retry=True, retry_policy=_PUBLISH_RETRY)
+        return getattr(proxy, method)(*args, **kwargs)
+
+    def close(self):
+        try:
+            self.standalone.stop()
+        except Exception:  # a dead connection may fail to close; it is being discarded anyway
+            log.debug("error closing rpc proxy", exc_info=True)
+
+
+class RpcPool:
+    def __init__(self, config, size=8, timeout=5.0):
+        self.config = {"AMQP_URI": config["AMQP_URI"]}
+        self.size = int(size)
+        self.timeout = float(timeout)
+        self._idle = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(self.size)
+
+    def _acquire(self, service):
+        if not self._slots.acquire(timeout=self.timeout):
+            raise ServiceUnavailable(service, "all rpc proxies busy")
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return _PooledProxy(self.config, self.timeout)
+        except Exception as error:
+            self._slots.release()
+            raise ServiceUnavailable(service, "broker unreachable: %s" % error) from error
+
+    def _release(self, proxy, healthy):
+        if healthy:
+            self._idle.put(proxy)
+        else:
+            proxy.close()
+        self._slots.release()
+
+    def call(self, service, method, *args, **kwargs):
+        """Call ``service.method``; DomainError passes through, anything transport-ish is a 503."""
+        proxy = self._acquire(service)
+        healthy = False
+        try:
+            result = proxy.call(service, method, args, kwargs)
+            healthy = True
+            return result
+        except (DomainError, RemoteError):
+            healthy = True
+            raise
+        except (RpcTimeout, UnknownService) as error:
+            raise ServiceUnavailable(service, type(error).__name__) from error
+        except (KombuError, AMQPError, OSError) as error:
+            log.warning("rpc connection failed calling %s.%s: %r", service, method, error)
+            raise ServiceUnavailable(service, "broker connection lost") from error
+        finally:
+            self._release(proxy, healthy)
+
+    def close(self):
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return

@@ -1,0 +1,88 @@
+"""Passwords (argon2id) and token signing (EdDSA JWTs), as nameko dependencies.
+
+Argon2 is deliberately slow; it runs in eventlet's OS thread pool so one login does not stall
+every other request the service is handling.
+"""
+import hashlib
+import secrets
+import time
+import uuid
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from eventlet import tpool
+from nameko.extensions import DependencyProvider
+
+from common.tokens import key_id
+from services.membership.keys import load_private_key, public_pem
+
+
+def token_hash(token):
+    """Refresh and invite tokens are stored only as this hash (they carry >=256 random bits)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_secret_token():
+    return secrets.token_urlsafe(32)
+
+
+class Passwords:
+    def __init__(self, time_cost=3, memory_kib=65536):
+        self.hasher = PasswordHasher(time_cost=int(time_cost), memory_cost=int(memory_kib))
+        self._dummy = self.hasher.hash(secrets.token_hex(16))
+
+    def hash(self, password):
+        return tpool.execute(self.hasher.hash, password)
+
+    def verify(self, password_hash, password):
+        """Constant work whether or not the account exists (``password_hash`` None)."""
+        try:
+            return tpool.execute(self.hasher.verify, password_hash or self._dummy, password) \
+                and password_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+
+class TokenIssuer:
+    def __init__(self, private_key_file, retired_key_files=(), issuer="orgplatform", access_ttl=900):
+        self.private_key = load_private_key(private_key_file)
+        self.public_key_pem = public_pem(self.private_key)
+        self.kid = key_id(self.public_key_pem)
+        self.issuer = issuer
+        self.access_ttl = int(access_ttl)
+        self.published = {self.kid: self.public_key_pem}
+        for path in retired_key_files:
+            pem = public_pem(load_private_key(path))
+            self.published[key_id(pem)] = pem
+
+    def access_token(self, user_id, org_id, role, is_owner, is_superuser, session_id):
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": user_id, "org": org_id, "role": role,
+                  "owner": bool(is_owner), "su": bool(is_superuser), "sid": session_id,
+                  "jti": uuid.uuid4().hex, "iat": now, "exp": now + self.access_ttl}
+        token = jwt.encode(claims, self.private_key, algorithm="EdDSA", headers={"kid": self.kid})
+        return token, self.access_ttl
+
+
+class SecurityProvider(DependencyProvider):
+    """Injects ``Security(passwords, tokens)`` built once from the service config."""
+
+    def setup(self):
+        config = self.container.config
+        retired = [p.strip() for p in str(config.get("JWT_RETIRED_KEY_FILES") or "").split(",") if p.strip()]
+        self.security = Security(
+            Passwords(config.get("ARGON2_TIME_COST", 3), config.get("ARGON2_MEMORY_KIB", 65536)),
+            TokenIssuer(config["JWT_PRIVATE_KEY_FILE"], retired, config.get("JWT_ISSUER", "orgplatform"),
+                        config.get("ACCESS_TOKEN_TTL", 900)),
+            int(config.get("REFRESH_TOKEN_TTL", 2592000)))
+
+    def get_dependency(self, worker_ctx):
+        return self.security
+
+
+class Security:
+    def __init__(self, passwords, tokens, refresh_ttl):
+        self.passwords = passwords
+        self.tokens = tokens
+        self.refresh_ttl = refresh_ttl

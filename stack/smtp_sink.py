@@ -1,0 +1,52 @@
+"""Local SMTP sink: accepts every message and writes it to ``<dir>/<timestamp>-<n>.eml``.
+
+Each file is written under a temporary name and renamed, so a reader never sees half a message.
+"""
+import argparse
+import itertools
+import os
+import signal
+import threading
+import time
+
+from aiosmtpd.controller import Controller
+
+_counter = itertools.count(1)
+
+
+class SaveToDirectory:
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    async def handle_DATA(self, server, session, envelope):
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "%06d" % (time.time_ns() // 1000 % 1_000_000)
+        name = "%s-%d.eml" % (stamp, next(_counter))
+        header = "X-Sink-Mail-From: %s\r\nX-Sink-Rcpt-To: %s\r\n" % (
+            envelope.mail_from, ", ".join(envelope.rcpt_tos))
+        temporary = os.path.join(self.directory, "." + name + ".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(header.encode())
+            handle.write(envelope.original_content or envelope.content)
+        os.rename(temporary, os.path.join(self.directory, name))
+        return "250 Message accepted for delivery"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1025)
+    parser.add_argument("--dir", default="var/mail")
+    args = parser.parse_args()
+    controller = Controller(SaveToDirectory(args.dir), hostname=args.host, port=args.port)
+    controller.start()
+    print("smtp sink on %s:%d writing to %s" % (args.host, args.port, args.dir), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,464 @@
+"""The local stack: installs, starts, stops and reports every part, for `make up` and for tests.
+
+Infrastructure (RabbitMQ, the MongoDB-compatible server) is shared by every instance and started
+only if nothing answers on its port; an instance (``dev`` for `make up`, ``test`` for `make test`)
+has its own vhost, database prefix, SMTP sink, services and gateway, so tests never touch a running
+dev stack. Every process we start gets a pid file; `down` stops exactly those, nothing else.
+
+Only the standard library is imported at module level so `make down` works without the venv.
+"""
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+SERVICES = ("org", "membership", "notifications", "usage")
+RABBIT_HOME = "/usr/lib/rabbitmq/bin"
+
+
+def env_int(name, default):
+    return int(os.environ.get(name) or default)
+
+
+class Instance:
+    """Ports, names and folders of one stack instance."""
+
+    def __init__(self, name):
+        self.name = name
+        test = name == "test"
+        self.var = os.path.join(ROOT, "var", "test") if test else os.path.join(ROOT, "var")
+        self.run_dir = os.path.join(self.var, "run")
+        self.log_dir = os.path.join(self.var, "log")
+        self.mail_dir = os.path.join(self.var, "mail")
+        self.gateway_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+        self.gateway_port = env_int("TEST_GATEWAY_PORT", 18080) if test else env_int("GATEWAY_PORT", 8080)
+        self.smtp_port = env_int("TEST_SMTP_PORT", 11025) if test else env_int("SMTP_PORT", 1025)
+        self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-test") if test else os.environ.get(
+            "RABBIT_VHOST", "/")
+        self.db_prefix = os.environ.get("TEST_MONGO_DB_PREFIX", "test_") if test else os.environ.get(
+            "MONGO_DB_PREFIX", "")
+        self.rabbit_host = os.environ.get("RABBIT_HOST", "127.0.0.1")
+        self.rabbit_port = env_int("RABBIT_PORT", 5672)
+        self.rabbit_mgmt_port = env_int("RABBIT_MANAGEMENT_PORT", 15672)
+        self.rabbit_user = os.environ.get("RABBIT_USER", "guest")
+        self.rabbit_password = os.environ.get("RABBIT_PASSWORD", "guest")
+        self.mongo_port = env_int("MONGO_PORT", 27017)
+        self.mongo_url = os.environ.get("MONGO_URL") or "mongodb://127.0.0.1:%d/" % self.mongo_port
+        self.external_mongo = bool(os.environ.get("MONGO_URL"))
+        self.key_file = os.environ.get("JWT_PRIVATE_KEY_FILE") or os.path.join(ROOT, "var", "keys",
+                                                                               "jwt-private.pem")
+        self.public_key_file = os.path.splitext(self.key_file)[0] + ".pub.pem"
+        self.test = test
+
+    @property
+    def amqp_uri(self):
+        vhost = urllib.request.quote(self.vhost, safe="")
+        return "amqp://%s:%s@%s:%d/%s" % (self.rabbit_user, self.rabbit_password, self.rabbit_host,
+                                          self.rabbit_port, vhost)
+
+    @property
+    def amqp_uri_display(self):
+        return self.amqp_uri.replace(":%s@" % self.rabbit_password, ":***@")
+
+    @property
+    def gateway_url(self):
+        return "http://%s:%d" % (self.gateway_host, self.gateway_port)
+
+    def service_env(self):
+        """Environment every service and the gateway of this instance runs with."""
+        env = dict(os.environ)
+        env.update({
+            "AMQP_URI": self.amqp_uri, "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
+            "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
+            "JWT_PRIVATE_KEY_FILE": self.key_file, "JWT_PUBLIC_KEY_FILES": self.public_key_file,
+            "GATEWAY_BIND": "%s:%d" % (self.gateway_host, self.gateway_port),
+            "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
+        })
+        if self.test:  # cheap hashing keeps the suite fast; production keeps argon2's defaults
+            env.setdefault("ARGON2_TIME_COST", "1")
+            env.setdefault("ARGON2_MEMORY_KIB", "1024")
+            env.setdefault("RPC_TIMEOUT", "3")
+            env["SUPERUSER_EMAIL"] = "superuser@example.test"
+            env["SUPERUSER_PASSWORD"] = "superuser-test-password"
+        return env
+
+
+# -- small process helpers -------------------------------------------------------------------
+
+def port_open(port, host="127.0.0.1", timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check, what, timeout=60, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise RuntimeError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def read_pid(pid_file):
+    try:
+        with open(pid_file) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def spawn(name, argv, run_dir, log_dir, env=None, cwd=ROOT):
+    os.makedirs(run_dir, exist_ok=True)
+    os.makedirs(log_dir, exist_ok=True)
+    log = open(os.path.join(log_dir, name + ".log"), "ab")
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    with open(os.path.join(run_dir, name + ".pid"), "w") as handle:
+        handle.write(str(process.pid))
+    return process.pid
+
+
+def stop_pid_file(pid_file, sig=signal.SIGTERM, timeout=15):
+    """Stop the process group started under ``pid_file``; True if something was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        if os.path.exists(pid_file):
+            os.unlink(pid_file)
+        return False
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    if _group_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not _group_alive(pid), "process group %d to exit" % pid, timeout=10)
+    os.unlink(pid_file)
+    return True
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # zombies of our own children still count as members; reap them
+    try:
+        while os.waitpid(-pgid, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+        return _has_live_member(pgid)
+    except ProcessLookupError:
+        return False
+
+
+def _has_live_member(pgid):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+def run(argv, **kwargs):
+    print("+ " + " ".join(argv), flush=True)
+    subprocess.run(argv, check=True, **kwargs)
+
+
+# -- infrastructure ----------------------------------------------------------------------------
+
+INFRA_RUN = os.path.join(ROOT, "var", "run")
+INFRA_LOG = os.path.join(ROOT, "var", "log")
+
+
+def ensure_rabbitmq(inst):
+    if not port_open(inst.rabbit_port, inst.rabbit_host):
+        if not os.path.exists(os.path.join(RABBIT_HOME, "rabbitmq-server")):
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            run(["apt-get", "update", "-qq"], env=env)
+            run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env)
+        base = os.path.join(ROOT, "var", "rabbitmq")
+        os.makedirs(os.path.join(base, "mnesia"), exist_ok=True)
+        os.makedirs(os.path.join(base, "log"), exist_ok=True)
+        with open(os.path.join(base, "enabled_plugins"), "w") as handle:
+            handle.write("[rabbitmq_management].\n")
+        env = dict(os.environ, RABBITMQ_NODENAME="orgplatform@localhost",
+                   RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
+                   RABBITMQ_LOG_BASE=os.path.join(base, "log"),
+                   RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"),
+                   RABBITMQ_PID_FILE=os.path.join(base, "rabbit.pid"),
+                   RABBITMQ_NODE_PORT=str(inst.rabbit_port),
+                   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-rabbitmq_management tcp_config [{port,%d}]"
+                   % inst.rabbit_mgmt_port,
+                   HOME=os.environ.get("HOME") or "/root")
+        print("starting rabbitmq (logs in var/rabbitmq/log)", flush=True)
+        spawn("rabbitmq", [os.path.join(RABBIT_HOME, "rabbitmq-server")], INFRA_RUN, INFRA_LOG, env)
+        wait_for(lambda: port_open(inst.rabbit_port, inst.rabbit_host), "rabbitmq on %d" % inst.rabbit_port,
+                 timeout=120)
+    wait_for(lambda: _management_ok(inst), "rabbitmq management API on %d" % inst.rabbit_mgmt_port,
+             timeout=60)
+    if inst.vhost != "/":
+        _management(inst, "PUT", "/api/vhosts/%s" % urllib.request.quote(inst.vhost, safe=""), {})
+        _management(inst, "PUT", "/api/permissions/%s/%s" % (
+            urllib.request.quote(inst.vhost, safe=""), inst.rabbit_user),
+            {"configure": ".*", "write": ".*", "read": ".*"})
+
+
+def _management(inst, method, path, body=None):
+    request = urllib.request.Request(
+        "http://%s:%d%s" % (inst.rabbit_host, inst.rabbit_mgmt_port, path), method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json", "authorization": "Basic " + base64.b64encode(
+            ("%s:%s" % (inst.rabbit_user, inst.rabbit_password)).encode()).decode()})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        data = response.read()
+        return json.loads(data) if data else None
+
+
+def _management_ok(inst):
+    try:
+        _management(inst, "GET", "/api/overview")
+        return True
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def reset_vhost(inst):
+    """Tests start from an empty vhost (no leftover messages from an earlier run)."""
+    path = "/api/vhosts/%s" % urllib.request.quote(inst.vhost, safe="")
+    try:
+        _management(inst, "DELETE", path)
+    except urllib.error.HTTPError as error:
+        if error.code != 404:
+            raise
+    ensure_rabbitmq(inst)
+
+
+def ferretdb_binary():
+    return os.path.join(ROOT, "var", "bin", "ferretdb-local")
+
+
+def build_ferretdb():
+    source = os.path.join(ROOT, "stack", "ferretdb")
+    binary = ferretdb_binary()
+    newest_source = max(os.path.getmtime(os.path.join(source, f)) for f in os.listdir(source))
+    if os.path.exists(binary) and os.path.getmtime(binary) >= newest_source:
+        return binary
+    if not shutil.which("go") and not os.path.exists("/usr/local/go/bin/go"):
+        raise RuntimeError("Go is needed to build the local MongoDB-compatible server (FerretDB)")
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    print("building FerretDB (embedded, SQLite) -- first time takes about a minute", flush=True)
+    os.makedirs(os.path.dirname(binary), exist_ok=True)
+    run([go, "build", "-o", binary, "."], cwd=source, env=dict(os.environ, CGO_ENABLED="0"))
+    return binary
+
+
+def ensure_mongo(inst):
+    if inst.external_mongo:
+        _wait_mongo(inst)
+        return
+    if not port_open(inst.mongo_port):
+        binary = build_ferretdb()
+        data = os.path.join(ROOT, "var", "ferretdb")
+        spawn("ferretdb", [binary, "-listen", "127.0.0.1:%d" % inst.mongo_port, "-data", data],
+              INFRA_RUN, INFRA_LOG)
+        wait_for(lambda: port_open(inst.mongo_port), "ferretdb on %d" % inst.mongo_port, timeout=60)
+    _wait_mongo(inst)
+
+
+def _wait_mongo(inst):
+    import pymongo
+    client = pymongo.MongoClient(inst.mongo_url, serverSelectionTimeoutMS=2000)
+
+    def ping():
+        try:
+            client.admin.command("ping")
+            return True
+        except pymongo.errors.PyMongoError:
+            return False
+    wait_for(ping, "MongoDB at %s" % inst.mongo_url, timeout=60)
+    client.close()
+
+
+def drop_databases(inst):
+    import pymongo
+    client = pymongo.MongoClient(inst.mongo_url, serverSelectionTimeoutMS=5000)
+    for name in client.list_database_names():
+        if inst.db_prefix and name.startswith(inst.db_prefix):
+            client.drop_database(name)
+    client.close()
+
+
+# -- the instance's own processes ----------------------------------------------------------------
+
+def _pid_file(inst, name):
+    return os.path.join(inst.run_dir, name + ".pid")
+
+
+def is_running(inst, name):
+    return read_pid(_pid_file(inst, name)) is not None
+
+
+def start_smtp_sink(inst):
+    if is_running(inst, "smtp"):
+        return
+    spawn("smtp", [os.path.join(VENV_BIN, "python"), "-m", "stack.smtp_sink", "--port", str(inst.smtp_port),
+                   "--dir", inst.mail_dir], inst.run_dir, inst.log_dir, inst.service_env())
+    wait_for(lambda: port_open(inst.smtp_port), "smtp sink on %d" % inst.smtp_port, timeout=30)
+
+
+def declare_topology(inst):
+    env = inst.service_env()
+    subprocess.run([os.path.join(VENV_BIN, "python"), "-m", "common.topology", inst.amqp_uri],
+                   cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def ensure_key(inst):
+    if not os.path.exists(inst.key_file) or not os.path.exists(inst.public_key_file):
+        subprocess.run([os.path.join(VENV_BIN, "python"), "-m", "services.membership.keys", "generate",
+                        inst.key_file, inst.public_key_file], cwd=ROOT, env=inst.service_env(), check=True)
+
+
+def start_service(inst, service):
+    if is_running(inst, service):
+        return False
+    spawn(service, [os.path.join(VENV_BIN, "nameko"), "run", "--config",
+                    os.path.join("services", service, "config.yml"), "services.%s.service" % service],
+          inst.run_dir, inst.log_dir, inst.service_env())
+    return True
+
+
+def start_gateway(inst):
+    if is_running(inst, "gateway"):
+        return False
+    spawn("gateway", [os.path.join(VENV_BIN, "gunicorn"), "-c", os.path.join(ROOT, "gateway", "gunicorn.conf.py"),
+                      "gateway.app:create_app()"], inst.run_dir, inst.log_dir, inst.service_env())
+    return True
+
+
+def wait_services(inst, services=SERVICES, timeout=60):
+    """Wait until each service answers ``ping`` over RPC."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("amqp").setLevel(logging.ERROR)  # "Received method during closing channel" noise
+    from nameko.standalone.rpc import ClusterRpcProxy
+    from nameko.exceptions import RpcTimeout, UnknownService
+
+    config = {"AMQP_URI": inst.amqp_uri}
+    deadline = time.monotonic() + timeout
+    with ClusterRpcProxy(config, timeout=2) as cluster:
+        for service in services:
+            while True:
+                try:
+                    getattr(cluster, service).ping()
+                    break
+                except (RpcTimeout, UnknownService):
+                    if not is_running(inst, service):
+                        raise RuntimeError("service %s exited; see %s" % (
+                            service, os.path.join(inst.log_dir, service + ".log")))
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("service %s did not answer ping within %ss" % (service, timeout))
+                    time.sleep(0.2)
+
+
+def gateway_healthy(inst):
+    try:
+        with urllib.request.urlopen(inst.gateway_url + "/healthz", timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def up(inst, quiet=False):
+    ensure_rabbitmq(inst)
+    ensure_mongo(inst)
+    ensure_key(inst)
+    declare_topology(inst)
+    start_smtp_sink(inst)
+    for service in SERVICES:
+        start_service(inst, service)
+    start_gateway(inst)
+    wait_services(inst)
+    wait_for(lambda: gateway_healthy(inst), "gateway at %s" % inst.gateway_url, timeout=60)
+    if not quiet:
+        print("\norganizations platform is up")
+        print("  gateway     %s/api/v1   (OpenAPI: %s/api/v1/openapi.json)" % (inst.gateway_url, inst.gateway_url))
+        print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,
+                                                           inst.rabbit_host, inst.rabbit_mgmt_port))
+        print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB, data in var/ferretdb)"))
+        print("  smtp sink   127.0.0.1:%d  (messages in %s)" % (inst.smtp_port, os.path.relpath(inst.mail_dir, ROOT)))
+        print("  logs        %s/*.log" % os.path.relpath(inst.log_dir, ROOT))
+
+
+def down(inst, infra=True):
+    for name in ("gateway",) + SERVICES + ("smtp",):
+        if stop_pid_file(_pid_file(inst, name)):
+            print("stopped %s" % name)
+    if infra:
+        for name in ("ferretdb", "rabbitmq"):
+            if stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30):
+                print("stopped %s" % name)
+                if name == "rabbitmq":
+                    subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def status(inst):
+    rows = [("rabbitmq", port_open(inst.rabbit_port, inst.rabbit_host), inst.amqp_uri_display),
+            ("mongodb", port_open(inst.mongo_port) if not inst.external_mongo else None, inst.mongo_url)]
+    for name in ("smtp",) + SERVICES + ("gateway",):
+        rows.append((name, is_running(inst, name), "pid %s" % read_pid(_pid_file(inst, name))))
+    rows.append(("gateway http", gateway_healthy(inst), inst.gateway_url + "/healthz"))
+    for name, ok, info in rows:
+        state = "unknown" if ok is None else ("up" if ok else "DOWN")
+        print("%-14s %-8s %s" % (name, state, info))
+    return all(ok is not False for _, ok, _ in rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="local stack of the organizations platform")
+    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--instance", default="dev", choices=("dev", "test"))
+    args = parser.parse_args(argv)
+    inst = Instance(args.instance)
+    if args.command == "up":
+        up(inst)
+    elif args.command == "down":
+        down(inst, infra=args.instance == "dev")
+    else:
+        sys.exit(0 if status(inst) else 1)
+
+
+if __name__ == "__main__":
+    main()

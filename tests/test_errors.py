@@ -1,0 +1,84 @@
+"""Bad input always gets the contract's error shape with a 4xx; never a 500 or a query operator."""
+import pytest
+
+from tests.support import assert_error, unique_email
+
+
+def test_malformed_json_is_400(gateway):
+    response = gateway.request("POST", "/auth/signup", data=b'{"email": ', headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "invalid_json")
+
+
+def test_non_object_body_is_400(gateway):
+    assert_error(gateway.post("/auth/login", ["a", "b"]), 400, "malformed_request")
+
+
+def test_invalid_fields_are_422_with_per_field_details(gateway):
+    response = gateway.post("/auth/signup", {"email": "not-an-email", "password": "short", "name": ""})
+    error = assert_error(response, 422, "validation_failed")
+    assert set(error["details"]) == {"email", "password", "name"}
+    assert all(isinstance(messages, list) and messages for messages in error["details"].values())
+
+
+def test_missing_and_unknown_fields_are_422(gateway):
+    error = assert_error(gateway.post("/auth/signup", {"email": unique_email(), "is_superuser": True}),
+                         422, "validation_failed")
+    assert {"password", "name", "is_superuser"} <= set(error["details"])
+
+
+@pytest.mark.parametrize("operator", [{"$gt": ""}, {"$ne": None}, ["x"], 5, True])
+def test_query_operators_never_reach_a_query(gateway, owner, operator):
+    login = gateway.post("/auth/login", {"email": operator, "password": owner.password})
+    assert_error(login, 422, "validation_failed")
+    assert "email" in login.json()["error"]["details"]
+    rename = gateway.patch("/organizations/%s" % owner.org_id, {"name": operator}, owner.token)
+    assert_error(rename, 422, "validation_failed")
+    refresh = gateway.post("/auth/refresh", {"refresh_token": operator})
+    assert_error(refresh, 422, "validation_failed")
+
+
+def test_org_name_rules(gateway, owner):
+    for bad in ("", "   ", "x" * 101, "line\nbreak"):
+        response = gateway.patch("/organizations/%s" % owner.org_id, {"name": bad}, owner.token)
+        assert_error(response, 422, "validation_failed")
+        assert "name" in response.json()["error"]["details"]
+
+
+def test_unknown_route_and_method_use_the_error_shape(gateway, owner):
+    assert_error(gateway.get("/no/such/route"), 404, "not_found")
+    assert_error(gateway.request("PUT", "/organizations/%s" % owner.org_id, owner.token, json={}),
+                 405, "method_not_allowed")
+
+
+def test_oversized_body_is_413(gateway):
+    response = gateway.request("POST", "/auth/login", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                               headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_every_response_has_security_headers(gateway):
+    for response in (gateway.get("/no/such/route"), gateway.get(gateway.base_url + "/healthz")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+
+
+def test_openapi_document_lists_every_operation(gateway):
+    response = gateway.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    from gateway.routes import api
+    for operation in api.operations:
+        entry = document["paths"][operation.openapi_path][operation.method.lower()]
+        assert str(operation.status) in entry["responses"]
+        if operation.body is not None:
+            assert "requestBody" in entry
+    assert "Error" in document["components"]["schemas"]
+
+
+def test_health_and_readiness(gateway):
+    assert gateway.get(gateway.base_url + "/healthz").json() == {"status": "ok"}
+    ready = gateway.get(gateway.base_url + "/readyz")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"org", "membership", "notifications", "usage"}
