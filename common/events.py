@@ -85,11 +85,13 @@ class MemberJoined(EventSchema):
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     via_invite = fields.Boolean(required=True)
     is_owner = fields.Boolean()
+    member_count = fields.Integer()  # seats taken after this join
 
 
 class MemberLeft(EventSchema):
     user_id = fields.String(required=True)
     reason = fields.String(required=True, validate=validate.OneOf(("left", "removed")))
+    member_count = fields.Integer()  # seats taken after this departure
 
 
 class MemberRoleChanged(EventSchema):
@@ -117,7 +119,8 @@ class InviteCreated(EventSchema):
 class AccessRevoked(EventSchema):
     user_id = fields.String(allow_none=True)
     session_id = fields.String(allow_none=True)
-    not_before = fields.Integer(required=True)  # unix seconds: tokens issued before are void
+    # unix seconds (millisecond precision): matching tokens with an earlier ``iat`` are void
+    not_before = fields.Float(required=True)
 
 
 class StorageUpdated(EventSchema):

@@ -39,6 +39,9 @@ class Store:
         self.db = db
         self.outbox = outbox
 
+    def configure(self, config):
+        """Hook for a store that needs settings from the service config."""
+
     def ensure_indexes(self):
         # One index per createIndexes command: FerretDB 1.24 panics when a multi-index request
         # names indexes that already exist (every restart would).
@@ -62,6 +65,7 @@ class StoreProvider(DependencyProvider):
             database_name(config, self.default_database)]
         outbox = Outbox(db, config[AMQP_URI_CONFIG_KEY])
         self.store = self.store_cls(db, outbox)
+        self.store.configure(config)
         deadline = time.monotonic() + self.startup_timeout
         while True:  # the database may still be starting when the service does
             try:

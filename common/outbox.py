@@ -65,9 +65,16 @@ class Outbox:
     def __init__(self, db, amqp_uri):
         self.db = db
         self.publisher = Publisher(amqp_uri, serializer="json")
+        #: event type -> function(body) -> body, applied at publish time: lets a service add
+        #: secrets (an invite's accept link) that must never be stored in the database.
+        self.enrichers = {}
 
     def publish_entry(self, entry):
-        self.publisher.publish(entry["body"], exchange=event_exchange(entry["source"]),
+        body = entry["body"]
+        enrich = self.enrichers.get(entry["type"])
+        if enrich is not None:
+            body = enrich(dict(body))
+        self.publisher.publish(body, exchange=event_exchange(entry["source"]),
                                routing_key=entry["type"], mandatory=False)
 
     def flush(self, collection, doc_id):

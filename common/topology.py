@@ -22,6 +22,10 @@ Subscription = namedtuple("Subscription", "event service method")
 #: Every (event, subscribing service, handler method). A test checks this against the services.
 SUBSCRIPTIONS = [
     Subscription(events.ORGANIZATION_RENAMED, "membership", "on_organization_renamed"),
+    Subscription(events.PLAN_CHANGED, "membership", "on_plan_changed"),
+    Subscription(events.MEMBER_JOINED, "org", "on_member_joined"),
+    Subscription(events.MEMBER_LEFT, "org", "on_member_left"),
+    Subscription(events.OWNERSHIP_TRANSFERRED, "org", "on_ownership_transferred"),
 ]
 
 EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})

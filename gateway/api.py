@@ -29,6 +29,7 @@ class Operation:
     summary: str
     tag: str
     body: type = None
+    query: type = None
     response: type = None
     status: int = 200
     errors: tuple = ()
@@ -49,9 +50,10 @@ class Api:
         self.blueprint = Blueprint("api", __name__)
         self.operations = []
 
-    def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=()):
+    def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=(),
+              query=None):
         def decorate(view):
-            operation = Operation(rule, method, access, summary, tag, body, response, status, errors, view)
+            operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view)
             self.operations.append(operation)
             endpoint = "%s_%s" % (method.lower(), view.__name__)
 
@@ -60,6 +62,8 @@ class Api:
                 g.claims = authorize(operation, path_args)
                 if body is not None:
                     path_args["body"] = parse_body(body)
+                if query is not None:
+                    path_args["query"] = load(query, request.args.to_dict())
                 result = view(**path_args)
                 headers = {}
                 if isinstance(result, tuple):
@@ -108,6 +112,10 @@ def parse_body(schema):
             raise DomainError("invalid_json", "request body is not valid JSON")
     if not isinstance(data, dict):
         raise DomainError("malformed_request", "request body must be a JSON object")
+    return load(schema, data)
+
+
+def load(schema, data):
     try:
         return schema().load(data)
     except ValidationError as error:
@@ -133,6 +141,8 @@ def build_openapi(api):
             codes |= {"403"}
         if op.org_scoped:
             codes |= {"404"}
+        if op.query is not None:
+            codes |= {"422"}
         codes |= {"503"}
         for code in sorted(codes):
             responses[code] = {"description": "error", "content": {"application/json": {"schema": "Error"}}}
@@ -142,10 +152,13 @@ def build_openapi(api):
             operation["security"] = [{"bearer": []}]
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
-        params = re.findall(r"{([a-z_]+)}", op.openapi_path)
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for p in re.findall(r"{([a-z_]+)}", op.openapi_path)]
+        if op.query is not None:
+            params.append({"in": "query", "schema": op.query})
         if params:
-            operation["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                                       for p in params]
+            operation["parameters"] = params
+
         paths.setdefault(op.openapi_path, {})[op.method.lower()] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)

@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
-from gateway.auth import KeyRing, NoRevocations, TokenVerifier
+from gateway.auth import KeyRing, TokenVerifier
+from gateway.revocations import RevocationConsumer, RevocationList
 from gateway.routes import api, register_health
 from gateway.rpc import RpcPool, ServiceUnavailable
 
@@ -42,9 +43,12 @@ def create_app(config=None):
     pool = RpcPool(config, size=config.get("RPC_POOL_SIZE") or 8, timeout=config.get("RPC_TIMEOUT") or 5)
     key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]
     keyring = KeyRing(key_files, fetch=None if key_files else lambda: pool.call("membership", "public_keys"))
+    revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
+    consumer = RevocationConsumer(config["AMQP_URI"], revocations)
+    consumer.start()
     app.extensions["rpc"] = pool
-    app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform",
-                                               NoRevocations())
+    app.extensions["revocation_consumer"] = consumer
+    app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)
     allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
 
     app.register_blueprint(api.blueprint, url_prefix="/api/v1")
@@ -57,7 +61,10 @@ def create_app(config=None):
 
     @app.errorhandler(DomainError)
     def domain_error(error):
-        return error_response(error.code, error.message, error.details)
+        headers = {}
+        if error.code == "rate_limited":
+            headers["Retry-After"] = str(error.details.get("retry_after", 1))
+        return error_response(error.code, error.message, error.details, headers=headers)
 
     @app.errorhandler(ServiceUnavailable)
     def unavailable(error):

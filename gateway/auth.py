@@ -72,9 +72,3 @@ class TokenVerifier:
             raise DomainError("token_revoked", "access token has been revoked")
         return claims
 
-
-class NoRevocations:
-    """Placeholder until the gateway consumes ``access_revoked`` events."""
-
-    def is_revoked(self, claims):
-        return False

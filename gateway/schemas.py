@@ -1,7 +1,7 @@
 """Request and response schemas of the HTTP API; the OpenAPI document is generated from these."""
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from common.events import ROLES
+from common.events import PLAN_NAMES, ROLES
 
 ORG_NAME = validate.Length(min=1, max=100)
 
@@ -43,6 +43,55 @@ class RefreshRequest(Strict):
 
 class RenameOrganizationRequest(Strict):
     name = fields.String(required=True, validate=ORG_NAME)
+
+
+class CreateOrganizationRequest(Strict):
+    name = fields.String(required=True, validate=ORG_NAME)
+
+
+class SwitchRequest(Strict):
+    organization_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class PasswordChangeRequest(Strict):
+    current_password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+    new_password = fields.String(required=True, validate=validate.Length(min=10, max=1024))
+
+
+class MemberQuery(Strict):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+    q = fields.String(load_default=None, validate=validate.Length(max=100))
+
+
+class MemberUpdateRequest(Strict):
+    role = fields.String(validate=validate.OneOf(ROLES))
+    can_delete_organization = fields.Boolean()
+
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("Give role and/or can_delete_organization.", "_schema")
+
+
+class OwnershipRequest(Strict):
+    user_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+
+
+class PlanRequest(Strict):
+    name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
+    included_users = fields.Integer(required=True, allow_none=True, strict=True, validate=validate.Range(min=0),
+                                    metadata={"description": "null = unlimited"})
+    included_storage_bytes = fields.Integer(required=True, allow_none=True, strict=True,
+                                            validate=validate.Range(min=0), metadata={"description": "null = unlimited"})
+    paid_until = fields.AwareDateTime(required=True, allow_none=True, format="iso")
+
+
+class InviteRequest(Strict):
+    # trimmed, lower-cased and checked by the membership service (details name the bad index)
+    emails = fields.List(fields.String(validate=validate.Length(min=3, max=254)), required=True,
+                         validate=validate.Length(min=1, max=100))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -126,6 +175,69 @@ class OrganizationOverviewSchema(Schema):
     credits = fields.Nested(CreditsSummarySchema, required=True)
     created_at = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(("active", "deleting", "deleted")))
+
+
+class OrganizationListSchema(Schema):
+    items = fields.List(fields.Nested(OrganizationMembershipSchema), required=True)
+
+
+class SwitchResponse(TokenPairSchema):
+    organization = fields.Nested(OrganizationMembershipSchema, required=True)
+
+
+class MemberSchema(Schema):
+    user_id = fields.String(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    is_owner = fields.Boolean(required=True)
+    can_delete_organization = fields.Boolean(required=True)
+    joined_at = fields.String(required=True)
+
+
+class MemberPageSchema(Schema):
+    items = fields.List(fields.Nested(MemberSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class RemovedSchema(Schema):
+    removed = fields.Boolean(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(("left", "removed")))
+
+
+class OwnershipSchema(Schema):
+    owner_user_id = fields.String(required=True)
+    previous_owner_user_id = fields.String(required=True)
+
+
+class InviteSchema(Schema):
+    id = fields.String(required=True)
+    email = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    status = fields.String(required=True)
+    invited_by = fields.String(required=True)
+    created_at = fields.String(required=True)
+    expires_at = fields.String(required=True)
+
+
+class SkippedInviteSchema(Schema):
+    email = fields.String(required=True)
+    reason = fields.String(required=True)
+
+
+class InvitesCreatedSchema(Schema):
+    items = fields.List(fields.Nested(InviteSchema), required=True)
+    skipped = fields.List(fields.Nested(SkippedInviteSchema), required=True)
+
+
+class InviteListSchema(Schema):
+    items = fields.List(fields.Nested(InviteSchema), required=True)
+
+
+class InvitePreviewSchema(Schema):
+    organization = fields.Nested(OrganizationRefSchema, required=True)
+    role = fields.String(required=True)
+    expires_at = fields.String(required=True)
 
 
 class LogoutResponse(Schema):

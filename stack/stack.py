@@ -34,18 +34,20 @@ class Instance:
     """Ports, names and folders of one stack instance."""
 
     def __init__(self, name):
-        self.name = name
         test = name == "test"
-        self.var = os.path.join(ROOT, "var", "test") if test else os.path.join(ROOT, "var")
+        # TEST_INSTANCE=<label> gives a parallel test stack of its own (var/<label>, ports + offset)
+        self.name = os.environ.get("TEST_INSTANCE", "test") if test else name
+        offset = env_int("TEST_PORT_OFFSET", 0) if test else 0
+        self.var = os.path.join(ROOT, "var", self.name) if test else os.path.join(ROOT, "var")
         self.run_dir = os.path.join(self.var, "run")
         self.log_dir = os.path.join(self.var, "log")
         self.mail_dir = os.path.join(self.var, "mail")
         self.gateway_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
-        self.gateway_port = env_int("TEST_GATEWAY_PORT", 18080) if test else env_int("GATEWAY_PORT", 8080)
-        self.smtp_port = env_int("TEST_SMTP_PORT", 11025) if test else env_int("SMTP_PORT", 1025)
-        self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-test") if test else os.environ.get(
+        self.gateway_port = env_int("TEST_GATEWAY_PORT", 18080 + offset) if test else env_int("GATEWAY_PORT", 8080)
+        self.smtp_port = env_int("TEST_SMTP_PORT", 11025 + offset) if test else env_int("SMTP_PORT", 1025)
+        self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-" + self.name) if test else os.environ.get(
             "RABBIT_VHOST", "/")
-        self.db_prefix = os.environ.get("TEST_MONGO_DB_PREFIX", "test_") if test else os.environ.get(
+        self.db_prefix = os.environ.get("TEST_MONGO_DB_PREFIX", self.name + "_") if test else os.environ.get(
             "MONGO_DB_PREFIX", "")
         self.rabbit_host = os.environ.get("RABBIT_HOST", "127.0.0.1")
         self.rabbit_port = env_int("RABBIT_PORT", 5672)
@@ -88,6 +90,7 @@ class Instance:
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")
             env.setdefault("RPC_TIMEOUT", "3")
+            env.setdefault("LOGIN_LIMIT_PER_ADDRESS", "100000")  # the whole suite logs in from 127.0.0.1
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env

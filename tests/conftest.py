@@ -8,7 +8,7 @@ import os
 import pytest
 
 from stack import stack
-from tests.support import Gateway
+from tests.support import EventTap, Gateway
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,11 @@ def gateway(test_stack):
 def owner(gateway):
     """A fresh account owning a fresh organization."""
     return gateway.signup(organization_name="Lab %s" % os.urandom(3).hex())
+
+
+@pytest.fixture(scope="session")
+def tap(test_stack):
+    """Every event on the bus, as an outside subscriber sees it."""
+    listener = EventTap(test_stack.amqp_uri)
+    yield listener
+    listener.close()

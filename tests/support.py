@@ -77,3 +77,76 @@ def assert_error(response, status, code=None):
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+class EventTap:
+    """Listens to the bus like any outside subscriber would: its own exclusive queue, bound to
+    every event type of the given sources."""
+
+    def __init__(self, amqp_uri, sources=("org", "membership", "usage", "notifications")):
+        from kombu import Connection, Queue
+
+        from common.topology import event_exchange
+
+        self.connection = Connection(amqp_uri)
+        self.channel = self.connection.channel()
+        self.events = []
+        self.queue = Queue("test-tap-%s" % uuid.uuid4().hex, exclusive=True, auto_delete=True, durable=False,
+                           channel=self.channel)
+        self.queue.declare()
+        for source in sources:
+            event_exchange(source)(self.channel).declare()
+            self.queue.bind_to(exchange=event_exchange(source), routing_key="#")
+        self.consumer = self.connection.Consumer(self.queue, callbacks=[self._collect], accept=["json"])
+        self.consumer.consume()
+
+    def _collect(self, body, message):
+        self.events.append((message.delivery_info["routing_key"], body))
+        message.ack()
+
+    def wait_for(self, event_type, timeout=10.0, **match):
+        """The first event of ``event_type`` whose fields equal ``match``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for kind, body in self.events:
+                if kind == event_type and all(body.get(k) == v for k, v in match.items()):
+                    return body
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no %s event matching %r within %.1fs" % (event_type, match, timeout))
+            try:
+                self.connection.drain_events(timeout=min(remaining, 0.2))
+            except OSError:  # socket.timeout: nothing arrived yet
+                pass
+
+    def all(self, event_type, **match):
+        try:
+            self.connection.drain_events(timeout=0.2)
+        except OSError:
+            pass
+        return [body for kind, body in self.events
+                if kind == event_type and all(body.get(k) == v for k, v in match.items())]
+
+    def close(self):
+        self.connection.release()
+
+
+def invite(gateway, tap, admin, email, role="member", org_id=None):
+    """Invite ``email``; returns (token, invite id), the token read from the invite_created event."""
+    org_id = org_id or admin.org_id
+    response = gateway.post("/organizations/%s/invites" % org_id, {"emails": [email], "role": role}, admin.token)
+    assert response.status_code == 201, response.text
+    invite_id = response.json()["items"][0]["id"]
+    event = tap.wait_for("invite_created", invite_id=invite_id)
+    return event["accept_url"].rsplit("/", 1)[1], invite_id
+
+
+def join(gateway, tap, admin, role, name=None, org_id=None):
+    """A new account that signed up through an invite with ``role``."""
+    email = unique_email(role)
+    token, _ = invite(gateway, tap, admin, email, role, org_id)
+    password = "correct horse battery"
+    response = gateway.post("/auth/signup", {"email": email, "password": password, "name": name or role.title(),
+                                             "invite_token": token})
+    assert response.status_code == 201, response.text
+    return Account(response.json(), password)

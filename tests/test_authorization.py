@@ -31,8 +31,7 @@ def test_missing_and_malformed_authorization_is_401(gateway, owner):
 
 
 def test_expired_token_is_401(gateway, test_stack, owner):
-    token = forge(test_stack, sub=owner.user_id, org=owner.org_id, role="admin",
-                  iat=int(time.time()) - 1000, exp=int(time.time()) - 10)
+    token = forge(test_stack, session_of=owner, iat=int(time.time()) - 1000, exp=int(time.time()) - 10)
     assert_error(gateway.get("/organizations/%s" % owner.org_id, token), 401, "token_expired")
 
 
@@ -80,7 +79,7 @@ def test_forged_tokens_are_401(gateway, test_stack, owner, attack):
 
 @pytest.mark.parametrize("role,expected", [("member", 403), ("dataset_manager", 403), ("admin", 200)])
 def test_rename_needs_admin(gateway, test_stack, owner, role, expected):
-    token = forge(test_stack, sub=owner.user_id, org=owner.org_id, role=role)
+    token = forge(test_stack, session_of=owner, role=role)
     response = gateway.patch("/organizations/%s" % owner.org_id, {"name": "By %s" % role}, token)
     if expected == 200:
         assert response.status_code == 200, response.text
@@ -90,12 +89,17 @@ def test_rename_needs_admin(gateway, test_stack, owner, role, expected):
     assert gateway.get("/organizations/%s" % owner.org_id, token).status_code == 200
 
 
-def test_superuser_token_may_read_any_organization(gateway, test_stack, owner):
-    token = forge(test_stack, su=True)
-    response = gateway.get("/organizations/%s" % owner.org_id, token)
+def superuser_token(gateway):
+    response = gateway.post("/auth/login", {"email": "superuser@example.test", "password": "superuser-test-password"})
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+def test_superuser_token_may_read_any_organization(gateway, owner):
+    response = gateway.get("/organizations/%s" % owner.org_id, superuser_token(gateway))
     assert response.status_code == 200, response.text
 
 
-def test_unknown_organization_is_404_for_superuser(gateway, test_stack):
-    assert_error(gateway.get("/organizations/00000000-0000-0000-0000-000000000000", forge(test_stack, su=True)),
+def test_unknown_organization_is_404_for_superuser(gateway):
+    assert_error(gateway.get("/organizations/00000000-0000-0000-0000-000000000000", superuser_token(gateway)),
                  404, "not_found")

@@ -14,13 +14,20 @@ def real_key(test_stack):
     return key, key_id(public_pem(key))
 
 
-def forge(test_stack, key=None, kid=None, algorithm="EdDSA", **overrides):
-    """A token like the membership service issues, with ``overrides`` applied to the claims."""
+def forge(test_stack, key=None, kid=None, algorithm="EdDSA", session_of=None, **overrides):
+    """A token like the membership service issues, with ``overrides`` applied to the claims.
+
+    ``session_of`` (an Account) makes it belong to that account's real session, as every token the
+    service signs does; gateways may check a token's session with the membership service.
+    """
     if key is None:
         key, kid = real_key(test_stack)
     now = int(time.time())
     claims = {"iss": "orgplatform", "sub": str(uuid.uuid4()), "org": None, "role": None, "owner": False,
               "su": False, "sid": uuid.uuid4().hex, "jti": uuid.uuid4().hex, "iat": now, "exp": now + 300}
+    if session_of is not None:
+        issued = jwt.decode(session_of.token, options={"verify_signature": False})
+        claims.update({key_: issued[key_] for key_ in ("sub", "sid", "org", "role", "owner", "su", "iat")})
     claims.update(overrides)
     return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid} if kid else None)
 

@@ -1,9 +1,11 @@
-"""Accounts, sign-up, login and sessions.
+"""Accounts, sign-up, login, sessions and revocation.
 
 A session is one refresh-token family scoped to one organization. Access tokens are short JWTs;
-revoking a session publishes ``access_revoked`` so gateways reject its access tokens at once.
+whatever voids them (logout, switch, removal, role change, password change...) publishes
+``access_revoked`` so that every gateway rejects them at once, without asking us per request.
 """
 import re
+import time
 import uuid
 from datetime import timedelta
 
@@ -32,10 +34,10 @@ def clean_person_name(name):
     return name.strip()
 
 
-def check_password(password):
+def check_password(password, field="password"):
     if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise DomainError("validation_failed", "invalid input",
-                          {"password": ["Must be %d-%d characters." % (MIN_PASSWORD, MAX_PASSWORD)]})
+                          {field: ["Must be %d-%d characters." % (MIN_PASSWORD, MAX_PASSWORD)]})
 
 
 def public_user(account):
@@ -43,78 +45,119 @@ def public_user(account):
             "is_superuser": bool(account.get("is_superuser"))}
 
 
-def _new_account(email, name, password_hash, is_superuser=False):
+def new_account(email, name, password_hash, is_superuser=False):
     return {"_id": str(uuid.uuid4()), "email": email, "name": name, "password_hash": password_hash,
-            "is_superuser": is_superuser, "last_org_id": None, "created_at": utcnow()}
+            "is_superuser": is_superuser, "last_org_id": None, "tokens_not_before": 0.0,
+            "created_at": utcnow()}
 
 
-def _owner_membership(org_id, user_id):
-    return {"_id": "%s:%s" % (org_id, user_id), "org_id": org_id, "user_id": user_id, "role": "admin",
-            "is_owner": True, "can_delete_organization": True, "joined_at": utcnow()}
+def now_seconds():
+    return round(time.time(), 3)
 
+
+def access_revoked(org_id=None, user_id=None, session_id=None):
+    """An ``access_revoked`` outbox entry voiding matching tokens issued before now."""
+    return outbox.pending(events.ACCESS_REVOKED, org_id, user_id=user_id, session_id=session_id,
+                          not_before=now_seconds())
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+def open_session(store, security, account, org_id, membership, is_owner=False):
+    now = utcnow()
+    refresh_token = new_secret_token()
+    session = {"_id": uuid.uuid4().hex, "user_id": account["_id"], "org_id": org_id,
+               "refresh_hash": token_hash(refresh_token), "previous_hashes": [], "created_at": now,
+               "expires_at": now + timedelta(seconds=security.refresh_ttl), "revoked_at": None}
+    store.insert_session(session)
+    return token_pair(security, account, session, membership, is_owner, refresh_token)
+
+
+def token_pair(security, account, session, membership, is_owner, refresh_token):
+    access_token, expires_in = security.tokens.access_token(
+        account["_id"], session["org_id"], membership["role"] if membership else None,
+        is_owner, account.get("is_superuser"), session["_id"])
+    return {"access_token": access_token, "refresh_token": refresh_token, "expires_in": expires_in,
+            "token_type": "Bearer", "user": public_user(account)}
+
+
+def is_owner_of(store, org_id, user_id):
+    organization = store.organization(org_id) if org_id else None
+    return bool(organization and organization.get("owner_user_id") == user_id)
+
+
+def revoke_session(store, session_id, user_id, org_id):
+    return store.revoke_session(session_id, utcnow(), access_revoked(org_id, user_id, session_id))
+
+
+# -- sign-up and login -------------------------------------------------------------------------
 
 def signup(store, security, create_org, email, password, name, organization_name=None):
     """Create an account, and with ``organization_name`` an organization it owns.
 
     The organization is created first (idempotently, by an id chosen here) so that a failure there
-    leaves no half-made account behind; a concurrent sign-up with the same email can at worst
-    leave an organization without members, which never becomes visible to anyone.
+    leaves no half-made account behind.
     """
+    from services.membership import members
+
     email = normalize_email(email)
     name = clean_person_name(name)
     check_password(password)
     password_hash = security.passwords.hash(password)
     if store.account_by_email(email):
         raise DomainError("email_taken", "an account with this email already exists")
-    account = _new_account(email, name, password_hash)
+    account = new_account(email, name, password_hash)
     organization = None
     if organization_name is not None:
-        org_id = str(uuid.uuid4())
-        organization = create_org(org_id, organization_name,
-                                  {"id": account["_id"], "name": name, "email": email})
-        account["last_org_id"] = org_id
+        organization = members.create_remote_organization(create_org, organization_name, account)
+        account["last_org_id"] = organization["id"]
     if not store.insert_account(account):
         raise DomainError("email_taken", "an account with this email already exists")
     membership = None
     if organization is not None:
-        store.save_organization(organization["id"], organization["name"], organization["created_at"])
-        membership = _owner_membership(organization["id"], account["_id"])
-        store.insert_membership(membership, outbox.pending(
-            events.MEMBER_JOINED, organization["id"], user_id=account["_id"], email=email, name=name,
-            role="admin", via_invite=False, is_owner=True))
-    tokens = _open_session(store, security, account, organization["id"] if organization else None,
-                           membership)
-    return dict(tokens, user=public_user(account),
-                organization=_org_summary(organization, membership) if organization else None)
+        membership = members.record_new_organization(store, organization, account)
+    tokens = open_session(store, security, account, organization["id"] if organization else None,
+                          membership, is_owner=organization is not None)
+    summary = None
+    if organization is not None:
+        summary = {"id": organization["id"], "name": organization["name"], "role": "admin", "is_owner": True}
+    return dict(tokens, organization=summary)
 
 
-def signup_with_invite(store, security, email, password, name, invite_token):
-    """Sign up straight into the organization an invite is for (invites arrive with their issue)."""
-    raise DomainError("not_found", "invite not found")
+def check_login_rate(store, config, email, client_address):
+    """Fixed-window counters in the database, so every replica enforces the same limit."""
+    window = int(config.get("LOGIN_LIMIT_WINDOW") or 60)
+    now = time.time()
+    start = int(now // window * window)
+    expires = utcnow() + timedelta(seconds=2 * window)
+    limits = [("email:" + email, int(config.get("LOGIN_LIMIT_PER_EMAIL") or 10))] if email else []
+    if client_address:
+        limits.append(("addr:" + client_address, int(config.get("LOGIN_LIMIT_PER_ADDRESS") or 60)))
+    for key, limit in limits:
+        if store.count_attempt(key, start, expires) > limit:
+            retry_after = max(1, int(start + window - now) + 1)
+            raise DomainError("rate_limited", "too many login attempts, try again later",
+                              {"retry_after": retry_after})
 
 
-def _org_summary(organization, membership):
-    return {"id": organization["id"], "name": organization["name"], "role": membership["role"],
-            "is_owner": membership["is_owner"]}
-
-
-def login(store, security, email, password, organization_id=None):
+def login(store, security, config, email, password, organization_id=None, client_address=None):
     """Same answer for an unknown email and a wrong password, after the same amount of work."""
     try:
         email = normalize_email(email)
     except DomainError:
         email = None
+    check_login_rate(store, config, email, client_address)
     account = store.account_by_email(email) if email else None
     if not security.passwords.verify(account["password_hash"] if account else None, password or ""):
         raise DomainError("invalid_credentials", "email or password is wrong")
-    org_id, membership = _choose_organization(store, account, organization_id)
+    org_id, membership = choose_organization(store, account, organization_id)
     if org_id != account.get("last_org_id"):
         store.set_account(account["_id"], {"last_org_id": org_id})
-    tokens = _open_session(store, security, account, org_id, membership)
-    return dict(tokens, user=public_user(account))
+    return open_session(store, security, account, org_id, membership, is_owner_of(store, org_id, account["_id"]))
 
 
-def _choose_organization(store, account, organization_id):
+def choose_organization(store, account, organization_id):
+    """The requested organization, else the last used one, else the oldest membership."""
     if organization_id is not None:
         membership = store.membership(organization_id, account["_id"])
         if membership is None:
@@ -130,22 +173,23 @@ def _choose_organization(store, account, organization_id):
     return None, None
 
 
-def _open_session(store, security, account, org_id, membership):
-    now = utcnow()
-    refresh_token = new_secret_token()
-    session = {"_id": uuid.uuid4().hex, "user_id": account["_id"], "org_id": org_id,
-               "refresh_hash": token_hash(refresh_token), "previous_hashes": [], "created_at": now,
-               "expires_at": now + timedelta(seconds=security.refresh_ttl), "revoked_at": None}
-    store.insert_session(session)
-    return _token_pair(security, account, session, membership, refresh_token)
-
-
-def _token_pair(security, account, session, membership, refresh_token):
-    access_token, expires_in = security.tokens.access_token(
-        account["_id"], session["org_id"], membership["role"] if membership else None,
-        membership["is_owner"] if membership else False, account.get("is_superuser"), session["_id"])
-    return {"access_token": access_token, "refresh_token": refresh_token, "expires_in": expires_in,
-            "token_type": "Bearer"}
+def switch(store, security, session_id, user_id, organization_id):
+    """A new session scoped to another organization; the current session ends."""
+    account = store.account(user_id)
+    if account is None:
+        raise DomainError("invalid_token", "account no longer exists")
+    membership = store.membership(organization_id, user_id)
+    if membership is None:
+        raise DomainError("not_a_member", "you are not a member of this organization")
+    session = store.session(session_id)
+    revoke_session(store, session_id, user_id, session["org_id"] if session else None)
+    store.set_account(user_id, {"last_org_id": organization_id})
+    tokens = open_session(store, security, account, organization_id, membership,
+                          is_owner_of(store, organization_id, user_id))
+    organization = store.organization(organization_id) or {}
+    return dict(tokens, organization={"id": organization_id, "name": organization.get("name", ""),
+                                      "role": membership["role"],
+                                      "is_owner": organization.get("owner_user_id") == user_id})
 
 
 def refresh(store, security, refresh_token):
@@ -162,17 +206,13 @@ def refresh(store, security, refresh_token):
             revoke_session(store, reused["_id"], reused["user_id"], reused.get("org_id"))
         raise DomainError("invalid_token", "refresh token is invalid or expired")
     account = store.account(session["user_id"])
-    membership = store.membership(session["org_id"], account["_id"]) if session["org_id"] else None
-    if account is None or (session["org_id"] and membership is None):
-        revoke_session(store, session["_id"], session["user_id"], session["org_id"])
+    org_id = session["org_id"]
+    membership = store.membership(org_id, session["user_id"]) if org_id else None
+    if account is None or (org_id and membership is None):
+        revoke_session(store, session["_id"], session["user_id"], org_id)
         raise DomainError("invalid_token", "refresh token is invalid or expired")
-    return dict(_token_pair(security, account, session, membership, new_token), user=public_user(account))
-
-
-def revoke_session(store, session_id, user_id, org_id):
-    event = outbox.pending(events.ACCESS_REVOKED, org_id, user_id=user_id, session_id=session_id,
-                           not_before=int(utcnow().timestamp()) + 1)
-    return store.revoke_session(session_id, utcnow(), event)
+    return token_pair(security, account, session, membership, is_owner_of(store, org_id, account["_id"]),
+                      new_token)
 
 
 def logout(store, session_id, user_id, org_id):
@@ -180,14 +220,54 @@ def logout(store, session_id, user_id, org_id):
     return {"logged_out": True}
 
 
+def change_password(store, security, session_id, user_id, current_password, new_password):
+    """Every session of the account ends; the caller gets a fresh one in the same organization."""
+    account = store.account(user_id)
+    if account is None:
+        raise DomainError("invalid_token", "account no longer exists")
+    check_password(new_password, "new_password")
+    if not security.passwords.verify(account["password_hash"], current_password or ""):
+        raise DomainError("validation_failed", "invalid input", {"current_password": ["Wrong password."]})
+    store.set_account(user_id, {"password_hash": security.passwords.hash(new_password),
+                                "tokens_not_before": now_seconds()}, access_revoked(None, user_id))
+    store.revoke_sessions(user_id, utcnow(), all_orgs=True)
+    session = store.session(session_id)
+    org_id = session["org_id"] if session else account.get("last_org_id")
+    membership = store.membership(org_id, user_id) if org_id else None
+    if membership is None:
+        org_id = None
+    return open_session(store, security, store.account(user_id), org_id, membership,
+                        is_owner_of(store, org_id, user_id))
+
+
+def check_access(store, claims):
+    """The slow path for gateways that may have missed ``access_revoked`` events."""
+    session = store.session(claims.get("sid"))
+    if session is None or session["revoked_at"] is not None or session["user_id"] != claims.get("sub"):
+        return False
+    account = store.account(claims["sub"])
+    if account is None or claims["iat"] < account.get("tokens_not_before", 0):
+        return False
+    org_id = claims.get("org")
+    if org_id:
+        membership = store.membership(org_id, claims["sub"])
+        organization = store.organization(org_id)
+        if membership is None or claims["iat"] < membership.get("tokens_not_before", 0):
+            return False
+        if organization is None or organization.get("status") != "active":
+            return False
+    return True
+
+
 def me(store, user_id, org_id):
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
     memberships = store.memberships_of(user_id)
-    names = store.organization_names(m["org_id"] for m in memberships)
-    organizations = [{"id": m["org_id"], "name": names.get(m["org_id"], ""), "role": m["role"],
-                      "is_owner": m["is_owner"]} for m in memberships]
+    orgs = store.organizations(m["org_id"] for m in memberships)
+    organizations = [{"id": m["org_id"], "name": orgs.get(m["org_id"], {}).get("name", ""), "role": m["role"],
+                      "is_owner": orgs.get(m["org_id"], {}).get("owner_user_id") == user_id}
+                     for m in memberships]
     current = next((o for o in organizations if o["id"] == org_id), None)
     return {"user": public_user(account),
             "organization": {"id": current["id"], "name": current["name"]} if current else None,
@@ -205,12 +285,7 @@ def ensure_superuser(store, security, email, password, name):
         if not existing.get("is_superuser"):
             store.set_account(existing["_id"], {"is_superuser": True})
         return existing["_id"]
-    account = _new_account(email, clean_person_name(name), security.passwords.hash(password), True)
+    account = new_account(email, clean_person_name(name), security.passwords.hash(password), True)
     if not store.insert_account(account):  # another replica won the race
         return store.account_by_email(email)["_id"]
     return account["_id"]
-
-
-def on_organization_renamed(store, event):
-    store.rename_organization(event["organization_id"], event["name"], event["occurred_at"])
-

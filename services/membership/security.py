@@ -3,7 +3,9 @@
 Argon2 is deliberately slow; it runs in eventlet's OS thread pool so one login does not stall
 every other request the service is handling.
 """
+import base64
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -57,10 +59,12 @@ class TokenIssuer:
             self.published[key_id(pem)] = pem
 
     def access_token(self, user_id, org_id, role, is_owner, is_superuser, session_id):
-        now = int(time.time())
+        # iat keeps milliseconds (RFC 7519 allows fractions) so a revocation's not_before can void
+        # tokens issued before it without voiding those issued a moment after it
+        now = round(time.time(), 3)
         claims = {"iss": self.issuer, "sub": user_id, "org": org_id, "role": role,
                   "owner": bool(is_owner), "su": bool(is_superuser), "sid": session_id,
-                  "jti": uuid.uuid4().hex, "iat": now, "exp": now + self.access_ttl}
+                  "jti": uuid.uuid4().hex, "iat": now, "exp": int(now) + self.access_ttl}
         token = jwt.encode(claims, self.private_key, algorithm="EdDSA", headers={"kid": self.kid})
         return token, self.access_ttl
 
@@ -86,3 +90,36 @@ class Security:
         self.passwords = passwords
         self.tokens = tokens
         self.refresh_ttl = refresh_ttl
+
+
+class InviteTokens:
+    """Invite tokens are derived from the invite id with a server secret (HMAC-SHA256, 256 bits).
+
+    The database keeps only the token's hash; the token itself can be re-derived when the
+    ``invite_created`` event is published, so not even the outbox holds it in plain text.
+    """
+
+    def __init__(self, secret, public_base_url):
+        self.secret = secret
+        self.public_base_url = public_base_url.rstrip("/")
+
+    @classmethod
+    def from_config(cls, config):
+        secret = config.get("INVITE_TOKEN_SECRET")
+        if secret:
+            secret = str(secret).encode()
+        else:  # derive from the signing key so a default install needs no extra secret
+            with open(config["JWT_PRIVATE_KEY_FILE"], "rb") as handle:
+                secret = hashlib.sha256(b"orgplatform-invites\x00" + handle.read()).digest()
+        return cls(secret, str(config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080"))
+
+    def token(self, invite_id):
+        digest = hmac.new(self.secret, invite_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def accept_url(self, invite_id):
+        return "%s/invites/%s" % (self.public_base_url, self.token(invite_id))
+
+    def with_accept_url(self, body):
+        body["accept_url"] = self.accept_url(body["invite_id"])
+        return body

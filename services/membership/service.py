@@ -1,4 +1,4 @@
-"""Membership service entrypoints: accounts, sessions and tokens, memberships."""
+"""Membership service entrypoints: accounts, sessions and tokens, memberships, invites."""
 import eventlet
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
@@ -7,9 +7,10 @@ from nameko.timer import timer
 
 from common import events
 from common.errors import DomainError
+from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
-from services.membership import domain
+from services.membership import domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
 
@@ -37,9 +38,8 @@ class MembershipService:
     store = StoreProvider(MembershipStore, "membership")
     security = SecurityProvider()
     org = RpcProxy("org")
-    bootstrap = SuperuserBootstrap()
-
     config = Config()
+    bootstrap = SuperuserBootstrap()
 
     def _create_org(self, org_id, name, owner):
         """The org service must answer within RPC_TIMEOUT; create_organization is idempotent."""
@@ -56,6 +56,7 @@ class MembershipService:
         """``{kid: public key PEM}`` for gateways that do not have the keys configured."""
         return dict(self.security.tokens.published)
 
+    # -- accounts and sessions ----------------------------------------------------------------
     @domain_rpc
     def signup(self, email, password, name, organization_name=None):
         return domain.signup(self.store, self.security, self._create_org, email, password, name,
@@ -63,11 +64,12 @@ class MembershipService:
 
     @domain_rpc
     def signup_with_invite(self, email, password, name, invite_token):
-        return domain.signup_with_invite(self.store, self.security, email, password, name, invite_token)
+        return invites.signup_with_invite(self.store, self.security, email, password, name, invite_token)
 
     @domain_rpc
-    def login(self, email, password, organization_id=None):
-        return domain.login(self.store, self.security, email, password, organization_id)
+    def login(self, email, password, organization_id=None, client_address=None):
+        return domain.login(self.store, self.security, self.config, email, password, organization_id,
+                            client_address)
 
     @domain_rpc
     def refresh(self, refresh_token):
@@ -78,13 +80,81 @@ class MembershipService:
         return domain.logout(self.store, session_id, user_id, org_id)
 
     @domain_rpc
+    def switch(self, session_id, user_id, organization_id):
+        return domain.switch(self.store, self.security, session_id, user_id, organization_id)
+
+    @domain_rpc
+    def change_password(self, session_id, user_id, current_password, new_password):
+        return domain.change_password(self.store, self.security, session_id, user_id, current_password,
+                                      new_password)
+
+    @domain_rpc
+    def check_access(self, claims):
+        return domain.check_access(self.store, claims)
+
+    @domain_rpc
     def me(self, user_id, org_id):
         return domain.me(self.store, user_id, org_id)
 
+    # -- organizations and members --------------------------------------------------------------
+    @domain_rpc
+    def create_organization(self, user_id, name):
+        return members.create_organization(self.store, self._create_org, user_id, name)
+
+    @domain_rpc
+    def list_organizations(self, user_id):
+        return members.list_organizations(self.store, user_id)
+
+    @domain_rpc
+    def list_members(self, org_id, limit=50, cursor=None, q=None):
+        return members.list_members(self.store, org_id, limit, cursor, q)
+
+    @domain_rpc
+    def change_member(self, org_id, actor, user_id, role=None, can_delete_organization=None):
+        return members.change_member(self.store, org_id, actor, user_id, role, can_delete_organization)
+
+    @domain_rpc
+    def remove_member(self, org_id, actor, user_id):
+        return members.remove_member(self.store, org_id, actor, user_id)
+
+    @domain_rpc
+    def transfer_ownership(self, org_id, actor, to_user_id):
+        return members.transfer_ownership(self.store, org_id, actor, to_user_id)
+
+    # -- invites ----------------------------------------------------------------------------
+    @domain_rpc
+    def create_invites(self, org_id, actor, emails, role):
+        return invites.create_invites(self.store, self.config, org_id, actor, emails, role)
+
+    @domain_rpc
+    def list_invites(self, org_id, actor):
+        return invites.list_invites(self.store, org_id, actor)
+
+    @domain_rpc
+    def revoke_invite(self, org_id, actor, invite_id):
+        return invites.revoke_invite(self.store, org_id, actor, invite_id)
+
+    @domain_rpc
+    def preview_invite(self, token):
+        return invites.preview(self.store, token)
+
+    @domain_rpc
+    def accept_invite(self, token, user_id):
+        return invites.accept(self.store, self.security, token, user_id)
+
+    # -- events and housekeeping ------------------------------------------------------------
     @reliable_handler(events.ORGANIZATION_RENAMED)
     def on_organization_renamed(self, event):
-        domain.on_organization_renamed(self.store, events.load_event(events.ORGANIZATION_RENAMED, event))
+        members.on_organization_renamed(self.store, events.load_event(events.ORGANIZATION_RENAMED, event))
+
+    @reliable_handler(events.PLAN_CHANGED)
+    def on_plan_changed(self, event):
+        members.on_plan_changed(self.store, events.load_event(events.PLAN_CHANGED, event))
 
     @timer(interval=5)
     def sweep_outbox(self):
         self.store.outbox.sweep(MembershipStore.OUTBOX_COLLECTIONS)
+
+    @timer(interval=60)
+    def forget_login_attempts(self):
+        self.store.forget_attempts(utcnow())

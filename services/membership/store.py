@@ -1,9 +1,15 @@
-"""Mongo access for accounts, memberships, sessions and the local copy of organization names."""
-from pymongo import ASCENDING, IndexModel, ReturnDocument
+"""Mongo access for accounts, memberships, invites, sessions and the service's copy of organizations.
+
+The ``organizations`` collection is this service's own record of each organization it serves:
+name (fed by the org service's events), owner, the plan's user limit and the seat counter. The
+owner lives only here (``owner_user_id``), so transferring ownership is one atomic write.
+"""
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from common import outbox
 from common.mongo import Store
+from services.membership.security import InviteTokens
 
 LIVE = {outbox.DELETE_AFTER: {"$ne": True}}
 HIDE = {outbox.FIELD: 0, outbox.COUNT: 0}
@@ -15,18 +21,44 @@ class MembershipStore(Store):
         "memberships": [
             IndexModel([("org_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
             IndexModel([("user_id", ASCENDING), ("joined_at", ASCENDING)]),
-            IndexModel([("org_id", ASCENDING), ("joined_at", ASCENDING)]),
+            IndexModel([("org_id", ASCENDING), ("joined_at", ASCENDING), ("user_id", ASCENDING)]),
         ],
         "sessions": [
             IndexModel([("refresh_hash", ASCENDING)], unique=True),
-            IndexModel([("user_id", ASCENDING)]),
+            IndexModel([("user_id", ASCENDING), ("org_id", ASCENDING)]),
             IndexModel([("previous_hashes", ASCENDING)]),
         ],
+        "invites": [
+            IndexModel([("token_hash", ASCENDING)], unique=True),
+            IndexModel([("org_id", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)]),
+            IndexModel([("org_id", ASCENDING), ("email", ASCENDING)]),
+        ],
+        "login_attempts": [IndexModel([("expires_at", ASCENDING)])],
         "organizations": [],
     }
-    OUTBOX_COLLECTIONS = ("accounts", "memberships", "sessions")
+    OUTBOX_COLLECTIONS = ("accounts", "memberships", "sessions", "invites", "organizations")
 
-    # accounts
+    def configure(self, config):
+        """Invite links are added to ``invite_created`` only when it is published (see InviteTokens)."""
+        self.invite_tokens = InviteTokens.from_config(config)
+        self.outbox.enrichers["invite_created"] = self.invite_tokens.with_accept_url
+
+    def _update_one_with_events(self, collection, query, update, events):
+        result = self.db[collection].update_one(query, outbox.update_with_events(update, *events)
+                                                if events else update)
+        if result.modified_count and events:
+            self.outbox.flush(collection, query["_id"])
+        return bool(result.modified_count)
+
+    def _find_and_update(self, collection, query, update, events=(), upsert=False):
+        doc = outbox.without_outbox(self.db[collection].find_one_and_update(
+            query, outbox.update_with_events(update, *events) if events else update,
+            return_document=ReturnDocument.AFTER, upsert=upsert))
+        if doc is not None and events:
+            self.outbox.flush(collection, doc["_id"])
+        return doc
+
+    # -- accounts ---------------------------------------------------------------------------
     def insert_account(self, doc):
         """False if the email is taken."""
         try:
@@ -41,10 +73,54 @@ class MembershipStore(Store):
     def account(self, user_id):
         return self.db.accounts.find_one({"_id": user_id}, HIDE)
 
-    def set_account(self, user_id, fields):
-        self.db.accounts.update_one({"_id": user_id}, {"$set": fields})
+    def accounts(self, user_ids):
+        return {doc["_id"]: doc for doc in self.db.accounts.find({"_id": {"$in": list(user_ids)}}, HIDE)}
 
-    # memberships
+    def set_account(self, user_id, fields, *events):
+        return self._update_one_with_events("accounts", {"_id": user_id}, {"$set": fields}, events)
+
+    # -- organizations (this service's copy) --------------------------------------------------
+    def insert_organization(self, org_id, name, owner_user_id, as_of, included_users=None):
+        """Record a new organization with its owner counted as the first seat."""
+        self.db.organizations.update_one(
+            {"_id": org_id},
+            {"$setOnInsert": {"name": name, "name_as_of": as_of, "owner_user_id": owner_user_id,
+                              "included_users": included_users, "included_users_as_of": as_of, "member_count": 1,
+                              "status": "active"}},
+            upsert=True)
+
+    def organization(self, org_id):
+        return self.db.organizations.find_one({"_id": org_id}, HIDE)
+
+    def organizations(self, org_ids):
+        return {doc["_id"]: doc for doc in self.db.organizations.find({"_id": {"$in": list(org_ids)}}, HIDE)}
+
+    def set_if_newer(self, org_id, field, value, as_of):
+        """Apply a fact from an event unless a newer one is already applied (events may come late)."""
+        stamp = field + "_as_of"
+        self.db.organizations.update_one(
+            {"_id": org_id, "$or": [{stamp: {"$lt": as_of}}, {stamp: {"$exists": False}}]},
+            {"$set": {field: value, stamp: as_of}})
+
+    def claim_seat(self, org_id, included_users):
+        """Take one seat unless the plan's limit is reached; returns the new member count or None."""
+        query = {"_id": org_id, "status": "active"}
+        if included_users is not None:
+            query["member_count"] = {"$lt": included_users}
+        doc = self.db.organizations.find_one_and_update(query, {"$inc": {"member_count": 1}},
+                                                        return_document=ReturnDocument.AFTER)
+        return doc["member_count"] if doc else None
+
+    def release_seat(self, org_id):
+        doc = self.db.organizations.find_one_and_update({"_id": org_id}, {"$inc": {"member_count": -1}},
+                                                        return_document=ReturnDocument.AFTER)
+        return doc["member_count"] if doc else 0
+
+    def transfer_owner(self, org_id, from_user_id, to_user_id, *events):
+        return self._find_and_update("organizations", {"_id": org_id, "owner_user_id": from_user_id},
+                                     {"$set": {"owner_user_id": to_user_id}}, events)
+
+    # -- memberships -------------------------------------------------------------------------
     def insert_membership(self, doc, *events):
         try:
             self.db.memberships.insert_one(dict(doc, **outbox.new_document_fields(*events)))
@@ -59,39 +135,89 @@ class MembershipStore(Store):
     def memberships_of(self, user_id):
         return list(self.db.memberships.find(dict(LIVE, user_id=user_id), HIDE).sort("joined_at", ASCENDING))
 
-    # organizations (local copy of names, fed by the org service's events)
-    def save_organization(self, org_id, name, as_of):
-        self.db.organizations.update_one(
-            {"_id": org_id}, {"$setOnInsert": {"name": name, "as_of": as_of}}, upsert=True)
+    def member_page(self, org_id, limit, after=None, search=None):
+        """Members ordered by (joined_at, user_id); ``after`` is the last (joined_at, user_id) seen."""
+        query = dict(LIVE, org_id=org_id)
+        clauses = []
+        if after is not None:
+            joined_at, user_id = after
+            clauses.append({"$or": [{"joined_at": {"$gt": joined_at}},
+                                    {"joined_at": joined_at, "user_id": {"$gt": user_id}}]})
+        if search:
+            clauses.append({"$or": [{"name": {"$regex": search, "$options": "i"}},
+                                    {"email": {"$regex": search, "$options": "i"}}]})
+        if clauses:
+            query["$and"] = clauses
+        return list(self.db.memberships.find(query, HIDE)
+                    .sort([("joined_at", ASCENDING), ("user_id", ASCENDING)]).limit(limit))
 
-    def rename_organization(self, org_id, name, as_of):
-        """Apply a rename unless a newer one is already applied (events may be redelivered late)."""
-        self.db.organizations.update_one(
-            {"_id": org_id, "$or": [{"as_of": {"$lt": as_of}}, {"as_of": {"$exists": False}}]},
-            {"$set": {"name": name, "as_of": as_of}})
+    def update_membership(self, org_id, user_id, fields, *events):
+        return self._find_and_update("memberships", dict(LIVE, _id="%s:%s" % (org_id, user_id)),
+                                     {"$set": fields}, events)
 
-    def organization_names(self, org_ids):
-        return {doc["_id"]: doc["name"] for doc in self.db.organizations.find({"_id": {"$in": list(org_ids)}})}
+    def remove_membership(self, org_id, user_id, *events):
+        """Hide the membership now; the outbox deletes it once its events are published."""
+        doc = self._find_and_update("memberships", dict(LIVE, _id="%s:%s" % (org_id, user_id)),
+                                    {"$set": {outbox.DELETE_AFTER: True}}, events)
+        return doc is not None
 
-    # sessions
+    # -- invites -----------------------------------------------------------------------------
+    def insert_invite(self, doc, *events):
+        self.db.invites.insert_one(dict(doc, **outbox.new_document_fields(*events)))
+        self.outbox.flush("invites", doc["_id"])
+
+    def invite_by_token_hash(self, token_hash):
+        return self.db.invites.find_one({"token_hash": token_hash}, HIDE)
+
+    def pending_invites(self, org_id, email=None):
+        query = {"org_id": org_id, "status": "pending"}
+        if email is not None:
+            query["email"] = email
+        return list(self.db.invites.find(query, HIDE).sort("created_at", DESCENDING))
+
+    def set_invite_status(self, invite_id, from_status, fields, org_id=None):
+        """Move an invite out of ``from_status`` exactly once; returns the updated invite or None."""
+        query = {"_id": invite_id, "status": from_status}
+        if org_id is not None:
+            query["org_id"] = org_id
+        return outbox.without_outbox(self.db.invites.find_one_and_update(
+            query, {"$set": fields}, return_document=ReturnDocument.AFTER))
+
+    # -- sessions ----------------------------------------------------------------------------
     def insert_session(self, doc):
         self.db.sessions.insert_one(doc)
 
+    def session(self, session_id):
+        return self.db.sessions.find_one({"_id": session_id}, HIDE)
+
     def rotate_refresh(self, refresh_hash, new_hash, now, expires_at):
         """Swap the refresh hash atomically; None if it is not a live session's current hash."""
-        return outbox.without_outbox(self.db.sessions.find_one_and_update(
-            {"refresh_hash": refresh_hash, "revoked_at": None, "expires_at": {"$gt": now}},
+        return self._find_and_update(
+            "sessions", {"refresh_hash": refresh_hash, "revoked_at": None, "expires_at": {"$gt": now}},
             {"$set": {"refresh_hash": new_hash, "expires_at": expires_at, "refreshed_at": now},
-             "$push": {"previous_hashes": refresh_hash}},
-            return_document=ReturnDocument.AFTER))
+             "$push": {"previous_hashes": refresh_hash}})
 
     def session_with_previous_hash(self, refresh_hash):
         return self.db.sessions.find_one({"previous_hashes": refresh_hash}, HIDE)
 
     def revoke_session(self, session_id, now, *events):
         """Mark revoked (once) and queue ``events``; True if this call revoked it."""
-        update = outbox.update_with_events({"$set": {"revoked_at": now}}, *events)
-        result = self.db.sessions.update_one({"_id": session_id, "revoked_at": None}, update)
-        if result.modified_count:
-            self.outbox.flush("sessions", session_id)
-        return bool(result.modified_count)
+        return self._update_one_with_events("sessions", {"_id": session_id, "revoked_at": None},
+                                            {"$set": {"revoked_at": now}}, events)
+
+    def revoke_sessions(self, user_id, now, org_id=None, all_orgs=False):
+        """Revoke refresh tokens of a user in one organization (or everywhere)."""
+        query = {"user_id": user_id, "revoked_at": None}
+        if not all_orgs:
+            query["org_id"] = org_id
+        return self.db.sessions.update_many(query, {"$set": {"revoked_at": now}}).modified_count
+
+    # -- login rate limiting -----------------------------------------------------------------
+    def count_attempt(self, key, window_start, expires_at):
+        doc = self.db.login_attempts.find_one_and_update(
+            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": 1}, "$set": {"expires_at": expires_at}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return doc["count"]
+
+    def forget_attempts(self, before):
+        return self.db.login_attempts.delete_many({"expires_at": {"$lt": before}}).deleted_count

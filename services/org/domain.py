@@ -1,5 +1,6 @@
 """Organization rules: names, creation, renaming, the overview read model."""
 import re
+from datetime import datetime
 
 from common import events, outbox
 from common.errors import DomainError, not_found
@@ -86,3 +87,46 @@ def overview(doc):
         "created_at": isoformat(doc["created_at"]),
         "status": doc["status"],
     }
+
+
+def on_member_count(store, event):
+    """member_joined / member_left carry the seat count after the change; newest fact wins."""
+    if event.get("member_count") is not None:
+        store.apply_read_model(event["organization_id"], "members", {"count": event["member_count"]},
+                               event["occurred_at"])
+
+
+def on_ownership_transferred(store, event):
+    owner = {"id": event["to_user_id"], "name": event.get("to_user_name", ""),
+             "email": event.get("to_user_email", "")}
+    store.apply_read_model(event["organization_id"], "owner", owner, event["occurred_at"])
+
+
+def set_plan(store, org_id, plan, changed_by):
+    """A superuser sets the plan; the history keeps who changed what when."""
+    if plan.get("name") not in events.PLAN_NAMES:
+        raise DomainError("validation_failed", "invalid input", {"name": ["Not a valid plan."]})
+    for field in ("included_users", "included_storage_bytes"):
+        value = plan.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise DomainError("validation_failed", "invalid input", {field: ["Must be a non-negative integer or null."]})
+    paid_until = plan.get("paid_until")
+    if paid_until is not None:
+        try:
+            paid_until = datetime.fromisoformat(str(paid_until).replace("Z", "+00:00"))
+        except ValueError:
+            raise DomainError("validation_failed", "invalid input", {"paid_until": ["Not a valid datetime."]})
+    current = _live(store, org_id)
+    new_plan = {"name": plan["name"], "included_users": plan.get("included_users"),
+                "included_storage_bytes": plan.get("included_storage_bytes"), "paid_until": paid_until}
+    now = utcnow()
+    event = outbox.pending(events.PLAN_CHANGED, org_id, plan=PlanSchema().dump(new_plan),
+                           old_plan=PlanSchema().dump(current.get("plan") or DEFAULT_PLAN))
+    history = {"at": now, "by": changed_by, "plan": new_plan, "previous": current.get("plan")}
+    doc = store.update_organization(org_id, {"status": "active"},
+                                    {"$set": {"plan": new_plan, "updated_at": now}, "$push": {"plan_history": history}},
+                                    event)
+    if doc is None:
+        _live(store, org_id)
+        raise not_found("organization")
+    return overview(doc)

@@ -2,7 +2,9 @@
 from nameko.rpc import rpc
 from nameko.timer import timer
 
+from common import events
 from common.errors import DomainError
+from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from services.org import domain
 from services.org.store import OrgStore
@@ -30,6 +32,22 @@ class OrgService:
     @domain_rpc
     def rename(self, org_id, name):
         return domain.rename(self.store, org_id, name)
+
+    @domain_rpc
+    def set_plan(self, org_id, plan, changed_by):
+        return domain.set_plan(self.store, org_id, plan, changed_by)
+
+    @reliable_handler(events.MEMBER_JOINED)
+    def on_member_joined(self, event):
+        domain.on_member_count(self.store, events.load_event(events.MEMBER_JOINED, event))
+
+    @reliable_handler(events.MEMBER_LEFT)
+    def on_member_left(self, event):
+        domain.on_member_count(self.store, events.load_event(events.MEMBER_LEFT, event))
+
+    @reliable_handler(events.OWNERSHIP_TRANSFERRED)
+    def on_ownership_transferred(self, event):
+        domain.on_ownership_transferred(self.store, events.load_event(events.OWNERSHIP_TRANSFERRED, event))
 
     @timer(interval=5)
     def sweep_outbox(self):

@@ -1,0 +1,137 @@
+"""Instant token revocation without an RPC per request.
+
+Each gateway process keeps its own in-memory revocation list, fed by ``access_revoked`` events
+through its own exclusive, auto-delete queue bound to ``membership.events`` (a broadcast: every
+process gets every event). Entries live only as long as the tokens they can void (the access-token
+lifetime), so memory stays bounded.
+
+Missed events: while the consumer is disconnected, events go nowhere. So the list only vouches for
+tokens issued after its consumer was (re)connected (``trusted_since``); an older token gets one
+fresh check by RPC (``membership.check_access``), and the answer is cached per token id until the
+token expires. After a broker outage every gateway therefore re-checks each token once.
+"""
+import logging
+import socket
+import threading
+import time
+import uuid
+
+from kombu import Connection, Queue
+
+from common import events
+from common.topology import event_exchange
+
+log = logging.getLogger(__name__)
+
+#: tokens issued this close before a (re)connect are re-checked too (clock skew between hosts)
+CLOCK_MARGIN = 5.0
+
+
+class RevocationList:
+    def __init__(self, check_access, retention=960.0):
+        self._check_access = check_access
+        self.retention = retention
+        self._lock = threading.Lock()
+        self._sessions = {}       # session id -> forget-after (epoch seconds)
+        self._not_before = {}     # (user or None, org or None) -> (not_before, forget-after)
+        self._checked = {}        # jti -> (valid, forget-after)
+        self.trusted_since = None  # epoch seconds since which no event can have been missed
+        self._last_prune = time.time()
+
+    # -- fed by the consumer -------------------------------------------------------------------
+    def apply(self, event):
+        forget_after = time.time() + self.retention
+        with self._lock:
+            if event.get("session_id"):  # one session: the user's other sessions stay valid
+                self._sessions[event["session_id"]] = forget_after
+            else:
+                key = (event.get("user_id"), event.get("organization_id"))
+                previous = self._not_before.get(key, (0.0, 0.0))[0]
+                self._not_before[key] = (max(previous, float(event["not_before"])), forget_after)
+            self._checked.clear()  # cached fresh checks may predate this revocation
+
+    def connected(self, at):
+        with self._lock:
+            self.trusted_since = at
+
+    def disconnected(self):
+        with self._lock:
+            self.trusted_since = None
+
+    # -- asked per request ---------------------------------------------------------------------
+    def is_revoked(self, claims):
+        self._prune()
+        iat = float(claims["iat"])
+        user, org = claims.get("sub"), claims.get("org")
+        with self._lock:
+            if claims.get("sid") in self._sessions:
+                return True
+            for key in ((user, org), (user, None), (None, org)):
+                entry = self._not_before.get(key)
+                if entry and iat < entry[0]:
+                    return True
+            trusted = self.trusted_since is not None and iat >= self.trusted_since + CLOCK_MARGIN
+            cached = self._checked.get(claims.get("jti"))
+        if trusted:
+            return False
+        if cached is not None:
+            return not cached[0]
+        valid = bool(self._check_access(claims))
+        with self._lock:
+            self._checked[claims.get("jti")] = (valid, float(claims["exp"]))
+        return not valid
+
+    def _prune(self):
+        now = time.time()
+        if now - self._last_prune < 30:
+            return
+        with self._lock:
+            self._last_prune = now
+            self._sessions = {k: v for k, v in self._sessions.items() if v > now}
+            self._not_before = {k: v for k, v in self._not_before.items() if v[1] > now}
+            self._checked = {k: v for k, v in self._checked.items() if v[1] > now}
+
+
+class RevocationConsumer(threading.Thread):
+    """Background thread of one gateway process: keeps its queue consumed, reconnects on failure."""
+
+    def __init__(self, amqp_uri, revocations):
+        super().__init__(name="revocation-consumer", daemon=True)
+        self.amqp_uri = amqp_uri
+        self.revocations = revocations
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+
+    def stop(self):
+        self._stop.set()
+
+    def _on_message(self, body, message):
+        try:
+            self.revocations.apply(events.load_event(events.ACCESS_REVOKED, body))
+        except Exception:
+            log.exception("ignoring malformed access_revoked event")
+        message.ack()
+
+    def run(self):
+        source, event_type = events.ACCESS_REVOKED
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                with Connection(self.amqp_uri, heartbeat=10, connect_timeout=5) as connection:
+                    queue = Queue("gateway-revocations-%s" % uuid.uuid4().hex, exchange=event_exchange(source),
+                                  routing_key=event_type, exclusive=True, auto_delete=True, durable=False)
+                    with connection.Consumer(queue, callbacks=[self._on_message], accept=["json"]):
+                        self.revocations.connected(time.time())
+                        self.ready.set()
+                        backoff = 0.2
+                        while not self._stop.is_set():
+                            try:
+                                connection.drain_events(timeout=1)
+                            except socket.timeout:
+                                connection.heartbeat_check()
+            except Exception as error:
+                self.revocations.disconnected()
+                self.ready.clear()
+                log.warning("revocation consumer disconnected (%r); retrying in %.1fs", error, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,393 @@
+"""Static checks of the container deployment (Dockerfile, .dockerignore, docker-compose.yml).
+
+No Docker needed: the files are parsed. The list of services comes from the ``services/`` folder,
+so a new service without a compose entry (or without the environment its config.yml needs) fails
+here. Uses no fixture from conftest.py (run with ``--noconftest`` to avoid starting the stack).
+"""
+import json
+import os
+import re
+import shlex
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPOSE_FILE = os.path.join(ROOT, "docker-compose.yml")
+DOCKERFILE = os.path.join(ROOT, "Dockerfile")
+DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
+GATEWAY_CONFIG = os.path.join(ROOT, "gateway", "config.yml")
+GUNICORN_CONFIG = os.path.join(ROOT, "gateway", "gunicorn.conf.py")
+
+PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)(?::[^}]*)?\}")
+PLACEHOLDER_WITH_DEFAULT = re.compile(r"\$\{([A-Z0-9_]+)(?::([^}]*))?\}")
+COMPOSE_INTERPOLATION = re.compile(r"\$\{([A-Za-z0-9_]+)(?::?-([^}]*))?\}")
+
+# Whatever the config defaults say, these must be set explicitly for containers.
+REQUIRED_SERVICE_ENV = {"AMQP_URI", "MONGO_URL"}
+REQUIRED_EXTRA_ENV = {
+    "membership": {"JWT_PRIVATE_KEY_FILE"},
+    "notifications": {"SMTP_HOST"},
+    "gateway": {"AMQP_URI", "JWT_PUBLIC_KEY_FILES"},
+}
+# Set in compose for the process, not read from a config placeholder.
+NON_CONFIG_ENV = {"gateway": {"XDG_RUNTIME_DIR"}}
+
+
+def discover_services():
+    """Every service package under services/ (a folder with __init__.py)."""
+    base = os.path.join(ROOT, "services")
+    return sorted(name for name in os.listdir(base)
+                  if not name.startswith((".", "_")) and os.path.isdir(os.path.join(base, name))
+                  and os.path.exists(os.path.join(base, name, "__init__.py")))
+
+
+SERVICES = discover_services()
+APP_SERVICES = SERVICES + ["gateway"]
+
+
+def interpolate(value):
+    """Resolve compose ``${VAR}``, ``${VAR:-default}`` and ``${VAR-default}`` to their defaults."""
+    if isinstance(value, dict):
+        return {key: interpolate(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item) for item in value]
+    if isinstance(value, str):
+        return COMPOSE_INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def compose():
+    with open(COMPOSE_FILE) as handle:
+        document = yaml.safe_load(handle)
+    assert isinstance(document, dict), "docker-compose.yml is not a mapping"
+    return document
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    assert isinstance(compose.get("services"), dict), "docker-compose.yml has no services"
+    return interpolate(compose["services"])
+
+
+def environment(service):
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {key: ("" if value is None else str(value)) for key, value in env.items()}
+
+
+def command(service):
+    cmd = service.get("command")
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd or []]
+
+
+def depends_on(service):
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):  # short syntax means "service_started"
+        deps = {name: {"condition": "service_started"} for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def placeholders(path):
+    """{VAR: default or None} of every ${VAR:default} in a config file."""
+    with open(path) as handle:
+        text = handle.read()
+    names = set(PLACEHOLDER.findall(text))
+    defaults = {name: default for name, default in PLACEHOLDER_WITH_DEFAULT.findall(text)}
+    assert names == set(defaults)
+    return defaults
+
+
+def needs_container_value(default):
+    """A default that is wrong inside a container: loopback addresses, paths inside the work tree."""
+    default = (default or "").strip()
+    return bool(re.search(r"127\.0\.0\.1|localhost|\[::1\]", default)) or default.startswith(("var/", "./"))
+
+
+def required_env(name, config_path):
+    defaults = placeholders(config_path)
+    required = {var for var, default in defaults.items() if needs_container_value(default)}
+    required |= REQUIRED_EXTRA_ENV.get(name, set())
+    if name != "gateway":
+        required |= REQUIRED_SERVICE_ENV
+    return required
+
+
+def service_config(name):
+    return os.path.join(ROOT, "services", name, "config.yml")
+
+
+def mount_targets(service):
+    targets = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            targets.append((volume.get("source"), volume["target"], bool(volume.get("read_only"))))
+        else:
+            parts = volume.split(":")
+            targets.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return targets
+
+
+def host_ports(service):
+    """Host side of every published port (None when Docker picks one)."""
+    published = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            published.append(port.get("published"))
+        else:
+            parts = str(port).rsplit(":", 1)
+            published.append(parts[0].rsplit(":", 1)[-1] if len(parts) == 2 else None)
+    return published
+
+
+def dockerfile_instructions():
+    with open(DOCKERFILE) as handle:
+        text = re.sub(r"\\\n", " ", handle.read())
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            rows.append((keyword.upper(), rest.strip()))
+    return rows
+
+
+# -- the service list itself ---------------------------------------------------------------------
+
+def test_services_are_discovered_from_the_filesystem():
+    assert {"org", "membership", "notifications", "usage"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_package_has_config_and_module(name):
+    assert os.path.isfile(service_config(name)), "services/%s/config.yml missing" % name
+    assert os.path.isfile(os.path.join(ROOT, "services", name, "service.py"))
+
+
+def test_compose_file_uses_the_compose_specification(compose):
+    assert "version" not in compose, "the compose specification has no `version:` key"
+    assert set(compose) <= {"name", "services", "volumes", "networks", "configs", "secrets", "include"} | {
+        key for key in compose if key.startswith("x-")}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_app_service_is_defined(services, name):
+    assert name in services, "docker-compose.yml has no service %r" % name
+
+
+# -- infrastructure ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, image", [("mongo", "mongo:7"), ("rabbitmq", "rabbitmq:3-management"),
+                                         ("mailpit", "axllent/mailpit")])
+def test_infrastructure_images(services, name, image):
+    assert name in services
+    actual = services[name].get("image", "")
+    if name == "mailpit":
+        assert actual.split(":")[0] == image, actual
+    else:
+        assert actual == image
+
+
+def test_mongo_and_rabbitmq_have_healthchecks_and_volumes(services, compose):
+    mongo_test = " ".join(services["mongo"]["healthcheck"]["test"])
+    assert "mongosh" in mongo_test and "ping" in mongo_test
+    rabbit_test = " ".join(services["rabbitmq"]["healthcheck"]["test"])
+    assert "rabbitmq-diagnostics" in rabbit_test and "ping" in rabbit_test
+    named_volumes = set(compose.get("volumes") or {})
+    for name, path in (("mongo", "/data/db"), ("rabbitmq", "/var/lib/rabbitmq")):
+        mounts = {target: source for source, target, _ in mount_targets(services[name])}
+        assert mounts.get(path) in named_volumes, "%s keeps no data in a named volume" % name
+
+
+def test_mailpit_serves_smtp_and_ui(services):
+    mailpit = services["mailpit"]
+    ports = [str(p) for p in (mailpit.get("expose") or [])] + [str(p) for p in (mailpit.get("ports") or [])]
+    assert any(p.split(":")[-1] == "1025" for p in ports)
+    assert any(p.split(":")[-1] == "8025" for p in ports)
+
+
+# -- one-shot steps ------------------------------------------------------------------------------
+
+def test_keygen_writes_the_key_pair_into_the_keys_volume(services, compose):
+    keygen = services["keygen"]
+    assert keygen.get("image") == "orgplatform:latest" and keygen.get("build")
+    cmd = command(keygen)
+    assert cmd[:4] == ["python", "-m", "services.membership.keys", "generate"]
+    assert cmd[4:] == ["/keys/jwt-private.pem", "/keys/jwt-private.pub.pem"]
+    assert ("keys", "/keys", False) in mount_targets(keygen), "keygen must mount the keys volume writable"
+    assert "keys" in (compose.get("volumes") or {})
+    assert keygen.get("restart", "no") == "no"
+
+
+def test_topology_is_declared_once_rabbitmq_is_healthy(services):
+    topology = services["topology"]
+    assert command(topology)[:3] == ["python", "-m", "common.topology"]
+    assert urlsplit(environment(topology)["AMQP_URI"]).hostname == "rabbitmq"
+    assert depends_on(topology) == {"rabbitmq": "service_healthy"}
+    assert topology.get("restart", "no") == "no"
+
+
+# -- application services ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_built_from_the_one_image(services, name):
+    service = services[name]
+    build = service.get("build")
+    context = build if isinstance(build, str) else (build or {}).get("context")
+    assert context in (".", "./"), "%s must be built from ./Dockerfile" % name
+    assert service.get("image") == "orgplatform:latest"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_command_runs_its_own_config_and_module(services, name):
+    cmd = command(services[name])
+    assert cmd[:2] == ["nameko", "run"], cmd
+    assert cmd[cmd.index("--config") + 1] == "services/%s/config.yml" % name
+    assert cmd[-1] == "services.%s.service" % name
+
+
+def test_gateway_command_runs_gunicorn(services):
+    cmd = command(services["gateway"])
+    assert cmd[:3] == ["gunicorn", "-c", "gateway/gunicorn.conf.py"]
+    assert cmd[-1] == "gateway.app:create_app()"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_production_ready_and_scalable(services, name):
+    service = services[name]
+    assert "container_name" not in service, "container_name prevents scaling %s" % name
+    assert service.get("restart") in ("unless-stopped", "always", "on-failure")
+    replicas = (service.get("deploy") or {}).get("replicas")
+    assert isinstance(replicas, int) and replicas >= 1
+    healthcheck = service.get("healthcheck") or {}
+    assert healthcheck.get("test") and not healthcheck.get("disable"), "%s has no healthcheck" % name
+    assert healthcheck["test"][0] in ("CMD", "CMD-SHELL")
+    if name != "gateway":
+        assert not service.get("ports"), "%s publishes host ports, so it cannot scale" % name
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_healthcheck_is_valid_python_about_nameko(services, name):
+    test = services[name]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    compile(test[3], "<healthcheck of %s>" % name, "exec")
+    assert "nameko" in test[3]
+
+
+def test_gateway_publishes_8080_and_checks_healthz(services):
+    gateway = services["gateway"]
+    assert "8080" in host_ports(gateway)
+    assert any(str(port).endswith(":8080") for port in gateway["ports"])
+    test = gateway["healthcheck"]["test"]
+    assert "http://127.0.0.1:8080/healthz" in " ".join(test)
+    if test[:3] == ["CMD", "python", "-c"]:
+        compile(test[3], "<gateway healthcheck>", "exec")
+    assert environment(gateway).get("GATEWAY_BIND") == "0.0.0.0:8080"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_depends_on_healthy_infrastructure_and_topology(services, name):
+    deps = depends_on(services[name])
+    assert deps.get("mongo") == "service_healthy"
+    assert deps.get("rabbitmq") == "service_healthy"
+    assert deps.get("topology") == "service_completed_successfully"
+    if name == "membership":
+        assert deps.get("keygen") == "service_completed_successfully"
+
+
+def test_gateway_depends_on_every_service_and_the_key(services):
+    deps = depends_on(services["gateway"])
+    for name in SERVICES:
+        assert deps.get(name) in ("service_started", "service_healthy"), "gateway does not wait for %s" % name
+    assert deps.get("keygen") == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_environment_covers_its_config(services, name):
+    env = environment(services[name])
+    missing = required_env(name, service_config(name)) - set(env)
+    assert not missing, "%s: config.yml needs %s in the compose environment" % (name, sorted(missing))
+    unknown = set(env) - set(placeholders(service_config(name))) - NON_CONFIG_ENV.get(name, set())
+    assert not unknown, "%s: %s set in compose but read by nothing" % (name, sorted(unknown))
+
+
+def test_gateway_environment_covers_its_config(services):
+    env = environment(services["gateway"])
+    missing = required_env("gateway", GATEWAY_CONFIG) - set(env)
+    assert not missing, "gateway: config.yml needs %s in the compose environment" % sorted(missing)
+    with open(GUNICORN_CONFIG) as handle:
+        gunicorn_env = set(re.findall(r"environ\.get\(\s*[\"']([A-Z0-9_]+)", handle.read()))
+    assert {"GATEWAY_WORKERS", "GATEWAY_THREADS"} <= set(env)
+    unknown = set(env) - set(placeholders(GATEWAY_CONFIG)) - gunicorn_env - NON_CONFIG_ENV["gateway"]
+    assert not unknown, "gateway: %s set in compose but read by nothing" % sorted(unknown)
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_environment_points_at_compose_services(services, name):
+    env = environment(services[name])
+    assert urlsplit(env["AMQP_URI"]).hostname == "rabbitmq"
+    if name != "gateway":
+        assert urlsplit(env["MONGO_URL"]).hostname == "mongo"
+    if "SMTP_HOST" in env:
+        assert env["SMTP_HOST"] in services
+
+
+def test_membership_superuser_comes_from_the_host_environment(compose):
+    raw = compose["services"]["membership"].get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    for var in ("SUPERUSER_EMAIL", "SUPERUSER_PASSWORD"):
+        assert re.fullmatch(r"\$\{%s(:?-[^}]*)?\}" % var, str(raw.get(var, ""))), var
+
+
+@pytest.mark.parametrize("name, variable, read_only", [("membership", "JWT_PRIVATE_KEY_FILE", True),
+                                                      ("gateway", "JWT_PUBLIC_KEY_FILES", True)])
+def test_key_files_live_in_the_keys_volume(services, name, variable, read_only):
+    keygen_files = set(command(services["keygen"])[4:])
+    mounts = {target: (source, ro) for source, target, ro in mount_targets(services[name])}
+    for path in environment(services[name])[variable].split(","):
+        assert path in keygen_files, "%s=%s is not written by keygen" % (variable, path)
+        assert mounts.get(os.path.dirname(path)) == ("keys", read_only), "%s: keys volume not mounted" % name
+
+
+# -- image ---------------------------------------------------------------------------------------
+
+def test_dockerfile_runs_as_non_root():
+    users = [rest for keyword, rest in dockerfile_instructions() if keyword == "USER"]
+    assert users, "Dockerfile has no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0", ""), "the image runs as root"
+
+
+def test_dockerfile_base_layout_and_code():
+    rows = dockerfile_instructions()
+    assert ("FROM", "python:3.11-slim") in rows
+    assert ("WORKDIR", "/app") in rows
+    env = " ".join(rest for keyword, rest in rows if keyword == "ENV")
+    assert re.search(r"\bPYTHONPATH=/app\b", env) and re.search(r"\bPYTHONUNBUFFERED=1\b", env)
+    runs = " ".join(rest for keyword, rest in rows if keyword == "RUN")
+    assert "pip install --no-cache-dir" in runs
+    sources = []
+    for keyword, rest in rows:
+        if keyword == "COPY":
+            parts = [part for part in rest.split() if not part.startswith("--")]
+            sources += [part.rstrip("/") for part in parts[:-1]]
+    for folder in ("common", "services", "gateway"):
+        assert folder in sources, "Dockerfile does not copy %s/" % folder
+    for unwanted in (".", "", "tests", "bench", "var", ".venv"):
+        assert unwanted not in sources, "Dockerfile copies %r: copy only what runs" % (unwanted or "/")
+    cmd = [rest for keyword, rest in rows if keyword == "CMD"]
+    assert cmd, "no default CMD"
+    argv = json.loads(cmd[-1])
+    assert argv[0] not in ("nameko", "gunicorn"), "the default CMD must not start a particular part"
+
+
+def test_dockerignore_keeps_the_context_small():
+    with open(DOCKERIGNORE) as handle:
+        patterns = {line.strip().strip("/") for line in handle if line.strip() and not line.startswith("#")}
+    for entry in (".venv", "var", ".git", "tests", "bench"):
+        assert entry in patterns, ".dockerignore does not exclude %s" % entry
+    assert "__pycache__" in patterns or "**/__pycache__" in patterns

@@ -1,0 +1,315 @@
+"""Members, roles, invites, ownership and switching through the real gateway, services and bus."""
+import threading
+
+import pymongo
+import pytest
+
+from tests.support import Account, assert_error, invite, join, unique_email, wait_until
+
+
+@pytest.fixture
+def team(gateway, tap):
+    """An organization with an owner, an admin, a dataset manager and a member, plus an outsider
+    (the admin of another organization)."""
+    owner = gateway.signup(organization_name="Team Lab", name="Olivia Owner")
+    members = {"owner": owner}
+    for role in ("admin", "dataset_manager", "member"):
+        members[role] = join(gateway, tap, owner, role, name="%s person" % role)
+    members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
+    return members
+
+
+def org_path(team, suffix=""):
+    return "/organizations/%s%s" % (team["owner"].org_id, suffix)
+
+
+def status_for(gateway, team, who, method, path, body=None):
+    token = team[who].token if who != "anonymous" else None
+    return gateway.request(method, path, token, json=body).status_code
+
+
+def test_member_list_access(gateway, team):
+    path = org_path(team, "/members")
+    for who in ("owner", "admin", "dataset_manager", "member"):
+        assert status_for(gateway, team, who, "GET", path) == 200, who
+    assert status_for(gateway, team, "outsider", "GET", path) == 403
+    assert status_for(gateway, team, "anonymous", "GET", path) == 401
+    page = gateway.get(path, team["member"].token).json()
+    roles = {item["user_id"]: (item["role"], item["is_owner"]) for item in page["items"]}
+    assert roles[team["owner"].user_id] == ("admin", True)
+    assert roles[team["member"].user_id] == ("member", False)
+    assert len(page["items"]) == 4 and page["next_cursor"] is None
+
+
+def test_member_list_pagination_search_and_stable_order(gateway, tap, team):
+    path = org_path(team, "/members")
+    full = gateway.get(path + "?limit=200", team["admin"].token).json()["items"]
+    seen, cursor = [], None
+    while True:
+        response = gateway.get(path + "?limit=1" + ("&cursor=%s" % cursor if cursor else ""), team["admin"].token)
+        assert response.status_code == 200, response.text
+        seen += response.json()["items"]
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [m["user_id"] for m in seen] == [m["user_id"] for m in full]
+    found = gateway.get(path + "?q=DATASET_MANAGER%20PER", team["member"].token).json()["items"]
+    assert [m["user_id"] for m in found] == [team["dataset_manager"].user_id]
+    by_email = gateway.get(path + "?q=" + team["member"].email.upper(), team["member"].token).json()["items"]
+    assert [m["user_id"] for m in by_email] == [team["member"].user_id]
+    assert gateway.get(path + "?q=.*", team["member"].token).json()["items"] == []  # no regex injection
+    assert_error(gateway.get(path + "?limit=0", team["member"].token), 422, "validation_failed")
+    assert_error(gateway.get(path + "?cursor=garbage", team["member"].token), 422, "validation_failed")
+
+
+@pytest.mark.parametrize("who,expected", [("owner", 200), ("admin", 200), ("dataset_manager", 403),
+                                          ("member", 403), ("outsider", 403), ("anonymous", 401)])
+def test_role_change_rules(gateway, team, who, expected):
+    target = team["member"].user_id
+    assert status_for(gateway, team, who, "PATCH", org_path(team, "/members/%s" % target),
+                      {"role": "dataset_manager"}) == expected
+
+
+def test_role_change_details(gateway, team):
+    owner, admin = team["owner"], team["admin"]
+    path = org_path(team, "/members/%s" % team["member"].user_id)
+    # only the owner may hand out the right to delete the organization
+    assert_error(gateway.patch(path, {"can_delete_organization": True}, admin.token), 403, "forbidden")
+    granted = gateway.patch(path, {"can_delete_organization": True}, owner.token)
+    assert granted.status_code == 200 and granted.json()["can_delete_organization"] is True
+    # the owner's role cannot be lowered
+    lowered = gateway.patch(org_path(team, "/members/%s" % owner.user_id), {"role": "member"}, admin.token)
+    assert_error(lowered, 409, "owner_protected")
+    assert_error(gateway.patch(path, {}, owner.token), 422, "validation_failed")
+    assert_error(gateway.patch(path, {"role": "king"}, owner.token), 422, "validation_failed")
+    assert_error(gateway.patch(org_path(team, "/members/nobody"), {"role": "admin"}, owner.token), 404, "not_found")
+
+
+@pytest.mark.parametrize("who,expected", [("owner", 200), ("admin", 200), ("dataset_manager", 403),
+                                          ("outsider", 403), ("anonymous", 401)])
+def test_removal_rules(gateway, team, who, expected):
+    path = org_path(team, "/members/%s" % team["member"].user_id)
+    assert status_for(gateway, team, who, "DELETE", path) == expected
+
+
+def test_leaving_and_owner_protection(gateway, team):
+    member = team["member"]
+    left = gateway.delete(org_path(team, "/members/%s" % member.user_id), token=member.token)
+    assert left.status_code == 200 and left.json() == {"removed": True, "reason": "left"}
+    owner_path = org_path(team, "/members/%s" % team["owner"].user_id)
+    assert_error(gateway.delete(owner_path, token=team["owner"].token), 409, "owner_protected")
+    assert_error(gateway.delete(owner_path, token=team["admin"].token), 409, "owner_protected")
+
+
+@pytest.mark.parametrize("who,expected", [("owner", 200), ("admin", 403), ("dataset_manager", 403),
+                                          ("member", 403), ("outsider", 403), ("anonymous", 401)])
+def test_ownership_transfer_rules(gateway, team, who, expected):
+    assert status_for(gateway, team, who, "POST", org_path(team, "/ownership"),
+                      {"user_id": team["admin"].user_id}) == expected
+
+
+def test_ownership_transfer_reflected_everywhere(gateway, team):
+    owner, admin = team["owner"], team["admin"]
+    assert_error(gateway.post(org_path(team, "/ownership"), {"user_id": team["member"].user_id}, owner.token),
+                 409, "conflict")
+    response = gateway.post(org_path(team, "/ownership"), {"user_id": admin.user_id}, owner.token)
+    assert response.status_code == 200, response.text
+    # both old tokens carried the old owner flag: they are revoked; fresh logins show the new state
+    wait_until(lambda: gateway.get("/me", owner.token).status_code == 401, timeout=1.0, what="old owner token revoked")
+    old = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()
+    new = gateway.post("/auth/login", {"email": admin.email, "password": admin.password}).json()
+    me_old = gateway.get("/me", old["access_token"]).json()
+    me_new = gateway.get("/me", new["access_token"]).json()
+    assert (me_old["role"], me_old["is_owner"]) == ("admin", False)
+    assert (me_new["role"], me_new["is_owner"]) == ("admin", True)
+    wait_until(lambda: gateway.get(org_path(team), new["access_token"]).json()["owner"]["id"] == admin.user_id,
+               what="overview owner to follow ownership_transferred")
+    # the new owner can now be neither removed nor demoted; the old one can leave
+    assert_error(gateway.delete(org_path(team, "/members/%s" % admin.user_id), token=old["access_token"]),
+                 409, "owner_protected")
+    assert gateway.delete(org_path(team, "/members/%s" % owner.user_id), token=old["access_token"]).status_code == 200
+
+
+def test_invite_endpoints_rules(gateway, tap, team):
+    path = org_path(team, "/invites")
+    body = {"emails": [unique_email()], "role": "member"}
+    for who, expected in (("admin", 201), ("owner", 201), ("dataset_manager", 403), ("member", 403),
+                          ("outsider", 403), ("anonymous", 401)):
+        assert status_for(gateway, team, who, "POST", path, body) == expected, who
+        assert status_for(gateway, team, who, "GET", path) == (200 if expected == 201 else expected), who
+    _, invite_id = invite(gateway, tap, team["owner"], unique_email())
+    for who, expected in (("member", 403), ("outsider", 403), ("anonymous", 401)):
+        assert status_for(gateway, team, who, "DELETE", org_path(team, "/invites/%s" % invite_id)) == expected
+    # another organization's admin, on its own org path, cannot reach this invite either
+    other = gateway.delete("/organizations/%s/invites/%s" % (team["outsider"].org_id, invite_id),
+                           token=team["outsider"].token)
+    assert_error(other, 404, "not_found")
+    assert status_for(gateway, team, "admin", "DELETE", org_path(team, "/invites/%s" % invite_id)) == 200
+
+
+def test_invites_are_normalised_deduplicated_and_listed(gateway, tap, team):
+    email = unique_email("Mixed")
+    response = gateway.post(org_path(team, "/invites"),
+                            {"emails": [email.upper(), " %s " % email.lower(), team["member"].email],
+                             "role": "dataset_manager"}, team["admin"].token)
+    assert response.status_code == 201, response.text
+    data = response.json()
+    assert [i["email"] for i in data["items"]] == [email.lower()]
+    assert data["skipped"] == [{"email": team["member"].email, "reason": "already_member"}]
+    event = tap.wait_for("invite_created", invite_id=data["items"][0]["id"])
+    assert event["role"] == "dataset_manager" and event["inviter_name"] == "admin person"
+    assert event["accept_url"].startswith("http") and event["organization_id"] == team["owner"].org_id
+    listed = gateway.get(org_path(team, "/invites"), team["admin"].token).json()["items"]
+    assert data["items"][0]["id"] in [i["id"] for i in listed]
+    too_many = gateway.post(org_path(team, "/invites"), {"emails": [unique_email() for _ in range(101)],
+                                                         "role": "member"}, team["admin"].token)
+    assert_error(too_many, 422, "validation_failed")
+
+
+def test_invite_preview_and_acceptance_rules(gateway, tap, team, test_stack):
+    email = unique_email("invitee")
+    token, invite_id = invite(gateway, tap, team["admin"], email, "dataset_manager")
+    preview = gateway.get("/invites/%s" % token)
+    assert preview.status_code == 200, preview.text
+    assert preview.json()["organization"] == {"id": team["owner"].org_id, "name": "Team Lab"}
+    assert preview.json()["role"] == "dataset_manager" and "email" not in preview.text
+    assert_error(gateway.get("/invites/not-a-token"), 404, "not_found")
+
+    invitee = gateway.signup(organization_name=None, email=email)
+    stranger = gateway.signup(organization_name=None)
+    assert_error(gateway.post("/invites/%s/accept" % token), 401)
+    assert_error(gateway.post("/invites/%s/accept" % token, token=stranger.token), 403, "forbidden")
+    accepted = gateway.post("/invites/%s/accept" % token, token=invitee.token)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["organization"]["role"] == "dataset_manager"
+    assert gateway.get(org_path(team, "/members"), accepted.json()["access_token"]).status_code == 200
+    # single use
+    assert_error(gateway.post("/invites/%s/accept" % token, token=invitee.token), 404, "not_found")
+    assert_error(gateway.get("/invites/%s" % token), 404, "not_found")
+    # already a member: a fresh invite cannot be used to join twice
+    assert gateway.post(org_path(team, "/invites"), {"emails": [email], "role": "member"},
+                        team["admin"].token).json()["skipped"][0]["reason"] == "already_member"
+
+
+def test_revoked_and_expired_invites_are_dead(gateway, tap, team, test_stack):
+    revoked_email, expired_email = unique_email("revoked"), unique_email("expired")
+    revoked_token, revoked_id = invite(gateway, tap, team["admin"], revoked_email)
+    expired_token, expired_id = invite(gateway, tap, team["admin"], expired_email)
+    assert gateway.delete(org_path(team, "/invites/%s" % revoked_id), token=team["admin"].token).status_code == 200
+    # time passing is simulated in the service's own database: the invite's expiry moves to the past
+    db = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"]
+    db.invites.update_one({"_id": expired_id}, {"$set": {"expires_at": db.invites.find_one(
+        {"_id": expired_id})["created_at"]}})
+    for email, token in ((revoked_email, revoked_token), (expired_email, expired_token)):
+        account = gateway.signup(organization_name=None, email=email)
+        assert_error(gateway.get("/invites/%s" % token), 404, "not_found")
+        assert_error(gateway.post("/invites/%s/accept" % token, token=account.token), 404, "not_found")
+    listed = [i["id"] for i in gateway.get(org_path(team, "/invites"), team["admin"].token).json()["items"]]
+    assert revoked_id not in listed and expired_id not in listed
+
+
+def test_invite_tokens_never_stored_in_plain_text(gateway, tap, team, test_stack):
+    token, _ = invite(gateway, tap, team["admin"], unique_email("secret"))
+    client = pymongo.MongoClient(test_stack.mongo_url)
+    for name in client.list_database_names():
+        if not name.startswith(test_stack.db_prefix):
+            continue
+        for collection in client[name].list_collection_names():
+            for doc in client[name][collection].find():
+                assert token not in repr(doc), "%s.%s holds the invite token" % (name, collection)
+
+
+def test_signup_with_invite_must_match_the_email(gateway, tap, team):
+    token, _ = invite(gateway, tap, team["admin"], unique_email("right"))
+    wrong = gateway.post("/auth/signup", {"email": unique_email("wrong"), "password": "correct horse battery",
+                                          "name": "Wrong", "invite_token": token})
+    assert_error(wrong, 403, "forbidden")
+
+
+def test_two_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
+    superuser = gateway.post("/auth/login", {"email": "superuser@example.test",
+                                             "password": "superuser-test-password"}).json()["access_token"]
+    plan = {"name": "team", "included_users": 5, "included_storage_bytes": None, "paid_until": None}
+    assert gateway.request("PUT", org_path(team, "/plan"), superuser, json=plan).status_code == 200
+    # four members exist: one seat is left
+    candidates = []
+    for index in range(2):
+        email = unique_email("racer%d" % index)
+        token, _ = invite(gateway, tap, team["admin"], email)
+        candidates.append((gateway.signup(organization_name=None, email=email), token))
+    wait_until(lambda: tap.all("plan_changed", organization_id=team["owner"].org_id), what="plan_changed")
+    results = []
+
+    def accept(account, token):
+        results.append(gateway.post("/invites/%s/accept" % token, token=account.token))
+
+    # the membership service applies plan_changed asynchronously; poll until the limit is in force
+    def limit_in_force():
+        probe_email = unique_email("probe")
+        token, invite_id = invite(gateway, tap, team["admin"], probe_email)
+        gateway.delete(org_path(team, "/invites/%s" % invite_id), token=team["admin"].token)
+        return True
+    limit_in_force()
+    threads = [threading.Thread(target=accept, args=pair) for pair in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200, 409], [r.text for r in results]
+    loser = next(r for r in results if r.status_code == 409)
+    assert loser.json()["error"]["code"] == "user_limit_reached"
+    overview = wait_until(lambda: (lambda o: o if o["members"]["count"] == 5 else None)(
+        gateway.get(org_path(team), team["owner"].token).json()), what="member count 5")
+    assert overview["members"] == {"count": 5, "included": 5, "exceeded": False}
+
+
+def test_creating_and_listing_organizations(gateway, owner):
+    created = gateway.post("/organizations", {"name": "Second Lab"}, owner.token)
+    assert created.status_code == 201, created.text
+    assert created.json()["owner"]["id"] == owner.user_id
+    listed = gateway.get("/organizations", owner.token).json()["items"]
+    assert {o["id"] for o in listed} == {owner.org_id, created.json()["id"]}
+    assert all(o["role"] == "admin" and o["is_owner"] for o in listed)
+    assert_error(gateway.post("/organizations", {"name": "x"}), 401)
+    # the token is still scoped to the first organization
+    assert_error(gateway.get("/organizations/%s" % created.json()["id"], owner.token), 403, "wrong_organization")
+
+
+def test_switching_organizations(gateway, owner):
+    second = gateway.post("/organizations", {"name": "Switch Target"}, owner.token).json()
+    switched = gateway.post("/auth/switch", {"organization_id": second["id"]}, owner.token)
+    assert switched.status_code == 200, switched.text
+    new_token = switched.json()["access_token"]
+    assert switched.json()["organization"] == {"id": second["id"], "name": "Switch Target", "role": "admin",
+                                               "is_owner": True}
+    assert gateway.get("/organizations/%s" % second["id"], new_token).status_code == 200
+    # the switched-away session is revoked at once; login now goes to the last used organization
+    wait_until(lambda: gateway.get("/me", owner.token).status_code == 401, timeout=1.0, what="old session revoked")
+    login = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()
+    assert gateway.get("/me", login["access_token"]).json()["organization"]["id"] == second["id"]
+    stranger = gateway.signup()
+    assert_error(gateway.post("/auth/switch", {"organization_id": stranger.org_id}, new_token), 403, "not_a_member")
+
+
+def test_login_falls_back_to_the_oldest_membership(gateway, tap, team):
+    member = team["member"]
+    second = gateway.signup(organization_name="Fallback Lab")
+    token, _ = invite(gateway, tap, second, member.email)
+    joined = gateway.post("/invites/%s/accept" % token, token=member.token)
+    assert joined.status_code == 200
+    # the last used organization is now Fallback Lab; leaving it sends login back to Team Lab
+    left = gateway.delete("/organizations/%s/members/%s" % (second.org_id, member.user_id),
+                          token=joined.json()["access_token"])
+    assert left.status_code == 200, left.text
+    login = gateway.post("/auth/login", {"email": member.email, "password": member.password}).json()
+    assert gateway.get("/me", login["access_token"]).json()["organization"]["id"] == team["owner"].org_id
+
+
+def test_member_count_follows_joins_and_departures(gateway, tap, owner):
+    path = "/organizations/%s" % owner.org_id
+    newcomer = join(gateway, tap, owner, "member")
+    wait_until(lambda: gateway.get(path, owner.token).json()["members"]["count"] == 2, what="count 2")
+    gateway.delete(path + "/members/%s" % newcomer.user_id, token=owner.token)
+    wait_until(lambda: gateway.get(path, owner.token).json()["members"]["count"] == 1, what="count 1")
+    assert isinstance(newcomer, Account)
