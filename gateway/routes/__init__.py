@@ -1,0 +1,9 @@
+"""The HTTP API: thin views that check access (declared), call one service, shape the answer.
+
+Importing this package registers every operation on ``api``.
+"""
+from gateway.routes import auth, health, invites, members, organizations  # noqa: F401  (registration)
+from gateway.routes.common import api  # noqa: F401
+from gateway.routes.health import register_health  # noqa: F401
+
+__all__ = ["api", "register_health", "auth", "health", "invites", "members", "organizations"]

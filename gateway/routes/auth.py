@@ -1,0 +1,53 @@
+"""Sign-up, login, sessions and the caller."""
+from flask import g, request
+
+from gateway import schemas as s
+from gateway.api import PUBLIC, USER
+from gateway.routes.common import api, rpc
+
+
+@api.route("/auth/signup", "POST", PUBLIC, "Create an account (optionally with an organization)", "auth",
+           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("409",))
+def signup(body):
+    if body.get("invite_token"):
+        return rpc("membership", "signup_with_invite", body["email"], body["password"], body["name"],
+                   body["invite_token"])
+    return rpc("membership", "signup", body["email"], body["password"], body["name"],
+               body.get("organization_name"))
+
+
+@api.route("/auth/login", "POST", PUBLIC, "Log in; the token is scoped to an organization", "auth",
+           body=s.LoginRequest, response=s.TokenPairSchema, errors=("401", "403", "429"))
+def login(body):
+    return rpc("membership", "login", body["email"], body["password"], body.get("organization_id"),
+               request.remote_addr)
+
+
+@api.route("/auth/refresh", "POST", PUBLIC, "Rotate the refresh token, get a new access token", "auth",
+           body=s.RefreshRequest, response=s.TokenPairSchema, errors=("401",))
+def refresh(body):
+    return rpc("membership", "refresh", body["refresh_token"])
+
+
+@api.route("/auth/logout", "POST", USER, "Revoke the current session", "auth", response=s.LogoutResponse)
+def logout():
+    return rpc("membership", "logout", g.claims["sid"], g.claims["sub"], g.claims.get("org"))
+
+
+@api.route("/auth/switch", "POST", USER, "Switch to another organization: new token pair, old session ends",
+           "auth", body=s.SwitchRequest, response=s.SwitchResponse)
+def switch(body):
+    return rpc("membership", "switch", g.claims["sid"], g.claims["sub"], body["organization_id"])
+
+
+@api.route("/auth/password", "POST", USER, "Change the password; every other session ends", "auth",
+           body=s.PasswordChangeRequest, response=s.TokenPairSchema)
+def change_password(body):
+    return rpc("membership", "change_password", g.claims["sid"], g.claims["sub"], body["current_password"],
+               body["new_password"])
+
+
+@api.route("/me", "GET", USER, "The caller, the token's organization and all their organizations", "auth",
+           response=s.MeSchema)
+def me():
+    return rpc("membership", "me", g.claims["sub"], g.claims.get("org"))
