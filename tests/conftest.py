@@ -21,12 +21,16 @@ def test_stack():
     stack.reset_vhost(inst)
     stack.ensure_mongo(inst)
     stack.drop_databases(inst)
+    # infrastructure this session started (and only that) is stopped at the end
+    started = {name: stack.read_pid(os.path.join(stack.INFRA_RUN, name + ".pid"))
+               for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up}
     stack.up(inst, quiet=True)
     yield inst
     stack.down(inst, infra=False)
-    for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)):
-        if not was_up:
-            stack.stop_pid_file(os.path.join(stack.INFRA_RUN, name + ".pid"), timeout=30)
+    for name, pid in started.items():
+        pid_file = os.path.join(stack.INFRA_RUN, name + ".pid")
+        if pid is not None and stack.read_pid(pid_file) == pid:
+            stack.stop_pid_file(pid_file, timeout=30)
 
 
 @pytest.fixture(scope="session")
