@@ -126,10 +126,14 @@ class AccessRevoked(EventSchema):
 class StorageUpdated(EventSchema):
     used_bytes = fields.Integer(required=True)
     datasets = fields.Integer(required=True)
+    # Extension: position in the organization's report chain; read models keep the highest.
+    sequence = fields.Integer()
 
 
 class CreditsChanged(EventSchema):
-    balance = fields.Integer(required=True)
+    balance = fields.Integer(required=True)  # milli-credits
+    # Extension: the ledger entry's position (``seq``); read models keep the highest.
+    sequence = fields.Integer()
 
 
 class AiJobCompleted(EventSchema):

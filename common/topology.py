@@ -21,11 +21,34 @@ Subscription = namedtuple("Subscription", "event service method")
 
 #: Every (event, subscribing service, handler method). A test checks this against the services.
 SUBSCRIPTIONS = [
+    # usage: its copy of each organization's plan, seat count and state; the overview's usage sections
+    Subscription(events.ORGANIZATION_CREATED, "usage", "on_organization_created"),
+    Subscription(events.PLAN_CHANGED, "usage", "on_plan_changed"),
+    Subscription(events.MEMBER_JOINED, "usage", "on_member_joined"),
+    Subscription(events.MEMBER_LEFT, "usage", "on_member_left"),
+    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "usage", "on_organization_deletion_requested"),
+    Subscription(events.STORAGE_UPDATED, "org", "on_storage_updated"),
+    Subscription(events.CREDITS_CHANGED, "org", "on_credits_changed"),
     Subscription(events.ORGANIZATION_RENAMED, "membership", "on_organization_renamed"),
-    Subscription(events.PLAN_CHANGED, "membership", "on_plan_changed"),
     Subscription(events.MEMBER_JOINED, "org", "on_member_joined"),
     Subscription(events.MEMBER_LEFT, "org", "on_member_left"),
     Subscription(events.OWNERSHIP_TRANSFERRED, "org", "on_ownership_transferred"),
+    # notifications: its copy of who to mail, and the mail of CONTRACT §4
+    Subscription(events.ORGANIZATION_CREATED, "notifications", "on_organization_created"),
+    Subscription(events.ORGANIZATION_RENAMED, "notifications", "on_organization_renamed"),
+    Subscription(events.PLAN_CHANGED, "notifications", "on_plan_changed"),
+    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "notifications", "on_organization_deletion_requested"),
+    Subscription(events.MEMBER_JOINED, "notifications", "on_member_joined"),
+    Subscription(events.MEMBER_LEFT, "notifications", "on_member_left"),
+    Subscription(events.MEMBER_ROLE_CHANGED, "notifications", "on_member_role_changed"),
+    Subscription(events.OWNERSHIP_TRANSFERRED, "notifications", "on_ownership_transferred"),
+    Subscription(events.INVITE_CREATED, "notifications", "on_invite_created"),
+    Subscription(events.STORAGE_UPDATED, "notifications", "on_storage_updated"),
+    Subscription(events.AI_JOB_COMPLETED, "notifications", "on_ai_job_completed"),
+    Subscription(events.organization_purged("membership"), "org", "on_membership_purged"),
+    Subscription(events.organization_purged("notifications"), "org", "on_notifications_purged"),
+    Subscription(events.organization_purged("usage"), "org", "on_usage_purged"),
+    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "membership", "on_organization_deletion_requested"),
 ]
 
 EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})

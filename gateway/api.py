@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
 from common.errors import DomainError
@@ -34,6 +34,7 @@ class Operation:
     status: int = 200
     errors: tuple = ()
     view: object = None
+    org_rule: bool = True
     extra: dict = field(default_factory=dict)
 
     @property
@@ -42,7 +43,8 @@ class Operation:
 
     @property
     def org_scoped(self):
-        return "<org_id>" in self.rule
+        """The token's organization must be the path's (``org_rule=False``: the view decides)."""
+        return "<org_id>" in self.rule and self.org_rule
 
 
 class Api:
@@ -51,9 +53,10 @@ class Api:
         self.operations = []
 
     def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=(),
-              query=None):
+              query=None, org_rule=True):
         def decorate(view):
-            operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view)
+            operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view,
+                                  org_rule)
             self.operations.append(operation)
             endpoint = "%s_%s" % (method.lower(), view.__name__)
 
@@ -65,6 +68,8 @@ class Api:
                 if query is not None:
                     path_args["query"] = load(query, request.args.to_dict())
                 result = view(**path_args)
+                if isinstance(result, Response):  # streamed: the view shaped it already
+                    return result
                 headers = {}
                 if isinstance(result, tuple):
                     result, headers = result

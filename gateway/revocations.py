@@ -107,7 +107,12 @@ class RevocationConsumer(threading.Thread):
 
     def _on_message(self, body, message):
         try:
-            self.revocations.apply(events.load_event(events.ACCESS_REVOKED, body))
+            if message.delivery_info.get("routing_key") == events.ORGANIZATION_DELETION_REQUESTED[1]:
+                # the organization's tokens die with the request, before any service has purged
+                event = events.load_event(events.ORGANIZATION_DELETION_REQUESTED, body)
+                self.revocations.apply({"organization_id": event["organization_id"], "not_before": time.time()})
+            else:
+                self.revocations.apply(events.load_event(events.ACCESS_REVOKED, body))
         except Exception:
             log.exception("ignoring malformed access_revoked event")
         message.ack()
@@ -118,9 +123,14 @@ class RevocationConsumer(threading.Thread):
         while not self._stop.is_set():
             try:
                 with Connection(self.amqp_uri, heartbeat=10, connect_timeout=5) as connection:
+                    channel = connection.channel()
                     queue = Queue("gateway-revocations-%s" % uuid.uuid4().hex, exchange=event_exchange(source),
-                                  routing_key=event_type, exclusive=True, auto_delete=True, durable=False)
-                    with connection.Consumer(queue, callbacks=[self._on_message], accept=["json"]):
+                                  routing_key=event_type, exclusive=True, auto_delete=True, durable=False,
+                                  channel=channel)
+                    queue.declare()
+                    deletion_source, deletion_type = events.ORGANIZATION_DELETION_REQUESTED
+                    queue.bind_to(exchange=event_exchange(deletion_source), routing_key=deletion_type)
+                    with connection.Consumer([queue], channel=channel, callbacks=[self._on_message], accept=["json"]):
                         self.revocations.connected(time.time())
                         self.ready.set()
                         backoff = 0.2

@@ -240,6 +240,34 @@ class InvitePreviewSchema(Schema):
     expires_at = fields.String(required=True)
 
 
+class DeleteOrganizationRequest(Strict):
+    confirm_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class DeletionServicesSchema(Schema):
+    org = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
+    membership = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
+    notifications = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
+    usage = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
+
+
+class DeletionStatusSchema(Schema):
+    organization_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("deleting", "deleted")))
+    requested_at = fields.String(required=True)
+    completed_at = fields.String(allow_none=True, required=True)
+    services = fields.Nested(DeletionServicesSchema, required=True)
+
+
+class ExportSchema(Schema):
+    organization_id = fields.String(required=True)
+    exported_at = fields.String(required=True)
+    org = fields.Dict(required=True, metadata={"description": "organization and plan history"})
+    membership = fields.Dict(required=True, metadata={"description": "members and invites (no tokens)"})
+    notifications = fields.Dict(required=True, metadata={"description": "settings and delivery log"})
+    usage = fields.Dict(required=True, metadata={"description": "storage report, credit ledger, reservations"})
+
+
 class LogoutResponse(Schema):
     logged_out = fields.Boolean(required=True)
 
@@ -247,3 +275,174 @@ class LogoutResponse(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict()
+
+
+# -- notifications ---------------------------------------------------------------------------
+
+def _one_address(value):
+    from common.addresses import is_address
+    if value is not None and not is_address(value):
+        raise ValidationError("Must be one plain email address (no display name, no list), or null.")
+
+
+AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
+
+
+class NotificationSettingsRequest(Strict):
+    plan_email = fields.String(required=True, allow_none=True, validate=_one_address,
+                               metadata={"description": "null = the owner's email"})
+    new_user_email = fields.String(required=True, allow_none=True, validate=_one_address,
+                                   metadata={"description": "null = the owner's email"})
+    ai_job_recipients = fields.String(required=True, validate=validate.OneOf(AI_JOB_RECIPIENTS))
+
+
+class NotificationSettingsSchema(Schema):
+    plan_email = fields.String(allow_none=True, required=True)
+    new_user_email = fields.String(allow_none=True, required=True)
+    ai_job_recipients = fields.String(required=True, validate=validate.OneOf(AI_JOB_RECIPIENTS))
+
+
+class DeliveryQuery(Strict):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+
+
+class DeliveryAttemptSchema(Schema):
+    at = fields.String(required=True)
+    outcome = fields.String(required=True,
+                            validate=validate.OneOf(("sent", "temporary_failure", "permanent_failure")))
+    error = fields.String(allow_none=True, required=True)
+
+
+class DeliverySchema(Schema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True)
+    to = fields.String(required=True)
+    subject = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("queued", "sent", "failed")))
+    attempts = fields.Integer(required=True, metadata={"description": "number of attempts so far"})
+    attempt_log = fields.List(fields.Nested(DeliveryAttemptSchema), required=True,
+                              metadata={"description": "every attempt, oldest first"})
+    last_error = fields.String(allow_none=True, required=True)
+    created_at = fields.String(required=True)
+    sent_at = fields.String(allow_none=True, required=True)
+
+
+class DeliveryPageSchema(Schema):
+    items = fields.List(fields.Nested(DeliverySchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+# -- usage: storage reports and credits (amounts are integer milli-credits) ---------------------
+
+MILLI = "integer milli-credits (1 credit = 1000)"
+
+
+class DatasetBytes(Strict):
+    dataset_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    bytes = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2 ** 62),
+                           metadata={"description": "bytes the dataset occupies"})
+
+
+class StorageReportRequest(Strict):
+    datasets = fields.List(fields.Nested(DatasetBytes), required=True, validate=validate.Length(max=10_000),
+                           metadata={"description": "at most 10,000 datasets, unique ids"})
+    complete = fields.Boolean(required=True, metadata={
+        "description": "true: this is the organization's whole report (datasets not listed are gone); "
+                       "false: upsert the listed datasets"})
+
+    @validates_schema
+    def unique_ids(self, data, **kwargs):
+        seen, duplicates = set(), set()
+        for item in data.get("datasets") or []:
+            (duplicates if item["dataset_id"] in seen else seen).add(item["dataset_id"])
+        if duplicates:
+            raise ValidationError("Duplicate dataset ids: %s" % ", ".join(sorted(duplicates)[:10]), "datasets")
+
+
+class StorageTotalsSchema(Schema):
+    used_bytes = fields.Integer(required=True)
+    datasets = fields.Integer(required=True)
+    last_report_at = fields.String(allow_none=True, required=True)
+    sequence = fields.Integer(required=True, metadata={"description": "position in the organization's reports"})
+
+
+class UsageStorageSchema(Schema):
+    used_bytes = fields.Integer(required=True)
+    included_bytes = fields.Integer(allow_none=True, required=True, metadata={"description": "null = unlimited"})
+    datasets = fields.Integer(required=True)
+    last_report_at = fields.String(allow_none=True, required=True)
+    exceeded = fields.Boolean(required=True)
+
+
+class UsageMembersSchema(Schema):
+    count = fields.Integer(required=True)
+    included = fields.Integer(allow_none=True, required=True, metadata={"description": "null = unlimited"})
+
+
+class UsageSchema(Schema):
+    storage = fields.Nested(UsageStorageSchema, required=True)
+    members = fields.Nested(UsageMembersSchema, required=True)
+    credits = fields.Nested(CreditsSummarySchema, required=True)
+
+
+IDEMPOTENCY_KEY = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
+    "description": "repeating a key returns the first result and writes nothing; "
+                   "the same key with different parameters is a 409"})
+
+
+class GrantRequest(Strict):
+    amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10 ** 15),
+                            metadata={"description": MILLI})
+    comment = fields.String(validate=validate.Length(max=500), allow_none=True)
+    expires_at = fields.AwareDateTime(format="iso", allow_none=True, metadata={
+        "description": "when set, the unspent remainder of this grant is revoked then (an expiry entry)"})
+    idempotency_key = IDEMPOTENCY_KEY
+
+
+class ReservationRequest(Strict):
+    amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10 ** 15),
+                            metadata={"description": MILLI})
+    job_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    job_type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    idempotency_key = IDEMPOTENCY_KEY
+
+
+class SettleRequest(Strict):
+    outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")), metadata={
+        "description": "succeeded: the reserved credits stay spent; failed: they are refunded"})
+
+
+class CreditsQuery(Strict):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=40))
+
+
+class LedgerEntrySchema(Schema):
+    id = fields.String(required=True, metadata={"description": "for a reservation: the reservation id"})
+    sequence = fields.Integer(required=True, metadata={"description": "position in the organization's ledger"})
+    kind = fields.String(required=True, validate=validate.OneOf(
+        ("grant", "reservation", "settlement", "refund", "expiry")))
+    amount = fields.Integer(required=True, metadata={"description": "signed, " + MILLI})
+    balance_after = fields.Integer(required=True, metadata={"description": MILLI})
+    actor = fields.String(allow_none=True, required=True, metadata={"description": "user id; null = system"})
+    reference = fields.String(allow_none=True, required=True, metadata={
+        "description": "reservation: job id; settlement/refund: reservation id; expiry: grant id"})
+    idempotency_key = fields.String(allow_none=True, required=True)
+    comment = fields.String(allow_none=True, required=True)
+    job_id = fields.String(allow_none=True, required=True)
+    job_type = fields.String(allow_none=True, required=True)
+    outcome = fields.String(allow_none=True, required=True)
+    expires_at = fields.String(allow_none=True, required=True)
+    created_at = fields.String(required=True)
+
+
+class CreditWriteSchema(Schema):
+    entry = fields.Nested(LedgerEntrySchema, required=True)
+    balance = fields.Integer(required=True, metadata={"description": "balance right after this entry, " + MILLI})
+
+
+class LedgerPageSchema(Schema):
+    balance = fields.Integer(required=True, metadata={"description": MILLI})
+    items = fields.List(fields.Nested(LedgerEntrySchema), required=True, metadata={"description": "newest first"})
+    next_cursor = fields.String(allow_none=True, required=True)

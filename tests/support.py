@@ -1,4 +1,7 @@
-"""Helpers for end-to-end tests: an HTTP client for the gateway and condition polling."""
+"""Helpers for end-to-end tests: an HTTP client for the gateway, condition polling, the bus, the mail sink."""
+import email
+import email.policy
+import os
 import time
 import uuid
 
@@ -150,3 +153,49 @@ def join(gateway, tap, admin, role, name=None, org_id=None):
                                              "invite_token": token})
     assert response.status_code == 201, response.text
     return Account(response.json(), password)
+
+
+MAIL_TIMEOUT = 20
+
+
+class Mail:
+    def __init__(self, raw):
+        self.raw = raw
+        self.message = email.message_from_bytes(raw, policy=email.policy.default)
+        self.rcpt_to = [a.strip() for a in self.message["X-Sink-Rcpt-To"].split(",")]
+        self.subject = self.message["Subject"]
+        self.text = self.message.get_body(("plain",)).get_content()
+        self.html = self.message.get_body(("html",)).get_content()
+
+    def __repr__(self):
+        return "<Mail to=%s subject=%r>" % (self.rcpt_to, self.subject)
+
+
+class Mailbox:
+    """Everything the test instance's SMTP sink received."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        self._seen = {}
+        # mail of earlier sessions stays in the directory: only what arrives from now on counts
+        self._old = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+
+    def all(self):
+        if os.path.isdir(self.directory):
+            for name in sorted(os.listdir(self.directory)):
+                if (name.endswith(".eml") and not name.startswith(".") and name not in self._seen
+                        and name not in self._old):
+                    with open(os.path.join(self.directory, name), "rb") as handle:
+                        self._seen[name] = Mail(handle.read())
+        return list(self._seen.values())
+
+    def to(self, address, contains=None):
+        return [m for m in self.all() if address in m.rcpt_to
+                and (contains is None or contains in m.subject or contains in m.text)]
+
+    def wait(self, address, contains=None, count=1, timeout=MAIL_TIMEOUT):
+        return wait_until(lambda: len(self.to(address, contains)) >= count and self.to(address, contains),
+                          timeout=timeout, what="%d mail(s) to %s %r" % (count, address, contains))
+
+    def recipients(self, contains):
+        return sorted(r for m in self.all() if contains in m.subject or contains in m.text for r in m.rcpt_to)

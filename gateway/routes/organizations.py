@@ -1,10 +1,12 @@
 """Organizations: create, list, overview, rename, plan."""
-from flask import g
+import json
 
-from common.events import isoformat
+from flask import Response, g, url_for
+
+from common.events import isoformat, utcnow
 from gateway import schemas as s
 from gateway.api import ADMIN, MEMBER, SUPERUSER, USER
-from gateway.routes.common import api, rpc
+from gateway.routes.common import actor, api, rpc
 
 
 @api.route("/organizations", "POST", USER, "Create an organization; the caller becomes its owner",
@@ -36,3 +38,36 @@ def rename_organization(org_id, body):
 def set_plan(org_id, body):
     plan = dict(body, paid_until=isoformat(body["paid_until"]) if body["paid_until"] else None)
     return rpc("org", "set_plan", org_id, plan, g.claims["sub"])
+
+
+@api.route("/organizations/<org_id>", "DELETE", ADMIN,
+           "Delete the organization and all its data (owner, or an admin holding the deletion right)",
+           "organizations", body=s.DeleteOrganizationRequest, response=s.DeletionStatusSchema, status=202,
+           errors=("410",))
+def delete_organization(org_id, body):
+    status = rpc("membership", "request_org_deletion", org_id, actor(), body["confirm_name"])
+    return status, {"Location": url_for("api.get_get_deletion", org_id=org_id)}
+
+
+@api.route("/organizations/<org_id>/deletion", "GET", USER, "Deletion progress (requester, owner, superuser)",
+           "organizations", response=s.DeletionStatusSchema, errors=("404",), org_rule=False)
+def get_deletion(org_id):
+    return rpc("org", "get_deletion", org_id, actor())
+
+
+EXPORT_PARTS = ("org", "membership", "notifications", "usage")
+
+
+@api.route("/organizations/<org_id>/export", "GET", ADMIN, "Everything every service holds for the organization",
+           "organizations", response=s.ExportSchema, errors=("410",))
+def export_organization(org_id):
+    """Each service's part is gathered first (so a failure is a clean 503), then streamed part by part."""
+    parts = [(name, rpc(name, "export", org_id)) for name in EXPORT_PARTS]
+
+    def generate():
+        yield '{"organization_id": %s, "exported_at": %s' % (json.dumps(org_id), json.dumps(isoformat(utcnow())))
+        for name, part in parts:
+            yield ', %s: %s' % (json.dumps(name), json.dumps(part, separators=(",", ":")))
+        yield "}"
+    return Response(generate(), mimetype="application/json", headers={
+        "Content-Disposition": 'attachment; filename="organization-%s.json"' % org_id})

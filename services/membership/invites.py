@@ -100,37 +100,38 @@ def _check_invitee(invite, account_email):
         raise DomainError("forbidden", "this invite is for another email address")
 
 
-def accept(store, security, token, user_id):
+def accept(store, security, plan_limit, token, user_id):
     invite, organization = _usable_invite(store, token)
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
     _check_invitee(invite, account["email"])
-    return _join(store, security, invite, organization, account)
+    return _join(store, security, invite, organization, account, plan_limit(organization["_id"]))
 
 
-def signup_with_invite(store, security, email, password, name, token):
+def signup_with_invite(store, security, plan_limit, email, password, name, token):
     """Create the account directly in the inviting organization (the invite must be for this email)."""
     email = domain.normalize_email(email)
     name = domain.clean_person_name(name)
     domain.check_password(password)
     invite, organization = _usable_invite(store, token)
     _check_invitee(invite, email)
-    limit = organization.get("included_users")
+    limit = plan_limit(organization["_id"])
     if limit is not None and organization.get("member_count", 0) >= limit:
         raise DomainError("user_limit_reached", "the organization's plan has no free seat")
     account = domain.new_account(email, name, security.passwords.hash(password))
     account["last_org_id"] = organization["_id"]
     if store.account_by_email(email) or not store.insert_account(account):
         raise DomainError("email_taken", "an account with this email already exists")
-    return _join(store, security, invite, organization, account)
+    return _join(store, security, invite, organization, account, limit)
 
 
-def _join(store, security, invite, organization, account):
+def _join(store, security, invite, organization, account, limit):
+    """Seat first (conditional on the plan's current limit), then the invite, then the membership."""
     org_id = organization["_id"]
     if store.membership(org_id, account["_id"]) is not None:
         raise DomainError("already_member", "you are already a member of this organization")
-    count = store.claim_seat(org_id, organization.get("included_users"))
+    count = store.claim_seat(org_id, limit)
     if count is None:
         raise DomainError("user_limit_reached", "the organization's plan has no free seat")
     claimed = store.set_invite_status(invite["_id"], "pending", {

@@ -39,8 +39,7 @@ def member_joined(org_id, account, role, via_invite, member_count, is_owner=Fals
 
 def record_new_organization(store, organization, account):
     """The creator's side of a new organization: our copy of it and the owner's membership."""
-    store.insert_organization(organization["id"], organization["name"], account["_id"],
-                              organization["created_at"], organization["plan"]["included_users"])
+    store.insert_organization(organization["id"], organization["name"], account["_id"], organization["created_at"])
     membership = new_membership(organization["id"], account, "admin")
     store.insert_membership(membership, member_joined(organization["id"], account, "admin", False, 1, True))
     return membership
@@ -186,7 +185,3 @@ def transfer_ownership(store, org_id, actor, to_user_id):
 def on_organization_renamed(store, event):
     store.set_if_newer(event["organization_id"], "name", event["name"], event["occurred_at"])
 
-
-def on_plan_changed(store, event):
-    store.set_if_newer(event["organization_id"], "included_users", event["plan"]["included_users"],
-                       event["occurred_at"])

@@ -10,7 +10,7 @@ from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
-from services.membership import domain, invites, members
+from services.membership import deletion, domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
 
@@ -41,11 +41,20 @@ class MembershipService:
     config = Config()
     bootstrap = SuperuserBootstrap()
 
-    def _create_org(self, org_id, name, owner):
-        """The org service must answer within RPC_TIMEOUT; create_organization is idempotent."""
+    def _ask_org(self, method, *args):
+        """Calls into the org service must answer within RPC_TIMEOUT (both calls are idempotent)."""
         timeout = float(self.config.get("RPC_TIMEOUT") or 5)
         with eventlet.Timeout(timeout, DomainError("service_unavailable", "org service did not answer")):
-            return self.org.create_organization(org_id, name, owner)
+            return getattr(self.org, method)(*args)
+
+    def _create_org(self, org_id, name, owner):
+        return self._ask_org("create_organization", org_id, name, owner)
+
+    def _plan_limit(self, org_id):
+        return self._ask_org("get_overview", org_id)["plan"]["included_users"]
+
+    def _request_deletion(self, org_id, requested_by, confirm_name):
+        return self._ask_org("request_deletion", org_id, requested_by, confirm_name)
 
     @rpc
     def ping(self):
@@ -64,7 +73,7 @@ class MembershipService:
 
     @domain_rpc
     def signup_with_invite(self, email, password, name, invite_token):
-        return invites.signup_with_invite(self.store, self.security, email, password, name, invite_token)
+        return invites.signup_with_invite(self.store, self.security, self._plan_limit, email, password, name, invite_token)
 
     @domain_rpc
     def login(self, email, password, organization_id=None, client_address=None):
@@ -140,16 +149,25 @@ class MembershipService:
 
     @domain_rpc
     def accept_invite(self, token, user_id):
-        return invites.accept(self.store, self.security, token, user_id)
+        return invites.accept(self.store, self.security, self._plan_limit, token, user_id)
+
+    # -- deletion and export ----------------------------------------------------------------
+    @domain_rpc
+    def request_org_deletion(self, org_id, actor, confirm_name):
+        return deletion.request(self.store, self._request_deletion, org_id, actor, confirm_name)
+
+    @domain_rpc
+    def export(self, org_id):
+        return deletion.export(self.store, org_id)
+
+    @reliable_handler(events.ORGANIZATION_DELETION_REQUESTED)
+    def on_organization_deletion_requested(self, event):
+        deletion.purge(self.store, events.load_event(events.ORGANIZATION_DELETION_REQUESTED, event))
 
     # -- events and housekeeping ------------------------------------------------------------
     @reliable_handler(events.ORGANIZATION_RENAMED)
     def on_organization_renamed(self, event):
         members.on_organization_renamed(self.store, events.load_event(events.ORGANIZATION_RENAMED, event))
-
-    @reliable_handler(events.PLAN_CHANGED)
-    def on_plan_changed(self, event):
-        members.on_plan_changed(self.store, events.load_event(events.PLAN_CHANGED, event))
 
     @timer(interval=5)
     def sweep_outbox(self):

@@ -1,7 +1,8 @@
 """Mongo access for accounts, memberships, invites, sessions and the service's copy of organizations.
 
 The ``organizations`` collection is this service's own record of each organization it serves:
-name (fed by the org service's events), owner, the plan's user limit and the seat counter. The
+name (fed by the org service's events), owner and the seat counter. The plan's user limit is asked
+from the org service when someone joins (rare, and it must be current, not eventually current). The
 owner lives only here (``owner_user_id``), so transferring ownership is one atomic write.
 """
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
@@ -80,13 +81,12 @@ class MembershipStore(Store):
         return self._update_one_with_events("accounts", {"_id": user_id}, {"$set": fields}, events)
 
     # -- organizations (this service's copy) --------------------------------------------------
-    def insert_organization(self, org_id, name, owner_user_id, as_of, included_users=None):
+    def insert_organization(self, org_id, name, owner_user_id, as_of):
         """Record a new organization with its owner counted as the first seat."""
         self.db.organizations.update_one(
             {"_id": org_id},
             {"$setOnInsert": {"name": name, "name_as_of": as_of, "owner_user_id": owner_user_id,
-                              "included_users": included_users, "included_users_as_of": as_of, "member_count": 1,
-                              "status": "active"}},
+                              "member_count": 1, "status": "active"}},
             upsert=True)
 
     def organization(self, org_id):
@@ -211,6 +211,41 @@ class MembershipStore(Store):
         if not all_orgs:
             query["org_id"] = org_id
         return self.db.sessions.update_many(query, {"$set": {"revoked_at": now}}).modified_count
+
+    # -- deletion and export ---------------------------------------------------------------
+    def set_organization_status(self, org_id, status, *events):
+        return self._update_one_with_events("organizations", {"_id": org_id}, {"$set": {"status": status}}, events)
+
+    def org_member_ids(self, org_id):
+        return [doc["user_id"] for doc in self.db.memberships.find({"org_id": org_id}, {"user_id": 1})]
+
+    def org_memberships(self, org_id):
+        return list(self.db.memberships.find(dict(LIVE, org_id=org_id), HIDE).sort(
+            [("joined_at", ASCENDING), ("user_id", ASCENDING)]))
+
+    def has_other_membership(self, user_id, org_id):
+        return self.db.memberships.count_documents({"user_id": user_id, "org_id": {"$ne": org_id}}, limit=1) > 0
+
+    def purge_organization(self, org_id, member_ids):
+        """Delete everything held for the organization; returns counts per collection."""
+        removed = {
+            "invites": self.db.invites.delete_many({"org_id": org_id}).deleted_count,
+            "memberships": self.db.memberships.delete_many({"org_id": org_id}).deleted_count,
+            "sessions": self.db.sessions.delete_many({"org_id": org_id}).deleted_count,
+        }
+        orphans = [user_id for user_id in member_ids if not self.has_other_membership(user_id, org_id)]
+        orphans = [doc["_id"] for doc in self.db.accounts.find(
+            {"_id": {"$in": orphans}, "is_superuser": {"$ne": True}}, {"_id": 1})]
+        removed["sessions"] += self.db.sessions.delete_many({"user_id": {"$in": orphans}}).deleted_count
+        removed["accounts"] = self.db.accounts.delete_many({"_id": {"$in": orphans}}).deleted_count
+        removed["last_used_cleared"] = self.db.accounts.update_many(
+            {"last_org_id": org_id}, {"$set": {"last_org_id": None}}).modified_count
+        removed["organizations"] = self.db.organizations.delete_many({"_id": org_id}).deleted_count
+        return removed
+
+    def export_invites(self, org_id):
+        return list(self.db.invites.find({"org_id": org_id}, {"token_hash": 0, outbox.FIELD: 0, outbox.COUNT: 0})
+                    .sort("created_at", DESCENDING))
 
     # -- login rate limiting -----------------------------------------------------------------
     def count_attempt(self, key, window_start, expires_at):

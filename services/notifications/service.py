@@ -1,10 +1,146 @@
-"""Notifications service: settings, mail outbox and delivery log (filled in by its own issue)."""
+"""Notifications service entrypoints: settings, the delivery log, event handlers, timers.
+
+Domain logic lives in ``notify`` (events -> mail), ``settings`` (settings, delivery log) and
+``dispatch`` (the mail outbox); this module only wires them to nameko.
+"""
+from datetime import timedelta
+
+from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
+from nameko.timer import Timer
+
+from common import events, tombstones
+from common.errors import DomainError
+from common.events import utcnow
+from common.handlers import reliable_handler
+from common.mongo import StoreProvider
+from services.notifications import deletion, dispatch, notify, settings
+from services.notifications.mail import SmtpSender
+from services.notifications.store import NotificationsStore
+
+domain_rpc = rpc(expected_exceptions=DomainError)
+
+
+class ConfigTimer(Timer):
+    """A nameko timer whose interval comes from the service config (tests tick faster)."""
+
+    def __init__(self, config_key, default, **kwargs):
+        super().__init__(interval=default, **kwargs)
+        self.config_key = config_key
+
+    def setup(self):
+        super().setup()
+        self.interval = float(self.container.config.get(self.config_key) or self.interval)
+
+
+class Mailer(DependencyProvider):
+    """The SMTP sender and the retry policy, built once from the config."""
+
+    def setup(self):
+        config = self.container.config
+        self.sender = SmtpSender.from_config(config)
+        self.policy = dispatch.DispatchPolicy.from_config(config)
+
+    def get_dependency(self, worker_ctx):
+        return self
 
 
 class NotificationsService:
     name = "notifications"
 
+    store = StoreProvider(NotificationsStore, "notifications")
+    mailer = Mailer()
+    config = Config()
+
+    def _notifier(self):
+        return notify.Notifier(self.store, self.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080")
+
+    def _handle(self, event_type, method, body):
+        """Apply the event (recording its mail first), then try to send that mail right away."""
+        event = events.load_event(event_type, body)
+        if tombstones.was_purged(self.store.db, event.get("organization_id")):
+            return  # a late event for a deleted organization must not bring it back
+        queued = getattr(self._notifier(), method)(event)
+        dispatch.deliver_all(self.store, self.mailer.sender, self.mailer.policy, queued)
+
     @rpc
     def ping(self):
         return "pong"
+
+    # -- settings and the delivery log -----------------------------------------------------------
+    @domain_rpc
+    def get_settings(self, org_id):
+        return settings.get_settings(self.store, org_id)
+
+    @domain_rpc
+    def put_settings(self, org_id, values):
+        return settings.put_settings(self.store, org_id, values)
+
+    @domain_rpc
+    def list_deliveries(self, org_id, limit=50, cursor=None):
+        return settings.list_deliveries(self.store, org_id, limit, cursor)
+
+    # -- events ----------------------------------------------------------------------------------
+    @reliable_handler(events.ORGANIZATION_CREATED)
+    def on_organization_created(self, event):
+        self._handle(events.ORGANIZATION_CREATED, "organization_created", event)
+
+    @reliable_handler(events.ORGANIZATION_RENAMED)
+    def on_organization_renamed(self, event):
+        self._handle(events.ORGANIZATION_RENAMED, "organization_renamed", event)
+
+    @reliable_handler(events.PLAN_CHANGED)
+    def on_plan_changed(self, event):
+        self._handle(events.PLAN_CHANGED, "plan_changed", event)
+
+    @reliable_handler(events.ORGANIZATION_DELETION_REQUESTED)
+    def on_organization_deletion_requested(self, event):
+        """Confirm to the owner first; purge once that mail is final (maybe on a later timer tick)."""
+        self._handle(events.ORGANIZATION_DELETION_REQUESTED, "organization_deletion_requested", event)
+        deletion.purge_when_mailed(self.store, event["organization_id"])
+
+    @domain_rpc
+    def export(self, org_id):
+        return deletion.export(self.store, org_id)
+
+    @reliable_handler(events.MEMBER_JOINED)
+    def on_member_joined(self, event):
+        self._handle(events.MEMBER_JOINED, "member_joined", event)
+
+    @reliable_handler(events.MEMBER_LEFT)
+    def on_member_left(self, event):
+        self._handle(events.MEMBER_LEFT, "member_left", event)
+
+    @reliable_handler(events.MEMBER_ROLE_CHANGED)
+    def on_member_role_changed(self, event):
+        self._handle(events.MEMBER_ROLE_CHANGED, "member_role_changed", event)
+
+    @reliable_handler(events.OWNERSHIP_TRANSFERRED)
+    def on_ownership_transferred(self, event):
+        self._handle(events.OWNERSHIP_TRANSFERRED, "ownership_transferred", event)
+
+    @reliable_handler(events.INVITE_CREATED)
+    def on_invite_created(self, event):
+        self._handle(events.INVITE_CREATED, "invite_created", event)
+
+    @reliable_handler(events.STORAGE_UPDATED)
+    def on_storage_updated(self, event):
+        self._handle(events.STORAGE_UPDATED, "storage_updated", event)
+
+    @reliable_handler(events.AI_JOB_COMPLETED)
+    def on_ai_job_completed(self, event):
+        self._handle(events.AI_JOB_COMPLETED, "ai_job_completed", event)
+
+    # -- timers ----------------------------------------------------------------------------------
+    @ConfigTimer.decorator("MAIL_DISPATCH_INTERVAL_SECONDS", 5)
+    def dispatch_mail(self):
+        """Sends what is due: retries after backoff, and mail a crash left recorded but unsent."""
+        dispatch.dispatch_due(self.store, self.mailer.sender, self.mailer.policy)
+        deletion.purge_ready(self.store)
+
+    @ConfigTimer.decorator("REMINDER_INTERVAL_SECONDS", 60)
+    def plan_reminders(self):
+        self.store.forget_claims(utcnow() - timedelta(days=1))
+        queued = self._notifier().send_reminders()
+        dispatch.deliver_all(self.store, self.mailer.sender, self.mailer.policy, queued)

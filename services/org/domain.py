@@ -1,6 +1,6 @@
 """Organization rules: names, creation, renaming, the overview read model."""
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from common import events, outbox
 from common.errors import DomainError, not_found
@@ -102,6 +102,23 @@ def on_ownership_transferred(store, event):
     store.apply_read_model(event["organization_id"], "owner", owner, event["occurred_at"])
 
 
+def _usage_as_of(event):
+    """The usage service numbers its facts (ledger / report chain position): order by that, not by clock."""
+    if event.get("sequence") is not None:
+        return "seq:%020d" % event["sequence"]
+    return event["occurred_at"]
+
+
+def on_storage_updated(store, event):
+    store.apply_read_model(event["organization_id"], "storage",
+                         {"used_bytes": event["used_bytes"], "datasets": event["datasets"]}, _usage_as_of(event))
+
+
+def on_credits_changed(store, event):
+    store.apply_read_model(event["organization_id"], "credits", {"balance": event["balance"]},
+                         _usage_as_of(event))
+
+
 def set_plan(store, org_id, plan, changed_by):
     """A superuser sets the plan; the history keeps who changed what when."""
     if plan.get("name") not in events.PLAN_NAMES:
@@ -130,3 +147,97 @@ def set_plan(store, org_id, plan, changed_by):
         _live(store, org_id)
         raise not_found("organization")
     return overview(doc)
+
+
+# -- deletion ------------------------------------------------------------------------------------
+#: every service that holds data of an organization and reports its purge
+PURGING_SERVICES = ("membership", "notifications", "usage")
+
+
+def request_deletion(store, org_id, requested_by, confirm_name):
+    """Mark the organization ``deleting`` and announce it; every service then purges its part.
+
+    The announcement is queued in the same write as the status change (outbox), so a crash in
+    between loses nothing; a second request while deleting just returns the status.
+    """
+    doc = store.get_organization(org_id)
+    if doc is None or doc.get("status") == "deleted":
+        raise not_found("organization")
+    if doc["status"] == "deleting":
+        return deletion_status(doc)
+    if not isinstance(confirm_name, str) or confirm_name.strip() != doc["name"]:
+        raise DomainError("validation_failed", "invalid input",
+                          {"confirm_name": ["Must equal the organization's current name."]})
+    now = utcnow()
+    event = outbox.pending(events.ORGANIZATION_DELETION_REQUESTED, org_id, name=doc["name"],
+                           requested_by=requested_by, owner_email=(doc.get("owner") or {}).get("email"))
+    deletion = {"requested_at": now, "requested_by": requested_by, "owner_id": (doc.get("owner") or {}).get("id"),
+                "completed_at": None, "services": dict({s: "pending" for s in PURGING_SERVICES}, org="pending")}
+    updated = store.update_organization(org_id, {"status": "active"},
+                                        {"$set": {"status": "deleting", "deletion": deletion, "updated_at": now}}, event)
+    if updated is None:  # a concurrent request won
+        return deletion_status(store.get_organization(org_id))
+    return deletion_status(updated)
+
+
+def on_service_purged(store, event):
+    """A service reports its purge; when all have, the organization shrinks to its tombstone."""
+    doc = store.mark_service_purged(event["organization_id"], event["service"], event["removed"],
+                                    event["occurred_at"])
+    if doc is not None and all(doc["deletion"]["services"].get(s) == "purged" for s in PURGING_SERVICES):
+        finish_deletion(store, doc)
+
+
+def finish_deletion(store, doc):
+    now = utcnow()
+    deletion = dict(doc["deletion"], completed_at=now, services=dict(doc["deletion"]["services"], org="purged"))
+    tombstone = {"_id": doc["_id"], "status": "deleted", "created_at": doc["created_at"], "deleted_at": now,
+                 "deletion": {key: deletion[key] for key in ("requested_at", "requested_by", "owner_id",
+                                                             "completed_at", "services")}}
+    store.replace_with_tombstone(
+        doc["_id"], tombstone,
+        outbox.pending(events.organization_purged("org"), doc["_id"], service="org",
+                       removed={"organizations": 1, "plan_history": len(doc.get("plan_history") or [])}),
+        outbox.pending(events.ORGANIZATION_DELETED, doc["_id"]))
+
+
+def redrive_deletions(store, older_than_seconds):
+    """Announce again deletions some service has not reported yet (purges are idempotent)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    count = 0
+    for doc in store.deletions_requested_before(cutoff):
+        if all(doc["deletion"]["services"].get(s) == "purged" for s in PURGING_SERVICES):
+            finish_deletion(store, doc)
+            continue
+        store.outbox.publish_entry(outbox.pending(
+            events.ORGANIZATION_DELETION_REQUESTED, doc["_id"], name=doc["name"],
+            requested_by=doc["deletion"]["requested_by"], owner_email=(doc.get("owner") or {}).get("email")))
+        count += 1
+    return count
+
+
+def deletion_status(doc):
+    deletion = doc.get("deletion") or {}
+    return {"organization_id": doc["_id"], "status": doc["status"],
+            "requested_at": isoformat(deletion.get("requested_at")),
+            "completed_at": isoformat(deletion.get("completed_at")),
+            "services": dict({s: "pending" for s in PURGING_SERVICES + ("org",)}, **deletion.get("services", {}))}
+
+
+def get_deletion(store, org_id, actor):
+    """Readable by the requester, the owner and superusers -- also after completion."""
+    doc = store.get_organization(org_id)
+    if doc is None or "deletion" not in doc:
+        raise not_found("deletion")
+    deletion = doc["deletion"]
+    if not actor.get("su") and actor.get("sub") not in (deletion.get("requested_by"), deletion.get("owner_id")):
+        raise not_found("deletion")
+    return deletion_status(doc)
+
+
+def export(store, org_id):
+    doc = _live(store, org_id)
+    return {"organization": overview(doc),
+            "plan_history": [{"at": isoformat(h["at"]), "by": h["by"], "plan": PlanSchema().dump(h["plan"]),
+                              "previous": PlanSchema().dump(h["previous"]) if h.get("previous") else None}
+                             for h in doc.get("plan_history") or []]}

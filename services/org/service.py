@@ -1,4 +1,5 @@
 """Org service entrypoints: organizations, plans and the overview read model."""
+from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 from nameko.timer import timer
 
@@ -16,6 +17,7 @@ class OrgService:
     name = "org"
 
     store = StoreProvider(OrgStore, "org")
+    config = Config()
 
     @rpc
     def ping(self):
@@ -37,6 +39,34 @@ class OrgService:
     def set_plan(self, org_id, plan, changed_by):
         return domain.set_plan(self.store, org_id, plan, changed_by)
 
+    @domain_rpc
+    def request_deletion(self, org_id, requested_by, confirm_name):
+        return domain.request_deletion(self.store, org_id, requested_by, confirm_name)
+
+    @domain_rpc
+    def get_deletion(self, org_id, actor):
+        return domain.get_deletion(self.store, org_id, actor)
+
+    @domain_rpc
+    def export(self, org_id):
+        return domain.export(self.store, org_id)
+
+    @reliable_handler(events.organization_purged("membership"))
+    def on_membership_purged(self, event):
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("membership"), event))
+
+    @reliable_handler(events.organization_purged("notifications"))
+    def on_notifications_purged(self, event):
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("notifications"), event))
+
+    @reliable_handler(events.organization_purged("usage"))
+    def on_usage_purged(self, event):
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event))
+
+    @timer(interval=15)
+    def redrive_deletions(self):
+        domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30))
+
     @reliable_handler(events.MEMBER_JOINED)
     def on_member_joined(self, event):
         domain.on_member_count(self.store, events.load_event(events.MEMBER_JOINED, event))
@@ -48,6 +78,14 @@ class OrgService:
     @reliable_handler(events.OWNERSHIP_TRANSFERRED)
     def on_ownership_transferred(self, event):
         domain.on_ownership_transferred(self.store, events.load_event(events.OWNERSHIP_TRANSFERRED, event))
+
+    @reliable_handler(events.STORAGE_UPDATED)
+    def on_storage_updated(self, event):
+        domain.on_storage_updated(self.store, events.load_event(events.STORAGE_UPDATED, event))
+
+    @reliable_handler(events.CREDITS_CHANGED)
+    def on_credits_changed(self, event):
+        domain.on_credits_changed(self.store, events.load_event(events.CREDITS_CHANGED, event))
 
     @timer(interval=5)
     def sweep_outbox(self):

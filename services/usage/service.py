@@ -1,10 +1,106 @@
-"""Usage service: storage reports and the credit ledger (filled in by its own issue)."""
+"""Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
 from nameko.rpc import rpc
+from nameko.timer import Timer
+
+from common import events, tombstones
+from common.errors import DomainError
+from common.handlers import reliable_handler
+from common.mongo import StoreProvider
+from services.usage import credits, deletion, storage
+from services.usage.store import UsageStore
+
+domain_rpc = rpc(expected_exceptions=DomainError)
+
+
+class ConfiguredTimer(Timer):
+    """A timer whose interval comes from the service config (``${ENV:default}``), read at start-up."""
+
+    def __init__(self, config_key, default, **kwargs):
+        self.config_key = config_key
+        super().__init__(interval=default, **kwargs)
+
+    def setup(self):
+        super().setup()
+        self.interval = float(self.container.config.get(self.config_key) or self.interval)
+
+
+configured_timer = ConfiguredTimer.decorator
 
 
 class UsageService:
     name = "usage"
 
+    store = StoreProvider(UsageStore, "usage")
+
     @rpc
     def ping(self):
         return "pong"
+
+    # -- storage and the usage summary --------------------------------------------------------
+    @domain_rpc
+    def report_storage(self, org_id, datasets, complete):
+        return storage.report(self.store, org_id, datasets, complete)
+
+    @domain_rpc
+    def get_usage(self, org_id):
+        return storage.usage(self.store, org_id, credits.balance(self.store, org_id))
+
+    # -- credits ------------------------------------------------------------------------------
+    @domain_rpc
+    def grant_credits(self, org_id, actor_id, amount, idempotency_key, comment=None, expires_at=None):
+        return credits.write_result(credits.grant(self.store, org_id, actor_id, amount, idempotency_key,
+                                                  comment, expires_at))
+
+    @domain_rpc
+    def reserve_credits(self, org_id, actor_id, amount, job_id, job_type, idempotency_key):
+        return credits.write_result(credits.reserve(self.store, org_id, actor_id, amount, job_id, job_type,
+                                                    idempotency_key))
+
+    @domain_rpc
+    def settle_reservation(self, org_id, actor_id, reservation_id, outcome):
+        return credits.write_result(credits.settle(self.store, org_id, actor_id, reservation_id, outcome))
+
+    @domain_rpc
+    def get_ledger(self, org_id, limit=50, cursor=None):
+        return credits.ledger(self.store, org_id, limit, cursor)
+
+    # -- events -------------------------------------------------------------------------------
+    def _apply(self, event_type, handler, body):
+        """A late event for a purged organization is dropped, not allowed to recreate it."""
+        event = events.load_event(event_type, body)
+        if not tombstones.was_purged(self.store.db, event.get("organization_id")):
+            handler(self.store, event)
+
+    @reliable_handler(events.ORGANIZATION_CREATED)
+    def on_organization_created(self, event):
+        self._apply(events.ORGANIZATION_CREATED, storage.on_organization_created, event)
+
+    @reliable_handler(events.PLAN_CHANGED)
+    def on_plan_changed(self, event):
+        self._apply(events.PLAN_CHANGED, storage.on_plan_changed, event)
+
+    @reliable_handler(events.MEMBER_JOINED)
+    def on_member_joined(self, event):
+        self._apply(events.MEMBER_JOINED, storage.on_member_count, event)
+
+    @reliable_handler(events.MEMBER_LEFT)
+    def on_member_left(self, event):
+        self._apply(events.MEMBER_LEFT, storage.on_member_count, event)
+
+    @reliable_handler(events.ORGANIZATION_DELETION_REQUESTED)
+    def on_organization_deletion_requested(self, event):
+        deletion.purge(self.store, events.load_event(events.ORGANIZATION_DELETION_REQUESTED, event)["organization_id"])
+
+    @domain_rpc
+    def export(self, org_id):
+        return deletion.export(self.store, org_id)
+
+    # -- housekeeping (every replica runs these; each step is idempotent) ---------------------
+    @configured_timer("USAGE_EXPIRY_SECONDS", 30)
+    def expire_grants(self):
+        credits.expire_due(self.store)
+
+    @configured_timer("USAGE_REPAIR_SECONDS", 5)
+    def repair(self):
+        self.store.outbox.sweep(UsageStore.OUTBOX_COLLECTIONS)
+        storage.repair_stale(self.store)

@@ -1,0 +1,44 @@
+"""The membership side of deleting an organization: who may ask, the purge, the export."""
+from common import events, outbox
+from common.errors import DomainError
+from common.events import isoformat
+from services.membership import domain, members
+from services.membership.invites import invite_view
+
+
+def request(store, request_deletion, org_id, actor, confirm_name):
+    """The owner, or an admin holding ``can_delete_organization``, may delete the organization."""
+    organization = members._organization(store, org_id)
+    membership = store.membership(org_id, actor["sub"])
+    is_owner = organization.get("owner_user_id") == actor["sub"]
+    allowed = membership is not None and (is_owner or (
+        membership["role"] == "admin" and membership.get("can_delete_organization")))
+    if not allowed:
+        raise DomainError("forbidden", "only the owner or an admin holding the deletion right may do this")
+    return request_deletion(org_id, actor["sub"], confirm_name)
+
+
+def purge(store, event):
+    """Idempotent: a redelivered or re-driven request purges nothing twice and reports again.
+
+    Tokens die first (org-wide ``access_revoked``), then invites, memberships and sessions go;
+    accounts left without any organization are deleted; last-used pointers to it are cleared.
+    """
+    org_id = event["organization_id"]
+    store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    removed = store.purge_organization(org_id, store.org_member_ids(org_id))
+    store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
+                                              service="membership", removed=removed))
+    return removed
+
+
+def export(store, org_id):
+    organization = members._organization(store, org_id)
+    accounts = store.accounts(m["user_id"] for m in store.org_memberships(org_id))
+    return {
+        "members": [dict(members.member_view(m, organization),
+                         account_created_at=isoformat(accounts.get(m["user_id"], {}).get("created_at")))
+                    for m in store.org_memberships(org_id)],
+        "invites": [invite_view(invite) for invite in store.export_invites(org_id)],
+    }
+

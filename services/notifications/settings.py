@@ -1,0 +1,71 @@
+"""Per-organization notification settings and the delivery log as the API shows them."""
+import base64
+import json
+from datetime import datetime
+
+from common.addresses import normalize_address
+from common.errors import DomainError
+from services.notifications.schemas import DeliverySchema, SettingsSchema
+
+AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
+DEFAULTS = {"plan_email": None, "new_user_email": None, "ai_job_recipients": "initiator"}
+FIELDS = tuple(DEFAULTS)
+MAX_PAGE = 200
+
+
+def current(store, org_id):
+    """The organization's settings, defaults filled in."""
+    doc = store.settings(org_id) or {}
+    return {field: doc.get(field, default) for field, default in DEFAULTS.items()}
+
+
+def get_settings(store, org_id):
+    return SettingsSchema().dump(current(store, org_id))
+
+
+def put_settings(store, org_id, values):
+    """Replace the settings; the gateway validates too, this is the service's own check."""
+    if not isinstance(values, dict):
+        raise DomainError("validation_failed", "invalid input", {"_schema": ["Must be an object."]})
+    errors = {}
+    unknown = set(values) - set(FIELDS)
+    for field in unknown:
+        errors[field] = ["Unknown field."]
+    clean = {}
+    for field in ("plan_email", "new_user_email"):
+        value = values.get(field)
+        if value is None:
+            clean[field] = None
+        else:
+            clean[field] = normalize_address(value)
+            if clean[field] is None:
+                errors[field] = ["Must be one plain email address (no name, no list) or null."]
+    recipients = values.get("ai_job_recipients", DEFAULTS["ai_job_recipients"])
+    if recipients not in AI_JOB_RECIPIENTS:
+        errors["ai_job_recipients"] = ["Must be one of: %s." % ", ".join(AI_JOB_RECIPIENTS)]
+    clean["ai_job_recipients"] = recipients
+    if errors:
+        raise DomainError("validation_failed", "invalid input", errors)
+    store.put_settings(org_id, clean)
+    return get_settings(store, org_id)
+
+
+def _encode_cursor(doc):
+    raw = json.dumps([doc["created_at"].isoformat(), doc["_id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor):
+    try:
+        created_at, delivery_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created_at), str(delivery_id)
+    except (ValueError, TypeError):
+        raise DomainError("validation_failed", "invalid input", {"cursor": ["Not a valid cursor."]})
+
+
+def list_deliveries(store, org_id, limit=50, cursor=None):
+    limit = max(1, min(int(limit or 50), MAX_PAGE))
+    after = _decode_cursor(cursor) if cursor else None
+    page = store.delivery_page(org_id, limit + 1, after)
+    items = DeliverySchema(many=True).dump(page[:limit])
+    return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}

@@ -1,0 +1,28 @@
+"""The usage side of deleting an organization: purge everything, remember only a digest."""
+from common import events, outbox, tombstones
+from common.events import utcnow
+from services.usage import credits, storage
+
+BY_ORG_FIELD = ("ledger", "grant_expiries", "storage_reports", "dataset_buckets")
+BY_ID = ("organizations", "plans", "member_counts")
+
+
+def purge(store, org_id):
+    """Idempotent. From now on writes for the organization are refused (404), never resurrected."""
+    tombstones.remember(store.db, org_id, utcnow())
+    removed = {name: store.db[name].delete_many({"org_id": org_id}).deleted_count for name in BY_ORG_FIELD}
+    removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
+    store.outbox.publish_entry(outbox.pending(events.organization_purged("usage"), org_id, service="usage",
+                                              removed=removed))
+    return removed
+
+
+def export(store, org_id):
+    """The storage report (every dataset), the whole credit ledger and the reservations."""
+    credits.require_active(store, org_id)
+    datasets = sorted((item for bucket in store.buckets(org_id) for item in bucket["datasets"].values()),
+                      key=lambda item: item["id"])
+    ledger = [credits.present(entry) for entry in store.ledger_entries(org_id)]
+    return {"storage": dict(storage.summary(store, org_id), datasets_report=datasets),
+            "credits": {"balance": credits.balance(store, org_id), "ledger": ledger,
+                        "reservations": [entry for entry in ledger if entry["kind"] == "reservation"]}}

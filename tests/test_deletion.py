@@ -1,0 +1,207 @@
+"""Deleting an organization: export first, then a purge across every service that leaves nothing.
+
+The proof reads every database of the test stack directly: after deletion no document mentions the
+organization's id except the org service's tombstone, and a twin organization is untouched.
+"""
+import json
+import uuid
+
+import pymongo
+import pytest
+
+from stack import stack
+from tests.support import Mailbox, assert_error, invite, join, unique_email, wait_until
+
+SUPERUSER = {"email": "superuser@example.test", "password": "superuser-test-password"}
+
+
+@pytest.fixture(scope="module")
+def su_token(gateway):
+    response = gateway.post("/auth/login", SUPERUSER)
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture(scope="module")
+def client(test_stack):
+    connection = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
+    yield connection
+    connection.close()
+
+
+def documents_mentioning(client, test_stack, text):
+    """Every document of every database of this stack whose content mentions ``text``."""
+    found = []
+    for name in client.list_database_names():
+        if not name.startswith(test_stack.db_prefix):
+            continue
+        for collection in client[name].list_collection_names():
+            for doc in client[name][collection].find():
+                if text in repr(doc):
+                    found.append((name, collection, doc))
+    return found
+
+
+def snapshot(client, test_stack, org_id):
+    return sorted((db, coll, repr(sorted(doc.items()))) for db, coll, doc in
+                  documents_mentioning(client, test_stack, org_id))
+
+
+def populate(gateway, tap, su_token, name, shared_member=None):
+    """An organization with data in every service: members (one also in another organization),
+    pending invites, notification settings and deliveries, a storage report, a ledger with a
+    settled and an open reservation."""
+    owner = gateway.signup(organization_name=name, name="Owner of %s" % name)
+    org = owner.org_id
+    admin = join(gateway, tap, owner, "admin")
+    manager = join(gateway, tap, owner, "dataset_manager")
+    if shared_member is not None:
+        token, _ = invite(gateway, tap, owner, shared_member.email)
+        assert gateway.post("/invites/%s/accept" % token, token=shared_member.token).status_code == 200
+    for _ in range(2):
+        invite(gateway, tap, owner, unique_email("pending"))
+    assert gateway.request("PUT", "/organizations/%s/notifications" % org, owner.token, json={
+        "plan_email": "billing-%s@example.test" % uuid.uuid4().hex[:6], "new_user_email": None,
+        "ai_job_recipients": "initiator_and_admins"}).status_code == 200
+    assert gateway.request("PUT", "/organizations/%s/plan" % org, su_token, json={
+        "name": "team", "included_users": 50, "included_storage_bytes": 10 ** 12,
+        "paid_until": None}).status_code == 200
+    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su_token).status_code == 200,
+               what="usage service to know the organization")
+    assert gateway.post("/organizations/%s/storage-reports" % org, {
+        "datasets": [{"dataset_id": "ds-%d" % i, "bytes": 1000 * i} for i in range(1, 6)], "complete": True},
+        su_token).status_code in (200, 201)
+    assert gateway.post("/organizations/%s/credits/grants" % org, {
+        "amount": 100_000, "idempotency_key": uuid.uuid4().hex}, su_token).status_code == 201
+    reservations = []
+    for _ in range(2):
+        response = gateway.post("/organizations/%s/credits/reservations" % org, {
+            "amount": 1000, "job_id": "job-%s" % uuid.uuid4().hex[:6], "job_type": "segmentation",
+            "idempotency_key": uuid.uuid4().hex}, manager.token)
+        assert response.status_code == 201, response.text
+        reservations.append(response.json()["entry"]["id"])
+    settled = gateway.post("/organizations/%s/credits/reservations/%s/settle" % (org, reservations[0]),
+                           {"outcome": "succeeded"}, su_token)
+    assert settled.status_code in (200, 201), settled.text
+    return {"owner": owner, "admin": admin, "manager": manager, "org": org}
+
+
+def quiet(gateway, team):
+    """Nothing of the organization still moving: every mail final, the overview caught up."""
+    def settled():
+        page = gateway.get("/organizations/%s/notifications/deliveries?limit=200" % team["org"],
+                           team["owner"].token).json()
+        return page["items"] and all(item["status"] != "queued" for item in page["items"])
+    wait_until(settled, timeout=30, what="deliveries to settle")
+    wait_until(lambda: gateway.get("/organizations/%s" % team["org"], team["owner"].token).json()
+               ["credits"]["balance"] == 98_000, what="overview balance")
+
+
+def deletion_status(gateway, org_id, token):
+    response = gateway.get("/organizations/%s/deletion" % org_id, token)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.slow
+def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su_token, client, test_stack):
+    mailbox = Mailbox(test_stack.mail_dir)
+    shared = gateway.signup(organization_name="Home of the shared member", name="Sharon Shared")
+    doomed = populate(gateway, tap, su_token, "Doomed Lab", shared_member=shared)
+    twin = populate(gateway, tap, su_token, "Twin Lab")
+    org = doomed["org"]
+
+    # export: everything every service holds, without secrets
+    response = gateway.get("/organizations/%s/export" % org, doomed["admin"].token)
+    assert response.status_code == 200, response.text
+    export = response.json()
+    assert export["organization_id"] == org and export["org"]["organization"]["name"] == "Doomed Lab"
+    assert [h["plan"]["name"] for h in export["org"]["plan_history"]] == ["team"]
+    assert len(export["membership"]["members"]) == 4
+    assert shared.user_id in {m["user_id"] for m in export["membership"]["members"]}
+    assert len([i for i in export["membership"]["invites"] if i["status"] == "pending"]) == 2
+    assert export["notifications"]["settings"]["ai_job_recipients"] == "initiator_and_admins"
+    assert export["notifications"]["deliveries"]
+    assert len(export["usage"]["storage"]["datasets_report"]) == 5
+    assert len(export["usage"]["credits"]["reservations"]) == 2
+    assert {e["kind"] for e in export["usage"]["credits"]["ledger"]} >= {"grant", "reservation", "settlement"}
+    for secret in ("token_hash", "password_hash", "refresh_hash", "accept_url"):
+        assert secret not in response.text
+    assert_error(gateway.get("/organizations/%s/export" % org, doomed["manager"].token), 403, "forbidden")
+
+    quiet(gateway, doomed)
+    quiet(gateway, twin)
+    twin_before = snapshot(client, test_stack, twin["org"])
+
+    # who may delete, and the name check
+    path = "/organizations/%s" % org
+    assert_error(gateway.delete(path, {"confirm_name": "Doomed Lab"}, doomed["manager"].token), 403, "forbidden")
+    assert_error(gateway.delete(path, {"confirm_name": "Doomed Lab"}, doomed["admin"].token), 403, "forbidden")
+    assert_error(gateway.delete(path, {"confirm_name": "doomed lab"}, doomed["owner"].token), 422,
+                 "validation_failed")
+    accepted = gateway.delete(path, {"confirm_name": "Doomed Lab"}, doomed["owner"].token)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.headers["Location"].endswith("/api/v1/organizations/%s/deletion" % org)
+    assert accepted.json()["status"] == "deleting"
+
+    # every token of the organization dies at once; superusers see 410 while it runs
+    for member in ("owner", "admin", "manager"):
+        wait_until(lambda: gateway.get("/me", doomed[member].token).status_code == 401, timeout=1.0,
+                   what="%s token revoked" % member)
+    status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
+        deletion_status(gateway, org, su_token)), timeout=60, what="deletion to complete")
+    assert status["services"] == {"org": "purged", "membership": "purged", "notifications": "purged",
+                                  "usage": "purged"}
+    assert status["completed_at"] >= status["requested_at"]
+    assert_error(gateway.get(path, su_token), 404, "not_found")
+
+    # nothing mentions the organization except the tombstone
+    leftovers = documents_mentioning(client, test_stack, org)
+    assert [(db, coll, doc["_id"]) for db, coll, doc in leftovers] == [
+        (test_stack.db_prefix + "org", "organizations", org)], leftovers
+    tombstone = leftovers[0][2]
+    assert tombstone["status"] == "deleted" and "name" not in tombstone and "plan_history" not in tombstone
+    assert "Doomed Lab" not in json.dumps(documents_mentioning(client, test_stack, "Doomed Lab"), default=str)
+
+    # the twin organization is byte-for-byte untouched
+    assert snapshot(client, test_stack, twin["org"]) == twin_before
+
+    # accounts only in the deleted organization are gone; the shared member keeps theirs
+    for member in ("owner", "admin", "manager"):
+        assert_error(gateway.post("/auth/login", {"email": doomed[member].email, "password": doomed[member].password}),
+                     401, "invalid_credentials")
+    login = gateway.post("/auth/login", {"email": shared.email, "password": shared.password})
+    assert login.status_code == 200
+    me = gateway.get("/me", login.json()["access_token"]).json()
+    assert [o["id"] for o in me["organizations"]] == [shared.org_id]
+
+    # the owner was told, before the notifications service forgot them
+    mail = mailbox.wait(doomed["owner"].email, contains="deleted")
+    assert "Doomed Lab" in mail[0].subject
+
+
+@pytest.mark.slow
+def test_deletion_completes_after_a_stopped_service_returns(gateway, tap, su_token, client, test_stack):
+    owner = gateway.signup(organization_name="Patient Lab")
+    org = owner.org_id
+    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su_token).status_code == 200,
+               what="usage service to know the organization")
+    stack.stop_pid_file(stack._pid_file(test_stack, "usage"), sig=9)
+    accepted = gateway.delete("/organizations/%s" % org, {"confirm_name": "Patient Lab"}, owner.token)
+    assert accepted.status_code == 202, accepted.text
+    status = wait_until(lambda: (lambda s: s if s["services"]["membership"] == "purged"
+                                 and s["services"]["notifications"] == "purged" else None)(
+        deletion_status(gateway, org, su_token)), timeout=30, what="the running services to purge")
+    assert status["status"] == "deleting" and status["services"]["usage"] == "pending"
+
+    stack.up(test_stack, quiet=True)  # what `make up` does
+    wait_until(lambda: deletion_status(gateway, org, su_token)["status"] == "deleted", timeout=60,
+               what="deletion to complete after usage returned")
+    assert [coll for _, coll, _ in documents_mentioning(client, test_stack, org)] == ["organizations"]
+
+
+def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, owner, su_token):
+    other = gateway.signup()
+    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, other.token), 404, "not_found")
+    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, su_token), 404, "not_found")  # none yet
+    assert_error(gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "x"}), 401)
