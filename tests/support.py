@@ -20,6 +20,16 @@ def wait_until(check, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError("timed out after %.1fs waiting for %s (last value: %r)" % (timeout, what, last))
 
 
+SUPERUSER = {"email": "superuser@example.test", "password": "superuser-test-password"}  # see stack.py
+
+
+def superuser_token(gateway):
+    """An access token of the operator account the test stack creates at start."""
+    response = gateway.post("/auth/login", SUPERUSER)
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
 def unique_email(prefix="user"):
     return "%s-%s@example.test" % (prefix, uuid.uuid4().hex[:12])
 

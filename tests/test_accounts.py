@@ -2,7 +2,7 @@
 import base64
 import json
 
-from tests.support import assert_error, unique_email, wait_until
+from tests.support import SUPERUSER, assert_error, unique_email, wait_until
 
 
 def claims_of(token):
@@ -99,8 +99,7 @@ def test_logout_ends_the_refresh_token(gateway, owner):
 
 
 def test_superuser_from_configuration_can_log_in(gateway):
-    response = gateway.post("/auth/login", {"email": "superuser@example.test",
-                                            "password": "superuser-test-password"})
+    response = gateway.post("/auth/login", SUPERUSER)
     assert response.status_code == 200, response.text
     claims = claims_of(response.json()["access_token"])
     assert claims["su"] is True and claims["org"] is None

@@ -6,7 +6,7 @@ import time
 import jwt
 import pytest
 
-from tests.support import assert_error
+from tests.support import assert_error, superuser_token
 from tests.tokens import forge, real_key, stranger_key
 
 
@@ -87,12 +87,6 @@ def test_rename_needs_admin(gateway, test_stack, owner, role, expected):
         assert_error(response, expected, "forbidden")
     # every role may read the overview
     assert gateway.get("/organizations/%s" % owner.org_id, token).status_code == 200
-
-
-def superuser_token(gateway):
-    response = gateway.post("/auth/login", {"email": "superuser@example.test", "password": "superuser-test-password"})
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
 
 
 def test_superuser_token_may_read_any_organization(gateway, owner):

@@ -10,16 +10,13 @@ import pymongo
 import pytest
 
 from stack import stack
-from tests.support import Mailbox, assert_error, invite, join, unique_email, wait_until
+from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
 
-SUPERUSER = {"email": "superuser@example.test", "password": "superuser-test-password"}
 
 
 @pytest.fixture(scope="module")
 def su_token(gateway):
-    response = gateway.post("/auth/login", SUPERUSER)
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
+    return superuser_token(gateway)
 
 
 @pytest.fixture(scope="module")

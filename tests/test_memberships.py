@@ -4,7 +4,7 @@ import threading
 import pymongo
 import pytest
 
-from tests.support import Account, assert_error, invite, join, unique_email, wait_until
+from tests.support import Account, assert_error, invite, join, superuser_token, unique_email, wait_until
 
 
 @pytest.fixture
@@ -227,8 +227,7 @@ def test_signup_with_invite_must_match_the_email(gateway, tap, team):
 
 
 def test_two_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
-    superuser = gateway.post("/auth/login", {"email": "superuser@example.test",
-                                             "password": "superuser-test-password"}).json()["access_token"]
+    superuser = superuser_token(gateway)
     plan = {"name": "team", "included_users": 5, "included_storage_bytes": None, "paid_until": None}
     assert gateway.request("PUT", org_path(team, "/plan"), superuser, json=plan).status_code == 200
     # four members exist: one seat is left

@@ -14,7 +14,7 @@ from common import events
 from common.events import make_event
 from common.topology import event_exchange
 from stack import stack
-from tests.support import Mailbox, assert_error, invite, join, unique_email, wait_until
+from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
 
 MAIL_TIMEOUT = 20
 
@@ -46,12 +46,6 @@ def publish(test_stack, body, event):
 def emit(test_stack, event, org_id, **payload):
     _, _, body = make_event(event, org_id, **payload)
     return publish(test_stack, body, event)
-
-
-def superuser_token(gateway):
-    response = gateway.post("/auth/login", {"email": "superuser@example.test", "password": "superuser-test-password"})
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
 
 
 def set_plan(gateway, org_id, name="team", users=None, storage=None, paid_until=None):

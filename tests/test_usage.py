@@ -9,16 +9,13 @@ import pymongo
 import pytest
 
 from stack import stack
-from tests.support import assert_error, join, wait_until
+from tests.support import assert_error, join, superuser_token, wait_until
 
-SUPERUSER = {"email": "superuser@example.test", "password": "superuser-test-password"}
 
 
 @pytest.fixture(scope="module")
 def su(gateway):
-    response = gateway.post("/auth/login", SUPERUSER)
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
+    return superuser_token(gateway)
 
 
 def known(gateway, org_id, token):

@@ -3,13 +3,13 @@ import eventlet
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
-from nameko.timer import timer
 
 from common import events
 from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.timers import configured_timer
 from services.membership import deletion, domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
@@ -169,10 +169,10 @@ class MembershipService:
     def on_organization_renamed(self, event):
         members.on_organization_renamed(self.store, events.load_event(events.ORGANIZATION_RENAMED, event))
 
-    @timer(interval=5)
+    @configured_timer("OUTBOX_SWEEP_SECONDS", 5)
     def sweep_outbox(self):
         self.store.outbox.sweep(MembershipStore.OUTBOX_COLLECTIONS)
 
-    @timer(interval=60)
+    @configured_timer("LOGIN_LIMIT_WINDOW", 60)
     def forget_login_attempts(self):
         self.store.forget_attempts(utcnow())

@@ -8,30 +8,18 @@ from datetime import timedelta
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
-from nameko.timer import Timer
 
 from common import events, tombstones
 from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.timers import configured_timer
 from services.notifications import deletion, dispatch, notify, settings
 from services.notifications.mail import SmtpSender
 from services.notifications.store import NotificationsStore
 
 domain_rpc = rpc(expected_exceptions=DomainError)
-
-
-class ConfigTimer(Timer):
-    """A nameko timer whose interval comes from the service config (tests tick faster)."""
-
-    def __init__(self, config_key, default, **kwargs):
-        super().__init__(interval=default, **kwargs)
-        self.config_key = config_key
-
-    def setup(self):
-        super().setup()
-        self.interval = float(self.container.config.get(self.config_key) or self.interval)
 
 
 class Mailer(DependencyProvider):
@@ -133,13 +121,13 @@ class NotificationsService:
         self._handle(events.AI_JOB_COMPLETED, "ai_job_completed", event)
 
     # -- timers ----------------------------------------------------------------------------------
-    @ConfigTimer.decorator("MAIL_DISPATCH_INTERVAL_SECONDS", 5)
+    @configured_timer("MAIL_DISPATCH_INTERVAL_SECONDS", 5)
     def dispatch_mail(self):
         """Sends what is due: retries after backoff, and mail a crash left recorded but unsent."""
         dispatch.dispatch_due(self.store, self.mailer.sender, self.mailer.policy)
         deletion.purge_ready(self.store)
 
-    @ConfigTimer.decorator("REMINDER_INTERVAL_SECONDS", 60)
+    @configured_timer("REMINDER_INTERVAL_SECONDS", 60)
     def plan_reminders(self):
         self.store.forget_claims(utcnow() - timedelta(days=1))
         queued = self._notifier().send_reminders()

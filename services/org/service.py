@@ -1,12 +1,12 @@
 """Org service entrypoints: organizations, plans and the overview read model."""
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
-from nameko.timer import timer
 
 from common import events
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.timers import configured_timer
 from services.org import domain
 from services.org.store import OrgStore
 
@@ -63,7 +63,7 @@ class OrgService:
     def on_usage_purged(self, event):
         domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event))
 
-    @timer(interval=15)
+    @configured_timer("DELETION_REDRIVE_SECONDS", 30)
     def redrive_deletions(self):
         domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30))
 
@@ -87,6 +87,6 @@ class OrgService:
     def on_credits_changed(self, event):
         domain.on_credits_changed(self.store, events.load_event(events.CREDITS_CHANGED, event))
 
-    @timer(interval=5)
+    @configured_timer("OUTBOX_SWEEP_SECONDS", 5)
     def sweep_outbox(self):
         self.store.outbox.sweep(OrgStore.OUTBOX_COLLECTIONS)

@@ -1,30 +1,15 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
 from nameko.rpc import rpc
-from nameko.timer import Timer
 
 from common import events, tombstones
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.timers import configured_timer
 from services.usage import credits, deletion, storage
 from services.usage.store import UsageStore
 
 domain_rpc = rpc(expected_exceptions=DomainError)
-
-
-class ConfiguredTimer(Timer):
-    """A timer whose interval comes from the service config (``${ENV:default}``), read at start-up."""
-
-    def __init__(self, config_key, default, **kwargs):
-        self.config_key = config_key
-        super().__init__(interval=default, **kwargs)
-
-    def setup(self):
-        super().setup()
-        self.interval = float(self.container.config.get(self.config_key) or self.interval)
-
-
-configured_timer = ConfiguredTimer.decorator
 
 
 class UsageService:
