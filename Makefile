@@ -24,6 +24,16 @@ status: ## show each part
 test: $(STAMP) ## start what tests need (own vhost, databases, ports) and run pytest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## own isolated stack (TEST_INSTANCE=bench), ratios against same-run baselines
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(PY) -m bench $(BENCH_ARGS)
+
 logs:
 	@tail -n 50 var/log/*.log
 

@@ -8,7 +8,8 @@ inserts N documents of the same shape into a scratch collection with the same T 
 
     ledger: <r>/s  insert: <i>/s  ledger_vs_insert: <r / i>
 
-Usage: python -m bench.ledger [--n 300] [--threads 8]
+Usage: python -m bench.ledger [--n 300] [--threads 8]  (standalone, against a running stack);
+`make bench` calls :func:`measure` on its own instance.
 """
 import argparse
 import os
@@ -49,19 +50,8 @@ def _run_threads(count, threads, work):
     return time.perf_counter() - started
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=300, help="reservations (and inserts)")
-    parser.add_argument("--threads", type=int, default=8)
-    args = parser.parse_args(argv)
-    base = os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080").rstrip("/")
-    api = base + "/api/v1"
-    mongo_url = os.environ.get("MONGO_URL", "mongodb://127.0.0.1:27017/")
-    email, password = os.environ.get("SUPERUSER_EMAIL"), os.environ.get("SUPERUSER_PASSWORD")
-    if not email or not password:
-        sys.exit("set SUPERUSER_EMAIL and SUPERUSER_PASSWORD")
-
-    superuser = _login(api, email, password)
+def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger"):
+    """Reservations/s through ``api`` vs. inserts/s of the same documents; returns a dict of the rates."""
     signup = requests.post(api + "/auth/signup", json={
         "email": "bench-%s@example.test" % uuid.uuid4().hex[:10], "password": "bench password 123",
         "name": "Bench", "organization_name": "Bench %s" % uuid.uuid4().hex[:6]}, timeout=15)
@@ -71,9 +61,9 @@ def main(argv=None):
     deadline = time.monotonic() + 30  # the usage service learns the organization from an event
     while requests.get(org + "/usage", headers={"Authorization": "Bearer " + superuser}, timeout=15).status_code != 200:
         if time.monotonic() > deadline:
-            sys.exit("the usage service did not learn the new organization")
+            raise RuntimeError("the usage service did not learn the new organization")
         time.sleep(0.1)
-    granted = requests.post(org + "/credits/grants", json={"amount": args.n * 1000, "idempotency_key": uuid.uuid4().hex},
+    granted = requests.post(org + "/credits/grants", json={"amount": n * 1000, "idempotency_key": uuid.uuid4().hex},
                             headers={"Authorization": "Bearer " + superuser}, timeout=15)
     granted.raise_for_status()
 
@@ -88,25 +78,41 @@ def main(argv=None):
             headers={"Authorization": "Bearer " + owner}, timeout=30)
         if response.status_code != 201:
             failures.append(response.status_code)
-    ledger_seconds = _run_threads(args.n, args.threads, reserve)
+    ledger_seconds = _run_threads(n, threads, reserve)
 
     client = pymongo.MongoClient(mongo_url, tz_aware=True)
-    scratch = client["bench_scratch_ledger"]
+    scratch = client[scratch_db]
     scratch.entries.drop()
     template = dict(granted.json()["entry"])
 
     def insert(index):
         scratch.entries.insert_one(dict(template, _id=uuid.uuid4().hex, org_id=org_id, seq=index + 2,
                                         idempotency_key="bench-%d" % index))
-    insert_seconds = _run_threads(args.n, args.threads, insert)
-    client.drop_database("bench_scratch_ledger")
+    insert_seconds = _run_threads(n, threads, insert)
+    client.drop_database(scratch_db)
     client.close()
+    return {"n": n, "threads": threads, "failures": len(failures), "ledger_seconds": ledger_seconds,
+            "ledger_rate": n / ledger_seconds, "insert_rate": n / insert_seconds,
+            "ledger_vs_insert": (n / ledger_seconds) / (n / insert_seconds)}
 
-    ledger_rate, insert_rate = args.n / ledger_seconds, args.n / insert_seconds
-    print("reservations: %d in %.2fs (%d threads, %d failed)" % (args.n, ledger_seconds, args.threads, len(failures)))
-    print("ledger: %.1f/s  insert: %.1f/s  ledger_vs_insert: %.3f" % (ledger_rate, insert_rate,
-                                                                       ledger_rate / insert_rate))
-    return 0 if not failures else 1
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=300, help="reservations (and inserts)")
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    base = os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080").rstrip("/")
+    api = base + "/api/v1"
+    mongo_url = os.environ.get("MONGO_URL", "mongodb://127.0.0.1:27017/")
+    email, password = os.environ.get("SUPERUSER_EMAIL"), os.environ.get("SUPERUSER_PASSWORD")
+    if not email or not password:
+        sys.exit("set SUPERUSER_EMAIL and SUPERUSER_PASSWORD")
+    result = measure(api, mongo_url, _login(api, email, password), args.n, args.threads)
+    print("reservations: %d in %.2fs (%d threads, %d failed)" % (args.n, result["ledger_seconds"], args.threads,
+                                                                 result["failures"]))
+    print("ledger: %.1f/s  insert: %.1f/s  ledger_vs_insert: %.3f" % (result["ledger_rate"], result["insert_rate"],
+                                                                       result["ledger_vs_insert"]))
+    return 0 if not result["failures"] else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.revocations import RevocationConsumer, RevocationList
 from gateway.routes import api, register_health
+from gateway.routes.bench import enabled as bench_routes_enabled, register_bench
 from gateway.rpc import RpcPool, ServiceUnavailable
 
 log = logging.getLogger("gateway")
@@ -27,6 +28,10 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+# CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
+CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed"
+CORS_MAX_AGE = 600
 
 
 def error_response(code, message, details=None, status=None, headers=None):
@@ -53,6 +58,8 @@ def create_app(config=None):
 
     app.register_blueprint(api.blueprint, url_prefix="/api/v1")
     register_health(app)
+    if bench_routes_enabled(config):  # `make bench` only; never in the OpenAPI document
+        register_bench(app)
     openapi = build_openapi(api)
 
     @app.get("/api/v1/openapi.json")
@@ -91,9 +98,17 @@ def create_app(config=None):
     def headers(response):
         response.headers.update(SECURITY_HEADERS)
         origin = request.headers.get("Origin")
+        if allowed_origins:
+            response.vary.add("Origin")  # answers differ per origin: caches must keep them apart
         if origin and origin in allowed_origins:
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+                # preflight: the route's methods (Flask's automatic OPTIONS answer lists them)
+                response.headers["Access-Control-Allow-Methods"] = response.headers.get("Allow", "")
+                response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+                response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE)
+            else:
+                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
         return response
 
     return app

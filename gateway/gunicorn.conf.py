@@ -10,4 +10,5 @@ graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+logger_class = "gateway.accesslog.RedactingLogger"  # invite tokens in paths never reach the log
 preload_app = False

@@ -8,10 +8,12 @@ not executed later when the service comes back.
 """
 import logging
 import queue
+import socket
 import threading
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
+from kombu.utils.url import parse_url
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import ClusterRpcProxy
@@ -29,9 +31,19 @@ class ServiceUnavailable(Exception):
         self.service = service
 
 
+def _probe_broker(amqp_uri, timeout):
+    """Fail fast when nothing listens on the broker's port: kombu's first connect sleeps 2 s
+    before its one retry, which would make every request during an outage that slow."""
+    url = parse_url(amqp_uri)
+    with socket.create_connection((url.get("hostname") or "localhost", url.get("port") or 5672),
+                                  timeout=min(timeout, 1.0)):
+        pass
+
+
 class _PooledProxy:
     def __init__(self, config, timeout):
         self.timeout = timeout
+        _probe_broker(config["AMQP_URI"], timeout)
         self.standalone = ClusterRpcProxy(config, timeout=timeout)
         self.standalone.start()
 

@@ -90,6 +90,7 @@ class Instance:
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")
             env.setdefault("RPC_TIMEOUT", "3")
+            env.setdefault("CORS_ALLOWED_ORIGINS", "https://app.example.test")
             env.setdefault("LOGIN_LIMIT_PER_ADDRESS", "100000")  # the whole suite logs in from 127.0.0.1
             # mail: short retry backoff and fast timers so outage/recovery tests take seconds
             env.setdefault("MAIL_RETRY_BASE_SECONDS", "0.5")

@@ -94,28 +94,51 @@ def assert_error(response, status, code=None):
 
 class EventTap:
     """Listens to the bus like any outside subscriber would: its own exclusive queue, bound to
-    every event type of the given sources."""
+    every event type of the given sources. Reconnects (with a new queue) if the broker restarts."""
 
     def __init__(self, amqp_uri, sources=("org", "membership", "usage", "notifications")):
+        self.amqp_uri = amqp_uri
+        self.sources = sources
+        self.events = []
+        self.connection = None
+        self.reconnect()
+
+    def reconnect(self):
+        """A new connection and queue (events published meanwhile are not seen)."""
         from kombu import Connection, Queue
 
         from common.topology import event_exchange
 
-        self.connection = Connection(amqp_uri)
-        self.channel = self.connection.channel()
-        self.events = []
-        self.queue = Queue("test-tap-%s" % uuid.uuid4().hex, exclusive=True, auto_delete=True, durable=False,
-                           channel=self.channel)
-        self.queue.declare()
-        for source in sources:
-            event_exchange(source)(self.channel).declare()
-            self.queue.bind_to(exchange=event_exchange(source), routing_key="#")
-        self.consumer = self.connection.Consumer(self.queue, callbacks=[self._collect], accept=["json"])
+        if self.connection is not None:
+            try:
+                self.connection.release()
+            except Exception:  # the old connection is dead anyway
+                pass
+        self.connection = Connection(self.amqp_uri)
+        channel = self.connection.channel()
+        queue = Queue("test-tap-%s" % uuid.uuid4().hex, exclusive=True, auto_delete=True, durable=False,
+                      channel=channel)
+        queue.declare()
+        for source in self.sources:
+            event_exchange(source)(channel).declare()
+            queue.bind_to(exchange=event_exchange(source), routing_key="#")
+        self.consumer = self.connection.Consumer(queue, channel=channel, callbacks=[self._collect],
+                                                 accept=["json"])
         self.consumer.consume()
 
     def _collect(self, body, message):
         self.events.append((message.delivery_info["routing_key"], body))
         message.ack()
+
+    def _drain(self, timeout):
+        import socket
+
+        try:
+            self.connection.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass  # nothing arrived yet
+        except Exception:  # the broker went away (e.g. a fault test restarted it): listen anew
+            self.reconnect()
 
     def wait_for(self, event_type, timeout=10.0, **match):
         """The first event of ``event_type`` whose fields equal ``match``."""
@@ -127,16 +150,10 @@ class EventTap:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError("no %s event matching %r within %.1fs" % (event_type, match, timeout))
-            try:
-                self.connection.drain_events(timeout=min(remaining, 0.2))
-            except OSError:  # socket.timeout: nothing arrived yet
-                pass
+            self._drain(min(remaining, 0.2))
 
     def all(self, event_type, **match):
-        try:
-            self.connection.drain_events(timeout=0.2)
-        except OSError:
-            pass
+        self._drain(0.2)
         return [body for kind, body in self.events
                 if kind == event_type and all(body.get(k) == v for k, v in match.items())]
 

@@ -1,0 +1,123 @@
+"""`make bench`: every figure as a ratio against a baseline measured in the same run.
+
+Starts its own isolated instance (``TEST_INSTANCE=bench``, port offset 300, ``BENCH_ROUTES=1``),
+measures, stops it, and ends with one line per figure: ``name: value (goal ...)``. Exits 1 when a
+figure misses its goal. ``--profile`` also samples the busy processes with py-spy during the
+overview load and the deletion and prints where their time goes. ``--only a,b`` runs a subset
+(overview, mail, ledger, deletion, scale_out); memory is always reported.
+"""
+import argparse
+import logging
+import platform
+import sys
+import time
+import warnings
+
+from bench import harness  # sets the bench instance's environment before anything reads it
+from bench import deletion, mail, memory, throughput
+from bench import ledger as ledger_bench
+from bench.harness import BenchStack, Client, Figure
+
+PARTS = ("overview", "mail", "ledger", "deletion", "scale_out")
+
+
+def machine():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
+    except OSError:
+        model = platform.processor() or "?"
+    import os
+    with open("/proc/meminfo") as handle:
+        mem_gb = int(handle.readline().split()[1]) / 1024 / 1024
+    return "%d cores %s, %.0f GB RAM, Linux %s, Python %s" % (os.cpu_count(), model, mem_gb, platform.release(),
+                                                             platform.python_version())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", action="store_true", help="sample the busy processes with py-spy")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated subset of " + ", ".join(PARTS))
+    args = parser.parse_args(argv)
+    parts = [part.strip() for part in args.only.split(",") if part.strip()]
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("amqp").setLevel(logging.ERROR)
+
+    harness.ensure_wrk()
+    print("machine: %s" % machine(), flush=True)
+    began = time.monotonic()
+    bench_stack = BenchStack()
+    figures = []
+    try:
+        inst = bench_stack.start()
+        print("bench instance up at %s (%.0fs)" % (inst.gateway_url, time.monotonic() - began), flush=True)
+        client = Client(inst)
+        owner = client.signup("Overview Bench")
+        org_id, token = owner["organization"]["id"], owner["access_token"]
+        client.wait(lambda: client.call("GET", "/organizations/%s" % org_id, token), "the overview")
+        # warm: every process has its pools, proxies and caches before the idle memory snapshot
+        for url, tok in ((inst.gateway_url + "/api/v1/organizations/%s" % org_id, token),
+                         (inst.gateway_url + "/api/v1/_bench/one-hop", token), (inst.gateway_url + "/healthz", None)):
+            harness.warm(url, tok, seconds=2)
+        idle = memory.snapshot(inst)
+
+        if "overview" in parts:
+            print("[1/5] overview vs one hop", flush=True)
+            profiler = _profiler(args.profile, "overview", inst, ("org", "gateway-worker-1"))
+            with profiler:
+                _, found = throughput.overview_figures(inst, client, org_id, token)
+            figures += found
+            figures.append(throughput.auth_overhead(inst, org_id, token))
+        if "mail" in parts:
+            print("[2/5] mail fan-out", flush=True)
+            with _profiler(args.profile, "mail", inst, ("notifications",)):
+                figures.append(mail.measure(inst, client))
+        if "ledger" in parts:
+            print("[3/5] ledger", flush=True)
+            result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300, threads=8,
+                                          scratch_db=inst.db_prefix + "scratch_ledger")
+            if result["failures"]:
+                raise RuntimeError("%d reservations failed" % result["failures"])
+            figures.append(Figure("ledger_vs_insert", result["ledger_vs_insert"], None,
+                                  "(%.0f reservations/s vs %.0f inserts/s)" % (result["ledger_rate"],
+                                                                               result["insert_rate"])))
+        if "deletion" in parts:
+            print("[4/5] deletion", flush=True)
+            with _profiler(args.profile, "deletion", inst, ("membership", "usage", "notifications", "org")):
+                figures.append(deletion.measure(inst, client))
+        after = memory.snapshot(inst)
+        if "scale_out" in parts:
+            print("[5/5] scale out", flush=True)
+            figures.append(throughput.scale_out(inst, org_id, client.call(
+                "POST", "/auth/login", json={"email": owner["user"]["email"],
+                                             "password": "bench password 123"})["access_token"]))
+        figures += memory.figures(idle, after)
+    finally:
+        bench_stack.stop()
+    print("\nbench finished in %.0fs on %s" % (time.monotonic() - began, machine()))
+    for figure in figures:
+        print(figure.line())
+    missed = [figure.name for figure in figures if not figure.ok]
+    if missed:
+        print("missed: " + ", ".join(missed))
+    return 1 if missed else 0
+
+
+class _NoProfiler:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _profiler(enabled, label, inst, names):
+    if not enabled:
+        return _NoProfiler()
+    from bench.profile import Profiler
+    pids = memory.processes(inst)
+    return Profiler(label, {name: pids[name] for name in names if name in pids})
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Figure 4b: deleting a big organization through the API vs. bare ``delete_many`` on the same data.
+
+Two organizations are signed up through the API and then seeded directly (``insert_many``, the
+documents' real shapes, into each service's own database): 10,000 members (accounts +
+memberships), 10,000 invites, 10,000 storage reports, 100,000 ledger entries and 10,000
+deliveries each. One is deleted the real way (owner's ``DELETE`` with ``confirm_name``, then the
+superuser polls ``GET .../deletion`` until ``deleted``); the other's data is removed with the
+equivalent direct ``delete_many`` calls. The figure is the ratio of the two times.
+"""
+import os
+import time
+import uuid
+from datetime import timedelta
+
+import pymongo
+
+from bench.harness import Figure
+from common.events import utcnow
+
+SIZES = {"members": 10_000, "invites": 10_000, "storage_reports": 10_000, "ledger": 100_000, "deliveries": 10_000}
+if os.environ.get("BENCH_SMALL"):
+    SIZES = {key: value // 10 for key, value in SIZES.items()}
+BATCH = 2000
+
+
+def _insert(collection, docs):
+    for start in range(0, len(docs), BATCH):
+        collection.insert_many(docs[start:start + BATCH], ordered=False)
+
+
+def seed(dbs, org_id, owner_id):
+    """Insert the organization's bulk data; returns the seeded account ids."""
+    now = utcnow()
+    tag = org_id[:8]
+    accounts, memberships = [], []
+    for index in range(SIZES["members"]):
+        user_id = str(uuid.uuid4())
+        email = "m%d-%s@example.test" % (index, tag)
+        accounts.append({"_id": user_id, "email": email, "name": "Member %d" % index,
+                         "password_hash": "$argon2id$v=19$m=1024,t=1,p=4$c2VlZGVk$c2VlZGVkaGFzaA",
+                         "is_superuser": False, "last_org_id": org_id, "tokens_not_before": 0.0, "created_at": now})
+        memberships.append({"_id": "%s:%s" % (org_id, user_id), "org_id": org_id, "user_id": user_id,
+                            "email": email, "name": "Member %d" % index, "role": "member",
+                            "can_delete_organization": False, "tokens_not_before": 0.0,
+                            "joined_at": now + timedelta(microseconds=index)})
+    invites = [{"_id": uuid.uuid4().hex, "org_id": org_id, "email": "i%d-%s@example.test" % (index, tag),
+                "role": "member", "token_hash": uuid.uuid4().hex + uuid.uuid4().hex, "status": "pending",
+                "invited_by": owner_id, "created_at": now, "expires_at": now + timedelta(days=14)}
+               for index in range(SIZES["invites"])]
+    reports = [{"_id": uuid.uuid4().hex, "org_id": org_id, "seq": seq, "status": "applied", "complete": False,
+                "reported_datasets": 1, "created_at": now, "lease_until": now, "applied_at": now,
+                "used_bytes": seq * 1000, "datasets": seq, "outcome": "applied"}
+               for seq in range(1, SIZES["storage_reports"] + 1)]
+    ledger = [{"_id": uuid.uuid4().hex[:32], "org_id": org_id, "seq": seq, "kind": "grant", "amount": 1000,
+               "actor": owner_id, "reference": None, "idempotency_key": "seed-%d" % seq, "comment": None,
+               "expires_at": None, "lots": {}, "request": {"op": "grant", "amount": 1000, "comment": None,
+                                                           "expires_at": None},
+               "created_at": now, "balance_after": seq * 1000}
+              for seq in range(1, SIZES["ledger"] + 1)]
+    deliveries = [{"_id": "%s:member_joined:owner-%s@example.test" % (uuid.uuid4().hex, tag), "org_id": org_id,
+                   "kind": "member_joined", "to": "owner-%s@example.test" % tag, "subject": "Member %d joined" % i,
+                   "text": "Member %d joined your organization.\n" % i, "html": "<p>Member %d joined</p>" % i,
+                   "status": "sent", "attempts": 1, "attempt_log": [{"at": now, "outcome": "sent", "error": None}],
+                   "last_error": None, "created_at": now, "sent_at": now, "next_attempt_at": now,
+                   "lease_until": None, "lease_id": None, "sealed": False}
+                  for i in range(SIZES["deliveries"])]
+    _insert(dbs["membership"].accounts, accounts)
+    _insert(dbs["membership"].memberships, memberships)
+    _insert(dbs["membership"].invites, invites)
+    _insert(dbs["usage"].storage_reports, reports)
+    _insert(dbs["usage"].ledger, ledger)
+    _insert(dbs["notifications"].deliveries, deliveries)
+    return [account["_id"] for account in accounts]
+
+
+def direct_delete(dbs, org_id, account_ids):
+    """The floor: the same data removed with one ``delete_many`` per collection."""
+    dbs["membership"].invites.delete_many({"org_id": org_id})
+    dbs["membership"].memberships.delete_many({"org_id": org_id})
+    dbs["membership"].accounts.delete_many({"_id": {"$in": account_ids}})
+    dbs["usage"].storage_reports.delete_many({"org_id": org_id})
+    dbs["usage"].ledger.delete_many({"org_id": org_id})
+    dbs["notifications"].deliveries.delete_many({"org_id": org_id})
+
+
+def measure(inst, client):
+    mongo = pymongo.MongoClient(inst.mongo_url, tz_aware=True)
+    dbs = {name: mongo[inst.db_prefix + name] for name in ("membership", "usage", "notifications")}
+    superuser = client.superuser_token()
+    api_org, floor_org = client.signup("Deletion Bench A"), client.signup("Deletion Bench B")
+    for signup in (api_org, floor_org):  # every service knows both organizations before seeding
+        org_id = signup["organization"]["id"]
+        client.wait(lambda: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
+        client.wait(lambda: (dbs["notifications"].organizations.find_one({"_id": org_id}) or {}).get("owner_email"),
+                    "notifications to learn the org")
+    started = time.perf_counter()
+    seed(dbs, api_org["organization"]["id"], api_org["user"]["id"])
+    floor_accounts = seed(dbs, floor_org["organization"]["id"], floor_org["user"]["id"])
+    print("  seeded 2 x %s in %.1fs" % (", ".join("%d %s" % (v, k) for k, v in SIZES.items()),
+                                         time.perf_counter() - started), flush=True)
+
+    org_id = api_org["organization"]["id"]
+    started = time.perf_counter()
+    client.call("DELETE", "/organizations/%s" % org_id, api_org["access_token"], expect=(202,),
+                json={"confirm_name": "Deletion Bench A"})
+    client.wait(lambda: client.call("GET", "/organizations/%s/deletion" % org_id, superuser)["status"] == "deleted",
+                "the deletion to complete", timeout=300, interval=0.05)
+    api_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    direct_delete(dbs, floor_org["organization"]["id"], floor_accounts)
+    floor_seconds = time.perf_counter() - started
+    left = sum(dbs[db][coll].count_documents({"org_id": org_id}) for db, coll in (
+        ("membership", "memberships"), ("membership", "invites"), ("usage", "ledger"),
+        ("usage", "storage_reports"), ("notifications", "deliveries")))
+    mongo.close()
+    if left:
+        raise RuntimeError("%d documents of the deleted organization are left" % left)
+    return Figure("delete_vs_delete_many", api_seconds / floor_seconds, "<= 2.0",
+                  "(DELETE -> deleted %.2fs vs delete_many %.2fs)" % (api_seconds, floor_seconds))

@@ -1,0 +1,159 @@
+"""What every figure needs: the bench's own stack instance, an HTTP client, wrk, results.
+
+The bench runs on an isolated instance (``TEST_INSTANCE=bench``, ports offset by 300, vhost
+``orgplatform-bench``, databases ``bench_*``) so a running dev or test stack is untouched. Every
+figure is a ratio of two measurements taken here, in the same run, on the same machine.
+"""
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+
+import requests
+
+from stack import stack
+
+os.environ.setdefault("TEST_INSTANCE", "bench")
+os.environ.setdefault("TEST_PORT_OFFSET", "300")
+os.environ["BENCH_ROUTES"] = "1"  # the gateway of this instance registers /api/v1/_bench/one-hop
+
+BENCH_DIR = os.path.join(stack.ROOT, "var", "bench-work")
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    goal: str = None          # e.g. ">= 0.8"; None: reported, no goal yet
+    note: str = ""
+
+    @property
+    def ok(self):
+        if not self.goal:
+            return True
+        op, limit = self.goal.split()
+        return self.value >= float(limit) if op == ">=" else self.value <= float(limit)
+
+    def line(self):
+        goal = "goal %s" % self.goal if self.goal else "no goal"
+        verdict = "" if not self.goal else (", met" if self.ok else ", MISSED")
+        return "%s: %.3f (%s%s)%s" % (self.name, self.value, goal, verdict, "  " + self.note if self.note else "")
+
+
+# -- the instance ------------------------------------------------------------------------------
+
+class BenchStack:
+    """Starts the isolated instance (and infrastructure only if nothing runs), stops what it started."""
+
+    def __init__(self):
+        self.inst = stack.Instance("test")
+        self.started_infra = {}
+
+    def start(self):
+        inst = self.inst
+        rabbit_was_up = stack.port_open(inst.rabbit_port, inst.rabbit_host)
+        mongo_was_up = inst.external_mongo or stack.port_open(inst.mongo_port)
+        stack.down(inst, infra=False)  # leftovers of an interrupted run
+        stack.ensure_rabbitmq(inst)
+        stack.reset_vhost(inst)
+        stack.ensure_mongo(inst)
+        stack.drop_databases(inst)
+        self.started_infra = {name: stack.read_pid(os.path.join(stack.INFRA_RUN, name + ".pid"))
+                              for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up))
+                              if not was_up}
+        if os.path.isdir(inst.mail_dir):
+            shutil.rmtree(inst.mail_dir)
+        stack.up(inst, quiet=True)
+        return inst
+
+    def stop(self):
+        stack.down(self.inst, infra=False)
+        stack.drop_databases(self.inst)
+        for name, pid in self.started_infra.items():
+            pid_file = os.path.join(stack.INFRA_RUN, name + ".pid")
+            if pid is not None and stack.read_pid(pid_file) == pid:
+                stack.stop_pid_file(pid_file, timeout=30)
+
+
+class Client:
+    def __init__(self, inst):
+        self.inst = inst
+        self.api = inst.gateway_url + "/api/v1"
+        self.http = requests.Session()
+
+    def call(self, method, path, token=None, expect=(200,), **kw):
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        response = self.http.request(method, self.api + path, headers=headers, timeout=30, **kw)
+        if response.status_code not in expect:
+            raise RuntimeError("%s %s -> %d %s" % (method, path, response.status_code, response.text[:300]))
+        return response.json() if response.content else None
+
+    def signup(self, org_name=None):
+        body = {"email": "bench-%s@example.test" % uuid.uuid4().hex[:12], "password": "bench password 123",
+                "name": "Bench Owner", "organization_name": org_name or "Bench %s" % uuid.uuid4().hex[:8]}
+        return self.call("POST", "/auth/signup", json=body, expect=(201,))
+
+    def superuser_token(self):
+        env = self.inst.service_env()
+        return self.call("POST", "/auth/login", json={"email": env["SUPERUSER_EMAIL"],
+                                                      "password": env["SUPERUSER_PASSWORD"]})["access_token"]
+
+    def wait(self, check, what, timeout=60, interval=0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(interval)
+        raise RuntimeError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+# -- HTTP load: wrk ------------------------------------------------------------------------------
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True)
+
+
+def wrk(url, token=None, seconds=SECONDS, connections=CONNECTIONS):
+    """Requests per second of ``GET url`` (127.0.0.1 only); fails if any answer was not 2xx."""
+    assert url.startswith("http://127.0.0.1:"), url
+    os.makedirs(BENCH_DIR, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=BENCH_DIR, delete=False) as script:
+        if token:
+            script.write('wrk.headers["Authorization"] = "Bearer %s"\n' % token)
+    try:
+        result = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % max(1, round(seconds)),
+                                 "--timeout", "10s", "-s", script.name, url],
+                                capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(script.name)
+    out = result.stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    if bad or (errors and re.search(r"timeout [1-9]", errors.group(0))):
+        raise RuntimeError("wrk against %s saw failures:\n%s" % (url, out))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def interleaved(targets, rounds=3, seconds=SECONDS, connections=CONNECTIONS):
+    """Median throughput of each ``name -> (url, token)``, measured in alternating rounds so drift on
+    a shared machine hits every target alike."""
+    samples = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, token) in targets.items():
+            samples[name].append(wrk(url, token, seconds, connections))
+    return {name: sorted(values)[len(values) // 2] for name, values in samples.items()}
+
+
+def warm(url, token, seconds=1, connections=CONNECTIONS):
+    wrk(url, token, seconds, connections)

@@ -1,0 +1,83 @@
+"""Figures 1, 2 and 5: what an overview request costs next to one bare RPC hop, what the token
+check costs, and what a second org-service instance adds.
+
+* ``overview_vs_one_hop``: authenticated ``GET /organizations/{id}`` vs. the bench-only
+  ``GET /_bench/one-hop`` (same token check, one ``org.ping`` RPC), same gateway, same load.
+* ``overview_vs_healthz``: the same against ``/healthz`` (no token, no RPC).
+* ``auth_overhead``: the gateway's own ``TokenVerifier.verify`` (signature, claims, revocation
+  list) timed in this process on the same token, as a fraction of one overview request measured
+  from a single connection (its latency).
+* ``scale_out``: overview throughput with two org-service processes vs. one.
+"""
+import os
+import time
+
+from bench.harness import Figure, interleaved, warm, wrk
+from stack import stack
+
+
+def overview_figures(inst, client, org_id, token):
+    base = inst.gateway_url
+    targets = {"overview": (base + "/api/v1/organizations/%s" % org_id, token),
+               "one_hop": (base + "/api/v1/_bench/one-hop", token),
+               "healthz": (base + "/healthz", None)}
+    for url, tok in targets.values():
+        warm(url, tok)
+    rates = interleaved(targets)
+    print("  throughput (req/s, %s): %s" % ("median of 3", ", ".join("%s %.0f" % kv for kv in rates.items())),
+          flush=True)
+    return rates, [
+        Figure("overview_vs_one_hop", rates["overview"] / rates["one_hop"], ">= 0.8",
+               "(%.0f vs %.0f req/s)" % (rates["overview"], rates["one_hop"])),
+        Figure("overview_vs_healthz", rates["overview"] / rates["healthz"], None,
+               "(%.0f vs %.0f req/s)" % (rates["overview"], rates["healthz"])),
+    ]
+
+
+def auth_overhead(inst, org_id, token):
+    from gateway.auth import KeyRing, TokenVerifier
+    from gateway.revocations import RevocationList
+
+    def no_rpc(claims):
+        raise AssertionError("a token issued after the list connected needs no RPC")
+    revocations = RevocationList(no_rpc)
+    revocations.connected(time.time() - 3600)  # as in a gateway whose consumer is connected
+    verifier = TokenVerifier(KeyRing([inst.public_key_file]), inst.service_env().get("JWT_ISSUER", "orgplatform"),
+                             revocations)
+    # a little history in the list, as a live gateway has
+    for index in range(200):
+        revocations.apply({"session_id": "s%d" % index, "not_before": time.time()})
+    verifier.verify(token)
+    runs = 3000
+    started = time.perf_counter()
+    for _ in range(runs):
+        verifier.verify(token)
+    verify_seconds = (time.perf_counter() - started) / runs
+    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    single = sorted(wrk(url, token, connections=1) for _ in range(3))[1]
+    per_request = 1.0 / single
+    return Figure("auth_overhead", verify_seconds / per_request, "<= 0.05",
+                  "(verify %.0f us of a %.2f ms overview)" % (verify_seconds * 1e6, per_request * 1e3))
+
+
+def scale_out(inst, org_id, token):
+    """The same load with one org-service process, then with a second one beside it."""
+    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    one = sorted(wrk(url, token) for _ in range(3))[1]
+    stack.spawn("org-2", [os.path.join(stack.VENV_BIN, "nameko"), "run", "--config", "services/org/config.yml",
+                          "services.org.service"], inst.run_dir, inst.log_dir, inst.service_env())
+    try:
+        _wait_consumers(inst, "rpc-org", 2)
+        warm(url, token)
+        two = sorted(wrk(url, token) for _ in range(3))[1]
+    finally:
+        stack.stop_pid_file(os.path.join(inst.run_dir, "org-2.pid"))
+    return Figure("scale_out", two / one, None,
+                  "(2 org instances %.0f vs 1: %.0f req/s, %d cores for everything)" % (two, one, os.cpu_count()))
+
+
+def _wait_consumers(inst, queue, count, timeout=60):
+    import urllib.request
+    path = "/api/queues/%s/%s" % (urllib.request.quote(inst.vhost, safe=""), queue)
+    stack.wait_for(lambda: (stack._management(inst, "GET", path) or {}).get("consumers", 0) >= count,
+                   "%d consumers on %s" % (count, queue), timeout=timeout, interval=0.5)

@@ -1,0 +1,203 @@
+"""Security basics: no secret in any log, an explicit CORS policy, and key rotation at the gateway.
+
+(Request size limits and refresh-token reuse detection are covered in test_errors / test_accounts.)
+"""
+import os
+import socket
+import uuid
+
+import jwt
+import pytest
+
+from common.tokens import key_id
+from services.membership.keys import generate, load_private_key, public_pem, write_public
+from stack import stack
+from tests.support import assert_error, invite, unique_email, wait_until
+from tests.tokens import forge, stranger_key
+
+ALLOWED_ORIGIN = "https://app.example.test"  # the test instance's CORS_ALLOWED_ORIGINS
+
+
+# -- (a) secrets never logged ------------------------------------------------------------------
+
+def log_files(directory):
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            yield os.path.join(folder, name)
+
+
+def secret_forms(secret):
+    """The secret and, for a JWT, its signature alone (a truncated log line still leaks that)."""
+    forms = [secret]
+    if secret.count(".") == 2:
+        forms.append(secret.rsplit(".", 1)[1])
+    return forms
+
+
+def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
+    gateway_log = os.path.join(test_stack.log_dir, "gateway.log")
+    with open(gateway_log, "rb") as handle:
+        start = len(handle.read())
+    secrets = {}
+
+    def password(label):
+        secrets[label] = "%s-%s" % (label, uuid.uuid4().hex)
+        return secrets[label]
+
+    def keep(label, body):
+        for field in ("access_token", "refresh_token"):
+            if field in body:
+                secrets["%s %s" % (label, field)] = body[field]
+
+    owner = gateway.signup(organization_name="Log Lab", password=password("owner password"))
+    keep("signup", owner.data)
+    assert_error(gateway.post("/auth/login", {"email": owner.email, "password": password("wrong password")}), 401)
+    login = gateway.post("/auth/login", {"email": owner.email, "password": owner.password})
+    assert login.status_code == 200, login.text
+    keep("login", login.json())
+    refreshed = gateway.post("/auth/refresh", {"refresh_token": login.json()["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    keep("refresh", refreshed.json())
+
+    # an invite previewed and used for sign-up; another accepted by an existing account
+    newcomer = unique_email("newcomer")
+    secrets["invite token 1"], _ = invite(gateway, tap, owner, newcomer)
+    assert gateway.get("/invites/%s" % secrets["invite token 1"]).status_code == 200
+    joined = gateway.post("/auth/signup", {"email": newcomer, "password": password("newcomer password"),
+                                           "name": "Newcomer", "invite_token": secrets["invite token 1"]})
+    assert joined.status_code == 201, joined.text
+    keep("invite signup", joined.json())
+    existing = gateway.signup(organization_name=None, password=password("existing password"))
+    keep("existing", existing.data)
+    secrets["invite token 2"], _ = invite(gateway, tap, owner, existing.email)
+    accepted = gateway.post("/invites/%s/accept" % secrets["invite token 2"], token=existing.token)
+    assert accepted.status_code == 200, accepted.text
+    keep("accept", accepted.json())
+    changed = gateway.post("/auth/password", {"current_password": owner.password,
+                                              "new_password": password("new owner password")},
+                           refreshed.json()["access_token"])
+    assert changed.status_code == 200, changed.text
+    keep("password change", changed.json())
+
+    def appended():
+        with open(gateway_log, "rb") as handle:
+            return handle.read()[start:].decode("utf-8", "replace")
+    # everything above is written once the access log has both invite requests (preview, accept)
+    wait_until(lambda: appended().count(" /api/v1/invites/") >= 2, timeout=5,
+               what="the invite requests in the gateway's access log")
+    assert "/api/v1/auth/login" in appended()
+
+    found = []
+    for path in log_files(test_stack.log_dir):
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8", "replace")
+        for label, secret in secrets.items():
+            if any(form in text for form in secret_forms(secret)):
+                found.append((os.path.relpath(path, test_stack.log_dir), label))
+    assert not found, found
+    assert appended().count(" /api/v1/invites/[redacted]") >= 2  # logged, without the token
+
+
+# -- (b) CORS ----------------------------------------------------------------------------------
+
+def test_cors_allows_only_the_configured_origin(gateway, owner):
+    path = "/organizations/%s" % owner.org_id
+    allowed = gateway.get(path, owner.token, headers={"Origin": ALLOWED_ORIGIN})
+    assert allowed.status_code == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    assert "Origin" in allowed.headers["Vary"]
+    assert "Retry-After" in allowed.headers["Access-Control-Expose-Headers"]
+    assert "Access-Control-Allow-Credentials" not in allowed.headers  # bearer tokens, no cookies
+    # an error answer is readable by the allowed browser app too
+    denied = gateway.get(path, headers={"Origin": ALLOWED_ORIGIN})
+    assert_error(denied, 401)
+    assert denied.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    for origin in ("https://evil.example.test", "null", "http://app.example.test",
+                   "https://app.example.test.evil.test", "https://app.example.test:8443"):
+        response = gateway.get(path, owner.token, headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in response.headers, origin
+        assert "Origin" in response.headers["Vary"]
+    assert "Access-Control-Allow-Origin" not in gateway.get(path, owner.token).headers
+
+
+def preflight(gateway, path, origin, method):
+    return gateway.request("OPTIONS", path, headers={
+        "Origin": origin, "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "authorization, content-type"})
+
+
+def test_cors_preflight(gateway, owner):
+    path = "/organizations/%s/members/%s" % (owner.org_id, owner.user_id)
+    response = preflight(gateway, path, ALLOWED_ORIGIN, "PATCH")
+    assert response.status_code in (200, 204), response.text
+    assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    methods = {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
+    assert {"PATCH", "DELETE"} <= methods and "POST" not in methods  # exactly this route's methods
+    headers = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type"} <= headers
+    assert int(response.headers["Access-Control-Max-Age"]) > 0
+    # the preflight ran no operation: the owner is still a member
+    assert gateway.get("/organizations/%s/members" % owner.org_id, owner.token).json()["items"]
+
+    refused = preflight(gateway, path, "https://evil.example.test", "PATCH")
+    for header in ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers"):
+        assert header not in refused.headers, header
+
+
+# -- (c) key rotation ------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def rotation_gateway(test_stack, tmp_path):
+    """A second gateway that knows the current key and the next one (the middle of a rotation)."""
+    new_private, new_public = str(tmp_path / "next-private.pem"), str(tmp_path / "next.pub.pem")
+    generate(new_private)
+    write_public(new_private, new_public)
+    port = free_port()
+    env = dict(test_stack.service_env(), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
+               JWT_PUBLIC_KEY_FILES="%s,%s" % (test_stack.public_key_file, new_public))
+    stack.spawn("gateway-rotation", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
+                                     os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
+                                     "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
+    pid_file = os.path.join(test_stack.run_dir, "gateway-rotation.pid")
+    try:
+        url = "http://127.0.0.1:%d" % port
+        from tests.support import Gateway
+        rotation = Gateway(url)
+
+        def healthy():
+            try:
+                return rotation.get(url + "/healthz", timeout=2).status_code == 200
+            except OSError:
+                return False
+        wait_until(healthy, timeout=30, interval=0.2, what="the rotation gateway to start")
+        yield rotation, load_private_key(new_private)
+    finally:
+        stack.stop_pid_file(pid_file)
+
+
+def test_during_a_key_rotation_both_keys_are_accepted_and_no_other(gateway, test_stack, owner, rotation_gateway):
+    rotation, next_key = rotation_gateway
+    next_kid = key_id(public_pem(next_key))
+    current_kid = jwt.get_unverified_header(owner.token)["kid"]
+    assert next_kid != current_kid
+
+    # a token of the current key (issued by the membership service)
+    assert rotation.get("/me", owner.token).status_code == 200
+    # a token for the same session signed with the next key: the rotating gateway accepts it,
+    # a gateway that was not told about the next key refuses it
+    signed_with_next = forge(test_stack, key=next_key, kid=next_kid, session_of=owner)
+    me = rotation.get("/me", signed_with_next)
+    assert me.status_code == 200, me.text
+    assert me.json()["user"]["id"] == owner.user_id
+    assert_error(gateway.get("/me", signed_with_next), 401, "invalid_token")
+    # any third key is refused, also when it claims one of the known key ids
+    stranger, stranger_kid = stranger_key()
+    for kid in (stranger_kid, current_kid, next_kid):
+        forged = forge(test_stack, key=stranger, kid=kid, session_of=owner)
+        assert_error(rotation.get("/me", forged), 401, "invalid_token")
