@@ -4,6 +4,7 @@ Infrastructure (RabbitMQ, the MongoDB-compatible server) is reused when somethin
 on its port and started otherwise -- then also stopped at the end.
 """
 import os
+import subprocess
 
 import pytest
 
@@ -21,16 +22,15 @@ def test_stack():
     stack.reset_vhost(inst)
     stack.ensure_mongo(inst)
     stack.drop_databases(inst)
-    # infrastructure this session started (and only that) is stopped at the end
-    started = {name: stack.read_pid(os.path.join(stack.INFRA_RUN, name + ".pid"))
-               for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up}
+    # infrastructure this session started (and only that) is stopped at the end -- also when a
+    # fault test restarted it meanwhile (its pid file then names the new process)
+    started = [name for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up]
     stack.up(inst, quiet=True)
     yield inst
     stack.down(inst, infra=False)
-    for name, pid in started.items():
-        pid_file = os.path.join(stack.INFRA_RUN, name + ".pid")
-        if pid is not None and stack.read_pid(pid_file) == pid:
-            stack.stop_pid_file(pid_file, timeout=30)
+    for name in started:
+        if stack.stop_pid_file(os.path.join(stack.INFRA_RUN, name + ".pid"), timeout=30) and name == "rabbitmq":
+            subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="session")
