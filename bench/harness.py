@@ -53,32 +53,14 @@ class BenchStack:
 
     def __init__(self):
         self.inst = stack.Instance("test")
-        self.started_infra = {}
+        self.started_infra = []
 
     def start(self):
-        inst = self.inst
-        rabbit_was_up = stack.port_open(inst.rabbit_port, inst.rabbit_host)
-        mongo_was_up = inst.external_mongo or stack.port_open(inst.mongo_port)
-        stack.down(inst, infra=False)  # leftovers of an interrupted run
-        stack.ensure_rabbitmq(inst)
-        stack.reset_vhost(inst)
-        stack.ensure_mongo(inst)
-        stack.drop_databases(inst)
-        self.started_infra = {name: stack.read_pid(os.path.join(stack.INFRA_RUN, name + ".pid"))
-                              for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up))
-                              if not was_up}
-        if os.path.isdir(inst.mail_dir):
-            shutil.rmtree(inst.mail_dir)
-        stack.up(inst, quiet=True)
-        return inst
+        self.started_infra = stack.start_isolated(self.inst)
+        return self.inst
 
     def stop(self):
-        stack.down(self.inst, infra=False)
-        stack.drop_databases(self.inst)
-        for name, pid in self.started_infra.items():
-            pid_file = os.path.join(stack.INFRA_RUN, name + ".pid")
-            if pid is not None and stack.read_pid(pid_file) == pid:
-                stack.stop_pid_file(pid_file, timeout=30)
+        stack.stop_isolated(self.inst, self.started_infra, drop=True)
 
 
 class Client:

@@ -444,8 +444,37 @@ def down(inst, infra=True):
         for name in ("ferretdb", "rabbitmq"):
             if stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30):
                 print("stopped %s" % name)
-                if name == "rabbitmq":
+                if name == "rabbitmq":  # the Erlang port mapper it started
                     subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_isolated(inst):
+    """A fresh test or bench instance: empty vhost, empty databases, empty mail folder.
+
+    Returns the infrastructure this call had to start, for :func:`stop_isolated`.
+    """
+    rabbit_was_up = port_open(inst.rabbit_port, inst.rabbit_host)
+    mongo_was_up = inst.external_mongo or port_open(inst.mongo_port)
+    down(inst, infra=False)  # leftovers of an interrupted run
+    ensure_rabbitmq(inst)
+    reset_vhost(inst)
+    ensure_mongo(inst)
+    drop_databases(inst)
+    if os.path.isdir(inst.mail_dir):
+        shutil.rmtree(inst.mail_dir)
+    up(inst, quiet=True)
+    return [name for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up]
+
+
+def stop_isolated(inst, started_infra, drop=False):
+    """Stop the instance and the infrastructure it started -- also when a fault test restarted
+    that meanwhile (the pid file then names the new process)."""
+    down(inst, infra=False)
+    if drop:
+        drop_databases(inst)
+    for name in started_infra:
+        if stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30) and name == "rabbitmq":
+            subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def status(inst):

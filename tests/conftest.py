@@ -4,7 +4,6 @@ Infrastructure (RabbitMQ, the MongoDB-compatible server) is reused when somethin
 on its port and started otherwise -- then also stopped at the end.
 """
 import os
-import subprocess
 
 import pytest
 
@@ -15,22 +14,9 @@ from tests.support import EventTap, Gateway
 @pytest.fixture(scope="session")
 def test_stack():
     inst = stack.Instance("test")
-    rabbit_was_up = stack.port_open(inst.rabbit_port, inst.rabbit_host)
-    mongo_was_up = inst.external_mongo or stack.port_open(inst.mongo_port)
-    stack.down(inst, infra=False)  # leftovers of an interrupted run
-    stack.ensure_rabbitmq(inst)
-    stack.reset_vhost(inst)
-    stack.ensure_mongo(inst)
-    stack.drop_databases(inst)
-    # infrastructure this session started (and only that) is stopped at the end -- also when a
-    # fault test restarted it meanwhile (its pid file then names the new process)
-    started = [name for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up]
-    stack.up(inst, quiet=True)
+    started_infra = stack.start_isolated(inst)
     yield inst
-    stack.down(inst, infra=False)
-    for name in started:
-        if stack.stop_pid_file(os.path.join(stack.INFRA_RUN, name + ".pid"), timeout=30) and name == "rabbitmq":
-            subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.stop_isolated(inst, started_infra)
 
 
 @pytest.fixture(scope="session")
