@@ -13,6 +13,7 @@ from nameko.extensions import DependencyProvider
 from pymongo.errors import PyMongoError
 
 from common.config import database_name
+from common import outbox
 from common.outbox import Outbox
 
 _clients = {}
@@ -31,9 +32,11 @@ def get_client(url):
 
 
 class Store:
-    """Base for a service's Mongo access; subclasses declare ``INDEXES = {collection: [IndexModel]}``."""
+    """Base for a service's Mongo access; subclasses declare ``INDEXES = {collection: [IndexModel]}``
+    and ``OUTBOX_COLLECTIONS``, the collections whose documents may carry pending events."""
 
     INDEXES = {}
+    OUTBOX_COLLECTIONS = ()
 
     def __init__(self, db, outbox=None):
         self.db = db
@@ -48,6 +51,10 @@ class Store:
         for collection, indexes in self.INDEXES.items():
             for index in indexes:
                 self.db[collection].create_indexes([index])
+        # the outbox sweep runs every few seconds in every replica: it must not scan whole collections
+        for collection in self.OUTBOX_COLLECTIONS:
+            for field in (outbox.COUNT, outbox.DELETE_AFTER):
+                self.db[collection].create_indexes([pymongo.IndexModel([(field, pymongo.ASCENDING)])])
 
 
 class StoreProvider(DependencyProvider):

@@ -35,8 +35,8 @@ class KeyRing:
         key = self._keys.get(kid)
         if key is None and self._fetch is not None:
             with self._lock:
-                if kid not in self._keys and time.monotonic() - self._fetched_at > KEY_REFRESH_SECONDS \
-                        or not self._keys:
+                stale = time.monotonic() - self._fetched_at > KEY_REFRESH_SECONDS
+                if not self._keys or (kid not in self._keys and stale):
                     self._fetched_at = time.monotonic()
                     for pem in self._fetch().values():
                         self._add(pem)

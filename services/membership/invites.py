@@ -19,7 +19,7 @@ def invite_view(invite):
 
 def create_invites(store, config, org_id, actor, emails, role):
     """Invite each (normalised, de-duplicated) email; an older pending invite for it is replaced."""
-    organization = members._organization(store, org_id)
+    organization = members.live_organization(store, org_id)
     members.require_role(store, org_id, actor, "admin")
     if role not in members.ROLE_RANK:
         raise DomainError("validation_failed", "invalid input", {"role": ["Not a valid role."]})
@@ -60,14 +60,14 @@ def create_invites(store, config, org_id, actor, emails, role):
 
 
 def list_invites(store, org_id, actor):
-    members._organization(store, org_id)
+    members.live_organization(store, org_id)
     members.require_role(store, org_id, actor, "admin")
     now = utcnow()
     return {"items": [invite_view(i) for i in store.pending_invites(org_id) if i["expires_at"] > now]}
 
 
 def revoke_invite(store, org_id, actor, invite_id):
-    members._organization(store, org_id)
+    members.live_organization(store, org_id)
     members.require_role(store, org_id, actor, "admin")
     invite = store.set_invite_status(invite_id, "pending", {"status": "revoked", "revoked_at": utcnow()},
                                      org_id=org_id)

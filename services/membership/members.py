@@ -61,7 +61,8 @@ def list_organizations(store, user_id):
              "is_owner": orgs.get(m["org_id"], {}).get("owner_user_id") == user_id} for m in memberships]
 
 
-def _organization(store, org_id):
+def live_organization(store, org_id):
+    """The organization if it is active: 404 if unknown, 410 while it is being deleted."""
     organization = store.organization(org_id)
     if organization is None:
         raise not_found("organization")
@@ -102,7 +103,7 @@ def _decode_cursor(cursor):
 
 
 def list_members(store, org_id, limit=50, cursor=None, q=None):
-    organization = _organization(store, org_id)
+    organization = live_organization(store, org_id)
     limit = max(1, min(int(limit or 50), MAX_PAGE))
     after = _decode_cursor(cursor) if cursor else None
     search = re.escape(q.strip()) if q and q.strip() else None
@@ -112,7 +113,7 @@ def list_members(store, org_id, limit=50, cursor=None, q=None):
 
 
 def change_member(store, org_id, actor, user_id, role=None, can_delete_organization=None):
-    organization = _organization(store, org_id)
+    organization = live_organization(store, org_id)
     require_role(store, org_id, actor, "admin")
     target = store.membership(org_id, user_id)
     if target is None:
@@ -138,7 +139,7 @@ def change_member(store, org_id, actor, user_id, role=None, can_delete_organizat
 
 def remove_member(store, org_id, actor, user_id):
     """An admin removes a member, or a member leaves; never the owner."""
-    organization = _organization(store, org_id)
+    organization = live_organization(store, org_id)
     leaving = actor["sub"] == user_id
     if not leaving:
         require_role(store, org_id, actor, "admin")
@@ -160,7 +161,7 @@ def remove_member(store, org_id, actor, user_id):
 
 
 def transfer_ownership(store, org_id, actor, to_user_id):
-    organization = _organization(store, org_id)
+    organization = live_organization(store, org_id)
     from_user_id = actor["sub"]
     if organization.get("owner_user_id") != from_user_id:
         raise DomainError("forbidden", "only the owner may transfer ownership")
