@@ -9,6 +9,11 @@ Missed events: while the consumer is disconnected, events go nowhere. So the lis
 tokens issued after its consumer was (re)connected (``trusted_since``); an older token gets one
 fresh check by RPC (``membership.check_access``), and the answer is cached per token id until the
 token expires. After a broker outage every gateway therefore re-checks each token once.
+
+A cached "still valid" answer is only as good as the event stream that could overturn it: it is
+kept only while the consumer stays connected, so every (dis)connect drops those answers, and an
+answer obtained while disconnected (or across a reconnect) is not cached at all. "Revoked" answers
+are final and always kept.
 """
 import logging
 import socket
@@ -36,6 +41,7 @@ class RevocationList:
         self._not_before = {}     # (user or None, org or None) -> (not_before, forget-after)
         self._checked = {}        # jti -> (valid, forget-after)
         self.trusted_since = None  # epoch seconds since which no event can have been missed
+        self._answers_epoch = 0  # bumped by every (dis)connect and event: older answers are stale
         self._last_prune = time.time()
 
     # -- fed by the consumer -------------------------------------------------------------------
@@ -49,14 +55,22 @@ class RevocationList:
                 previous = self._not_before.get(key, (0.0, 0.0))[0]
                 self._not_before[key] = (max(previous, float(event["not_before"])), forget_after)
             self._checked.clear()  # cached fresh checks may predate this revocation
+            self._answers_epoch += 1
 
     def connected(self, at):
         with self._lock:
             self.trusted_since = at
+            self._forget_valid_answers()
 
     def disconnected(self):
         with self._lock:
             self.trusted_since = None
+            self._forget_valid_answers()
+
+    def _forget_valid_answers(self):
+        """Events may have been missed around a (dis)connect, so "valid" answers must be re-asked."""
+        self._answers_epoch += 1
+        self._checked = {jti: answer for jti, answer in self._checked.items() if not answer[0]}
 
     # -- asked per request ---------------------------------------------------------------------
     def is_revoked(self, claims):
@@ -72,13 +86,16 @@ class RevocationList:
                     return True
             trusted = self.trusted_since is not None and iat >= self.trusted_since + CLOCK_MARGIN
             cached = self._checked.get(claims.get("jti"))
+            epoch = self._answers_epoch
         if trusted:
             return False
         if cached is not None:
             return not cached[0]
         valid = bool(self._check_access(claims))
         with self._lock:
-            self._checked[claims.get("jti")] = (valid, float(claims["exp"]))
+            listening = self.trusted_since is not None and epoch == self._answers_epoch
+            if not valid or listening:
+                self._checked[claims.get("jti")] = (valid, float(claims["exp"]))
         return not valid
 
     def _prune(self):

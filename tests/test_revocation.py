@@ -1,7 +1,10 @@
 """Revoked access tokens fail at the gateway within a second, without an RPC per request."""
+import time
+
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from gateway.revocations import RevocationList
 from stack import stack
 from tests.support import assert_error, join, wait_until
 
@@ -78,3 +81,36 @@ def test_login_is_rate_limited_per_email(gateway, owner):
     limited = gateway.post("/auth/login", {"email": owner.email, "password": owner.password})
     assert_error(limited, 429, "rate_limited")
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+def test_a_valid_answer_does_not_outlive_a_gap_in_the_event_stream():
+    """The fresh-check cache must not vouch for a token whose revocation event fell into a gap."""
+    session_valid, asked = {"value": True}, []
+
+    def check_access(claims):
+        asked.append(claims["jti"])
+        return session_valid["value"]
+
+    revocations = RevocationList(check_access)
+    now = time.time()
+    claims = {"jti": "t1", "sid": "s1", "sub": "u1", "org": "o1", "iat": now, "exp": now + 900}
+    revocations.connected(now)  # a token issued right around the (re)connect gets a fresh check
+    assert not revocations.is_revoked(claims) and not revocations.is_revoked(claims)
+    assert asked == ["t1"], "while connected, the answer is cached"
+    revocations.disconnected()
+    session_valid["value"] = False  # logged out while no event can reach this process
+    revocations.connected(time.time())
+    assert revocations.is_revoked(claims), "the cached 'valid' answer survived the gap"
+    revocations.disconnected()
+    session_valid["value"] = True
+    assert revocations.is_revoked(claims), "a 'revoked' answer is final"
+    assert asked == ["t1", "t1"]
+
+
+def test_answers_obtained_while_disconnected_are_not_cached():
+    answers = [True, False]
+    revocations = RevocationList(lambda claims: answers.pop(0))
+    now = time.time()
+    claims = {"jti": "t2", "sid": "s2", "sub": "u2", "org": "o2", "iat": now, "exp": now + 900}
+    assert not revocations.is_revoked(claims)  # never connected: every request asks
+    assert revocations.is_revoked(claims)
