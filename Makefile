@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test logs bench clean
+.PHONY: up down status test logs bench soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 bench: $(BENCH_STAMP) ## own isolated stack (TEST_INSTANCE=bench), ratios against same-run baselines
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(PY) -m bench $(BENCH_ARGS)
+
+soak: $(STAMP) ## own isolated stack (TEST_INSTANCE=soak), SOAK_SECONDS of mixed load, then checks
+	$(PY) -m soak
 
 logs:
 	@tail -n 50 var/log/*.log

@@ -1,0 +1,528 @@
+"""The soak's mixed workload: lanes of users and organizations driven through the gateway's HTTP API.
+
+Each client thread runs one *lane*: its own accounts and organizations, so no two threads ever use
+the same token (a switch revokes the previous session) and each lane knows exactly what every
+answer must be -- the status of every request, the credit balance of each of its organizations.
+Every request names the statuses the scenario expects; anything else is recorded as unexpected.
+"""
+import random
+import re
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+
+import requests
+
+from tests.support import SUPERUSER, Gateway, Mailbox, unique_email
+
+PASSWORD = "soak password 1234"
+ROLES = ("member", "member", "member", "dataset_manager", "dataset_manager", "admin")
+INVITE_SUBJECT = "You are invited to join "        # services/notifications/mail.py SUBJECTS
+DELETION_SUFFIX = " is being deleted"
+ACCEPT_LINK = re.compile(r"Accept the invitation: (\S+)")
+
+# operation -> weight (per 100 operations)
+MIX = {"signup": 7, "invite": 12, "accept": 12, "switch": 7, "read": 30, "storage": 6, "grant": 6,
+       "reserve": 9, "settle": 6, "delete": 3, "deletion_status": 2}
+
+
+class Stats:
+    """Every request's status and latency, shared by all lanes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.samples = []            # (finished_at monotonic, seconds, ok)
+        self.unexpected = []         # (label, status, body excerpt)
+        self.mismatches = []         # answers with an expected status but wrong content
+        self.operations = []         # (finished_at, name)
+
+    def record(self, label, status, seconds, ok, body=""):
+        with self.lock:
+            self.samples.append((time.monotonic(), seconds, ok))
+            if not ok:
+                self.unexpected.append((label, status, body[:300]))
+
+    def mismatch(self, what):
+        with self.lock:
+            self.mismatches.append(what)
+
+    def operation(self, name):
+        with self.lock:
+            self.operations.append((time.monotonic(), name))
+
+
+class Client(Gateway):
+    """The tests' gateway client, recording every answer against the statuses the caller expects."""
+
+    def __init__(self, base_url, stats):
+        super().__init__(base_url)
+        self.stats = stats
+
+    def call(self, method, path, label, expect=(200,), token=None, json=None, params=None):
+        began = time.monotonic()
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        try:
+            response = self.request(method, path, token, json=json, timeout=30)
+        except requests.RequestException as error:
+            self.stats.record(label, "error", time.monotonic() - began, False, repr(error))
+            return None
+        ok = response.status_code in expect
+        self.stats.record(label, response.status_code, time.monotonic() - began, ok,
+                          "" if ok else response.text)
+        return response if ok else None
+
+
+@dataclass(eq=False)
+class Account:
+    email: str
+    user_id: str = None
+    token: str = None
+    refresh_token: str = None
+    issued_at: float = 0.0
+    expires_in: float = 900.0
+    current_org: str = None          # the organization the token is scoped to; None: log in first
+    orgs: dict = field(default_factory=dict)   # org_id -> role
+    alive: bool = True
+
+    def take(self, body, org_id):
+        self.user_id = body["user"]["id"]
+        self.token, self.refresh_token = body["access_token"], body["refresh_token"]
+        self.issued_at, self.expires_in = time.monotonic(), body["expires_in"]
+        self.current_org = org_id
+
+
+@dataclass(eq=False)
+class Org:
+    id: str
+    name: str
+    owner: Account
+    balance: int = 0
+    grants: list = field(default_factory=list)        # (idempotency key, amount)
+    reservations: list = field(default_factory=list)  # (reservation id, amount), not settled yet
+    datasets: dict = field(default_factory=dict)
+    deleting: bool = False
+
+
+@dataclass(eq=False)
+class Invite:
+    email: str
+    org: Org
+    role: str
+    account: Account = None          # None: a new person, who signs up with the invite token
+    token: str = None                # read from the invitation mail
+
+
+class MailIndex:
+    """Every mail in the instance's sink folder, by (recipient, subject)."""
+
+    def __init__(self, directory):
+        self.mailbox = Mailbox(directory)
+        self.lock = threading.Lock()
+        self.by_key = {}
+        self.indexed = 0
+        self.scanned_at = 0.0
+
+    def scan(self, min_interval=0.5):
+        with self.lock:
+            if time.monotonic() - self.scanned_at < min_interval:
+                return
+            mails = self.mailbox.all()
+            for mail in mails[self.indexed:]:
+                for rcpt in mail.rcpt_to:
+                    self.by_key.setdefault((rcpt.lower(), mail.subject), []).append(mail)
+            self.indexed = len(mails)
+            self.scanned_at = time.monotonic()
+
+    def get(self, key):
+        with self.lock:
+            return list(self.by_key.get(key, ()))
+
+    def count(self, subject_prefix="", subject_suffix=""):
+        """``{key: number of mails}`` of the mails whose subject has that prefix and suffix."""
+        with self.lock:
+            return {key: len(mails) for key, mails in self.by_key.items()
+                    if key[1].startswith(subject_prefix) and key[1].endswith(subject_suffix)}
+
+
+def invite_mail(email, org_name):
+    return email.lower(), INVITE_SUBJECT + org_name
+
+
+def deletion_mail(email, org_name):
+    return email.lower(), org_name + DELETION_SUFFIX
+
+
+class Lane:
+    """One client thread's world: its accounts, organizations, invites and deletions."""
+
+    def __init__(self, index, client, mails, stats, seed):
+        self.index = index
+        self.c = client
+        self.mails = mails
+        self.stats = stats
+        self.rnd = random.Random(seed)
+        self.accounts = []
+        self.orgs = []                # alive organizations (not being deleted)
+        self.invites = []             # sent, not accepted, not void
+        self.sent = []                # (recipient, subject) of every invite sent
+        self.confirmations = []       # (recipient, subject) of every deletion's confirmation
+        self.deletions = {}           # org id -> {"requested": monotonic, "deleted": monotonic or None}
+        self.su = Account(SUPERUSER["email"])
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def login(self, account, org_id=None):
+        body = {"email": account.email, "password": SUPERUSER["password"] if account is self.su else PASSWORD}
+        if org_id:
+            body["organization_id"] = org_id
+        response = self.c.call("POST", "/auth/login", "POST /auth/login", token=None, json=body)
+        if response is not None:
+            data = response.json()
+            account.take(data, (data.get("organization") or {}).get("id") if account is self.su else org_id)
+            return True
+        return False
+
+    def fresh(self, account):
+        """A usable access token: refreshed well before it expires."""
+        if account.token is None:
+            return self.login(account)
+        if time.monotonic() - account.issued_at > account.expires_in * 0.7:
+            response = self.c.call("POST", "/auth/refresh", "POST /auth/refresh",
+                                   json={"refresh_token": account.refresh_token})
+            if response is None:
+                return False
+            account.take(response.json(), account.current_org)
+        return True
+
+    def su_token(self):
+        self.fresh(self.su)
+        return self.su.token
+
+    def scoped(self, account, org):
+        """``account``'s token scoped to ``org``: switch (or log in) when it is scoped elsewhere."""
+        if account.current_org == org.id and account.token:
+            return self.fresh(account) and account.token
+        if account.current_org is None or account.token is None:
+            return self.login(account, org.id) and account.token
+        if not self.fresh(account):
+            return None
+        response = self.c.call("POST", "/auth/switch", "POST /auth/switch", token=account.token,
+                               json={"organization_id": org.id})
+        if response is None:
+            return None
+        account.take(response.json(), org.id)
+        return account.token
+
+    # -- picking -----------------------------------------------------------------------------------
+    def members(self, org, roles=None):
+        return [a for a in self.accounts if a.alive and org.id in a.orgs and (roles is None or a.orgs[org.id] in roles)]
+
+    def pick_org(self):
+        return self.rnd.choice(self.orgs) if self.orgs else None
+
+    # -- operations --------------------------------------------------------------------------------
+    def op_signup(self):
+        account = Account(unique_email("soak%d" % self.index))
+        name = "Soak %s" % uuid.uuid4().hex[:10]
+        response = self.c.call("POST", "/auth/signup", "POST /auth/signup", expect=(201,), json={
+            "email": account.email, "password": PASSWORD, "name": "Soak Owner", "organization_name": name})
+        if response is None:
+            return
+        data = response.json()
+        org = Org(data["organization"]["id"], name, account)
+        account.take(data, org.id)
+        account.orgs[org.id] = "admin"
+        self.accounts.append(account)
+        self.orgs.append(org)
+
+    def op_invite(self):
+        org = self.pick_org()
+        if org is None:
+            return self.op_signup()
+        token = self.scoped(org.owner, org)
+        if not token:
+            return
+        pending = {i.email for i in self.invites if i.org is org}
+        others = [a for a in self.accounts if a.alive and org.id not in a.orgs and a.email not in pending]
+        invites = []
+        for _ in range(self.rnd.choice((1, 1, 2, 3))):
+            if others and self.rnd.random() < 0.35:
+                account = others.pop(self.rnd.randrange(len(others)))
+                invites.append(Invite(account.email, org, None, account))
+            else:
+                invites.append(Invite(unique_email("invitee%d" % self.index), org, None))
+        role = self.rnd.choice(ROLES)
+        response = self.c.call("POST", "/organizations/%s/invites" % org.id, "POST /organizations/{id}/invites",
+                               expect=(201,), token=token, json={"emails": [i.email for i in invites], "role": role})
+        if response is None:
+            return
+        body = response.json()
+        if len(body["items"]) != len(invites) or body["skipped"]:
+            self.stats.mismatch("invite answer %r for %d new invitees" % (body, len(invites)))
+        for invite in invites:
+            invite.role = role
+            self.invites.append(invite)
+            self.sent.append(invite_mail(invite.email, org.name))
+
+    def _read_mail(self):
+        """Invite tokens from the invitation mails that arrived (the only place a token appears)."""
+        if any(i.token is None for i in self.invites):
+            self.mails.scan()
+            for invite in self.invites:
+                if invite.token is None:
+                    found = self.mails.get(invite_mail(invite.email, invite.org.name))
+                    if found:
+                        invite.token = ACCEPT_LINK.search(found[0].text).group(1).rsplit("/", 1)[1]
+
+    def _mailed_invites(self):
+        ready = [i for i in self.invites if i.token]
+        if len(ready) < 3:
+            self._read_mail()
+            ready = [i for i in self.invites if i.token]
+        return ready
+
+    def op_accept(self):
+        ready = self._mailed_invites()
+        if not ready:
+            return self.op_read()
+        invite = self.rnd.choice(ready)
+        self.invites.remove(invite)
+        self.c.call("GET", "/invites/%s" % invite.token, "GET /invites/{token}")
+        if invite.account is None:
+            account = Account(invite.email)
+            response = self.c.call("POST", "/auth/signup", "POST /auth/signup (invite_token)", expect=(201,), json={
+                "email": invite.email, "password": PASSWORD, "name": "Soak Invitee", "invite_token": invite.token})
+            if response is None:
+                return
+            self.accounts.append(account)
+        else:
+            account = invite.account
+            if not self.fresh(account):
+                return
+            response = self.c.call("POST", "/invites/%s/accept" % invite.token, "POST /invites/{token}/accept",
+                                   token=account.token)
+            if response is None:
+                return
+        account.take(response.json(), invite.org.id)
+        account.orgs[invite.org.id] = invite.role
+
+    def op_switch(self):
+        travellers = [a for a in self.accounts if a.alive and len(a.orgs) > 1]
+        if not travellers:
+            return self.op_read()
+        account = self.rnd.choice(travellers)
+        target = self.rnd.choice([o for o in self.orgs if o.id in account.orgs and o.id != account.current_org]
+                                 or [None])
+        if target is not None:
+            self.scoped(account, target)
+
+    def op_read(self):
+        candidates = [a for a in self.accounts if a.alive and a.orgs]
+        if not candidates:
+            return self.op_signup()
+        account = self.rnd.choice(candidates)
+        org = next((o for o in self.orgs if o.id == account.current_org), None) or next(
+            o for o in self.orgs if o.id in account.orgs)
+        token = self.scoped(account, org)
+        if not token:
+            return
+        kind = self.rnd.randrange(5)
+        if kind == 0:
+            self.c.call("GET", "/organizations/%s" % org.id, "GET /organizations/{id}", token=token)
+        elif kind == 1:
+            self.c.call("GET", "/organizations/%s/members" % org.id, "GET /organizations/{id}/members",
+                        token=token, params={"limit": 20})
+        elif kind == 2:
+            self.c.call("GET", "/organizations/%s/usage" % org.id, "GET /organizations/{id}/usage", token=token)
+        elif kind == 3:
+            self.c.call("GET", "/me", "GET /me", token=token)
+        else:
+            self.c.call("GET", "/organizations", "GET /organizations", token=token)
+
+    def op_storage(self):
+        org = self.pick_org()
+        if org is None:
+            return self.op_signup()
+        complete = self.rnd.random() < 0.3
+        chosen = self.rnd.sample(range(30), self.rnd.randint(1, 12))
+        report = {"ds-%d" % n: self.rnd.randrange(10 ** 9) for n in chosen}
+        response = self.c.call("POST", "/organizations/%s/storage-reports" % org.id,
+                               "POST /organizations/{id}/storage-reports", expect=(201,), token=self.su_token(),
+                               json={"datasets": [{"dataset_id": k, "bytes": v} for k, v in report.items()],
+                                     "complete": complete})
+        if response is None:
+            return
+        if complete:
+            org.datasets = report
+        else:
+            org.datasets.update(report)
+        body = response.json()
+        if (body["used_bytes"], body["datasets"]) != (sum(org.datasets.values()), len(org.datasets)):
+            self.stats.mismatch("storage totals of %s: %r, expected %d bytes in %d datasets" % (
+                org.id, body, sum(org.datasets.values()), len(org.datasets)))
+
+    def op_grant(self):
+        org = self.pick_org()
+        if org is None:
+            return self.op_signup()
+        replay = org.grants and self.rnd.random() < 0.15
+        key, amount = self.rnd.choice(org.grants) if replay else (uuid.uuid4().hex, self.rnd.randint(1, 50) * 1000)
+        response = self.c.call("POST", "/organizations/%s/credits/grants" % org.id,
+                               "POST /organizations/{id}/credits/grants", expect=(201,), token=self.su_token(),
+                               json={"amount": amount, "idempotency_key": key, "comment": "soak"})
+        if response is None:
+            return
+        if replay:
+            if response.headers.get("Idempotent-Replayed") != "true":
+                self.stats.mismatch("grant replay of %s not flagged as replayed" % org.id)
+            return
+        org.grants.append((key, amount))
+        org.balance += amount
+        if response.json()["balance"] != org.balance:
+            self.stats.mismatch("grant on %s: balance %s, expected %d" % (org.id, response.json()["balance"],
+                                                                        org.balance))
+
+    def op_reserve(self):
+        choices = [(a, o) for o in self.orgs for a in self.members(o, ("dataset_manager", "admin"))]
+        if not choices:
+            return self.op_grant()
+        account, org = self.rnd.choice(choices)
+        token = self.scoped(account, org)
+        if not token:
+            return
+        amount = self.rnd.randint(1, 20) * 500
+        enough = org.balance >= amount
+        job = uuid.uuid4().hex
+        response = self.c.call("POST", "/organizations/%s/credits/reservations" % org.id,
+                               "POST /organizations/{id}/credits/reservations", expect=(201,) if enough else (402,),
+                               token=token, json={"amount": amount, "job_id": job, "job_type": "soak_inference",
+                                                  "idempotency_key": job})
+        if response is None or not enough:
+            return
+        body = response.json()
+        org.balance -= amount
+        org.reservations.append((body["entry"]["id"], amount))
+        if body["balance"] != org.balance:
+            self.stats.mismatch("reservation on %s: balance %s, expected %d" % (org.id, body["balance"], org.balance))
+
+    def op_settle(self):
+        open_ = [o for o in self.orgs if o.reservations]
+        if not open_:
+            return self.op_reserve()
+        org = self.rnd.choice(open_)
+        reservation_id, amount = org.reservations.pop(self.rnd.randrange(len(org.reservations)))
+        outcome = self.rnd.choice(("succeeded", "failed"))
+        response = self.c.call("POST", "/organizations/%s/credits/reservations/%s/settle" % (org.id, reservation_id),
+                               "POST /organizations/{id}/credits/reservations/{id}/settle", token=self.su_token(),
+                               json={"outcome": outcome})
+        if response is None:
+            return
+        if outcome == "failed":
+            org.balance += amount
+        if response.json()["balance"] != org.balance:
+            self.stats.mismatch("settlement on %s: balance %s, expected %d" % (org.id, response.json()["balance"],
+                                                                             org.balance))
+
+    def op_delete(self):
+        # keep a few organizations per lane; delete only those whose invitation mails all arrived
+        # (a deleted organization's queued invitation mail is purged with it, by design)
+        self._read_mail()
+        waiting = {i.org for i in self.invites if i.token is None}
+        candidates = [o for o in self.orgs if o not in waiting]
+        if len(self.orgs) <= 4 or not candidates:
+            return self.op_signup()
+        org = self.rnd.choice(candidates)
+        token = self.scoped(org.owner, org)
+        if not token:
+            return
+        response = self.c.call("GET", "/organizations/%s/export" % org.id, "GET /organizations/{id}/export",
+                               token=token)
+        if response is None:
+            return
+        if response.json()["organization_id"] != org.id:
+            self.stats.mismatch("export of %s names %s" % (org.id, response.json()["organization_id"]))
+        response = self.c.call("DELETE", "/organizations/%s" % org.id, "DELETE /organizations/{id}", expect=(202,),
+                               token=token, json={"confirm_name": org.name})
+        if response is None:
+            return
+        self.orgs.remove(org)
+        self.confirmations.append(deletion_mail(org.owner.email, org.name))
+        self.deletions[org.id] = {"requested": time.monotonic(), "deleted": None}
+        self.invites = [i for i in self.invites if i.org is not org]
+        for account in self.accounts:
+            if org.id in account.orgs:
+                del account.orgs[org.id]
+                if account.current_org == org.id:   # its token died with the organization
+                    account.token = account.current_org = None
+                if not account.orgs:                # an account in no other organization is deleted
+                    account.alive = False
+        self.accounts = [a for a in self.accounts if a.alive]
+        self.invites = [i for i in self.invites if i.account is None or i.account.alive]
+
+    def poll_deletion(self, org_id):
+        response = self.c.call("GET", "/organizations/%s/deletion" % org_id, "GET /organizations/{id}/deletion",
+                               token=self.su_token())
+        if response is not None and response.json()["status"] == "deleted" and not self.deletions[org_id]["deleted"]:
+            self.deletions[org_id]["deleted"] = time.monotonic()
+        return bool(self.deletions[org_id]["deleted"])
+
+    def op_deletion_status(self):
+        pending = [org_id for org_id, d in self.deletions.items() if not d["deleted"]]
+        if not pending:
+            return self.op_read()
+        self.poll_deletion(self.rnd.choice(pending))
+
+    def step(self):
+        name = self.rnd.choices(list(MIX), weights=list(MIX.values()))[0]
+        getattr(self, "op_" + name)()
+        self.stats.operation(name)
+
+
+class Pacer:
+    """A fixed schedule of operation slots shared by every thread: ``rate`` per second. A slot more
+    than a second late is dropped (counted), so a slow phase never turns into a burst afterwards."""
+
+    def __init__(self, rate):
+        self.interval = 1.0 / rate
+        self.lock = threading.Lock()
+        self.next = time.monotonic()
+        self.dropped = 0
+
+    def wait(self, stop_at):
+        with self.lock:
+            now = time.monotonic()
+            if now - self.next > 1.0:
+                missed = int((now - self.next) / self.interval)
+                self.dropped += missed
+                self.next += missed * self.interval
+            slot, self.next = self.next, self.next + self.interval
+        if slot >= stop_at:
+            return False
+        delay = slot - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)   # the rate pacing itself
+        return True
+
+
+def run_lanes(lanes, pacer, seconds):
+    """Drive every lane in its own thread for ``seconds`` at the pacer's rate."""
+    stop_at = time.monotonic() + seconds
+    errors = []
+
+    def drive(lane):
+        try:
+            while pacer.wait(stop_at):
+                lane.step()
+        except Exception as error:  # a bug in the soak itself: stop this lane, report it
+            import traceback
+            errors.append("lane %d: %s" % (lane.index, traceback.format_exc()))
+            lane.stats.mismatch("lane %d crashed: %r" % (lane.index, error))
+
+    threads = [threading.Thread(target=drive, args=(lane,), daemon=True) for lane in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
