@@ -64,20 +64,11 @@ def scale_out(inst, org_id, token):
     """The same load with one org-service process, then with a second one beside it."""
     url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
     one = sorted(wrk(url, token) for _ in range(3))[1]
-    stack.spawn("org-2", [os.path.join(stack.VENV_BIN, "nameko"), "run", "--config", "services/org/config.yml",
-                          "services.org.service"], inst.run_dir, inst.log_dir, inst.service_env())
+    replica = stack.start_replica(inst, "org", "org-2")
     try:
-        _wait_consumers(inst, "rpc-org", 2)
         warm(url, token)
         two = sorted(wrk(url, token) for _ in range(3))[1]
     finally:
-        stack.stop_pid_file(os.path.join(inst.run_dir, "org-2.pid"))
+        stack.stop_pid_file(replica)
     return Figure("scale_out", two / one, None,
                   "(2 org instances %.0f vs 1: %.0f req/s, %d cores for everything)" % (two, one, os.cpu_count()))
-
-
-def _wait_consumers(inst, queue, count, timeout=60):
-    import urllib.request
-    path = "/api/queues/%s/%s" % (urllib.request.quote(inst.vhost, safe=""), queue)
-    stack.wait_for(lambda: (stack._management(inst, "GET", path) or {}).get("consumers", 0) >= count,
-                   "%d consumers on %s" % (count, queue), timeout=timeout, interval=0.5)

@@ -45,6 +45,12 @@ class Store:
     def configure(self, config):
         """Hook for a store that needs settings from the service config."""
 
+    def start(self):
+        """Hook for a store that runs something in the background while the service runs."""
+
+    def stop(self):
+        """Counterpart of :meth:`start`."""
+
     def ensure_indexes(self):
         # One index per createIndexes command: FerretDB 1.24 panics when a multi-index request
         # names indexes that already exist (every restart would).
@@ -82,6 +88,12 @@ class StoreProvider(DependencyProvider):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def start(self):
+        self.store.start()
+
+    def stop(self):
+        self.store.stop()
 
     def get_dependency(self, worker_ctx):
         return self.store

@@ -59,6 +59,7 @@ class Api:
                                   org_rule)
             self.operations.append(operation)
             endpoint = "%s_%s" % (method.lower(), view.__name__)
+            response_schema = response() if response is not None else None  # built once, reused
 
             @functools.wraps(view)
             def handle(**path_args):
@@ -73,7 +74,7 @@ class Api:
                 headers = {}
                 if isinstance(result, tuple):
                     result, headers = result
-                payload = response().dump(result) if response is not None else result
+                payload = response_schema.dump(result) if response_schema is not None else result
                 return jsonify(payload), status, headers
 
             self.blueprint.add_url_rule(rule, endpoint, handle, methods=[method])

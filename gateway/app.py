@@ -10,7 +10,7 @@ from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
-from gateway.revocations import RevocationConsumer, RevocationList
+from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
 from gateway.routes.bench import enabled as bench_routes_enabled, register_bench
 from gateway.rpc import RpcPool, ServiceUnavailable
@@ -49,7 +49,7 @@ def create_app(config=None):
     key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]
     keyring = KeyRing(key_files, fetch=None if key_files else lambda: pool.call("membership", "public_keys"))
     revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
-    consumer = RevocationConsumer(config["AMQP_URI"], revocations)
+    consumer = revocation_listener(config["AMQP_URI"], revocations)
     consumer.start()
     app.extensions["rpc"] = pool
     app.extensions["revocation_consumer"] = consumer

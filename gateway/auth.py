@@ -3,9 +3,16 @@
 The gateway holds public keys only. They come from ``JWT_PUBLIC_KEY_FILES`` or, when that is empty,
 from the membership service's ``public_keys`` RPC (cached; asked again at most every 30 s when a
 token names an unknown key id, which is how a key rotation reaches running gateways).
+
+A client sends the same access token with every request for its whole lifetime, so a token whose
+signature checked out is remembered (exact token string -> claims, bounded LRU): later requests pay
+a dictionary look-up instead of an Ed25519 verification. Expiry and revocation are still checked on
+every request; a token that failed is never remembered. Keys are only ever added to the ring, so
+a remembered signature cannot become invalid.
 """
 import threading
 import time
+from collections import OrderedDict
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -45,13 +52,33 @@ class KeyRing:
 
 
 class TokenVerifier:
-    def __init__(self, keyring, issuer, revocations):
+    def __init__(self, keyring, issuer, revocations, remember=10000):
         self.keyring = keyring
         self.issuer = issuer
         self.revocations = revocations
+        self.remember = remember
+        self._verified = OrderedDict()  # token -> claims of a token whose signature and claims checked out
+        self._lock = threading.Lock()
 
     def verify(self, token):
         """Return the claims of a valid, unrevoked access token, else raise a 401 DomainError."""
+        with self._lock:
+            claims = self._verified.get(token)
+            if claims is not None:
+                self._verified.move_to_end(token)
+        if claims is None:
+            claims = self._verify_signature(token)
+            with self._lock:
+                self._verified[token] = claims
+                while len(self._verified) > self.remember:
+                    self._verified.popitem(last=False)
+        elif claims["exp"] <= time.time():
+            raise DomainError("token_expired", "access token has expired")
+        if self.revocations.is_revoked(claims):
+            raise DomainError("token_revoked", "access token has been revoked")
+        return claims
+
+    def _verify_signature(self, token):
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -68,7 +95,5 @@ class TokenVerifier:
             raise DomainError("token_expired", "access token has expired")
         except jwt.PyJWTError:
             raise DomainError("invalid_token", "access token is invalid")
-        if self.revocations.is_revoked(claims):
-            raise DomainError("token_revoked", "access token has been revoked")
         return claims
 

@@ -15,18 +15,12 @@ kept only while the consumer stays connected, so every (dis)connect drops those 
 answer obtained while disconnected (or across a reconnect) is not cached at all. "Revoked" answers
 are final and always kept.
 """
-import logging
-import socket
 import threading
 import time
-import uuid
-
-from kombu import Connection, Queue
 
 from common import events
+from common.broadcast import BroadcastListener
 from common.topology import event_exchange
-
-log = logging.getLogger(__name__)
 
 #: tokens issued this close before a (re)connect are re-checked too (clock skew between hosts)
 CLOCK_MARGIN = 5.0
@@ -109,56 +103,18 @@ class RevocationList:
             self._checked = {k: v for k, v in self._checked.items() if v[1] > now}
 
 
-class RevocationConsumer(threading.Thread):
-    """Background thread of one gateway process: keeps its queue consumed, reconnects on failure."""
+def revocation_listener(amqp_uri, revocations):
+    """The gateway process's listener: ``access_revoked`` and ``organization_deletion_requested``."""
+    revoked, deletion = events.ACCESS_REVOKED, events.ORGANIZATION_DELETION_REQUESTED
 
-    def __init__(self, amqp_uri, revocations):
-        super().__init__(name="revocation-consumer", daemon=True)
-        self.amqp_uri = amqp_uri
-        self.revocations = revocations
-        self.ready = threading.Event()
-        self._stop = threading.Event()
+    def on_message(routing_key, body):
+        if routing_key == deletion[1]:
+            # the organization's tokens die with the request, before any service has purged
+            event = events.load_event(deletion, body)
+            revocations.apply({"organization_id": event["organization_id"], "not_before": time.time()})
+        else:
+            revocations.apply(events.load_event(revoked, body))
 
-    def stop(self):
-        self._stop.set()
-
-    def _on_message(self, body, message):
-        try:
-            if message.delivery_info.get("routing_key") == events.ORGANIZATION_DELETION_REQUESTED[1]:
-                # the organization's tokens die with the request, before any service has purged
-                event = events.load_event(events.ORGANIZATION_DELETION_REQUESTED, body)
-                self.revocations.apply({"organization_id": event["organization_id"], "not_before": time.time()})
-            else:
-                self.revocations.apply(events.load_event(events.ACCESS_REVOKED, body))
-        except Exception:
-            log.exception("ignoring malformed access_revoked event")
-        message.ack()
-
-    def run(self):
-        source, event_type = events.ACCESS_REVOKED
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                with Connection(self.amqp_uri, heartbeat=10, connect_timeout=5) as connection:
-                    channel = connection.channel()
-                    queue = Queue("gateway-revocations-%s" % uuid.uuid4().hex, exchange=event_exchange(source),
-                                  routing_key=event_type, exclusive=True, auto_delete=True, durable=False,
-                                  channel=channel)
-                    queue.declare()
-                    deletion_source, deletion_type = events.ORGANIZATION_DELETION_REQUESTED
-                    queue.bind_to(exchange=event_exchange(deletion_source), routing_key=deletion_type)
-                    with connection.Consumer([queue], channel=channel, callbacks=[self._on_message], accept=["json"]):
-                        self.revocations.connected(time.time())
-                        self.ready.set()
-                        backoff = 0.2
-                        while not self._stop.is_set():
-                            try:
-                                connection.drain_events(timeout=1)
-                            except socket.timeout:
-                                connection.heartbeat_check()
-            except Exception as error:
-                self.revocations.disconnected()
-                self.ready.clear()
-                log.warning("revocation consumer disconnected (%r); retrying in %.1fs", error, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+    return BroadcastListener(amqp_uri, "gateway-revocations",
+                             [(event_exchange(revoked[0]), revoked[1]), (event_exchange(deletion[0]), deletion[1])],
+                             on_message, revocations.connected, revocations.disconnected)

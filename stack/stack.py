@@ -373,6 +373,26 @@ def start_service(inst, service):
     return True
 
 
+def rpc_consumers(inst, service):
+    """How many processes of ``service`` consume its RPC queue right now (management API)."""
+    path = "/api/queues/%s/rpc-%s" % (urllib.request.quote(inst.vhost, safe=""), service)
+    return (_management(inst, "GET", path) or {}).get("consumers", 0)
+
+
+def start_replica(inst, service, label, env=None, timeout=60):
+    """One more process of ``service`` beside the running ones (tests, benchmarks); returns its pid file.
+
+    Returns once the new process consumes the service's RPC queue."""
+    before = rpc_consumers(inst, service)
+    spawn(label, [os.path.join(VENV_BIN, "nameko"), "run", "--config", os.path.join("services", service, "config.yml"),
+                  "services.%s.service" % service], inst.run_dir, inst.log_dir, env or inst.service_env())
+    wait_for(lambda: rpc_consumers(inst, service) > before or not is_running(inst, label),
+             "%s to consume rpc-%s" % (label, service), timeout=timeout, interval=0.2)
+    if not is_running(inst, label):
+        raise RuntimeError("%s exited; see %s" % (label, os.path.join(inst.log_dir, label + ".log")))
+    return _pid_file(inst, label)
+
+
 def start_gateway(inst):
     if is_running(inst, "gateway"):
         return False

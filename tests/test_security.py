@@ -4,6 +4,7 @@
 """
 import os
 import socket
+import time
 import uuid
 
 import jwt
@@ -201,3 +202,23 @@ def test_during_a_key_rotation_both_keys_are_accepted_and_no_other(gateway, test
     for kid in (stranger_kid, current_kid, next_kid):
         forged = forge(test_stack, key=stranger, kid=kid, session_of=owner)
         assert_error(rotation.get("/me", forged), 401, "invalid_token")
+
+
+def test_a_remembered_token_still_expires_and_still_gets_revoked(gateway, test_stack, owner):
+    """The gateway skips the signature check for a token it has verified before -- nothing else."""
+    token = forge(test_stack, session_of=owner, exp=int(time.time()) + 2)
+    assert gateway.get("/me", token).status_code == 200  # verified and remembered by this worker
+    assert gateway.get("/me", token).status_code == 200
+    for _ in range(4):  # every worker has seen it
+        assert gateway.get("/me", token).status_code == 200
+    wait_until(lambda: gateway.get("/me", token).status_code == 401, timeout=5, what="the token to expire")
+    for _ in range(8):  # and every worker refuses it now
+        assert_error(gateway.get("/me", token), 401, "token_expired")
+
+    fresh = forge(test_stack, session_of=owner)
+    for _ in range(4):
+        assert gateway.get("/me", fresh).status_code == 200
+    assert gateway.post("/auth/logout", token=owner.token).status_code == 200  # the session both tokens share
+    wait_until(lambda: gateway.get("/me", fresh).status_code == 401, timeout=1, what="the remembered token revoked")
+    for _ in range(8):
+        assert_error(gateway.get("/me", fresh), 401, "token_revoked")

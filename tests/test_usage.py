@@ -288,15 +288,8 @@ def test_credit_validation_and_pagination(gateway, team, su):
 # -- concurrency, crash, expiry -----------------------------------------------------------------------
 
 def test_fifty_concurrent_reservations_on_two_instances(gateway, team, su, test_stack):
-    inst = test_stack
-    pid_file = os.path.join(inst.run_dir, "usage-2.pid")
-    log_file = os.path.join(inst.log_dir, "usage-2.log")
-    log_size = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-    stack.spawn("usage-2", [os.path.join(stack.VENV_BIN, "nameko"), "run", "--config", "services/usage/config.yml",
-                            "services.usage.service"], inst.run_dir, inst.log_dir, inst.service_env())
+    pid_file = stack.start_replica(test_stack, "usage", "usage-2")
     try:
-        wait_until(lambda: b"starting services: usage" in open(log_file, "rb").read()[log_size:], timeout=30,
-                   what="second usage instance to start")
         grant(gateway, team, su, 17 * 1000)
         keys = [key() for _ in range(50)]
         token = team["dataset_manager"].token

@@ -10,6 +10,7 @@ from services.org.schemas import OwnerSchema, PlanSchema
 DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None,
                 "paid_until": None}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+PLAN, OWNER = PlanSchema(), OwnerSchema()  # marshmallow schemas are reusable; building one per call is not free
 
 
 def clean_name(name):
@@ -23,8 +24,8 @@ def clean_name(name):
     return name
 
 
-def _live(store, org_id):
-    doc = store.get_organization(org_id)
+def _live(store, org_id, cached=False):
+    doc = store.cached_organization(org_id) if cached else store.get_organization(org_id)
     if doc is None or doc.get("status") == "deleted":
         raise not_found("organization")
     if doc.get("status") == "deleting":
@@ -43,7 +44,7 @@ def create_organization(store, org_id, name, owner):
            "credits": {"balance": 0}}
     event = outbox.pending(events.ORGANIZATION_CREATED, org_id, name=name, owner_user_id=owner["id"],
                            owner_email=owner["email"], owner_name=owner["name"],
-                           plan=PlanSchema().dump(plan), created_at=isoformat(now))
+                           plan=PLAN.dump(plan), created_at=isoformat(now))
     if not store.insert_organization(doc, event):
         existing = store.get_organization(org_id)
         if existing["owner"]["id"] != owner["id"]:
@@ -65,19 +66,20 @@ def rename(store, org_id, name):
 
 
 def get_overview(store, org_id):
-    return overview(_live(store, org_id))
+    """Served from the process's organization cache (see ``services/org/cache.py``)."""
+    return overview(_live(store, org_id, cached=True))
 
 
 def overview(doc):
     """The contract's overview shape; ``null`` included = unlimited."""
-    plan = PlanSchema().dump(doc.get("plan") or DEFAULT_PLAN)
+    plan = PLAN.dump(doc.get("plan") or DEFAULT_PLAN)
     used = (doc.get("storage") or {}).get("used_bytes", 0)
     members = (doc.get("members") or {}).get("count", 0)
     included_bytes, included_users = plan["included_storage_bytes"], plan["included_users"]
     return {
         "id": doc["_id"],
         "name": doc["name"],
-        "owner": OwnerSchema().dump(doc.get("owner") or {}),
+        "owner": OWNER.dump(doc.get("owner") or {}),
         "plan": plan,
         "storage": {"used_bytes": used, "included_bytes": included_bytes,
                     "exceeded": included_bytes is not None and used > included_bytes},
@@ -137,8 +139,8 @@ def set_plan(store, org_id, plan, changed_by):
     new_plan = {"name": plan["name"], "included_users": plan.get("included_users"),
                 "included_storage_bytes": plan.get("included_storage_bytes"), "paid_until": paid_until}
     now = utcnow()
-    event = outbox.pending(events.PLAN_CHANGED, org_id, plan=PlanSchema().dump(new_plan),
-                           old_plan=PlanSchema().dump(current.get("plan") or DEFAULT_PLAN))
+    event = outbox.pending(events.PLAN_CHANGED, org_id, plan=PLAN.dump(new_plan),
+                           old_plan=PLAN.dump(current.get("plan") or DEFAULT_PLAN))
     history = {"at": now, "by": changed_by, "plan": new_plan, "previous": current.get("plan")}
     doc = store.update_organization(org_id, {"status": "active"},
                                     {"$set": {"plan": new_plan, "updated_at": now}, "$push": {"plan_history": history}},
@@ -238,6 +240,6 @@ def get_deletion(store, org_id, actor):
 def export(store, org_id):
     doc = _live(store, org_id)
     return {"organization": overview(doc),
-            "plan_history": [{"at": isoformat(h["at"]), "by": h["by"], "plan": PlanSchema().dump(h["plan"]),
-                              "previous": PlanSchema().dump(h["previous"]) if h.get("previous") else None}
+            "plan_history": [{"at": isoformat(h["at"]), "by": h["by"], "plan": PLAN.dump(h["plan"]),
+                              "previous": PLAN.dump(h["previous"]) if h.get("previous") else None}
                              for h in doc.get("plan_history") or []]}

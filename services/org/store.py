@@ -1,9 +1,18 @@
-"""Mongo access for organizations; the overview read model lives on the organization document."""
+"""Mongo access for organizations; the overview read model lives on the organization document.
+
+Every write here ends in :meth:`OrgStore._changed`, which keeps the in-memory organization cache of
+every org process honest (see ``services/org/cache.py``).
+"""
+import logging
+
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from common import outbox
 from common.mongo import Store
+from services.org.cache import CACHE_EXCHANGE, OrganizationCache, invalidation_listener
+
+log = logging.getLogger(__name__)
 
 
 class OrgStore(Store):
@@ -11,6 +20,32 @@ class OrgStore(Store):
         "organizations": [IndexModel([("status", ASCENDING), ("created_at", ASCENDING)])],
     }
     OUTBOX_COLLECTIONS = ("organizations",)
+
+    cache = None
+    _listener = None
+
+    def configure(self, config):
+        self.cache = OrganizationCache(max_age=float(config.get("ORG_CACHE_SECONDS") or 30))
+        self._listener = invalidation_listener(config["AMQP_URI"], self.cache)
+
+    def start(self):
+        if self._listener is not None:
+            self._listener.start()
+
+    def stop(self):
+        if self._listener is not None:
+            self._listener.stop()
+
+    def _changed(self, org_id):
+        """Drop this process's copy, then tell every other org process to drop theirs."""
+        if self.cache is None:
+            return
+        self.cache.invalidate(org_id)
+        try:
+            self.outbox.publisher.publish({"organization_id": org_id}, exchange=CACHE_EXCHANGE, routing_key="",
+                                          declare=[CACHE_EXCHANGE], delivery_mode=1)
+        except Exception:  # the write stands; other replicas' copies expire after ORG_CACHE_SECONDS
+            log.warning("could not broadcast the change of organization %s", org_id, exc_info=True)
 
     @property
     def organizations(self):
@@ -28,6 +63,17 @@ class OrgStore(Store):
     def get_organization(self, org_id):
         return self.organizations.find_one({"_id": org_id}, {outbox.FIELD: 0, outbox.COUNT: 0})
 
+    def cached_organization(self, org_id):
+        """For reads only (the overview, plan look-ups); never as the basis of a write."""
+        if self.cache is None:
+            return self.get_organization(org_id)
+        doc, ticket = self.cache.get(org_id)
+        if doc is None:
+            doc = self.get_organization(org_id)
+            if doc is not None:
+                self.cache.put(org_id, doc, ticket)
+        return doc
+
     def get_organizations(self, org_ids):
         return list(self.organizations.find({"_id": {"$in": list(org_ids)}}, {outbox.FIELD: 0, outbox.COUNT: 0}))
 
@@ -36,23 +82,29 @@ class OrgStore(Store):
         doc = outbox.without_outbox(self.organizations.find_one_and_update(
             dict(query, _id=org_id), outbox.update_with_events(update, *events) if events else update,
             return_document=ReturnDocument.AFTER))
+        if doc is not None:
+            self._changed(org_id)
         if doc is not None and events:
             self.outbox.flush("organizations", org_id)
         return doc
 
     def mark_service_purged(self, org_id, service, removed, at):
         """Record one service's purge report (idempotent); returns the document or None."""
-        return outbox.without_outbox(self.organizations.find_one_and_update(
+        doc = outbox.without_outbox(self.organizations.find_one_and_update(
             {"_id": org_id, "status": "deleting"},
             {"$set": {"deletion.services.%s" % service: "purged", "deletion.removed.%s" % service: removed,
                       "deletion.reported_at.%s" % service: at}},
             return_document=ReturnDocument.AFTER))
+        if doc is not None:
+            self._changed(org_id)
+        return doc
 
     def replace_with_tombstone(self, org_id, tombstone, *events):
         """Swap the whole organization for its tombstone, in one write that also queues ``events``."""
         result = self.organizations.replace_one({"_id": org_id, "status": "deleting"},
                                                 dict(tombstone, **outbox.new_document_fields(*events)))
         if result.modified_count:
+            self._changed(org_id)
             self.outbox.flush("organizations", org_id)
         return bool(result.modified_count)
 
@@ -64,7 +116,10 @@ class OrgStore(Store):
         """Set one overview section unless a newer fact is already there (events may be reordered).
 
         A tombstone is never touched: a late event must not put data back into a deleted organization."""
-        return self.organizations.update_one(
+        result = self.organizations.update_one(
             {"_id": org_id, "status": {"$ne": "deleted"}, "$or": [{section + ".as_of": {"$lt": as_of}},
                                     {section + ".as_of": {"$exists": False}}]},
             {"$set": {"%s.%s" % (section, key): value for key, value in dict(values, as_of=as_of).items()}})
+        if result.modified_count:
+            self._changed(org_id)
+        return result
