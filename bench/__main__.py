@@ -67,7 +67,7 @@ def main(argv=None):
             with profiler:
                 _, found = throughput.overview_figures(inst, client, org_id, token)
             figures += found
-            figures.append(throughput.auth_overhead(inst, org_id, token))
+            figures.extend(throughput.auth_overhead(inst, org_id, token))
         if "mail" in parts:
             print("[2/5] mail fan-out", flush=True)
             with _profiler(args.profile, "mail", inst, ("notifications",)):
