@@ -28,6 +28,7 @@ STATUS_BY_CODE = {
     "owner_protected": 409,
     "organization_gone": 410,
     "payload_too_large": 413,
+    "uri_too_long": 414,
     "validation_failed": 422,
     "rate_limited": 429,
     "internal_error": 500,

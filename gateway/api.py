@@ -149,7 +149,7 @@ def build_openapi(api):
             codes |= {"404"}
         if op.query is not None:
             codes |= {"422"}
-        codes |= {"503"}
+        codes |= {"414", "503"}  # 414: a request target longer than MAX_URL_BYTES
         for code in sorted(codes):
             responses[code] = {"description": "error", "content": {"application/json": {"schema": "Error"}}}
         operation = {"summary": op.summary, "tags": [op.tag], "responses": responses,

@@ -43,6 +43,7 @@ def create_app(config=None):
     config = config or load_config(CONFIG_FILE)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)
+    max_url_bytes = int(config.get("MAX_URL_BYTES") or 16384)
     app.json.sort_keys = False
 
     pool = RpcPool(config, size=config.get("RPC_POOL_SIZE") or 8, timeout=config.get("RPC_TIMEOUT") or 5)
@@ -93,6 +94,12 @@ def create_app(config=None):
     def unexpected(error):
         log.exception("unhandled error")
         return error_response("internal_error", "internal error")
+
+    @app.before_request
+    def target_length():
+        target = request.environ.get("RAW_URI") or request.full_path
+        if len(target) > max_url_bytes:
+            return error_response("uri_too_long", "the request target is longer than %d bytes" % max_url_bytes)
 
     @app.after_request
     def headers(response):

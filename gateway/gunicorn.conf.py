@@ -12,3 +12,6 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 logger_class = "gateway.accesslog.RedactingLogger"  # invite tokens in paths never reach the log
 preload_app = False
+# gunicorn's own request-line limit (at most 8190 bytes) would answer 414 in HTML; 0 lifts it to its
+# 1 MiB buffer cap and the app answers targets longer than MAX_URL_BYTES with 414 in the error shape.
+limit_request_line = 0

@@ -11,6 +11,15 @@ class Strict(Schema):
         unknown = RAISE  # an unknown field is a client bug worth a 422, not something to ignore
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON true or false only (marshmallow's Boolean also takes 1, 0, "yes", "off", ...)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class ErrorBodySchema(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)
@@ -66,7 +75,7 @@ class MemberQuery(Strict):
 
 class MemberUpdateRequest(Strict):
     role = fields.String(validate=validate.OneOf(ROLES))
-    can_delete_organization = fields.Boolean()
+    can_delete_organization = StrictBoolean()
 
     @validates_schema
     def not_empty(self, data, **kwargs):
@@ -80,10 +89,12 @@ class OwnershipRequest(Strict):
 
 class PlanRequest(Strict):
     name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
-    included_users = fields.Integer(required=True, allow_none=True, strict=True, validate=validate.Range(min=0),
-                                    metadata={"description": "null = unlimited"})
+    # bounded: every stored integer must fit BSON's int64
+    included_users = fields.Integer(required=True, allow_none=True, strict=True,
+                                    validate=validate.Range(min=0, max=10 ** 9), metadata={"description": "null = unlimited"})
     included_storage_bytes = fields.Integer(required=True, allow_none=True, strict=True,
-                                            validate=validate.Range(min=0), metadata={"description": "null = unlimited"})
+                                            validate=validate.Range(min=0, max=2 ** 62),
+                                            metadata={"description": "null = unlimited"})
     paid_until = fields.AwareDateTime(required=True, allow_none=True, format="iso")
 
 
@@ -340,14 +351,14 @@ MILLI = "integer milli-credits (1 credit = 1000)"
 
 class DatasetBytes(Strict):
     dataset_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    bytes = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2 ** 62),
+    bytes = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=2 ** 49),
                            metadata={"description": "bytes the dataset occupies"})
 
 
 class StorageReportRequest(Strict):
     datasets = fields.List(fields.Nested(DatasetBytes), required=True, validate=validate.Length(max=10_000),
                            metadata={"description": "at most 10,000 datasets, unique ids"})
-    complete = fields.Boolean(required=True, metadata={
+    complete = StrictBoolean(required=True, metadata={
         "description": "true: this is the organization's whole report (datasets not listed are gone); "
                        "false: upsert the listed datasets"})
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from stack import stack
-from tests.support import EventTap, Gateway
+from tests.support import SUMMARY, EventTap, Gateway
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,12 @@ def tap(test_stack):
     listener = EventTap(test_stack.amqp_uri)
     yield listener
     listener.close()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Figures tests recorded (e.g. the API fuzzing's), shown in the default output."""
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -5,7 +5,11 @@ import os
 import time
 import uuid
 
+import pytest
 import requests
+
+#: lines a test wants at the end of the pytest output (printed by conftest's terminal summary)
+SUMMARY = pytest.StashKey[list]()
 
 
 def wait_until(check, timeout=10.0, interval=0.05, what="condition"):

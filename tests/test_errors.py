@@ -1,7 +1,7 @@
 """Bad input always gets the contract's error shape with a 4xx; never a 500 or a query operator."""
 import pytest
 
-from tests.support import assert_error, unique_email
+from tests.support import assert_error, superuser_token, unique_email
 
 
 def test_malformed_json_is_400(gateway):
@@ -37,6 +37,13 @@ def test_query_operators_never_reach_a_query(gateway, owner, operator):
     assert_error(refresh, 422, "validation_failed")
 
 
+@pytest.mark.parametrize("value", [1, 0, "true", "no"])
+def test_booleans_must_be_json_booleans(gateway, owner, value):
+    response = gateway.post("/organizations/%s/storage-reports" % owner.org_id, {"datasets": [], "complete": value},
+                            superuser_token(gateway))
+    assert "complete" in assert_error(response, 422, "validation_failed")["details"]
+
+
 def test_org_name_rules(gateway, owner):
     for bad in ("", "   ", "x" * 101, "line\nbreak"):
         response = gateway.patch("/organizations/%s" % owner.org_id, {"name": bad}, owner.token)
@@ -55,6 +62,14 @@ def test_oversized_body_is_413(gateway):
     response = gateway.request("POST", "/auth/login", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
                                headers={"Content-Type": "application/json", "Connection": "close"})
     assert_error(response, 413, "payload_too_large")
+
+
+def test_overlong_request_target_is_414_in_the_error_shape(gateway, owner):
+    members = "/organizations/%s/members?q=" % owner.org_id
+    assert_error(gateway.get(members + "x" * 20000, owner.token), 414, "uri_too_long")
+    # longer than gunicorn's own request-line limit (8 KiB), within ours: validated like any input
+    error = assert_error(gateway.get(members + "x" * 9000, owner.token), 422, "validation_failed")
+    assert "q" in error["details"]
 
 
 def test_every_response_has_security_headers(gateway):

@@ -7,7 +7,7 @@ from gateway.routes.common import api, rpc
 
 
 @api.route("/auth/signup", "POST", PUBLIC, "Create an account (optionally with an organization)", "auth",
-           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("409",))
+           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409"))
 def signup(body):
     if body.get("invite_token"):
         return rpc("membership", "signup_with_invite", body["email"], body["password"], body["name"],
@@ -35,7 +35,7 @@ def logout():
 
 
 @api.route("/auth/switch", "POST", USER, "Switch to another organization: new token pair, old session ends",
-           "auth", body=s.SwitchRequest, response=s.SwitchResponse)
+           "auth", body=s.SwitchRequest, response=s.SwitchResponse, errors=("403",))
 def switch(body):
     return rpc("membership", "switch", g.claims["sid"], g.claims["sub"], body["organization_id"])
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 BUCKETS = 8
 MAX_DATASETS = 10_000
-MAX_BYTES = 2 ** 62
+MAX_BYTES = 2 ** 49  # 512 TiB a dataset: even 10,000 of them stay within a 64-bit total (BSON int64)
 CLAIM_WAIT_SECONDS = 2.5
 
 

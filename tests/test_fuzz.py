@@ -1,0 +1,502 @@
+"""API fuzzing (issue #8): schemathesis generates requests for every operation of the gateway's
+OpenAPI document and every answer is checked against that document and the contract.
+
+How the cases are made
+    The document is loaded from the running gateway (``/api/v1/openapi.json``). For each operation
+    schemathesis gives hypothesis strategies for valid ("positive") and invalid ("negative") input;
+    one hypothesis run draws an operation, a variant and a case, ``FUZZ_CASES`` times (default
+    1,000; ``make soak`` sets more). Path parameters are, in most variants, fixed to placeholders
+    that are replaced at call time by real values (the caller's organization, its real members,
+    invites, reservations), so requests get past the organization rule and reach the services;
+    other variants leave them random. Positive cases sometimes also get real values in the body
+    fields that decide success (``confirm_name``, the current password, a refresh token, ...), so the
+    success paths of destructive operations are fuzzed too.
+
+Who calls
+    Real signed-up accounts: the owner of organization A for organization-scoped and user
+    operations, the platform superuser for the superuser-only ones (on organization S, owned by
+    someone else). A few variants keep schemathesis' own (junk or missing) Authorization header.
+
+Destructive operations
+    Each operation that can end the caller's session or organization has a principal of its own:
+    ``logout``, ``delete_organization`` and ``transfer_ownership`` consume theirs (a new account /
+    organization is made when a case succeeded); ``switch``, ``change_password`` and ``refresh``
+    continue with the token pair the answer returned; a member removed by ``remove_member`` and an
+    invite revoked or accepted are replaced. A valid token that nevertheless gets a 401 counts as a
+    lost principal and fails the test (the bookkeeping above would be wrong).
+
+What is asserted
+    No 5xx at all (503 included), and every answer conforms: documented status code, documented
+    content type, body valid against the documented schema (schemathesis' checks), invalid input
+    rejected with a 4xx, and every error body exactly the contract's
+    ``{"error": {"code", "message", "details"}}`` with a known snake_case code whose status is the
+    response's. The figures are printed at the end of the pytest output.
+"""
+import collections
+import contextlib
+import os
+import re
+import threading
+import time
+import uuid
+
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
+                                               response_schema_conformance, status_code_conformance)
+
+from common.errors import STATUS_BY_CODE
+from tests.support import SUMMARY, invite, join, superuser_token, unique_email, wait_until
+
+FUZZ_CASES = int(os.environ.get("FUZZ_CASES") or 1000)
+FUZZ_WORKERS = int(os.environ.get("FUZZ_WORKERS") or 4)  # cases in flight at once
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          negative_data_rejection]
+PLACEHOLDER = "fuzz-real-value"  # a fixed path parameter, replaced by a real value at call time
+AUTH_PLACEHOLDER = "Bearer fuzz-real-token"
+LOST_CODES = {"unauthorized", "invalid_token", "token_expired", "token_revoked"}
+TOKEN_MAX_AGE = 600  # renew access tokens (refresh) long before their 15 minutes end in a long run
+PASSWORD = "correct horse battery"
+
+
+class Principal:
+    """A caller with a live token pair; ``make`` builds a fresh one when a case consumed it."""
+
+    def __init__(self, world, name, make, exclusive=True):
+        self.world, self.name, self.make = world, name, make
+        self.exclusive = exclusive  # cases can consume or re-key it: one case at a time
+        self.lock = threading.RLock()
+        self.account = None
+        self.renewals = 0
+
+    def get(self):
+        with self.lock:
+            if self.account is None:
+                self.account = self.make()
+                self.account.issued = time.monotonic()
+                self.account.extra = getattr(self.account, "extra", {})
+            elif time.monotonic() - self.account.issued > TOKEN_MAX_AGE and self.account.refresh_token:
+                response = self.world.gateway.post("/auth/refresh", {"refresh_token": self.account.refresh_token})
+                assert response.status_code == 200, response.text
+                self.adopt(response.json())
+            return self.account
+
+    def consumed(self):
+        self.account = None
+        self.renewals += 1
+
+    def adopt(self, body, password=None):
+        self.account.token = body["access_token"]
+        self.account.refresh_token = body["refresh_token"]
+        self.account.issued = time.monotonic()
+        if password is not None:
+            self.account.password = password
+
+
+class Superuser:
+    def __init__(self, gateway):
+        self.token, self.refresh_token, self.user_id, self.org_id = superuser_token(gateway), None, None, None
+        self.issued = time.monotonic()
+
+
+class World:
+    """Organizations and accounts the cases point at (see the module docstring)."""
+
+    def __init__(self, gateway, tap):
+        self.gateway, self.tap = gateway, tap
+        p = self.principals = {}
+        p["owner"] = Principal(self, "owner", lambda: gateway.signup(organization_name="Fuzz A " + _hex()), False)
+        p["superuser"] = Principal(self, "superuser", lambda: Superuser(gateway), False)
+        p["logout"] = Principal(self, "logout", lambda: gateway.signup(organization_name=None))
+        p["password"] = Principal(self, "password", lambda: gateway.signup(organization_name=None))
+        p["refresh"] = Principal(self, "refresh", lambda: gateway.signup(organization_name=None))
+        p["login"] = Principal(self, "login", lambda: gateway.signup(organization_name=None))
+        p["switch"] = Principal(self, "switch", self._make_switcher)
+        p["invitee"] = Principal(self, "invitee", self._make_invitee)
+        p["deleter"] = Principal(self, "deleter", self._make_deleter)
+        p["transfer"] = Principal(self, "transfer", self._make_transferor)
+        p["operated"] = Principal(self, "operated", self._make_operated, False)
+        self.lock = threading.RLock()  # the world's shared lists (members, invites, reservations)
+        self.tap_lock = threading.Lock()  # the event tap (invite tokens) serves one waiter at a time
+        self.owner = p["owner"].get()
+        self.su = p["superuser"].get()
+        self.stable = self._join(self.owner, "dataset_manager")  # target of role changes
+        self.victim = self._join(self.owner, "member")  # target of removals
+        self.victims_removed = 0
+        self.foreign_invite_token = self._invite(self.owner, unique_email("foreign"))
+        self.pending_invites = [self._new_invite_id() for _ in range(2)]
+        self.deleted_orgs = []
+        # credits, so that reservations of A can succeed
+        self._grant(self.owner.org_id, 10 ** 9)
+        p["operated"].get()
+
+    def _join(self, admin, role):
+        with self.tap_lock:
+            return join(self.gateway, self.tap, admin, role)
+
+    def _invite(self, admin, email):
+        with self.tap_lock:
+            return invite(self.gateway, self.tap, admin, email)[0]
+
+    # -- factories -----------------------------------------------------------------------------
+
+    def _make_switcher(self):
+        account = self.gateway.signup(organization_name="Fuzz X " + _hex())
+        other = self.gateway.post("/organizations", {"name": "Fuzz Y " + _hex()}, account.token)
+        assert other.status_code == 201, other.text
+        account.extra = {"orgs": [account.org_id, other.json()["id"]]}
+        return account
+
+    def _make_invitee(self):
+        account = self.gateway.signup(organization_name=None)
+        account.extra = {"invite_token": self._invite(self.owner, account.email)}
+        return account
+
+    def _make_deleter(self):
+        name = "Fuzz D " + _hex()
+        account = self.gateway.signup(organization_name=name)
+        account.extra = {"name": name}
+        return account
+
+    def _make_transferor(self):
+        account = self.gateway.signup(organization_name="Fuzz T " + _hex())
+        account.extra = {"admin": self._join(account, "admin").user_id}
+        return account
+
+    def _make_operated(self):
+        """Organization S, the target of the superuser's operations, with credits and reservations."""
+        account = self.gateway.signup(organization_name="Fuzz S " + _hex())
+        self._grant(account.org_id, 10 ** 12)
+        account.extra = {"reservations": [self._reserve(account) for _ in range(3)]}
+        return account
+
+    def _grant(self, org_id, amount):
+        response = self.gateway.post("/organizations/%s/credits/grants" % org_id,
+                                     {"amount": amount, "idempotency_key": _hex()}, self.su.token)
+        assert response.status_code == 201, response.text
+
+    def _reserve(self, account):
+        response = self.gateway.post("/organizations/%s/credits/reservations" % account.org_id,
+                                     {"amount": 1000, "job_id": _hex(), "job_type": "fuzz", "idempotency_key": _hex()},
+                                     account.token)
+        assert response.status_code == 201, response.text
+        return response.json()["entry"]["id"]
+
+    def _new_invite_id(self):
+        response = self.gateway.post("/organizations/%s/invites" % self.owner.org_id,
+                                     {"emails": [unique_email("pending")], "role": "member"}, self.owner.token)
+        assert response.status_code == 201, response.text
+        return response.json()["items"][0]["id"]
+
+    # -- routing: who calls, which real values --------------------------------------------------
+
+    def principal_for(self, operation):
+        op_id = operation.definition.raw["operationId"]
+        access = operation.definition.raw.get("x-access")
+        name = {"logout": "logout", "change_password": "password", "switch": "switch", "accept_invite": "invitee",
+                "delete_organization": "deleter", "transfer_ownership": "transfer",
+                "get_deletion": "superuser", "login": "login", "refresh": "refresh"}.get(op_id)
+        if name is None:
+            name = {"public": None, "superuser": "superuser"}.get(access, "owner")
+        return name
+
+    def path_values(self, op_id, name, account):
+        """Real values for each path parameter; the case picks one of each list."""
+        org = account.org_id if account is not None else None
+        if name == "superuser":
+            org = self.principals["operated"].get().org_id
+        values = {"org_id": [org]}
+        if op_id == "get_deletion":
+            values["org_id"] = self.deleted_orgs[-3:] + [self.owner.org_id]
+        values["user_id"] = [self.victim.user_id, self.stable.user_id] + ([account.user_id] if account else [])
+        values["invite_id"] = self.pending_invites
+        values["reservation_id"] = self.principals["operated"].get().extra["reservations"]
+        values["token"] = [self.foreign_invite_token]
+        if op_id == "accept_invite" and account is not None:
+            values["token"] = [account.extra["invite_token"], self.foreign_invite_token]
+        return values
+
+    def body_values(self, op_id, account):
+        """Real values for body fields that decide success (positive cases only)."""
+        if op_id == "login":
+            login = self.principals["login"].get()
+            return {"email": [login.email], "password": [login.password]}
+        if op_id == "refresh":
+            return {"refresh_token": [self.principals["refresh"].get().refresh_token]}
+        if op_id == "switch":
+            return {"organization_id": account.extra["orgs"]}
+        if op_id == "change_password":
+            return {"current_password": [account.password]}
+        if op_id == "delete_organization":
+            return {"confirm_name": [account.extra["name"]]}
+        if op_id == "transfer_ownership":
+            return {"user_id": [account.extra["admin"]]}
+        return {}
+
+    def after(self, op_id, name, account, case, response):
+        """Bookkeeping after a case: consumed principals and resources are replaced."""
+        if not 200 <= response.status_code < 300:
+            return
+        with self.lock:
+            self._after(op_id, name, account, case, response.json())
+
+    def _after(self, op_id, name, account, case, body):
+        if op_id in ("logout", "delete_organization", "transfer_ownership", "accept_invite"):
+            if op_id == "delete_organization":
+                self.deleted_orgs.append(account.org_id)
+            self.principals[name].consumed()
+        elif op_id in ("switch", "change_password"):
+            self.principals[name].adopt(body, case.body["new_password"] if op_id == "change_password" else None)
+        elif op_id == "refresh" and case.body.get("refresh_token") == self.principals["refresh"].get().refresh_token:
+            self.principals["refresh"].adopt(body)
+        elif op_id == "remove_member" and case.path_parameters["user_id"] == self.victim.user_id:
+            self.victim = self._join(self.owner, "member")
+            self.victims_removed += 1
+        elif op_id == "revoke_invite" and case.path_parameters["invite_id"] in self.pending_invites:
+            self.pending_invites.remove(case.path_parameters["invite_id"])
+            self.pending_invites.append(self._new_invite_id())
+        elif op_id == "settle_reservation":
+            operated = self.principals["operated"].get()
+            reservations = operated.extra["reservations"]
+            if case.path_parameters["reservation_id"] in reservations:
+                reservations.remove(case.path_parameters["reservation_id"])
+                reservations.append(self._reserve(operated))
+
+
+def _hex():
+    return uuid.uuid4().hex[:12]
+
+
+def error_shape_problems(response):
+    """The contract's error shape, for every 4xx/5xx answer."""
+    if response.status_code < 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return "error body is not JSON: %r" % response.text[:200]
+    if not isinstance(body, dict) or set(body) != {"error"} or not isinstance(body["error"], dict):
+        return "error body is not {\"error\": {...}}: %r" % body
+    error = body["error"]
+    if set(error) != {"code", "message", "details"}:
+        return "error keys are %s, not code/message/details" % sorted(error)
+    if not (isinstance(error["code"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", error["code"])):
+        return "error code %r is not snake_case" % (error["code"],)
+    if STATUS_BY_CODE.get(error["code"]) != response.status_code:
+        return "error code %r does not belong to status %d" % (error["code"], response.status_code)
+    if not (isinstance(error["message"], str) and error["message"].strip()):
+        return "error message is empty"
+    if not isinstance(error["details"], dict):
+        return "error details is not an object"
+    if response.status_code in (400, 422) and error["code"] == "validation_failed" and not error["details"]:
+        return "a validation error without per-field details"
+    return None
+
+
+class Variant:
+    """One way of drawing a case for an operation."""
+
+    def __init__(self, operation, mode, real_path, real_auth):
+        self.mode, self.real_path, self.real_auth = mode, real_path, real_auth
+        kwargs = {}
+        path_names = re.findall(r"{([a-z_]+)}", operation.path)
+        if real_path and path_names:
+            kwargs["path_parameters"] = {name: PLACEHOLDER for name in path_names}
+        if real_auth:
+            kwargs["headers"] = {"Authorization": AUTH_PLACEHOLDER}
+        self.strategy = operation.as_strategy(mode, **kwargs)
+
+
+def variants(operation):
+    """Weighted variants (a variant listed n times is drawn n times as often)."""
+    raw = operation.definition.raw
+    has_path = "{" in operation.path
+    has_input = "requestBody" in raw or any(p.get("in") == "query" for p in raw.get("parameters", []))
+    secured = bool(raw.get("security"))
+    out = [Variant(operation, GenerationMode.POSITIVE, True, secured)] * 6
+    if has_input:
+        out += [Variant(operation, GenerationMode.NEGATIVE, True, secured)] * 4
+    if has_path:
+        out += [Variant(operation, GenerationMode.POSITIVE, False, secured)]
+        out += [Variant(operation, GenerationMode.NEGATIVE, False, secured)]
+    if secured:  # schemathesis' own Authorization header: missing, malformed or junk
+        out += [Variant(operation, GenerationMode.POSITIVE, True, False)]
+    return out
+
+
+class Report:
+    """What the cases found; failures are grouped by operation and kind (one example each)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.submitted = 0
+        self.cases = 0
+        self.by_operation = collections.defaultdict(collections.Counter)
+        self.failures = {"5xx": collections.OrderedDict(), "non-conforming": collections.OrderedDict(),
+                         "lost token": collections.OrderedDict()}
+
+    def record(self, label, status):
+        with self.lock:
+            self.cases += 1
+            self.by_operation[label][status] += 1
+
+    def fail(self, kind, key, text):
+        with self.lock:
+            count, example = self.failures[kind].get(key, (0, text))
+            self.failures[kind][key] = (count + 1, example)
+
+    def count(self, kind):
+        return sum(count for count, _ in self.failures[kind].values())
+
+    def examples(self, limit=10):
+        out = []
+        for kind, found in self.failures.items():
+            for key, (count, example) in found.items():
+                out.append("[%s x%d] %s\n%s" % (kind, count, " ".join(map(str, key)), example))
+        return out[:limit]
+
+
+def failure_title(failure):
+    """The names of schemathesis' failed checks, e.g. 'Undocumented status code'."""
+    titles = [getattr(f, "title", type(f).__name__) for f in getattr(failure, "exceptions", [failure])]
+    return ", ".join(sorted(set(titles)))
+
+
+def test_fuzz_every_operation(gateway, tap, request):
+    started = time.monotonic()
+    schema = schemathesis.openapi.from_url(gateway.api + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 30, "the document lists %d operations" % len(operations)
+    world = World(gateway, tap)
+    table = [(operation, variants(operation)) for operation in operations]
+    sessions = threading.local()
+    report = Report()
+    setup_seconds = time.monotonic() - started
+
+    def run_case(operation, variant, case, pick, inject):
+        op_id = operation.definition.raw["operationId"]
+        name = world.principal_for(operation)
+        principal = world.principals[name] if name else None
+        # a principal that a case can consume or re-key is used by one case at a time
+        with principal.lock if principal is not None and principal.exclusive else contextlib.nullcontext():
+            account = principal.get() if principal else None
+            if variant.real_path and case.path_parameters:
+                values = world.path_values(op_id, name, account)
+                for key in list(case.path_parameters):
+                    if case.path_parameters[key] == PLACEHOLDER:
+                        case.path_parameters[key] = values[key][pick % len(values[key])]
+            if variant.real_auth:
+                case.headers["Authorization"] = "Bearer " + account.token
+            if inject and variant.mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
+                for key, choices in world.body_values(op_id, account).items():
+                    if key in case.body:  # all of them are required fields
+                        case.body[key] = choices[pick % len(choices)]
+            if not hasattr(sessions, "http"):
+                sessions.http = requests.Session()
+            try:
+                response = case.call(session=sessions.http, base_url=gateway.base_url, timeout=15)
+            except requests.RequestException as error:
+                report.record(operation.label, "no answer")
+                report.fail("non-conforming", (operation.label, "no answer"),
+                            "%r\n%s" % (error, case.as_curl_command()))
+                return
+            report.record(operation.label, response.status_code)
+            if response.status_code >= 500:
+                report.fail("5xx", (operation.label, response.status_code),
+                            "%s\n%s" % (response.text[:300], case.as_curl_command()))
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except BaseException as failure:  # schemathesis raises a FailureGroup (an exception group)
+                if isinstance(failure, (KeyboardInterrupt, SystemExit)):
+                    raise
+                report.fail("non-conforming", (operation.label, response.status_code, failure_title(failure)),
+                            "(%s case) %s" % (variant.mode.value, failure))
+            problem = error_shape_problems(response)
+            if problem:
+                report.fail("non-conforming", (operation.label, response.status_code, problem),
+                            case.as_curl_command())
+            if (variant.real_auth and response.status_code == 401
+                    and response.json().get("error", {}).get("code") in LOST_CODES):
+                report.fail("lost token", (operation.label, name), response.text[:200])
+                principal.consumed()  # go on with a new one; the test still fails
+                return
+            if 200 <= response.status_code < 300:
+                world.after(op_id, name, account, case, response)
+
+    pool = ThreadPoolExecutor(FUZZ_WORKERS)
+    slots = threading.BoundedSemaphore(2 * FUZZ_WORKERS)
+    crashes = []
+
+    def execute(*args):
+        try:
+            run_case(*args)
+        except BaseException as error:  # the test's own machinery failed: stop and show it
+            crashes.append(error)
+        finally:
+            slots.release()
+
+    @settings(max_examples=FUZZ_CASES, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def fuzz(data):
+        if report.submitted >= FUZZ_CASES or crashes:
+            return
+        operation, choices = data.draw(st.sampled_from(table), label="operation")
+        variant = data.draw(st.sampled_from(choices), label="variant")
+        case = data.draw(variant.strategy, label="case")
+        pick = data.draw(st.integers(0, 11), label="pick")
+        inject = data.draw(st.integers(0, 2), label="inject") > 0
+        slots.acquire()  # generation runs ahead of the workers by at most 2 x FUZZ_WORKERS cases
+        report.submitted += 1
+        pool.submit(execute, operation, variant, case, pick, inject)
+
+    rounds = 0
+    while report.submitted < FUZZ_CASES and rounds < 5 and not crashes:  # hypothesis may stop early
+        fuzz()
+        rounds += 1
+    pool.shutdown(wait=True)
+    if crashes:
+        raise crashes[0]
+    fuzz_seconds = time.monotonic() - started - setup_seconds
+
+    # leave a quiet system behind: the mail the cases caused is out before the next test
+    def mail_settled():
+        for org_id in (world.owner.org_id, world.principals["operated"].get().org_id):
+            page = gateway.get("/organizations/%s/notifications/deliveries?limit=200" % org_id, world.su.token)
+            if page.status_code != 200 or any(d["status"] == "queued" for d in page.json()["items"]):
+                return False
+        return True
+    wait_until(mail_settled, timeout=60, interval=0.5, what="the fuzzing's mail to be delivered")
+
+    covered = [label for label, counts in report.by_operation.items() if sum(counts.values())]
+    statuses = collections.Counter()
+    for counts in report.by_operation.values():
+        for status, n in counts.items():
+            statuses[status if isinstance(status, str) else "%dxx" % (status // 100)] += n
+    reached = [label for label, counts in report.by_operation.items()
+               if any(isinstance(s, int) and s not in (401, 403) for s in counts)]
+    figures = [
+        "API fuzzing (schemathesis %s, %d workers): %d cases in %.0f s (+%.0f s setup), %d/%d operations "
+        "covered, %d 5xx, %d non-conforming, %d lost tokens"
+        % (schemathesis.__version__, FUZZ_WORKERS, report.cases, fuzz_seconds, setup_seconds, len(covered),
+           len(operations), report.count("5xx"), report.count("non-conforming"), report.count("lost token")),
+        "  statuses: %s; %d/%d operations answered past authorization (not only 401/403)"
+        % (", ".join("%s %d" % item for item in sorted(statuses.items(), key=str)), len(reached), len(operations)),
+        "  renewed: " + ", ".join("%s %d" % (n, p.renewals) for n, p in world.principals.items() if p.renewals)
+        + ", removed members %d, deleted organizations %d" % (world.victims_removed, len(world.deleted_orgs)),
+    ]
+    request.config.stash.setdefault(SUMMARY, []).extend(figures)
+    detail = "\n".join(figures) + "\n\n" + "\n\n".join(report.examples())
+    assert report.cases >= FUZZ_CASES, detail
+    assert len(covered) == len(operations), detail
+    assert not report.count("5xx"), detail
+    assert not report.count("non-conforming"), detail
+    assert not report.count("lost token"), detail
+    # path parameters point at real resources: every operation got answers beyond 401/403
+    assert len(reached) == len(operations), detail
