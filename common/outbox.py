@@ -101,7 +101,8 @@ class Outbox:
         published = 0
         for collection in collections:
             query = {"$or": [{COUNT: {"$gt": 0}}, {DELETE_AFTER: True}]}
-            for doc in self.db[collection].find(query, PROJECTION).limit(1000):
+            # read the batch first: a cursor held open across writes pins a database connection
+            for doc in list(self.db[collection].find(query, PROJECTION).limit(1000)):
                 entries = doc.get(FIELD) or {}
                 if any(entry["queued_at"] > cutoff for entry in entries.values()):
                     continue  # its writer is probably publishing right now
