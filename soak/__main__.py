@@ -1,6 +1,6 @@
 """`make soak`: warm-up, then SOAK_SECONDS of the mixed workload at SOAK_RATE operations/s, then checks.
 
-Settings (environment): ``SOAK_SECONDS`` (300), ``SOAK_WARMUP_SECONDS`` (30), ``SOAK_RATE``
+Settings (environment): ``SOAK_SECONDS`` (300), ``SOAK_WARMUP_SECONDS`` (60), ``SOAK_RATE``
 (operations per second, 10), ``SOAK_THREADS`` (client threads, 4), ``SOAK_DRAIN_SECONDS`` (deadline
 for mail and deletions to finish after the workload, 180), ``SOAK_FUZZ_CASES`` (5000: cases of
 ``tests/test_fuzz.py`` run afterwards on its own instance, when that file exists; 0 skips it),
@@ -12,6 +12,8 @@ import sys
 # the soak's own instance, whatever TEST_INSTANCE the calling shell has: set before stack is imported
 os.environ["TEST_INSTANCE"] = os.environ.get("SOAK_INSTANCE", "soak")
 os.environ["TEST_PORT_OFFSET"] = os.environ.get("SOAK_PORT_OFFSET", "500")
+# the production RPC timeout (the test profile shortens it to 3 s so fault tests run fast)
+os.environ.setdefault("RPC_TIMEOUT", "5")
 
 import logging  # noqa: E402
 import subprocess  # noqa: E402
@@ -37,7 +39,7 @@ def setting(name, default, kind=float):
 
 
 SECONDS = setting("SOAK_SECONDS", 300)
-WARMUP = setting("SOAK_WARMUP_SECONDS", 30)
+WARMUP = setting("SOAK_WARMUP_SECONDS", 60)
 RATE = setting("SOAK_RATE", 10)
 THREADS = setting("SOAK_THREADS", 4, int)
 DRAIN = setting("SOAK_DRAIN_SECONDS", 180)
@@ -90,12 +92,15 @@ def check_mail(lanes, mails):
     missing = [key for key in expected if not mails.get(key)]
     duplicates = [key for key in expected if len(mails.get(key)) > 1]
     invites = mails.count(subject_prefix="You are invited to join ")
-    stray = [key for key in invites if key not in set(expected)]
+    uncertain = {key for lane in lanes for key in lane.uncertain}   # requests without an answer
+    stray = [key for key in invites if key not in set(expected) and key not in uncertain]
+    duplicates += [key for key in uncertain if len(mails.get(key)) > 1]
     figures = [Figure("invite_mails_exactly_once", "%d sent, %d received once, %d missing, %d duplicated, %d unexpected"
                       % (sum(len(lane.sent) for lane in lanes),
                          sum(1 for lane in lanes for key in lane.sent if len(mails.get(key)) == 1),
                          sum(1 for lane in lanes for key in lane.sent if not mails.get(key)),
-                         sum(1 for lane in lanes for key in lane.sent if len(mails.get(key)) > 1), len(stray)),
+                         sum(1 for lane in lanes for key in lane.sent + lane.uncertain if len(mails.get(key)) > 1),
+                         len(stray)),
                       "every invite: exactly one mail", not missing and not duplicates and not stray)]
     confirmations = [key for lane in lanes for key in lane.confirmations]
     figures.append(Figure("deletion_mails_exactly_once", "%d of %d" % (
@@ -151,7 +156,7 @@ def ledger_of(lane, org):
             problems.append("entry %d: balance_after %d, running sum %d" % (position, entry["balance_after"], running))
     if balance != running or balance < 0:
         problems.append("balance %d, sum of %d entries %d" % (balance, len(entries), running))
-    if balance != org.balance:
+    if org.exact and balance != org.balance:
         problems.append("balance %d, the workload expects %d" % (balance, org.balance))
     usage = lane.c.call("GET", "/organizations/%s/usage" % org.id, "GET /organizations/{id}/usage",
                         token=lane.su_token())
@@ -232,6 +237,8 @@ def main():
         figures.append(Figure("unexpected_statuses", "%d of %d requests" % (len(stats.unexpected), len(stats.samples)),
                               "0", not stats.unexpected))
         figures.append(Figure("model_mismatches", "%d" % len(stats.mismatches), "0", not stats.mismatches))
+        figures.append(Figure("unknown_outcomes", "%d writes without an answer, resolved by retrying or reading"
+                              % stats.unknown_outcomes))
         latencies = sorted(seconds for _, seconds, _ in samples)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
         figures.append(Figure("throughput", "%.1f requests/s, %.1f operations/s (target rate %g operations/s on %d "
@@ -245,13 +252,17 @@ def main():
         for _, name in operations:
             counts[name] = counts.get(name, 0) + 1
         log("operations: " + ", ".join("%s %d" % item for item in sorted(counts.items())))
+        slowest = sorted(((sorted(v)[int(len(v) * 0.99)], len(v), label) for label, v in stats.by_label.items()),
+                         reverse=True)[:8]
+        log("slowest p99 by request: " + "; ".join("%s %.0f ms (n=%d)" % (label, p * 1000, n)
+                                                 for p, n, label in slowest))
         for label, status, body in stats.unexpected[:15]:
             print("  unexpected: %s -> %s %s" % (label, status, body), flush=True)
         for what in stats.mismatches[:15]:
             print("  mismatch: %s" % what, flush=True)
     finally:
         log("stopping instance %s" % inst.name)
-        stack.stop_isolated(inst, started_infra, drop=True)
+        stack.stop_isolated(inst, started_infra)  # its databases stay until the next soak starts (dropping is slow)
     if FUZZ_CASES and os.path.exists(os.path.join(stack.ROOT, "tests", "test_fuzz.py")):
         figures.append(run_fuzz())
     print("\nsoak finished in %.0fs (%.0fs workload after %.0fs warm-up)" % (time.monotonic() - STARTED, SECONDS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from tests.support import SUPERUSER, Gateway, Mailbox, unique_email
+from tests.support import SUPERUSER, Gateway, Mailbox, unique_email, wait_until
 
 PASSWORD = "soak password 1234"
 ROLES = ("member", "member", "member", "dataset_manager", "dataset_manager", "admin")
@@ -37,16 +37,23 @@ class Stats:
         self.unexpected = []         # (label, status, body excerpt)
         self.mismatches = []         # answers with an expected status but wrong content
         self.operations = []         # (finished_at, name)
+        self.by_label = {}           # label -> [seconds]
+        self.unknown_outcomes = 0    # writes without an answer, resolved afterwards
 
     def record(self, label, status, seconds, ok, body=""):
         with self.lock:
             self.samples.append((time.monotonic(), seconds, ok))
+            self.by_label.setdefault(label, []).append(seconds)
             if not ok:
                 self.unexpected.append((label, status, body[:300]))
 
     def mismatch(self, what):
         with self.lock:
             self.mismatches.append(what)
+
+    def unknown(self):
+        with self.lock:
+            self.unknown_outcomes += 1
 
     def operation(self, name):
         with self.lock:
@@ -103,7 +110,7 @@ class Org:
     grants: list = field(default_factory=list)        # (idempotency key, amount)
     reservations: list = field(default_factory=list)  # (reservation id, amount), not settled yet
     datasets: dict = field(default_factory=dict)
-    deleting: bool = False
+    exact: bool = True               # False once a write's outcome stayed unknown: balance not predicted
 
 
 @dataclass(eq=False)
@@ -169,6 +176,8 @@ class Lane:
         self.invites = []             # sent, not accepted, not void
         self.sent = []                # (recipient, subject) of every invite sent
         self.confirmations = []       # (recipient, subject) of every deletion's confirmation
+        self.uncertain = []           # mails of invites whose request got no answer: at most one each
+        self.blocked = set()          # (email, org id) of those invites: never invited again
         self.deletions = {}           # org id -> {"requested": monotonic, "deleted": monotonic or None}
         self.su = Account(SUPERUSER["email"])
 
@@ -192,6 +201,7 @@ class Lane:
             response = self.c.call("POST", "/auth/refresh", "POST /auth/refresh",
                                    json={"refresh_token": account.refresh_token})
             if response is None:
+                account.token = None
                 return False
             account.take(response.json(), account.current_org)
         return True
@@ -199,6 +209,30 @@ class Lane:
     def su_token(self):
         self.fresh(self.su)
         return self.su.token
+
+    def resolve(self, send, what):
+        """A write that got no answer (503, timeout): repeat it -- it is idempotent -- until it is
+        answered; None if it never is. (``send`` returns the response, or None.)"""
+        self.stats.unknown()
+        answers = []
+
+        def answered():
+            response = send()
+            if response is not None:
+                answers.append(response)
+            return bool(answers)
+        try:
+            wait_until(answered, timeout=30, interval=0.5, what=what)
+        except AssertionError:
+            return None
+        return answers[0]
+
+    def resync(self, account):
+        """The account's organizations as the API reports them (after an accept without an answer)."""
+        response = self.c.call("GET", "/me", "GET /me", token=account.token) if self.fresh(account) else None
+        if response is not None:
+            alive = {o.id for o in self.orgs}
+            account.orgs = {o["id"]: o["role"] for o in response.json()["organizations"] if o["id"] in alive}
 
     def scoped(self, account, org):
         """``account``'s token scoped to ``org``: switch (or log in) when it is scoped elsewhere."""
@@ -210,7 +244,9 @@ class Lane:
             return None
         response = self.c.call("POST", "/auth/switch", "POST /auth/switch", token=account.token,
                                json={"organization_id": org.id})
-        if response is None:
+        if response is None:   # the old session may have ended: log in next time
+            self.stats.unknown()
+            account.token = account.current_org = None
             return None
         account.take(response.json(), org.id)
         return account.token
@@ -245,7 +281,8 @@ class Lane:
         if not token:
             return
         pending = {i.email for i in self.invites if i.org is org}
-        others = [a for a in self.accounts if a.alive and org.id not in a.orgs and a.email not in pending]
+        others = [a for a in self.accounts if a.alive and org.id not in a.orgs and a.email not in pending
+                  and (a.email, org.id) not in self.blocked]
         invites = []
         for _ in range(self.rnd.choice((1, 1, 2, 3))):
             if others and self.rnd.random() < 0.35:
@@ -256,7 +293,10 @@ class Lane:
         role = self.rnd.choice(ROLES)
         response = self.c.call("POST", "/organizations/%s/invites" % org.id, "POST /organizations/{id}/invites",
                                expect=(201,), token=token, json={"emails": [i.email for i in invites], "role": role})
-        if response is None:
+        if response is None:   # maybe created: its mail may come, once
+            self.stats.unknown()
+            self.uncertain += [invite_mail(i.email, org.name) for i in invites]
+            self.blocked.update((i.email, org.id) for i in invites)
             return
         body = response.json()
         if len(body["items"]) != len(invites) or body["skipped"]:
@@ -294,7 +334,14 @@ class Lane:
             account = Account(invite.email)
             response = self.c.call("POST", "/auth/signup", "POST /auth/signup (invite_token)", expect=(201,), json={
                 "email": invite.email, "password": PASSWORD, "name": "Soak Invitee", "invite_token": invite.token})
-            if response is None:
+            if response is None:   # the account may exist: it can log in then
+                self.stats.unknown()
+                login = self.c.call("POST", "/auth/login", "POST /auth/login (after no answer)", expect=(200, 401),
+                                    json={"email": account.email, "password": PASSWORD})
+                if login is not None and login.status_code == 200:
+                    account.take(login.json(), None)
+                    self.accounts.append(account)
+                    self.resync(account)
                 return
             self.accounts.append(account)
         else:
@@ -304,6 +351,8 @@ class Lane:
             response = self.c.call("POST", "/invites/%s/accept" % invite.token, "POST /invites/{token}/accept",
                                    token=account.token)
             if response is None:
+                self.stats.unknown()
+                self.resync(account)
                 return
         account.take(response.json(), invite.org.id)
         account.orgs[invite.org.id] = invite.role
@@ -345,21 +394,23 @@ class Lane:
         org = self.pick_org()
         if org is None:
             return self.op_signup()
-        complete = self.rnd.random() < 0.3
+        complete = org.datasets is None or self.rnd.random() < 0.3
         chosen = self.rnd.sample(range(30), self.rnd.randint(1, 12))
         report = {"ds-%d" % n: self.rnd.randrange(10 ** 9) for n in chosen}
         response = self.c.call("POST", "/organizations/%s/storage-reports" % org.id,
                                "POST /organizations/{id}/storage-reports", expect=(201,), token=self.su_token(),
                                json={"datasets": [{"dataset_id": k, "bytes": v} for k, v in report.items()],
                                      "complete": complete})
-        if response is None:
+        if response is None:   # maybe applied: the next report is a complete one
+            self.stats.unknown()
+            org.datasets = None
             return
         if complete:
             org.datasets = report
         else:
             org.datasets.update(report)
         body = response.json()
-        if (body["used_bytes"], body["datasets"]) != (sum(org.datasets.values()), len(org.datasets)):
+        if org.datasets is not None and (body["used_bytes"], body["datasets"]) != (sum(org.datasets.values()), len(org.datasets)):
             self.stats.mismatch("storage totals of %s: %r, expected %d bytes in %d datasets" % (
                 org.id, body, sum(org.datasets.values()), len(org.datasets)))
 
@@ -367,22 +418,32 @@ class Lane:
         org = self.pick_org()
         if org is None:
             return self.op_signup()
-        replay = org.grants and self.rnd.random() < 0.15
+        replay = bool(org.grants) and self.rnd.random() < 0.15
         key, amount = self.rnd.choice(org.grants) if replay else (uuid.uuid4().hex, self.rnd.randint(1, 50) * 1000)
-        response = self.c.call("POST", "/organizations/%s/credits/grants" % org.id,
+
+        def send():
+            return self.c.call("POST", "/organizations/%s/credits/grants" % org.id,
                                "POST /organizations/{id}/credits/grants", expect=(201,), token=self.su_token(),
                                json={"amount": amount, "idempotency_key": key, "comment": "soak"})
+        response = send()
         if response is None:
+            response = self.resolve(send, "an answer to grant %s" % key)
+        if response is None:
+            org.exact = False
             return
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
         if replay:
-            if response.headers.get("Idempotent-Replayed") != "true":
-                self.stats.mismatch("grant replay of %s not flagged as replayed" % org.id)
+            if not replayed:
+                self.stats.mismatch("grant replay on %s not flagged as replayed" % org.id)
             return
         org.grants.append((key, amount))
         org.balance += amount
-        if response.json()["balance"] != org.balance:
-            self.stats.mismatch("grant on %s: balance %s, expected %d" % (org.id, response.json()["balance"],
-                                                                        org.balance))
+        self.expect_balance(org, response, "grant")
+
+    def expect_balance(self, org, response, what):
+        if org.exact and response.json()["balance"] != org.balance:
+            self.stats.mismatch("%s on %s: balance %s, expected %d" % (what, org.id, response.json()["balance"],
+                                                                      org.balance))
 
     def op_reserve(self):
         choices = [(a, o) for o in self.orgs for a in self.members(o, ("dataset_manager", "admin"))]
@@ -393,19 +454,25 @@ class Lane:
         if not token:
             return
         amount = self.rnd.randint(1, 20) * 500
-        enough = org.balance >= amount
+        expect = ((201,) if org.balance >= amount else (402,)) if org.exact else (201, 402)
         job = uuid.uuid4().hex
-        response = self.c.call("POST", "/organizations/%s/credits/reservations" % org.id,
-                               "POST /organizations/{id}/credits/reservations", expect=(201,) if enough else (402,),
-                               token=token, json={"amount": amount, "job_id": job, "job_type": "soak_inference",
-                                                  "idempotency_key": job})
-        if response is None or not enough:
+
+        def send():
+            return self.c.call("POST", "/organizations/%s/credits/reservations" % org.id,
+                               "POST /organizations/{id}/credits/reservations", expect=expect, token=account.token,
+                               json={"amount": amount, "job_id": job, "job_type": "soak_inference",
+                                     "idempotency_key": job})
+        response = send()
+        if response is None and self.fresh(account):
+            response = self.resolve(send, "an answer to reservation %s" % job)
+        if response is None:
+            org.exact = False
             return
-        body = response.json()
+        if response.status_code == 402:
+            return
         org.balance -= amount
-        org.reservations.append((body["entry"]["id"], amount))
-        if body["balance"] != org.balance:
-            self.stats.mismatch("reservation on %s: balance %s, expected %d" % (org.id, body["balance"], org.balance))
+        org.reservations.append((response.json()["entry"]["id"], amount))
+        self.expect_balance(org, response, "reservation")
 
     def op_settle(self):
         open_ = [o for o in self.orgs if o.reservations]
@@ -414,16 +481,20 @@ class Lane:
         org = self.rnd.choice(open_)
         reservation_id, amount = org.reservations.pop(self.rnd.randrange(len(org.reservations)))
         outcome = self.rnd.choice(("succeeded", "failed"))
-        response = self.c.call("POST", "/organizations/%s/credits/reservations/%s/settle" % (org.id, reservation_id),
+
+        def send():
+            return self.c.call("POST", "/organizations/%s/credits/reservations/%s/settle" % (org.id, reservation_id),
                                "POST /organizations/{id}/credits/reservations/{id}/settle", token=self.su_token(),
                                json={"outcome": outcome})
+        response = send()
         if response is None:
+            response = self.resolve(send, "an answer to settling %s" % reservation_id)
+        if response is None:
+            org.exact = False
             return
         if outcome == "failed":
             org.balance += amount
-        if response.json()["balance"] != org.balance:
-            self.stats.mismatch("settlement on %s: balance %s, expected %d" % (org.id, response.json()["balance"],
-                                                                             org.balance))
+        self.expect_balance(org, response, "settlement")
 
     def op_delete(self):
         # keep a few organizations per lane; delete only those whose invitation mails all arrived
@@ -431,7 +502,7 @@ class Lane:
         self._read_mail()
         waiting = {i.org for i in self.invites if i.token is None}
         candidates = [o for o in self.orgs if o not in waiting]
-        if len(self.orgs) <= 4 or not candidates:
+        if len(self.orgs) <= 2 or not candidates:
             return self.op_signup()
         org = self.rnd.choice(candidates)
         token = self.scoped(org.owner, org)
@@ -445,8 +516,17 @@ class Lane:
             self.stats.mismatch("export of %s names %s" % (org.id, response.json()["organization_id"]))
         response = self.c.call("DELETE", "/organizations/%s" % org.id, "DELETE /organizations/{id}", expect=(202,),
                                token=token, json={"confirm_name": org.name})
-        if response is None:
-            return
+        if response is None:   # requested or not: the deletion status tells
+            self.stats.unknown()
+            status = self.c.call("GET", "/organizations/%s/deletion" % org.id,
+                                 "GET /organizations/{id}/deletion (after no answer)", expect=(200, 404),
+                                 token=self.su_token())
+            if status is None or status.status_code != 200:
+                return
+        self.deleted(org)
+
+    def deleted(self, org):
+        """What a requested deletion does to the lane's world."""
         self.orgs.remove(org)
         self.confirmations.append(deletion_mail(org.owner.email, org.name))
         self.deletions[org.id] = {"requested": time.monotonic(), "deleted": None}
