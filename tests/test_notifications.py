@@ -282,12 +282,12 @@ def test_plan_reminders_before_and_after_paid_until_once_each(gateway, team, mai
 
 
 def test_deletion_requested_mail_goes_to_the_owner(gateway, mailbox, test_stack, notifications_db):
-    owner = gateway.signup(organization_name="Doomed Lab", email=unique_email("doomed"))
+    owner = gateway.signup(organization_name="Doomed Mail Lab", email=unique_email("doomed"))
     wait_until(lambda: known_to_notifications(notifications_db, owner.org_id), what="org known")
-    emit(test_stack, events.ORGANIZATION_DELETION_REQUESTED, owner.org_id, name="Doomed Lab",
+    emit(test_stack, events.ORGANIZATION_DELETION_REQUESTED, owner.org_id, name="Doomed Mail Lab",
          requested_by=owner.user_id, owner_email=owner.email)
     [mail] = mailbox.wait(owner.email, contains="is being deleted")
-    assert "Doomed Lab" in mail.subject and "removed permanently" in mail.text
+    assert "Doomed Mail Lab" in mail.subject and "removed permanently" in mail.text
 
 
 # -- reliability -------------------------------------------------------------------------------
@@ -426,8 +426,97 @@ def test_delivery_log_pages_newest_first(gateway, tap, owner, mailbox):
     assert_error(gateway.get(path + "?limit=0", owner.token), 422, "validation_failed")
 
 
+# -- the recorded-then-sent path under crashes and bursts -----------------------------------------
+
+def crashed_entry(org_id, to, due_at, text):
+    """A mail as a handler that crashed right after recording it leaves it: queued, leased to a
+    process that is gone until ``due_at``."""
+    now = datetime.now(timezone.utc)
+    delivery_id = "crash-%s:member_joined:%s" % (uuid.uuid4().hex, to)
+    return {"_id": delivery_id, "org_id": org_id, "kind": "member_joined", "to": to,
+            "subject": "Crash Test joined", "created_at": now, "text": text, "html": "<p>%s</p>" % text,
+            "sealed": False, "attempts": 0, "due_at": due_at, "lease_id": uuid.uuid4().hex}
+
+
+def test_mail_left_leased_by_a_crash_is_sent_once_after_its_lease(gateway, team, mailbox, notifications_db):
+    owner = team["owner"]
+    now = datetime.now(timezone.utc)
+    expired = crashed_entry(owner.org_id, unique_email("crash-expired"), now - timedelta(seconds=1), "expired lease")
+    running = crashed_entry(owner.org_id, unique_email("crash-running"), now + timedelta(seconds=3), "running lease")
+    for entry in (expired, running):  # the handler got as far as the queue entry and the log entry
+        notifications_db.mail_queue.insert_one(entry)
+        notifications_db.deliveries.insert_one({k: entry[k] for k in ("_id", "org_id", "kind", "to", "subject",
+                                                                       "created_at")})
+    # a crash between the queue entry and the log entry: the dispatcher logs it as it sends it
+    unlogged = crashed_entry(owner.org_id, unique_email("crash-unlogged"), now - timedelta(seconds=1), "unlogged")
+    notifications_db.mail_queue.insert_one(unlogged)
+    for entry in (expired, running, unlogged):
+        [mail] = mailbox.wait(entry["to"])
+        assert entry["text"] in mail.text and mail.message["X-Delivery-Id"] == entry["_id"]
+    logged = {d["id"]: d for d in wait_until(
+        lambda: (lambda items: len(items) == 3 and all(d["status"] == "sent" for d in items) and items)(
+            [d for d in deliveries(gateway, owner) if d["id"].startswith("crash-")]), what="crash mail logged")}
+    assert all(d["attempts"] == 1 for d in logged.values())
+    sent_at = datetime.fromisoformat(logged[running["_id"]]["sent_at"].replace("Z", "+00:00"))
+    assert sent_at >= running["due_at"] - timedelta(milliseconds=1)  # not before its lease ran out
+    wait_until(lambda: notifications_db.mail_queue.count_documents(
+        {"_id": {"$in": [expired["_id"], running["_id"], unlogged["_id"]]}}) == 0, what="queue entries removed")
+    for entry in (expired, running, unlogged):
+        assert len(mailbox.to(entry["to"])) == 1
+
+
+def test_a_queue_entry_of_a_finished_mail_is_dropped_not_resent(gateway, team, mailbox, notifications_db, test_stack):
+    owner = team["owner"]
+    joiner = emit(test_stack, events.MEMBER_JOINED, owner.org_id, user_id=uuid.uuid4().hex,
+                  email=unique_email("finished"), name="Finished Fiona", role="member", via_invite=True,
+                  is_owner=False)
+    mailbox.wait(owner.email, contains="Finished Fiona")
+    delivery_id = "%s:member_joined:%s" % (joiner["event_id"], owner.email)
+    wait_until(lambda: [d for d in deliveries(gateway, owner) if d["id"] == delivery_id and d["status"] == "sent"],
+               what="the mail logged as sent")
+    # the same event again: its mail is recorded and sent already, so nothing happens
+    publish(test_stack, joiner, events.MEMBER_JOINED)
+    marker = emit(test_stack, events.MEMBER_JOINED, owner.org_id, user_id=uuid.uuid4().hex,
+                  email=unique_email("marker"), name="Marker Mo", role="member", via_invite=True, is_owner=False)
+    mailbox.wait(owner.email, contains="Marker Mo")
+    assert marker and len(mailbox.to(owner.email, contains="Finished Fiona")) == 1
+    assert notifications_db.mail_queue.find_one({"_id": delivery_id}) is None
+    [logged] = [d for d in deliveries(gateway, owner) if d["id"] == delivery_id]
+    assert logged["attempts"] == 1 and logged["status"] == "sent"
+
+
+def test_a_burst_of_joins_sends_each_mail_once(gateway, owner, mailbox, notifications_db, test_stack):
+    """Many events at once share their database commands (group commit); each still gets its own
+    mail exactly once, redeliveries inside the burst included, and every fact is applied."""
+    wait_until(lambda: known_to_notifications(notifications_db, owner.org_id), what="org known")
+    tag = uuid.uuid4().hex[:8]
+    bodies, started = [], datetime.now(timezone.utc)
+    for index in range(60):
+        _, _, body = make_event(events.MEMBER_JOINED, owner.org_id, user_id="burst-%s-%d" % (tag, index),
+                                email=unique_email("burst"), name="Burst %s %d" % (tag, index), role="member",
+                                via_invite=True, is_owner=False, member_count=index + 2)
+        body["occurred_at"] = events.isoformat(started + timedelta(milliseconds=index))  # strictly ordered
+        bodies.append(body)
+    with Connection(test_stack.amqp_uri) as connection:
+        producer = connection.Producer(serializer="json")
+        exchange = event_exchange(events.MEMBER_JOINED[0])
+        for body in bodies + bodies[:10]:  # ten of them twice
+            producer.publish(body, exchange=exchange, routing_key=events.MEMBER_JOINED[1], declare=[exchange])
+    wait_until(lambda: len(mailbox.to(owner.email, contains="Burst %s" % tag)) >= 60, timeout=60,
+               what="sixty burst mails")
+    logged = wait_until(lambda: (lambda items: len(items) == 60 and all(d["status"] == "sent" for d in items)
+                                 and items)(deliveries(gateway, owner, subject="Burst %s" % tag)), what="all logged")
+    assert all(d["attempts"] == 1 and [a["outcome"] for a in d["attempt_log"]] == ["sent"] for d in logged)
+    names = sorted(m.subject for m in mailbox.to(owner.email, contains="Burst %s" % tag))
+    assert names == sorted("Burst %s %d joined %s" % (tag, i, names[0].split(" joined ", 1)[1]) for i in range(60))
+    assert notifications_db.members.count_documents({"org_id": owner.org_id, "user_id": {"$regex": "^burst-%s" % tag}}) == 60
+    assert notifications_db.organizations.find_one({"_id": owner.org_id})["member_count"] == 61
+    assert notifications_db.mail_queue.count_documents({"org_id": owner.org_id}) == 0
+
+
 def test_no_mail_was_ever_sent_twice(mailbox):
     """Across everything the sink received in this session (handler, dispatcher timer and retries
     race for the same deliveries): each delivery id reached the SMTP server once."""
     ids = [str(m.message["X-Delivery-Id"]).strip() for m in mailbox.all()]
     assert ids and len(ids) == len(set(ids)), sorted(i for i in set(ids) if ids.count(i) > 1)
+

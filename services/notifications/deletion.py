@@ -16,7 +16,7 @@ KIND = "organization_deletion_requested"
 
 def purge_when_mailed(store, org_id):
     """Purge now if the confirmation is final; returns the counts, or None if still waiting."""
-    if store.db.deliveries.count_documents({"org_id": org_id, "kind": KIND, "status": "queued"}, limit=1):
+    if store.unfinished(org_id, KIND):
         store.db.organizations.update_one({"_id": org_id}, {"$set": {"purge_pending": True}}, upsert=True)
         return None
     return purge(store, org_id)
@@ -25,6 +25,8 @@ def purge_when_mailed(store, org_id):
 def purge(store, org_id):
     removed = {
         "deliveries": store.db.deliveries.delete_many({"org_id": org_id}).deleted_count,
+        "delivery_attempts": store.db.delivery_attempts.delete_many({"org_id": org_id}).deleted_count,
+        "mail_queue": store.db.mail_queue.delete_many({"org_id": org_id}).deleted_count,
         "members": store.db.members.delete_many({"org_id": org_id}).deleted_count,
         "settings": store.db.settings.delete_many({"_id": org_id}).deleted_count,
         "mail_decisions": store.db.mail_decisions.delete_many(
@@ -45,7 +47,7 @@ def purge_ready(store):
 
 def export(store, org_id):
     """Settings and the whole delivery log (mail bodies excluded: they may hold invite links)."""
-    deliveries = store.db.deliveries.find({"org_id": org_id}, {"text": 0, "html": 0}).sort(
-        [("created_at", -1), ("_id", -1)])
+    deliveries = list(store.db.deliveries.find({"org_id": org_id}, {"text": 0, "html": 0}).sort(
+        [("created_at", -1), ("_id", -1)]))
     return {"settings": settings.get_settings(store, org_id),
-            "deliveries": DeliverySchema(many=True).dump(list(deliveries))}
+            "deliveries": DeliverySchema(many=True).dump(settings.with_attempts(store, org_id, deliveries))}

@@ -1,15 +1,19 @@
 """The mail outbox: record first, send after, retry with backoff, log every attempt.
 
-A mail is a ``deliveries`` document created ``queued`` with ``_id = "<key>:<recipient>"`` where
-``key`` identifies the cause (an event id, a reminder's ``paid_until``): a redelivered event or a
-second replica finds the document already there and queues nothing. Sending claims the document
-with a lease (conditional ``find_one_and_update``), so two replicas never send the same mail at
-once; the outcome is written only while the lease is still held. A temporary failure (4xx reply,
-refused connection, timeout) schedules the next attempt after an exponential backoff until
-``MAIL_MAX_ATTEMPTS``; a permanent one (5xx) fails at once. If the process dies anywhere between
-recording and sending, the dispatcher timer finds the due ``queued`` document and sends it.
+A mail is recorded as a ``mail_queue`` entry (recipient, subject, bodies, lease) plus a
+``deliveries`` log entry, both with ``_id = "<key>:<recipient>"`` where ``key`` identifies the cause
+(an event id, a reminder's ``paid_until``): a redelivered event or a second replica finds the mail
+already there and records nothing. The entry is created already leased (``lease_id``, ``due_at`` =
+the lease's end) to the handler that recorded it, which sends it right away. Every attempt is a
+``delivery_attempts`` document ``<id>#<n>`` (unique: one outcome per attempt, whoever sends). A
+temporary failure (4xx reply, refused connection, timeout) moves the entry's ``due_at`` by an
+exponential backoff until ``MAIL_MAX_ATTEMPTS``; a permanent one (5xx) fails at once; a final
+outcome deletes the entry. If the process dies anywhere between recording and sending, the entry
+stays until its lease ends; then the dispatcher timer (which scans only ``mail_queue``) claims it
+with a fresh lease and sends it.
 """
 import logging
+import uuid
 from datetime import timedelta
 
 from cryptography.fernet import InvalidToken
@@ -39,10 +43,13 @@ class DispatchPolicy:
         return min(self.base_seconds * 2 ** (attempts - 1), self.max_seconds)
 
 
-def enqueue(store, org_id, kind, key, recipients, context, secret=False):
-    """Record one mail per recipient (idempotent by ``key``); returns the ids now queued by us.
+def enqueue(store, org_id, kind, key, recipients, context, secret=False, lease_seconds=120.0):
+    """Record one mail per recipient (idempotent by ``key``), leased to the caller for
+    ``lease_seconds``; returns the queue entries now recorded by us, for :func:`send_recorded`.
 
     ``secret``: the body holds a secret (an invite link), so it is stored encrypted."""
+    if not recipients:
+        return []
     subject, text, html = mail.render(kind, context)
     if secret:
         text, html = seal(store, text), seal(store, html)
@@ -50,12 +57,12 @@ def enqueue(store, org_id, kind, key, recipients, context, secret=False):
     created = []
     for recipient in recipients:
         delivery_id = "%s:%s" % (key, recipient)
-        doc = {"_id": delivery_id, "org_id": org_id, "kind": kind, "to": recipient, "subject": subject,
-               "text": text, "html": html, "status": "queued", "attempts": 0, "attempt_log": [],
-               "last_error": None, "created_at": now, "sent_at": None, "next_attempt_at": now,
-               "lease_until": None, "lease_id": None, "sealed": bool(secret)}
-        if store.insert_delivery(doc):
-            created.append(delivery_id)
+        log_doc = {"_id": delivery_id, "org_id": org_id, "kind": kind, "to": recipient, "subject": subject,
+                   "created_at": now}
+        entry = dict(log_doc, text=text, html=html, sealed=bool(secret), attempts=0,
+                     due_at=now + timedelta(seconds=lease_seconds), lease_id=uuid.uuid4().hex)
+        if store.record_delivery(entry, log_doc):
+            created.append(entry)
     return created
 
 
@@ -70,19 +77,17 @@ def unseal(store, token):
         raise ValueError("stored mail cannot be decrypted (MAIL_SECRET_KEY changed?)")
 
 
-def deliver(store, sender, policy, delivery_id):
-    """Claim one due delivery and make one attempt; returns its status or None if not ours."""
-    now = utcnow()
-    doc = store.claim_delivery(delivery_id, now, policy.lease_seconds)
-    if doc is None:
-        return None
-    attempts = doc.get("attempts", 0) + 1
+def attempt(store, sender, policy, entry):
+    """One attempt at a queued mail whose lease we hold; returns its status (queued, sent,
+    failed), or None if this attempt was recorded by someone else meanwhile (lease ran out)."""
+    delivery_id = entry["_id"]
+    attempts = entry.get("attempts", 0) + 1
     try:
-        text, html = doc["text"], doc["html"]
-        if doc.get("sealed"):
+        text, html = entry["text"], entry["html"]
+        if entry.get("sealed"):
             text, html = unseal(store, text), unseal(store, html)
-        message = mail.build_message(sender.sender, doc["to"], doc["subject"], text, html, delivery_id)
-        sender.send(message, doc["to"])
+        message = mail.compose(sender.sender, entry["to"], entry["subject"], text, html, delivery_id)
+        sender.send(message, entry["to"])
     except mail.TemporaryFailure as error:
         outcome, reason = "temporary_failure", str(error)
     except (mail.PermanentFailure, ValueError) as error:
@@ -90,32 +95,60 @@ def deliver(store, sender, policy, delivery_id):
     else:
         outcome, reason = "sent", None
     finished = utcnow()
-    attempt = {"at": finished, "outcome": outcome, "error": reason}
+    record = {"at": finished, "outcome": outcome, "error": reason, "next_attempt_at": None}
     if outcome == "sent":
-        fields = {"status": "sent", "sent_at": finished}
+        record["status"] = "sent"
     elif outcome == "temporary_failure" and attempts < policy.max_attempts:
-        fields = {"status": "queued", "last_error": reason,
-                  "next_attempt_at": finished + timedelta(seconds=policy.backoff(attempts))}
+        record.update(status="queued", next_attempt_at=finished + timedelta(seconds=policy.backoff(attempts)))
     else:
-        fields = {"status": "failed", "last_error": reason}
-    if not store.finish_attempt(delivery_id, doc["lease_id"], fields, attempt):
+        record["status"] = "failed"
+    if not store.finish_attempt(entry, record):
         log.warning("lease on delivery %s expired during the attempt (%s)", delivery_id, outcome)
         return None
     if outcome != "sent":
         log.warning("mail %s attempt %d: %s %s", delivery_id, attempts, outcome, reason)
-    return fields["status"]
+    return record["status"]
 
 
-def deliver_all(store, sender, policy, delivery_ids):
-    for delivery_id in delivery_ids:
+def send_recorded(store, sender, policy, entries):
+    """Send the mail just recorded (and leased) by this handler."""
+    for entry in entries:
         try:
-            deliver(store, sender, policy, delivery_id)
-        except Exception:  # the dispatcher timer will retry; recording succeeded already
-            log.exception("delivery %s could not be attempted", delivery_id)
+            attempt(store, sender, policy, entry)
+        except Exception:  # recorded already: the dispatcher sends it once the lease expires
+            log.exception("delivery %s could not be attempted", entry["_id"])
+
+
+def deliver(store, sender, policy, delivery_id):
+    """Claim one due queue entry and make one attempt; returns its status or None if not ours."""
+    entry = store.claim_delivery(delivery_id, utcnow(), policy.lease_seconds)
+    if entry is None:
+        return None
+    # a crash may have come between the entry and the log entry: the log must show this mail
+    store.ensure_logged({key: entry[key] for key in ("_id", "org_id", "kind", "to", "subject", "created_at")})
+    return attempt(store, sender, policy, entry)
 
 
 def dispatch_due(store, sender, policy, limit=50):
-    """What the dispatcher timer runs: every due queued mail, including ones a crash left behind."""
-    ids = store.due_delivery_ids(utcnow(), limit)
-    deliver_all(store, sender, policy, ids)
-    return len(ids)
+    """What the dispatcher timer runs: retries whose backoff is over, and mail a crash left leased
+    past its lease. Scans only ``mail_queue`` (unfinished mail)."""
+    entries = store.due_queue(utcnow(), limit)
+    for entry in entries:
+        try:
+            deliver(store, sender, policy, entry["_id"])
+        except Exception:  # the next tick tries again
+            log.exception("delivery %s could not be attempted", entry["_id"])
+    return len(entries)
+
+
+def delivery_view(log_doc, attempts):
+    """A log entry as the API shows it, its state derived from its attempts."""
+    view = dict(log_doc, attempts=len(attempts), status="queued", last_error=None, sent_at=None,
+                attempt_log=[{"at": a["at"], "outcome": a["outcome"], "error": a.get("error")} for a in attempts])
+    for doc in attempts:
+        view["status"] = doc["status"]
+        if doc.get("error"):
+            view["last_error"] = doc["error"]
+        if doc["outcome"] == "sent":
+            view["sent_at"] = doc["at"]
+    return view

@@ -4,8 +4,9 @@ mail CONTRACT §4 asks for.
 
 Every handler is idempotent: facts are applied only if newer (``*_as_of`` = the event's
 ``occurred_at``), and mail is queued under a key made of the event id and the mail kind, so a
-redelivered event finds its mail already recorded. Each function returns the ids of the mail it
-queued, for the service to send right away (the dispatcher timer sends them otherwise).
+redelivered event finds its mail already recorded. The mail a Notifier records is leased to it
+and collected in ``recorded``, for the service to send right away -- also when the handler fails
+after recording (the dispatcher timer would send it only once the lease expires).
 """
 import logging
 from datetime import datetime, timedelta
@@ -30,9 +31,11 @@ def parse_time(value):
 
 
 class Notifier:
-    def __init__(self, store, base_url="http://127.0.0.1:8080"):
+    def __init__(self, store, base_url="http://127.0.0.1:8080", lease_seconds=120.0):
         self.store = store
         self.base_url = str(base_url).rstrip("/")
+        self.lease_seconds = lease_seconds
+        self.recorded = []  # the mail this notifier recorded, leased to it
 
     # -- addressing ----------------------------------------------------------------------------
     def _org(self, org_id, required=True):
@@ -67,7 +70,9 @@ class Notifier:
         return [doc.get("email") for doc in self.store.admins(org_id) if doc.get("email")]
 
     def _queue(self, org_id, kind, key, recipients, context, secret=False):
-        return dispatch.enqueue(self.store, org_id, kind, key, recipients, context, secret)
+        created = dispatch.enqueue(self.store, org_id, kind, key, recipients, context, secret, self.lease_seconds)
+        self.recorded += created
+        return created
 
     # -- organization facts ----------------------------------------------------------------------
     def organization_created(self, event):
@@ -121,14 +126,14 @@ class Notifier:
                                                       "owner_name": event["name"]}, as_of)
         if event.get("member_count") is not None:
             self.store.set_if_newer(org_id, "members", {"member_count": event["member_count"]}, as_of)
-        queued = []
+        queued, org = [], None
         if not event.get("is_owner"):  # the founder joining their own new organization is no news
-            org = self._org(org_id)
+            org = self._org(org_id)  # read after the facts above were applied
             recipients = self._addresses(self._settings(org_id)["new_user_email"] or org["owner_email"])
             queued = self._queue(org_id, "member_joined", "%s:member_joined" % event["event_id"], recipients,
                                  self._context(org, member_name=event["name"], member_email=event["email"],
                                                role=event["role"], via_invite=event["via_invite"]))
-        return queued + self._check_limits(org_id, event["event_id"])
+        return queued + self._check_limits(org_id, event["event_id"], org)
 
     def member_left(self, event):
         org_id, as_of = event["organization_id"], event["occurred_at"]
@@ -188,15 +193,16 @@ class Notifier:
                                          initiator_name=(initiator or {}).get("name") or "a member"))
 
     # -- limits: mail once per crossing ----------------------------------------------------------
-    def _check_limits(self, org_id, event_id):
+    def _check_limits(self, org_id, event_id, org=None):
         """Mail when a limit is exceeded, once per crossing.
 
         Each time usage is seen back under a limit, the limit is re-armed with that event's id
         (``<flag>_armed_by``). The mail for being over the limit is queued under a key made of the
         arming, so every report while over the limit -- redeliveries, later reports, concurrent
         handlers on other replicas -- names the same mail and the unique delivery id lets only the
-        first one through. No conditional update decides it (they are not atomic on FerretDB)."""
-        org = self.store.organization(org_id)
+        first one through. No conditional update decides it (they are not atomic on FerretDB).
+        ``org``: the organization as read after this event's facts were applied, if the caller has it."""
+        org = org or self.store.organization(org_id)
         if org is None:
             return []
         plan = org.get("plan") or {}

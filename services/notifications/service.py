@@ -9,7 +9,7 @@ from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
-from common import events, tombstones
+from common import events
 from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
@@ -42,15 +42,19 @@ class NotificationsService:
     config = Config()
 
     def _notifier(self):
-        return notify.Notifier(self.store, self.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080")
+        return notify.Notifier(self.store, self.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080",
+                               self.mailer.policy.lease_seconds)
 
     def _handle(self, event_type, method, body):
-        """Apply the event (recording its mail first), then try to send that mail right away."""
+        """Apply the event (recording its mail first, leased to us), then send that mail right away."""
         event = events.load_event(event_type, body)
-        if tombstones.was_purged(self.store.db, event.get("organization_id")):
+        if self.store.was_purged(event.get("organization_id")):
             return  # a late event for a deleted organization must not bring it back
-        queued = getattr(self._notifier(), method)(event)
-        dispatch.deliver_all(self.store, self.mailer.sender, self.mailer.policy, queued)
+        notifier = self._notifier()
+        try:
+            getattr(notifier, method)(event)
+        finally:  # what was recorded is sent even if the handler fails afterwards (and is retried)
+            dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
 
     @rpc
     def ping(self):
@@ -130,5 +134,8 @@ class NotificationsService:
     @configured_timer("REMINDER_INTERVAL_SECONDS", 60)
     def plan_reminders(self):
         self.store.forget_claims(utcnow() - timedelta(days=1))
-        queued = self._notifier().send_reminders()
-        dispatch.deliver_all(self.store, self.mailer.sender, self.mailer.policy, queued)
+        notifier = self._notifier()
+        try:
+            notifier.send_reminders()
+        finally:
+            dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from common.addresses import normalize_address
 from common.errors import DomainError
+from services.notifications.dispatch import delivery_view
 from services.notifications.schemas import DeliverySchema, SettingsSchema
 
 AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
@@ -63,9 +64,15 @@ def _decode_cursor(cursor):
         raise DomainError("validation_failed", "invalid input", {"cursor": ["Not a valid cursor."]})
 
 
+def with_attempts(store, org_id, log_docs):
+    """The log entries with their state, derived from their attempts."""
+    attempts = store.attempts_of(org_id, [doc["_id"] for doc in log_docs])
+    return [delivery_view(doc, attempts.get(doc["_id"], [])) for doc in log_docs]
+
+
 def list_deliveries(store, org_id, limit=50, cursor=None):
     limit = max(1, min(int(limit or 50), MAX_PAGE))
     after = _decode_cursor(cursor) if cursor else None
     page = store.delivery_page(org_id, limit + 1, after)
-    items = DeliverySchema(many=True).dump(page[:limit])
+    items = DeliverySchema(many=True).dump(with_attempts(store, org_id, page[:limit]))
     return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}

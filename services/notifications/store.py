@@ -3,8 +3,15 @@
 
 Facts from events are applied "if newer" (an ``*_as_of`` stamp per fact) because events may come
 late or twice; every mail is a ``deliveries`` document whose ``_id`` is its idempotency key.
+
+The hot path (an event in, a mail out) is group-committed (``common.batching``): concurrent
+handlers share one command per step -- one ``insert`` for all their delivery records, one
+``insert`` for all their attempts, one ``find`` per organization for all their reads. Collections
+that grow with every mail (deliveries, attempts, members) are only ever inserted into on that path
+(see "deliveries" below for why).
 """
 import base64
+import copy
 import hashlib
 import logging
 import uuid
@@ -13,8 +20,10 @@ from datetime import timedelta
 from cryptography.fernet import Fernet
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from common import tombstones
+from common.batching import GroupCommit
 from common.mongo import Store
 
 log = logging.getLogger(__name__)
@@ -47,30 +56,72 @@ class NotificationsStore(Store):
         "settings": [],
         "delivery_claims": [IndexModel([("claimed_at", ASCENDING)])],
         "deliveries": [
-            IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)]),
             IndexModel([("org_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
         ],
+        "delivery_attempts": [IndexModel([("org_id", ASCENDING), ("delivery_id", ASCENDING)])],
+        "mail_queue": [IndexModel([("due_at", ASCENDING)])],
     }
+
+    def __init__(self, db, outbox=None):
+        super().__init__(db, outbox)
+        self._reads = GroupCommit(self._flush_reads)
+        self._members = GroupCommit(self._flush_members)
+        self._facts = GroupCommit(self._flush_facts)
+        self._records = GroupCommit(self._flush_records)
+        self._outcomes = GroupCommit(self._flush_outcomes)
 
     def configure(self, config):
         self.cipher = mail_cipher(config)
 
+    # -- reads by _id, coalesced -----------------------------------------------------------------
+    def _read(self, collection, doc_id):
+        """``find_one({"_id": doc_id})``, shared with every concurrent caller asking for the same
+        document; the query is sent after this call started, so it sees every write made before."""
+        return self._reads.submit((collection, doc_id))
+
+    def _flush_reads(self, keys):
+        found = {}
+        results = []
+        for key in keys:
+            if key not in found:
+                collection, doc_id = key
+                found[key] = self.db[collection].find_one({"_id": doc_id})
+                results.append(found[key])
+            else:  # callers may change what they get: each one its own copy
+                results.append(copy.deepcopy(found[key]))
+        return results
+
+    def was_purged(self, org_id):
+        return org_id is not None and self._read(tombstones.COLLECTION, tombstones.digest(org_id)) is not None
+
     # -- organizations (this service's copy) ---------------------------------------------------
     def organization(self, org_id):
-        return self.db.organizations.find_one({"_id": org_id})
+        return self._read("organizations", org_id)
 
     def set_if_newer(self, org_id, stamp, fields, as_of):
         """``$set`` ``fields`` on the org unless a newer fact under ``stamp`` is applied already.
 
-        Returns the document as it was before (None if nothing was applied)."""
-        key = stamp + "_as_of"
-        try:
-            before = self.db.organizations.find_one_and_update(
-                {"_id": org_id, "$or": [{key: {"$lt": as_of}}, {key: {"$exists": False}}]},
-                {"$set": dict(fields, **{key: as_of})}, upsert=True, return_document=ReturnDocument.BEFORE)
-        except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
-            return None
-        return before if before is not None else {"_id": org_id}
+        Concurrent calls are applied in one batch; a call whose fields a newer call of the same
+        batch (same organization and stamp) sets too is dropped, it would change nothing."""
+        self._facts.submit((org_id, stamp, dict(fields), as_of))
+
+    def _flush_facts(self, items):
+        newest = {}  # (org, stamp) -> the newest call of the batch
+        for org_id, stamp, fields, as_of in items:
+            if (org_id, stamp) not in newest or as_of > newest[org_id, stamp][1]:
+                newest[org_id, stamp] = (fields, as_of)
+        for org_id, stamp, fields, as_of in items:
+            newer_fields, newer_as_of = newest[org_id, stamp]
+            if newer_as_of > as_of and set(newer_fields) >= set(fields):
+                continue  # superseded within the batch
+            key = stamp + "_as_of"
+            try:
+                self.db.organizations.update_one(
+                    {"_id": org_id, "$or": [{key: {"$lt": as_of}}, {key: {"$exists": False}}]},
+                    {"$set": dict(fields, **{key: as_of})}, upsert=True)
+            except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
+                pass
+        return [None] * len(items)
 
     def set_fields(self, org_id, fields):
         self.db.organizations.update_one({"_id": org_id}, {"$set": fields})
@@ -105,14 +156,40 @@ class NotificationsStore(Store):
 
     # -- members -------------------------------------------------------------------------------
     def put_member(self, org_id, user_id, fields, as_of):
-        """Apply a membership fact if it is newer than what is known; True if applied."""
+        """Apply a membership fact if it is newer than what is known; True if applied.
+
+        Concurrent calls are batched: a member not known yet (the usual case: someone joined) is
+        one document of a single ``insert``; the others are conditional updates, one by one."""
+        return self._members.submit(("%s:%s" % (org_id, user_id), dict(fields, org_id=org_id, user_id=user_id,
+                                                                        as_of=as_of)))
+
+    def _flush_members(self, items):
+        first = {}
+        for index, (member_id, _) in enumerate(items):
+            first.setdefault(member_id, index)
+        fresh = [index for index in first.values()]
+        inserted = set(fresh)
         try:
-            self.db.members.update_one(
-                {"_id": "%s:%s" % (org_id, user_id), "$or": [{"as_of": {"$lt": as_of}}, {"as_of": {"$exists": False}}]},
-                {"$set": dict(fields, org_id=org_id, user_id=user_id, as_of=as_of)}, upsert=True)
-        except DuplicateKeyError:
-            return False
-        return True
+            self.db.members.insert_many([dict(items[index][1], _id=items[index][0]) for index in fresh],
+                                        ordered=False)
+        except BulkWriteError as error:
+            for failure in error.details.get("writeErrors", []):
+                if failure.get("code") != 11000:
+                    raise
+                inserted.discard(fresh[failure["index"]])
+        results = []
+        for index, (member_id, doc) in enumerate(items):
+            if index in inserted:
+                results.append(True)
+                continue
+            try:  # known already (or twice in this batch): only if newer
+                result = self.db.members.update_one(
+                    {"_id": member_id, "$or": [{"as_of": {"$lt": doc["as_of"]}}, {"as_of": {"$exists": False}}]},
+                    {"$set": doc}, upsert=True)
+                results.append(bool(result.modified_count or result.upserted_id))
+            except DuplicateKeyError:
+                results.append(False)
+        return results
 
     def member(self, org_id, user_id):
         doc = self.db.members.find_one({"_id": "%s:%s" % (org_id, user_id)})
@@ -124,69 +201,122 @@ class NotificationsStore(Store):
 
     # -- settings ------------------------------------------------------------------------------
     def settings(self, org_id):
-        return self.db.settings.find_one({"_id": org_id})
+        return self._read("settings", org_id)
 
     def put_settings(self, org_id, fields):
         return self.db.settings.find_one_and_update({"_id": org_id}, {"$set": fields}, upsert=True,
                                                     return_document=ReturnDocument.AFTER)
 
     # -- deliveries ----------------------------------------------------------------------------
-    def insert_delivery(self, doc):
-        """Record a queued mail; False if one with this idempotency key exists already."""
+    # FerretDB (SQLite) reads, updates and deletes by scanning the collection, even by _id; only
+    # inserts cost the same however large a collection grows. So the mail log only ever grows by
+    # inserts:
+    # - ``mail_queue``: one document per *unfinished* mail -- recipient, subject, bodies, lease
+    #   (``lease_id``, ``due_at``), attempts so far. Its insert decides who owns the mail; it is
+    #   deleted once the mail is final. Few documents, so updating and scanning it stays cheap.
+    # - ``deliveries``: the log entry of a mail (no bodies, never updated), inserted right after
+    #   its queue entry; a duplicate means the mail was recorded -- and finished -- before.
+    # - ``delivery_attempts``: one document per attempt (``<delivery id>#<n>``), inserted after it;
+    #   status, attempts, last error and sent_at of the log are derived from them.
+
+    def record_delivery(self, entry, log):
+        """Record a mail: its queue entry (leased to the caller, who sends it next), then its log
+        entry. True if the mail is ours to send; False if it was recorded before (redelivered
+        event, another replica). Batched with concurrent callers: one insert per collection."""
+        return self._records.submit((entry, log))
+
+    def _flush_records(self, items):
+        results = [True] * len(items)
         try:
-            self.db.deliveries.insert_one(doc)
-            return True
+            self.db.mail_queue.insert_many([entry for entry, _ in items], ordered=False)
+        except BulkWriteError as error:  # unfinished and owned by someone else
+            for index in _only_duplicates(error):
+                results[index] = False
+        ours = [index for index, ok in enumerate(results) if ok]
+        if ours:
+            stray = []
+            try:
+                self.db.deliveries.insert_many([items[index][1] for index in ours], ordered=False)
+            except BulkWriteError as error:  # logged, and finished (its entry is gone): not ours either
+                for position in _only_duplicates(error):
+                    results[ours[position]] = False
+                    stray.append(items[ours[position]][0]["_id"])
+            if stray:
+                self.db.mail_queue.delete_many({"_id": {"$in": stray}})
+        return results
+
+    def ensure_logged(self, log):
+        try:
+            self.db.deliveries.insert_one(log)
         except DuplicateKeyError:
-            return False
+            pass
 
-    def delivery(self, delivery_id):
-        return self.db.deliveries.find_one({"_id": delivery_id})
-
-    def due_delivery_ids(self, now, limit=50):
-        query = {"status": "queued", "next_attempt_at": {"$lte": now},
-                 "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
-        return [doc["_id"] for doc in self.db.deliveries.find(query, {"_id": 1})
-                .sort("next_attempt_at", ASCENDING).limit(limit)]
+    def due_queue(self, now, limit=50):
+        """Queue entries due by ``now``, oldest first (a scan of unfinished mail only)."""
+        return list(self.db.mail_queue.find({"due_at": {"$lte": now}}, {"_id": 1})
+                    .sort("due_at", ASCENDING).limit(limit))
 
     def claim_delivery(self, delivery_id, now, lease_seconds):
-        """Take a due, unleased delivery for one sender; returns it with its ``lease_id`` or None.
+        """Take a due, unleased queue entry for one sender; returns it with its new ``lease_id``
+        or None.
 
         The claim is the insert of a unique ``delivery_claims`` document named after the delivery,
         its attempt number and the lease period: inserts are the one write FerretDB makes atomic
         (two concurrent conditional updates or findAndModify calls can both "win" there). The
         period in the name lets a later period take over a claim whose sender crashed; the sender
-        that won marks ``lease_until`` on the delivery right away, which a later claimer re-checks.
+        that won moves ``due_at`` (the lease's end) on right away, which a later claimer re-checks.
+        Only the dispatcher claims (retries, and mail a crash left leased); a fresh mail is
+        recorded already leased to the handler that sends it.
         """
-        due = {"_id": delivery_id, "status": "queued", "next_attempt_at": {"$lte": now},
-               "$or": [{"lease_until": None}, {"lease_until": {"$lte": now}}]}
-        doc = self.db.deliveries.find_one(due)
-        if doc is None:
+        entry = self.db.mail_queue.find_one({"_id": delivery_id, "due_at": {"$lte": now}})
+        if entry is None:
             return None
         period = int(now.timestamp() // lease_seconds)
         try:
-            self.db.delivery_claims.insert_one({"_id": "%s#%d#%d" % (delivery_id, doc.get("attempts", 0), period),
+            self.db.delivery_claims.insert_one({"_id": "%s#%d#%d" % (delivery_id, entry.get("attempts", 0), period),
                                                 "claimed_at": now})
         except DuplicateKeyError:
             return None
         lease_id = uuid.uuid4().hex
-        self.db.deliveries.update_one({"_id": delivery_id}, {"$set": {
-            "lease_until": now + timedelta(seconds=lease_seconds), "lease_id": lease_id}})
-        current = self.db.deliveries.find_one({"_id": delivery_id})
-        if current is None or current.get("lease_id") != lease_id or current.get("attempts", 0) != doc.get(
-                "attempts", 0) or current.get("status") != "queued":
+        self.db.mail_queue.update_one({"_id": delivery_id}, {"$set": {
+            "due_at": now + timedelta(seconds=lease_seconds), "lease_id": lease_id}})
+        current = self.db.mail_queue.find_one({"_id": delivery_id})
+        if current is None or current.get("lease_id") != lease_id or current.get("attempts", 0) != entry.get(
+                "attempts", 0):
             return None  # someone else got further meanwhile
         return current
 
     def forget_claims(self, before):
         return self.db.delivery_claims.delete_many({"claimed_at": {"$lt": before}}).deleted_count
 
-    def finish_attempt(self, delivery_id, lease_id, fields, attempt):
-        """Record one attempt's outcome, only if we still hold the lease; True if recorded."""
-        result = self.db.deliveries.update_one(
-            {"_id": delivery_id, "lease_id": lease_id, "status": "queued"},
-            {"$set": dict(fields, lease_until=None, lease_id=None), "$push": {"attempt_log": attempt},
-             "$inc": {"attempts": 1}})
-        return bool(result.modified_count)
+    def finish_attempt(self, entry, attempt):
+        """Record attempt ``entry["attempts"] + 1`` (``attempt``: at, outcome, error, status after
+        it, next_attempt_at); True if recorded, False if that attempt was recorded by someone else
+        (our lease had run out). A final outcome removes the queue entry; a retry moves its
+        ``due_at``. Batched with concurrent callers: one insert, one delete."""
+        return self._outcomes.submit((entry, attempt))
+
+    def _flush_outcomes(self, items):
+        docs = []
+        for entry, attempt in items:
+            number = entry.get("attempts", 0) + 1
+            docs.append(dict(attempt, _id="%s#%d" % (entry["_id"], number), delivery_id=entry["_id"],
+                             org_id=entry["org_id"], n=number))
+        recorded = [True] * len(items)
+        try:
+            self.db.delivery_attempts.insert_many(docs, ordered=False)
+        except BulkWriteError as error:
+            for index in _only_duplicates(error):
+                recorded[index] = False
+        final = [entry["_id"] for (entry, attempt), ok in zip(items, recorded) if ok and attempt["status"] != "queued"]
+        if final:
+            self.db.mail_queue.delete_many({"_id": {"$in": final}})
+        for (entry, attempt), ok in zip(items, recorded):
+            if ok and attempt["status"] == "queued":  # a retry later (rare): one update each
+                self.db.mail_queue.update_one({"_id": entry["_id"]}, {"$set": {
+                    "due_at": attempt["next_attempt_at"], "attempts": entry.get("attempts", 0) + 1,
+                    "lease_id": None}})
+        return recorded
 
     def delivery_page(self, org_id, limit, after=None):
         """Newest first by (created_at, _id); ``after`` is the last (created_at, _id) seen."""
@@ -195,5 +325,28 @@ class NotificationsStore(Store):
             created_at, delivery_id = after
             query["$or"] = [{"created_at": {"$lt": created_at}},
                             {"created_at": created_at, "_id": {"$lt": delivery_id}}]
-        return list(self.db.deliveries.find(query, {"text": 0, "html": 0})
-                    .sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit))
+        return list(self.db.deliveries.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+                    .limit(limit))
+
+    def attempts_of(self, org_id, delivery_ids):
+        """Every attempt of these deliveries (of one organization), by delivery id, in order."""
+        found = {delivery_id: [] for delivery_id in delivery_ids}
+        if delivery_ids:
+            for doc in self.db.delivery_attempts.find({"org_id": org_id, "delivery_id": {"$in": list(delivery_ids)}}):
+                found.setdefault(doc["delivery_id"], []).append(doc)
+        for attempts in found.values():
+            attempts.sort(key=lambda doc: doc["n"])
+        return found
+
+    def unfinished(self, org_id, kind):
+        return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0
+
+
+def _only_duplicates(error):
+    """Indexes of the statements a bulk insert refused as duplicates; re-raise anything else."""
+    indexes = []
+    for failure in error.details.get("writeErrors", []):
+        if failure.get("code") != 11000:
+            raise error
+        indexes.append(failure["index"])
+    return indexes
