@@ -16,6 +16,7 @@ import pymongo
 
 from bench.harness import Figure
 from common.events import utcnow
+from common.mongo import DELETE_BATCH, delete_in_batches
 
 SIZES = {"members": 10_000, "invites": 10_000, "storage_reports": 10_000, "ledger": 100_000, "deliveries": 10_000}
 if os.environ.get("BENCH_SMALL"):
@@ -74,13 +75,13 @@ def seed(dbs, org_id, owner_id):
 
 
 def direct_delete(dbs, org_id, account_ids):
-    """The floor: the same data removed with one ``delete_many`` per collection."""
-    dbs["membership"].invites.delete_many({"org_id": org_id})
-    dbs["membership"].memberships.delete_many({"org_id": org_id})
-    dbs["membership"].accounts.delete_many({"_id": {"$in": account_ids}})
-    dbs["usage"].storage_reports.delete_many({"org_id": org_id})
-    dbs["usage"].ledger.delete_many({"org_id": org_id})
-    dbs["notifications"].deliveries.delete_many({"org_id": org_id})
+    """The floor: the same data removed with plain deletes per collection -- batched like the purges,
+    because FerretDB refuses one delete of more than 32,766 documents (``common.mongo.DELETE_BATCH``)."""
+    for db, collection in (("membership", "invites"), ("membership", "memberships"), ("usage", "storage_reports"),
+                           ("usage", "ledger"), ("notifications", "deliveries")):
+        delete_in_batches(dbs[db][collection], {"org_id": org_id})
+    for start in range(0, len(account_ids), DELETE_BATCH):
+        dbs["membership"].accounts.delete_many({"_id": {"$in": account_ids[start:start + DELETE_BATCH]}})
 
 
 def measure(inst, client):

@@ -31,6 +31,37 @@ def get_client(url):
         return client
 
 
+def is_ferretdb(db):
+    """FerretDB answers ``buildInfo`` with ``ferretdbVersion``. It pushes down no index but ``_id``,
+    so a query that MongoDB answers from an index is a scan there: a few hot paths choose by it."""
+    client = db.client
+    flag = getattr(client, "_orgplatform_is_ferretdb", None)
+    if flag is None:
+        flag = "ferretdbVersion" in client.admin.command("buildInfo")
+        client._orgplatform_is_ferretdb = flag
+    return flag
+
+
+#: FerretDB's SQLite backend binds every matched ``_id`` of one delete as an SQL variable and
+#: SQLite refuses more than 32,766: a bigger ``delete_many`` fails there. Batches stay well below.
+DELETE_BATCH = 10000
+
+
+def delete_in_batches(collection, query, batch=DELETE_BATCH):
+    """``delete_many(query)`` in ``_id`` order, ``batch`` documents per delete; returns the count.
+
+    Works on any MongoDB-compatible server (on MongoDB itself it merely splits one delete in
+    several); the purge of a big organization needs it on FerretDB."""
+    removed = 0
+    while True:
+        ids = [doc["_id"] for doc in collection.find(query, {"_id": 1}).sort("_id", pymongo.ASCENDING).limit(batch)]
+        if not ids:
+            return removed
+        removed += collection.delete_many({"$and": [query, {"_id": {"$lte": ids[-1]}}]}).deleted_count
+        if len(ids) < batch:
+            return removed
+
+
 class Store:
     """Base for a service's Mongo access; subclasses declare ``INDEXES = {collection: [IndexModel]}``
     and ``OUTBOX_COLLECTIONS``, the collections whose documents may carry pending events."""

@@ -202,3 +202,24 @@ def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, own
     assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, other.token), 404, "not_found")
     assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, su_token), 404, "not_found")  # none yet
     assert_error(gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "x"}), 401)
+
+
+@pytest.mark.slow
+def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, client, test_stack, su_token):
+    """40,000 ledger entries: more than FerretDB can remove in one delete (SQLite binds every matched
+    id as a variable and refuses more than 32,766), so the purge works in batches."""
+    owner = gateway.signup(organization_name="Big Lab")
+    usage = client[test_stack.db_prefix + "usage"]
+    wait_until(lambda: usage.organizations.find_one({"_id": owner.org_id}), what="usage to learn the organization")
+    entries = [{"_id": uuid.uuid4().hex, "org_id": owner.org_id, "seq": seq, "kind": "grant", "amount": 1,
+                "balance_after": seq, "idempotency_key": "big-%d" % seq, "actor": owner.user_id}
+               for seq in range(1, 40001)]
+    for start in range(0, len(entries), 5000):
+        usage.ledger.insert_many(entries[start:start + 5000], ordered=False)
+
+    assert gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "Big Lab"},
+                          owner.token).status_code == 202
+    status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
+        deletion_status(gateway, owner.org_id, su_token)), timeout=120, what="the deletion to complete")
+    assert status["services"]["usage"] == "purged"
+    assert usage.ledger.count_documents({"org_id": owner.org_id}) == 0

@@ -26,7 +26,7 @@ def purge(store, event):
     """
     org_id = event["organization_id"]
     store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
-    removed = store.purge_organization(org_id, store.org_member_ids(org_id))
+    removed = store.purge_organization(org_id)
     store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
                                               service="membership", removed=removed))
     return removed

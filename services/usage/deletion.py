@@ -1,6 +1,7 @@
 """The usage side of deleting an organization: purge everything, remember only a digest."""
 from common import events, outbox, tombstones
 from common.events import utcnow
+from common.mongo import delete_in_batches
 from services.usage import credits, storage
 
 BY_ORG_FIELD = ("ledger", "grant_expiries", "storage_reports", "dataset_buckets")
@@ -10,7 +11,7 @@ BY_ID = ("organizations", "plans", "member_counts")
 def purge(store, org_id):
     """Idempotent. From now on writes for the organization are refused (404), never resurrected."""
     tombstones.remember(store.db, org_id, utcnow())
-    removed = {name: store.db[name].delete_many({"org_id": org_id}).deleted_count for name in BY_ORG_FIELD}
+    removed = {name: delete_in_batches(store.db[name], {"org_id": org_id}) for name in BY_ORG_FIELD}
     removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
     store.outbox.publish_entry(outbox.pending(events.organization_purged("usage"), org_id, service="usage",
                                               removed=removed))
