@@ -1,7 +1,7 @@
 """`make soak`: warm-up, then SOAK_SECONDS of the mixed workload at SOAK_RATE operations/s, then checks.
 
 Settings (environment): ``SOAK_SECONDS`` (300), ``SOAK_WARMUP_SECONDS`` (60), ``SOAK_RATE``
-(operations per second, 10), ``SOAK_THREADS`` (client threads, 4), ``SOAK_DRAIN_SECONDS`` (deadline
+(operations per second, 6), ``SOAK_THREADS`` (client threads, 4), ``SOAK_DRAIN_SECONDS`` (deadline
 for mail and deletions to finish after the workload, 180), ``SOAK_FUZZ_CASES`` (5000: cases of
 ``tests/test_fuzz.py`` run afterwards on its own instance, when that file exists; 0 skips it),
 ``SOAK_SEED``. The instance is ``soak`` with ports +500 (``SOAK_INSTANCE``, ``SOAK_PORT_OFFSET``).
@@ -40,7 +40,7 @@ def setting(name, default, kind=float):
 
 SECONDS = setting("SOAK_SECONDS", 300)
 WARMUP = setting("SOAK_WARMUP_SECONDS", 60)
-RATE = setting("SOAK_RATE", 10)
+RATE = setting("SOAK_RATE", 6)
 THREADS = setting("SOAK_THREADS", 4, int)
 DRAIN = setting("SOAK_DRAIN_SECONDS", 180)
 FUZZ_CASES = setting("SOAK_FUZZ_CASES", 5000, int)
@@ -124,7 +124,8 @@ def check_deletions(lanes):
     durations = sorted(d["deleted"] - d["requested"] for lane in lanes for d in lane.deletions.values()
                        if d["deleted"])
     completed = len(durations)
-    note = ", slowest %.1fs" % durations[-1] if durations else ""
+    note = ", requested -> deleted median %.1fs, slowest %.1fs" % (
+        durations[len(durations) // 2], durations[-1]) if durations else ""
     return Figure("deletions_completed", "%d of %d%s" % (completed, len(lane_of), note), "all",
                   completed == len(lane_of))
 
@@ -263,10 +264,12 @@ def main():
     finally:
         log("stopping instance %s" % inst.name)
         stack.stop_isolated(inst, started_infra)  # its databases stay until the next soak starts (dropping is slow)
+    print("\nworkload figures (%.0fs workload after %.0fs warm-up, seed %d):" % (SECONDS, WARMUP, SEED))
+    for figure in figures:
+        print(figure.line(), flush=True)
     if FUZZ_CASES and os.path.exists(os.path.join(stack.ROOT, "tests", "test_fuzz.py")):
         figures.append(run_fuzz())
-    print("\nsoak finished in %.0fs (%.0fs workload after %.0fs warm-up)" % (time.monotonic() - STARTED, SECONDS,
-                                                                         WARMUP))
+    print("\nsoak finished in %.0fs" % (time.monotonic() - STARTED))
     for figure in figures:
         print(figure.line())
     missed = [figure.name for figure in figures if not figure.ok]

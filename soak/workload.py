@@ -12,6 +12,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import requests
 
@@ -26,6 +27,10 @@ ACCEPT_LINK = re.compile(r"Accept the invitation: (\S+)")
 # operation -> weight (per 100 operations)
 MIX = {"signup": 7, "invite": 12, "accept": 12, "switch": 7, "read": 30, "storage": 6, "grant": 6,
        "reserve": 9, "settle": 6, "delete": 3, "deletion_status": 2}
+
+
+def parse_time(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class Stats:
@@ -545,7 +550,9 @@ class Lane:
         response = self.c.call("GET", "/organizations/%s/deletion" % org_id, "GET /organizations/{id}/deletion",
                                token=self.su_token())
         if response is not None and response.json()["status"] == "deleted" and not self.deletions[org_id]["deleted"]:
-            self.deletions[org_id]["deleted"] = time.monotonic()
+            body = response.json()   # how long the purge took, as the service recorded it
+            took = (parse_time(body["completed_at"]) - parse_time(body["requested_at"])).total_seconds()
+            self.deletions[org_id]["deleted"] = self.deletions[org_id]["requested"] + took
         return bool(self.deletions[org_id]["deleted"])
 
     def op_deletion_status(self):
