@@ -1,5 +1,5 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
-from common import events, outbox
+from common import events, outbox, tombstones
 from common.errors import DomainError
 from common.events import isoformat
 from services.membership import domain, members
@@ -26,9 +26,12 @@ def purge(store, event):
     """
     org_id = event["organization_id"]
     store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
-    removed = store.purge_organization(org_id)
-    store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
-                                              service="membership", removed=removed))
+    with tombstones.purge_lease(store.db, org_id) as mine:
+        if not mine:
+            return None  # another purge of it runs right now and will report
+        removed = store.purge_organization(org_id)
+        store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
+                                                  service="membership", removed=removed))
     return removed
 
 

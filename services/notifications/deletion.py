@@ -8,6 +8,7 @@ import re
 
 from common import events, outbox, tombstones
 from common.events import utcnow
+from common.mongo import delete_in_batches
 from services.notifications import settings
 from services.notifications.schemas import DeliverySchema
 
@@ -24,10 +25,10 @@ def purge_when_mailed(store, org_id):
 
 def purge(store, org_id):
     removed = {
-        "deliveries": store.db.deliveries.delete_many({"org_id": org_id}).deleted_count,
-        "delivery_attempts": store.db.delivery_attempts.delete_many({"org_id": org_id}).deleted_count,
-        "mail_queue": store.db.mail_queue.delete_many({"org_id": org_id}).deleted_count,
-        "members": store.db.members.delete_many({"org_id": org_id}).deleted_count,
+        "deliveries": delete_in_batches(store.db.deliveries, {"org_id": org_id}),
+        "delivery_attempts": delete_in_batches(store.db.delivery_attempts, {"org_id": org_id}),
+        "mail_queue": delete_in_batches(store.db.mail_queue, {"org_id": org_id}),
+        "members": delete_in_batches(store.db.members, {"org_id": org_id}),
         "settings": store.db.settings.delete_many({"_id": org_id}).deleted_count,
         "mail_decisions": store.db.mail_decisions.delete_many(
             {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
@@ -50,4 +51,4 @@ def export(store, org_id):
     deliveries = list(store.db.deliveries.find({"org_id": org_id}, {"text": 0, "html": 0}).sort(
         [("created_at", -1), ("_id", -1)]))
     return {"settings": settings.get_settings(store, org_id),
-            "deliveries": DeliverySchema(many=True).dump(settings.with_attempts(store, org_id, deliveries))}
+            "deliveries": DeliverySchema(many=True).dump(settings.with_attempts(store, org_id, deliveries, whole_log=True))}

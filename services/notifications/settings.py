@@ -64,9 +64,10 @@ def _decode_cursor(cursor):
         raise DomainError("validation_failed", "invalid input", {"cursor": ["Not a valid cursor."]})
 
 
-def with_attempts(store, org_id, log_docs):
-    """The log entries with their state, derived from their attempts."""
-    attempts = store.attempts_of(org_id, [doc["_id"] for doc in log_docs])
+def with_attempts(store, org_id, log_docs, whole_log=False):
+    """The log entries with their state, derived from their attempts (``whole_log``: the entries
+    are the organization's whole log, so all its attempts are read without naming them)."""
+    attempts = store.attempts_of(org_id, None if whole_log else [doc["_id"] for doc in log_docs])
     return [delivery_view(doc, attempts.get(doc["_id"], [])) for doc in log_docs]
 
 

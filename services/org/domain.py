@@ -203,14 +203,32 @@ def finish_deletion(store, doc):
         outbox.pending(events.ORGANIZATION_DELETED, doc["_id"]))
 
 
+MAX_REDRIVE_SECONDS = 3600
+
+
 def redrive_deletions(store, older_than_seconds):
-    """Announce again deletions some service has not reported yet (purges are idempotent)."""
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    """Announce again deletions some service has not reported yet (purges are idempotent).
+
+    With exponential backoff per deletion (``older_than_seconds`` x 2^n, at most an hour): a big
+    organization's purge may take minutes, and a request every interval would pile up purges.
+    Each re-drive is claimed with a conditional update, so of several org replicas one sends it."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_seconds)
     count = 0
     for doc in store.deletions_requested_before(cutoff):
         if all(doc["deletion"]["services"].get(s) == "purged" for s in PURGING_SERVICES):
             finish_deletion(store, doc)
             continue
+        redrives = doc["deletion"].get("redrives", 0)
+        last = doc["deletion"].get("redriven_at") or doc["deletion"]["requested_at"]
+        if now - last < timedelta(seconds=min(older_than_seconds * 2 ** redrives, MAX_REDRIVE_SECONDS)):
+            continue
+        claimed = store.update_organization(
+            doc["_id"], {"status": "deleting",
+                         "deletion.redrives": redrives if "redrives" in doc["deletion"] else {"$exists": False}},
+            {"$set": {"deletion.redriven_at": now}, "$inc": {"deletion.redrives": 1}})
+        if claimed is None:
+            continue  # another replica re-drove it, or it finished meanwhile
         store.outbox.publish_entry(outbox.pending(
             events.ORGANIZATION_DELETION_REQUESTED, doc["_id"], name=doc["name"],
             requested_by=doc["deletion"]["requested_by"], owner_email=(doc.get("owner") or {}).get("email")))

@@ -9,12 +9,17 @@ BY_ID = ("organizations", "plans", "member_counts")
 
 
 def purge(store, org_id):
-    """Idempotent. From now on writes for the organization are refused (404), never resurrected."""
+    """Idempotent. From now on writes for the organization are refused (404), never resurrected.
+
+    A request that arrives while another purge of the organization runs is dropped: that purge reports."""
     tombstones.remember(store.db, org_id, utcnow())
-    removed = {name: delete_in_batches(store.db[name], {"org_id": org_id}) for name in BY_ORG_FIELD}
-    removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
-    store.outbox.publish_entry(outbox.pending(events.organization_purged("usage"), org_id, service="usage",
-                                              removed=removed))
+    with tombstones.purge_lease(store.db, org_id) as mine:
+        if not mine:
+            return None
+        removed = {name: delete_in_batches(store.db[name], {"org_id": org_id}) for name in BY_ORG_FIELD}
+        removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
+        store.outbox.publish_entry(outbox.pending(events.organization_purged("usage"), org_id, service="usage",
+                                                  removed=removed))
     return removed
 
 
