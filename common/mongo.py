@@ -58,11 +58,15 @@ def delete_in_batches(collection, query, batch=DELETE_BATCH):
     except OperationFailure as error:
         if "too many SQL variables" not in str(error):
             raise
-    ids = sorted(doc["_id"] for doc in collection.find(query, {"_id": 1}))
+    ranges, count = [], 0  # (first, last) _id of each batch; the ids themselves are not kept
+    for doc in collection.find(query, {"_id": 1}).sort("_id", pymongo.ASCENDING).batch_size(5000):
+        if count % batch == 0:
+            ranges.append([doc["_id"], doc["_id"]])
+        ranges[-1][1] = doc["_id"]
+        count += 1
     removed = 0
-    for start in range(0, len(ids), batch):
-        chunk = ids[start:start + batch]
-        removed += collection.delete_many({"$and": [query, {"_id": {"$gte": chunk[0], "$lte": chunk[-1]}}]}).deleted_count
+    for first, last in ranges:
+        removed += collection.delete_many({"$and": [query, {"_id": {"$gte": first, "$lte": last}}]}).deleted_count
     return removed
 
 
