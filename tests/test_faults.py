@@ -111,6 +111,11 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
     mailbox = Mailbox(test_stack.mail_dir)
     traffic = Traffic(gateway, owner)
     wait_until(lambda: len(traffic.results) >= 3, what="traffic before the outage")
+    # invites created just before the outage: their events are in flight (or in the outbox) when it begins
+    before = [unique_email("before-outage") for _ in range(5)]
+    invited = gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": before, "role": "member"},
+                           owner.token)
+    assert invited.status_code == 201, invited.text
     stack.stop_pid_file(pid_file, timeout=30)
     try:
         # while the broker is down: a quick 503 for an RPC-backed route, never a hang or a 500
@@ -131,12 +136,14 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
     assert not errors, errors[:5]
     assert {status for status, _ in results} <= {200, 503}, sorted({s for s, _ in results})
     assert max(seconds for _, seconds in results) < RPC_TIMEOUT + 2
-    # events and mail flow again: an invite created after the restart is mailed
-    email = unique_email("after-restart")
-    invited = gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": [email], "role": "member"},
+    # events and mail flow again; no invite from before or after the outage is lost or mailed twice
+    after = [unique_email("after-restart") for _ in range(5)]
+    invited = gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": after, "role": "member"},
                            owner.token)
     assert invited.status_code == 201, invited.text
-    mailbox.wait(email, timeout=60)
+    wait_until(lambda: all(mailbox.to(email) for email in before + after), timeout=60,
+               what="the invitation mail of all 10 invites")
+    assert {email: len(mailbox.to(email)) for email in before + after} == {email: 1 for email in before + after}
     # and revocation still works (event or fresh check)
     other = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()["access_token"]
     assert gateway.post("/auth/logout", token=other).status_code == 200
