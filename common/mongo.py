@@ -4,6 +4,7 @@ A service's ``store.py`` defines a :class:`Store` subclass listing its indexes i
 ``StoreProvider(ThatStore, "org")`` connects, ensures the indexes and hands the same store
 (pymongo clients are thread-safe) to every worker.
 """
+import functools
 import threading
 import time
 
@@ -34,12 +35,12 @@ def get_client(url):
 def is_ferretdb(db):
     """FerretDB answers ``buildInfo`` with ``ferretdbVersion``. It pushes down no index but ``_id``,
     so a query that MongoDB answers from an index is a scan there: a few hot paths choose by it."""
-    client = db.client
-    flag = getattr(client, "_orgplatform_is_ferretdb", None)
-    if flag is None:
-        flag = "ferretdbVersion" in client.admin.command("buildInfo")
-        client._orgplatform_is_ferretdb = flag
-    return flag
+    return _server_is_ferretdb(db.client)
+
+
+@functools.lru_cache(maxsize=None)
+def _server_is_ferretdb(client):
+    return "ferretdbVersion" in client.admin.command("buildInfo")
 
 
 #: FerretDB's SQLite backend binds every matched ``_id`` of one delete as an SQL variable and

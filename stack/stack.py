@@ -364,12 +364,15 @@ def ensure_key(inst):
                         inst.key_file, inst.public_key_file], cwd=ROOT, env=inst.service_env(), check=True)
 
 
+def service_argv(service):
+    return [os.path.join(VENV_BIN, "nameko"), "run", "--config", os.path.join("services", service, "config.yml"),
+            "services.%s.service" % service]
+
+
 def start_service(inst, service):
     if is_running(inst, service):
         return False
-    spawn(service, [os.path.join(VENV_BIN, "nameko"), "run", "--config",
-                    os.path.join("services", service, "config.yml"), "services.%s.service" % service],
-          inst.run_dir, inst.log_dir, inst.service_env())
+    spawn(service, service_argv(service), inst.run_dir, inst.log_dir, inst.service_env())
     return True
 
 
@@ -384,8 +387,7 @@ def start_replica(inst, service, label, env=None, timeout=60):
 
     Returns once the new process consumes the service's RPC queue."""
     before = rpc_consumers(inst, service)
-    spawn(label, [os.path.join(VENV_BIN, "nameko"), "run", "--config", os.path.join("services", service, "config.yml"),
-                  "services.%s.service" % service], inst.run_dir, inst.log_dir, env or inst.service_env())
+    spawn(label, service_argv(service), inst.run_dir, inst.log_dir, env or inst.service_env())
     wait_for(lambda: rpc_consumers(inst, service) > before or not is_running(inst, label),
              "%s to consume rpc-%s" % (label, service), timeout=timeout, interval=0.2)
     if not is_running(inst, label):

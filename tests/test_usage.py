@@ -336,8 +336,7 @@ def test_crash_after_the_ledger_write_is_repaired(gateway, team, su, test_stack)
     crash_pid = os.path.join(inst.run_dir, "usage-crash.pid")
     stack.stop_pid_file(os.path.join(inst.run_dir, "usage.pid"))
     env = dict(inst.service_env(), USAGE_FAULT_CRASH_AFTER_LEDGER="1", USAGE_REPAIR_SECONDS="3600")
-    stack.spawn("usage-crash", [os.path.join(stack.VENV_BIN, "nameko"), "run", "--config",
-                                "services/usage/config.yml", "services.usage.service"], inst.run_dir, inst.log_dir, env)
+    stack.spawn("usage-crash", stack.service_argv("usage"), inst.run_dir, inst.log_dir, env)
     client, db = usage_db(inst)
     try:
         wait_until(lambda: gateway.get(path(team, "/usage"), su).status_code == 200, timeout=30,
