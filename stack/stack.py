@@ -214,6 +214,25 @@ def run(argv, **kwargs):
 
 INFRA_RUN = os.path.join(ROOT, "var", "run")
 INFRA_LOG = os.path.join(ROOT, "var", "log")
+INFRA = ("ferretdb", "rabbitmq")
+EPMD_PORT = 4369
+EPMD_MARKER = os.path.join(INFRA_RUN, "epmd.started")
+
+
+def stop_infra(name):
+    """Stop ``ferretdb`` or ``rabbitmq`` if a stack started it (pid file); True if it was running.
+
+    epmd, which rabbitmq-server starts as a detached daemon, is stopped only if it was started
+    together with our rabbitmq (marker written by :func:`ensure_rabbitmq`)."""
+    stopped = stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30)
+    if name == "rabbitmq" and stopped and os.path.exists(EPMD_MARKER):
+        stop_epmd()
+        os.unlink(EPMD_MARKER)
+    return stopped
+
+
+def stop_epmd():
+    subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def ensure_rabbitmq(inst):
@@ -237,9 +256,15 @@ def ensure_rabbitmq(inst):
                    % inst.rabbit_mgmt_port,
                    HOME=os.environ.get("HOME") or "/root")
         print("starting rabbitmq (logs in var/rabbitmq/log)", flush=True)
+        epmd_was_up = port_open(EPMD_PORT)
         spawn("rabbitmq", [os.path.join(RABBIT_HOME, "rabbitmq-server")], INFRA_RUN, INFRA_LOG, env)
         wait_for(lambda: port_open(inst.rabbit_port, inst.rabbit_host), "rabbitmq on %d" % inst.rabbit_port,
                  timeout=120)
+        if not epmd_was_up and port_open(EPMD_PORT):
+            # rabbitmq-server started the Erlang port mapper (a daemon outside its process group):
+            # remember that, so stopping rabbitmq stops it too -- and never an epmd someone else runs
+            with open(EPMD_MARKER, "w") as handle:
+                handle.write("started with rabbitmq\n")
     wait_for(lambda: _management_ok(inst), "rabbitmq management API on %d" % inst.rabbit_mgmt_port,
              timeout=60)
     if inst.vhost != "/":
@@ -458,16 +483,27 @@ def up(inst, quiet=False):
         print("  logs        %s/*.log" % os.path.relpath(inst.log_dir, ROOT))
 
 
+def started_processes(inst):
+    """Names of the instance's pid files: gateway first, services, replicas (``usage-2``, ...), smtp last."""
+    try:
+        names = {f[:-4] for f in os.listdir(inst.run_dir) if f.endswith(".pid")} - set(INFRA)
+    except FileNotFoundError:
+        names = set()
+    fixed = ("gateway",) + SERVICES
+    return [n for n in fixed if n in names] + sorted(names - set(fixed) - {"smtp"}) + (
+        ["smtp"] if "smtp" in names else [])
+
+
 def down(inst, infra=True):
-    for name in ("gateway",) + SERVICES + ("smtp",):
+    """Stop every process the instance started (also replicas tests or benchmarks added), and with
+    ``infra`` the infrastructure a stack started -- nothing that merely answered on its port."""
+    for name in started_processes(inst):
         if stop_pid_file(_pid_file(inst, name)):
             print("stopped %s" % name)
     if infra:
-        for name in ("ferretdb", "rabbitmq"):
-            if stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30):
+        for name in INFRA:
+            if stop_infra(name):
                 print("stopped %s" % name)
-                if name == "rabbitmq":  # the Erlang port mapper it started
-                    subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_isolated(inst):
@@ -495,8 +531,7 @@ def stop_isolated(inst, started_infra, drop=False):
     if drop:
         drop_databases(inst)
     for name in started_infra:
-        if stop_pid_file(os.path.join(INFRA_RUN, name + ".pid"), timeout=30) and name == "rabbitmq":
-            subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop_infra(name)
 
 
 def status(inst):
