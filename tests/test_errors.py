@@ -1,6 +1,7 @@
 """Bad input always gets the contract's error shape with a 4xx; never a 500 or a query operator."""
 import pytest
 
+from gateway.app import create_app
 from tests.support import assert_error, superuser_token, unique_email
 
 
@@ -98,3 +99,42 @@ def test_health_and_readiness(gateway):
     ready = gateway.get(gateway.base_url + "/readyz")
     assert ready.status_code == 200, ready.text
     assert set(ready.json()["checks"]) == {"org", "membership", "notifications", "usage"}
+
+
+class FlaskAnswer:
+    """A Flask test response seen through the interface ``assert_error`` reads (requests')."""
+
+    def __init__(self, response):
+        self.status_code, self.text, self.headers = response.status_code, response.get_data(as_text=True), response.headers
+        self.json = response.get_json
+
+
+@pytest.fixture
+def app(test_stack):
+    """The gateway built by its own factory with a test configuration (the test stack's broker and key)."""
+    application = create_app({"AMQP_URI": test_stack.amqp_uri, "JWT_PUBLIC_KEY_FILES": test_stack.public_key_file,
+                              "RPC_TIMEOUT": 3})
+    yield application
+    application.extensions["revocation_consumer"].stop()
+    application.extensions["rpc"].close()
+
+
+def test_an_unexpected_exception_is_a_500_in_the_error_shape_without_details(app):
+    secret = "db-password-hunter2 at /srv/secret/path.py line 42"
+
+    @app.get("/api/v1/_test/boom")
+    def boom():
+        raise RuntimeError(secret)
+
+    @app.get("/api/v1/_test/missing-key")
+    def missing_key():
+        return {}["no-such-key"]
+
+    for path in ("/api/v1/_test/boom", "/api/v1/_test/missing-key"):
+        answer = FlaskAnswer(app.test_client().get(path))
+        error = assert_error(answer, 500, "internal_error")
+        assert error["details"] == {} and error["message"] == "internal error"
+        for leak in ("Traceback", "RuntimeError", "KeyError", "hunter2", "/srv/secret", "no-such-key", ".py"):
+            assert leak not in answer.text, (leak, answer.text)
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"  # the error passed through after_request

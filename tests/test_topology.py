@@ -1,5 +1,10 @@
 """The bus topology declared up front matches what the services subscribe to."""
+import copy
 import inspect
+import uuid
+from urllib.parse import quote
+
+import pytest
 
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 
@@ -10,6 +15,7 @@ from services.membership.service import MembershipService
 from services.notifications.service import NotificationsService
 from services.org.service import OrgService
 from services.usage.service import UsageService
+from stack import stack
 
 SERVICES = (OrgService, MembershipService, NotificationsService, UsageService)
 
@@ -40,3 +46,37 @@ def test_queue_names_match_what_nameko_declares():
         assert main.durable and not main.auto_delete and not main.exclusive
         assert retry.queue_arguments["x-dead-letter-routing-key"] == main.name
         assert parked.name == main.name + ".parked"
+
+
+@pytest.fixture
+def scratch_vhost(test_stack):
+    """The test stack's broker with an empty vhost of its own: whatever is there, the declaration made."""
+    inst = copy.copy(test_stack)
+    inst.vhost = "%s-topology-%s" % (test_stack.vhost, uuid.uuid4().hex[:8])
+    stack.ensure_rabbitmq(inst)  # creates the vhost and grants the user access
+    yield inst
+    stack._management(inst, "DELETE", "/api/vhosts/%s" % quote(inst.vhost, safe=""))
+
+
+def test_declaration_creates_every_durable_subscriber_queue_on_the_broker(scratch_vhost):
+    inst = scratch_vhost
+    vhost = quote(inst.vhost, safe="")
+    assert stack._management(inst, "GET", "/api/queues/%s" % vhost) == []
+    stack.declare_topology(inst)  # what `make up` runs before any service starts
+
+    queues = {q["name"]: q for q in stack._management(inst, "GET", "/api/queues/%s" % vhost)}
+    exchanges = {e["name"]: e for e in stack._management(inst, "GET", "/api/exchanges/%s" % vhost)}
+    bindings = {(b["source"], b["destination"], b["routing_key"])
+                for b in stack._management(inst, "GET", "/api/bindings/%s" % vhost)}
+    for source in topology.EVENT_SOURCES:
+        exchange = exchanges["%s.events" % source]
+        assert exchange["type"] == "topic" and exchange["durable"] and not exchange["auto_delete"], exchange
+    for subscription in topology.SUBSCRIPTIONS:
+        main, retry, parked = topology.subscriber_queues(subscription)
+        for queue in (main, retry, parked):
+            assert queue.name in queues, "%s not declared" % queue.name
+            declared = queues[queue.name]
+            assert declared["durable"] and not declared["auto_delete"] and not declared["exclusive"], declared
+        assert ("%s.events" % subscription.event[0], main.name, subscription.event[1]) in bindings
+        assert queues[retry.name]["arguments"] == {"x-dead-letter-exchange": "",
+                                                   "x-dead-letter-routing-key": main.name}
