@@ -1,4 +1,6 @@
 """Request and response schemas of the HTTP API; the OpenAPI document is generated from these."""
+import re
+
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from common.events import PLAN_NAMES, ROLES
@@ -411,11 +413,29 @@ class GrantRequest(Strict):
     idempotency_key = IDEMPOTENCY_KEY
 
 
+class OneLine(validate.Regexp):
+    """No control characters or line separators: job fields end up in mail subjects and bodies.
+
+    A ``Regexp`` so the OpenAPI document carries the rule as a ``pattern``; checked with a search
+    for a bad character, since ``$`` would also match before a trailing newline."""
+
+    BAD = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+    def __init__(self):
+        super().__init__(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$",
+                         error="Must be one line without control characters.")
+
+    def __call__(self, value):
+        if self.BAD.search(value):
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class ReservationRequest(Strict):
     amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10 ** 15),
                             metadata={"description": MILLI})
-    job_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    job_type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    job_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), OneLine()])
+    job_type = fields.String(required=True, validate=[validate.Length(min=1, max=100), OneLine()])
     idempotency_key = IDEMPOTENCY_KEY
 
 
