@@ -12,7 +12,8 @@ from kombu import Connection
 
 from common import events
 from common.events import make_event
-from common.topology import event_exchange
+from common.topology import Subscription, event_exchange, queue_name
+from services.notifications import dispatch
 from stack import stack
 from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
 
@@ -69,6 +70,11 @@ def put_settings(gateway, admin, plan_email=None, new_user_email=None, ai_job_re
 def deliveries(gateway, admin, **match):
     items = gateway.get(settings_path(admin.org_id, "/deliveries?limit=200"), admin.token).json()["items"]
     return [d for d in items if all(d[k] == v if k != "subject" else v in d["subject"] for k, v in match.items())]
+
+
+def moment(text):
+    """A timestamp of the API (ISO 8601, 'Z') as an aware datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def settled(gateway, admin):
@@ -290,6 +296,128 @@ def test_deletion_requested_mail_goes_to_the_owner(gateway, mailbox, test_stack,
     assert "Doomed Mail Lab" in mail.subject and "removed permanently" in mail.text
 
 
+# -- the service's own copy of the members, fed by the real membership events ---------------------
+
+def member_doc(notifications_db, org_id, user_id):
+    return notifications_db.members.find_one({"_id": "%s:%s" % (org_id, user_id)}) or {}
+
+
+def job_mail_recipients(gateway, admin, test_stack, mailbox, initiator, expected):
+    """Emit an ai_job_completed; once the expected mail arrived, the recipients it was recorded for."""
+    job_type = "job-%s" % uuid.uuid4().hex[:8]
+    emit(test_stack, events.AI_JOB_COMPLETED, admin.org_id, job_id="j-" + job_type, job_type=job_type,
+         initiator_user_id=initiator.user_id, outcome="succeeded", credits=10)
+    for address in expected:
+        mailbox.wait(address, contains=job_type)
+    # all of one event's mail is recorded before any of it is sent: the log is the full list
+    return sorted(d["to"] for d in deliveries(gateway, admin, kind="ai_job_completed", subject=job_type))
+
+
+def test_promoted_admin_gets_admin_mail_and_a_removed_admin_no_longer_does(gateway, team, mailbox, test_stack,
+                                                                         notifications_db):
+    owner, admin, member, manager = team["owner"], team["admin"], team["member"], team["dataset_manager"]
+    org_id = owner.org_id
+    put_settings(gateway, owner, ai_job_recipients="admins")
+    response = gateway.patch("/organizations/%s/members/%s" % (org_id, member.user_id), {"role": "admin"},
+                             owner.token)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: member_doc(notifications_db, org_id, member.user_id).get("role") == "admin",
+               what="member_role_changed applied")
+    everyone = sorted([owner.email, admin.email, member.email])
+    assert job_mail_recipients(gateway, owner, test_stack, mailbox, manager, everyone) == everyone
+    response = gateway.delete("/organizations/%s/members/%s" % (org_id, admin.user_id), token=owner.token)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: member_doc(notifications_db, org_id, admin.user_id).get("left") is True,
+               what="member_left applied")
+    remaining = sorted([owner.email, member.email])
+    assert job_mail_recipients(gateway, owner, test_stack, mailbox, manager, remaining) == remaining
+
+
+def test_after_an_ownership_transfer_the_new_owner_gets_member_joined_mail(gateway, tap, team, mailbox,
+                                                                            notifications_db):
+    owner, admin, org_id = team["owner"], team["admin"], team["owner"].org_id
+    response = gateway.post("/organizations/%s/ownership" % org_id, {"user_id": admin.user_id}, owner.token)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: (notifications_db.organizations.find_one({"_id": org_id}) or {}).get("owner_email")
+               == admin.email, what="ownership_transferred applied")
+    # the transfer revoked both tokens: the new owner logs in again to invite
+    login = gateway.post("/auth/login", {"email": admin.email, "password": admin.password,
+                                         "organization_id": org_id})
+    assert login.status_code == 200, login.text
+    admin.token = login.json()["access_token"]
+    join(gateway, tap, admin, "member", name="Nora Newcomer")
+    [mail] = mailbox.wait(admin.email, contains="Nora Newcomer")
+    assert mail.rcpt_to == [admin.email]
+    assert [d["to"] for d in deliveries(gateway, admin, kind="member_joined", subject="Nora Newcomer")] == [admin.email]
+    assert mailbox.to(owner.email, contains="Nora Newcomer") == []
+
+
+# -- real chains: the usage service's events, caused through the gateway ---------------------------
+
+def test_a_settled_reservation_mails_the_job_completion(gateway, team, mailbox):
+    owner, manager, org_id = team["owner"], team["dataset_manager"], team["owner"].org_id
+    su = superuser_token(gateway)
+    put_settings(gateway, owner, ai_job_recipients="initiator_and_admins")
+    granted = gateway.post("/organizations/%s/credits/grants" % org_id,
+                           {"amount": 10_000, "idempotency_key": uuid.uuid4().hex}, su)
+    assert granted.status_code == 201, granted.text
+    want = sorted([manager.email, owner.email, team["admin"].email])
+    for outcome, amount, words in (("succeeded", 1_200, "spent"), ("failed", 700, "refunded")):
+        job_type = "embed-%s" % uuid.uuid4().hex[:8]
+        reserved = gateway.post("/organizations/%s/credits/reservations" % org_id, {
+            "amount": amount, "job_id": "job-%s" % job_type, "job_type": job_type,
+            "idempotency_key": uuid.uuid4().hex}, manager.token)
+        assert reserved.status_code == 201, reserved.text
+        settle = gateway.post("/organizations/%s/credits/reservations/%s/settle" % (
+            org_id, reserved.json()["entry"]["id"]), {"outcome": outcome}, su)
+        assert settle.status_code == 200, settle.text
+        for address in want:
+            [mail] = mailbox.wait(address, contains=job_type)
+            assert outcome in mail.subject and "job-%s" % job_type in mail.text
+            assert "Credits %s: %d milli-credits" % (words, amount) in mail.text
+            assert "dataset_manager person" in mail.text  # the initiator, from the reservation's actor
+        assert sorted(d["to"] for d in deliveries(gateway, owner, kind="ai_job_completed", subject=job_type)) == want
+
+
+def test_a_real_storage_report_over_the_limit_mails_plan_email(gateway, tap, team, mailbox, notifications_db):
+    owner, org_id = team["owner"], team["owner"].org_id
+    su = superuser_token(gateway)
+    billing = unique_email("storage-billing")
+    put_settings(gateway, owner, plan_email=billing)
+    set_plan(gateway, org_id, name="team", storage=1_000)
+    mailbox.wait(billing, contains="plan changed to team")
+
+    def report(size):
+        response = gateway.post("/organizations/%s/storage-reports" % org_id,
+                                {"datasets": [{"dataset_id": "big", "bytes": size}], "complete": True}, su)
+        assert response.status_code == 201, response.text
+        event = tap.wait_for("storage_updated", organization_id=org_id, used_bytes=size)
+        wait_until(lambda: notifications_db.organizations.find_one({"_id": org_id}).get("storage_as_of")
+                   == event["occurred_at"], what="storage report %d applied" % size)
+
+    report(1_500)
+    [mail] = mailbox.wait(billing, contains="storage limit exceeded")
+    assert "1.5 KB" in mail.text and "500 bytes" in mail.text and mail.rcpt_to == [billing]
+    report(2_500)  # still over: not mailed again
+    assert [d["to"] for d in deliveries(gateway, owner, kind="storage_limit_exceeded")] == [billing]
+    assert len(mailbox.to(billing, contains="storage limit exceeded")) == 1
+    assert mailbox.to(owner.email, contains="storage limit exceeded") == []
+
+
+def test_job_fields_with_control_characters_are_refused_at_the_gateway(gateway, team):
+    """job_id and job_type end up in the completion mail's subject: one line each, or a 422."""
+    path = "/organizations/%s/credits/reservations" % team["owner"].org_id
+    valid = {"amount": 1, "job_id": "job-1", "job_type": "segmentation", "idempotency_key": uuid.uuid4().hex}
+    for field, value in (("job_type", "seg\r\nBcc: victim@example.test"), ("job_type", "seg\n"),
+                         ("job_id", "job\rX-Injected: yes"), ("job_id", "job\x00"), ("job_type", "a\tb"),
+                         ("job_type", "a\u2028b"), ("job_id", "a\x85b")):
+        body = dict(valid, **{field: value}, idempotency_key=uuid.uuid4().hex)
+        error = assert_error(gateway.post(path, body, team["dataset_manager"].token), 422, "validation_failed")
+        assert set(error["details"]) == {field}, (value, error)
+    # a plain job still gets through to the usage service (no credits: 402 there, not a 422 here)
+    assert_error(gateway.post(path, valid, team["dataset_manager"].token), 402, "insufficient_credits")
+
+
 # -- reliability -------------------------------------------------------------------------------
 
 def test_smtp_outage_every_queued_mail_delivered_exactly_once(gateway, tap, team, mailbox, test_stack):
@@ -338,16 +466,64 @@ def test_smtp_down_too_long_marks_mail_failed(gateway, tap, team, mailbox, test_
         invite(gateway, tap, admin, address)
         [failed] = wait_until(lambda: [d for d in deliveries(gateway, admin, to=address) if d["status"] == "failed"],
                               timeout=40, what="delivery given up")
-        assert failed["attempts"] == 6 == len(failed["attempt_log"])  # MAIL_MAX_ATTEMPTS of the test stack
+        policy = dispatch.DispatchPolicy.from_config(test_stack.service_env())  # what the service runs with
+        assert failed["attempts"] == policy.max_attempts == len(failed["attempt_log"])
         assert "refused" in failed["last_error"].lower() and failed["sent_at"] is None
-        gaps = [(b["at"], a["at"]) for a, b in zip(failed["attempt_log"], failed["attempt_log"][1:])]
-        assert all(later > earlier for later, earlier in gaps)
+        # each retry waited at least the policy's backoff (base, 2*base, ... capped); 0.8: clock slack
+        times = [moment(a["at"]) for a in failed["attempt_log"]]
+        gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+        expected = [policy.backoff(n) for n in range(1, len(times))]
+        assert expected[-1] > expected[0]  # the test stack's policy does grow
+        assert all(gap >= 0.8 * want for gap, want in zip(gaps, expected)), (gaps, expected)
     finally:
         stack.start_smtp_sink(test_stack)
     marker = unique_email("after-give-up")
     invite(gateway, tap, admin, marker)
     mailbox.wait(marker)
     assert mailbox.to(address) == []
+
+
+def to_notifications(test_stack, event, body):
+    """Deliver an event to the notifications service's queue only (the other subscribers of the
+    type never see this made-up organization)."""
+    queue = queue_name(Subscription(event, "notifications", "on_" + event[1]))
+    with Connection(test_stack.amqp_uri) as connection:
+        connection.Producer(serializer="json").publish(body, exchange="", routing_key=queue, retry=True)
+    return queue
+
+
+def waiting_on(test_stack, queue):
+    """How many messages ``queue`` holds (a passive declare: exact, unlike the management stats)."""
+    with Connection(test_stack.amqp_uri) as connection:
+        return connection.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def test_an_event_whose_handler_fails_is_retried_not_lost(test_stack, mailbox, notifications_db):
+    """member_joined before its organization is known: the handler raises (no owner to mail), the
+    event waits on the retry queue and comes back; once organization_created arrived, the join is
+    mailed -- once."""
+    org_id, owner_email = uuid.uuid4().hex, unique_email("late-owner")
+    _, _, joined = make_event(events.MEMBER_JOINED, org_id, user_id=uuid.uuid4().hex, email=unique_email("early"),
+                              name="Early Eddie", role="member", via_invite=True, is_owner=False)
+    queue = to_notifications(test_stack, events.MEMBER_JOINED, joined)
+    # the handler ran (it stores the member before it looks for the owner) and failed ...
+    wait_until(lambda: notifications_db.members.find_one({"_id": "%s:%s" % (org_id, joined["user_id"])}),
+               what="the member_joined handler to run")
+    # ... and handed the event to the retry queue instead of acking it away
+    wait_until(lambda: waiting_on(test_stack, queue + ".retry") > 0, what="the event on the retry queue")
+    assert notifications_db.deliveries.count_documents({"org_id": org_id}) == 0
+    _, _, created = make_event(events.ORGANIZATION_CREATED, org_id, name="Late Lab", owner_user_id=uuid.uuid4().hex,
+                               owner_email=owner_email, owner_name="Lena Late")
+    to_notifications(test_stack, events.ORGANIZATION_CREATED, created)
+    [mail] = mailbox.wait(owner_email, contains="Early Eddie")
+    assert "Late Lab" in mail.subject
+    # exactly once: a later join of the same organization is mailed, the early one not again
+    _, _, later = make_event(events.MEMBER_JOINED, org_id, user_id=uuid.uuid4().hex, email=unique_email("later"),
+                             name="Later Lou", role="member", via_invite=True, is_owner=False)
+    to_notifications(test_stack, events.MEMBER_JOINED, later)
+    mailbox.wait(owner_email, contains="Later Lou")
+    assert len(mailbox.to(owner_email, contains="Early Eddie")) == 1
+    assert notifications_db.deliveries.count_documents({"org_id": org_id, "kind": "member_joined"}) == 2
 
 
 def test_same_event_twice_sends_one_mail(gateway, team, mailbox, test_stack):
