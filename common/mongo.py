@@ -13,8 +13,9 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from pymongo.errors import OperationFailure, PyMongoError
 
+from common.batching import SharedReads
 from common.config import database_name
-from common import outbox
+from common import outbox, tombstones
 from common.outbox import Outbox
 
 _clients = {}
@@ -77,10 +78,20 @@ class Store:
 
     INDEXES = {}
     OUTBOX_COLLECTIONS = ()
+    #: ``linger`` of the tombstone reads (see ``common.batching``): a store whose event handlers
+    #: may wait a moment lets a burst of events share the read
+    PURGED_READ_LINGER = 0.0
 
     def __init__(self, db, outbox=None):
         self.db = db
         self.outbox = outbox
+        self._purged = SharedReads(lambda org_id: tombstones.was_purged(self.db, org_id),
+                                   linger=self.PURGED_READ_LINGER)
+
+    def was_purged(self, org_id):
+        """Whether the organization was purged here (a late write for it must be refused); a burst
+        of events for one organization asks the database once."""
+        return org_id is not None and self._purged.submit(org_id)
 
     def configure(self, config):
         """Hook for a store that needs settings from the service config."""

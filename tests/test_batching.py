@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from common.batching import GroupCommit
+from common.batching import GroupCommit, NewestWins, SharedReads
 
 
 def run_concurrently(batch, items):
@@ -99,3 +99,29 @@ def test_a_flush_returning_the_wrong_number_of_results_fails_loudly():
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         batch.submit("x")
     assert GroupCommit(lambda items: list(items)).submit("y") == "y"
+
+
+def test_shared_reads_ask_once_per_key_and_give_each_caller_its_own_copy():
+    asked = []
+    reads = SharedReads(lambda key: asked.append(key) or {"key": key, "tags": []})
+    results = reads._flush_reads(["a", "b", "a", "a"])
+    assert asked == ["a", "b"]
+    assert [doc["key"] for doc in results] == ["a", "b", "a", "a"]
+    results[0]["tags"].append("changed by one caller")
+    assert results[2]["tags"] == [] and results[3]["tags"] == []
+    assert reads.submit("c") == {"key": "c", "tags": []}
+
+
+def test_newest_wins_writes_only_the_newest_fact_per_key():
+    written = []
+    facts = NewestWins(lambda key, fields, as_of: written.append((key, fields, as_of)) or "written")
+    results = facts._flush_newest([
+        ("org1", {"count": 2}, "t2"), ("org1", {"count": 5}, "t5"), ("org2", {"count": 1}, "t1"),
+        ("org1", {"count": 3}, "t3"),
+        ("org1", {"count": 4, "extra": True}, "t1"),  # not covered by the newest one's fields: kept
+        ("org1", {"count": 6}, "t5"),  # as new as the one written: the stored fact refuses it anyway
+    ])
+    assert written == [("org1", {"count": 5}, "t5"), ("org2", {"count": 1}, "t1"),
+                       ("org1", {"count": 4, "extra": True}, "t1")]
+    assert results == [None, "written", "written", None, "written", None]
+    assert facts.submit(("org3", {"count": 7}, "t7")) == "written"

@@ -11,7 +11,6 @@ that grow with every mail (deliveries, attempts, members) are only ever inserted
 (see "deliveries" below for why).
 """
 import base64
-import copy
 import hashlib
 import logging
 import uuid
@@ -22,8 +21,7 @@ from cryptography.fernet import Fernet
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from common import tombstones
-from common.batching import GroupCommit
+from common.batching import GroupCommit, NewestWins, SharedReads
 from common.mongo import Store
 
 log = logging.getLogger(__name__)
@@ -64,9 +62,9 @@ class NotificationsStore(Store):
 
     def __init__(self, db, outbox=None):
         super().__init__(db, outbox)
-        self._reads = GroupCommit(self._flush_reads)
+        self._reads = SharedReads(lambda key: self.db[key[0]].find_one({"_id": key[1]}))
         self._members = GroupCommit(self._flush_members)
-        self._facts = GroupCommit(self._flush_facts)
+        self._facts = NewestWins(self._write_fact)
         self._records = GroupCommit(self._flush_records)
         self._outcomes = GroupCommit(self._flush_outcomes)
 
@@ -76,52 +74,27 @@ class NotificationsStore(Store):
     # -- reads by _id, coalesced -----------------------------------------------------------------
     def _read(self, collection, doc_id):
         """``find_one({"_id": doc_id})``, shared with every concurrent caller asking for the same
-        document; the query is sent after this call started, so it sees every write made before."""
+        document (see ``SharedReads``)."""
         return self._reads.submit((collection, doc_id))
-
-    def _flush_reads(self, keys):
-        found = {}
-        results = []
-        for key in keys:
-            if key not in found:
-                collection, doc_id = key
-                found[key] = self.db[collection].find_one({"_id": doc_id})
-                results.append(found[key])
-            else:  # callers may change what they get: each one its own copy
-                results.append(copy.deepcopy(found[key]))
-        return results
-
-    def was_purged(self, org_id):
-        return org_id is not None and self._read(tombstones.COLLECTION, tombstones.digest(org_id)) is not None
 
     # -- organizations (this service's copy) ---------------------------------------------------
     def organization(self, org_id):
         return self._read("organizations", org_id)
 
     def set_if_newer(self, org_id, stamp, fields, as_of):
-        """``$set`` ``fields`` on the org unless a newer fact under ``stamp`` is applied already.
+        """``$set`` ``fields`` on the org unless a newer fact under ``stamp`` is applied already;
+        concurrent calls share their writes (see ``NewestWins``)."""
+        self._facts.submit(((org_id, stamp), dict(fields), as_of))
 
-        Concurrent calls are applied in one batch; a call whose fields a newer call of the same
-        batch (same organization and stamp) sets too is dropped, it would change nothing."""
-        self._facts.submit((org_id, stamp, dict(fields), as_of))
-
-    def _flush_facts(self, items):
-        newest = {}  # (org, stamp) -> the newest call of the batch
-        for org_id, stamp, fields, as_of in items:
-            if (org_id, stamp) not in newest or as_of > newest[org_id, stamp][1]:
-                newest[org_id, stamp] = (fields, as_of)
-        for org_id, stamp, fields, as_of in items:
-            newer_fields, newer_as_of = newest[org_id, stamp]
-            if newer_as_of > as_of and set(newer_fields) >= set(fields):
-                continue  # superseded within the batch
-            key = stamp + "_as_of"
-            try:
-                self.db.organizations.update_one(
-                    {"_id": org_id, "$or": [{key: {"$lt": as_of}}, {key: {"$exists": False}}]},
-                    {"$set": dict(fields, **{key: as_of})}, upsert=True)
-            except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
-                pass
-        return [None] * len(items)
+    def _write_fact(self, key, fields, as_of):
+        org_id, stamp = key
+        stamp_key = stamp + "_as_of"
+        try:
+            self.db.organizations.update_one(
+                {"_id": org_id, "$or": [{stamp_key: {"$lt": as_of}}, {stamp_key: {"$exists": False}}]},
+                {"$set": dict(fields, **{stamp_key: as_of})}, upsert=True)
+        except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
+            pass
 
     def set_fields(self, org_id, fields):
         self.db.organizations.update_one({"_id": org_id}, {"$set": fields})

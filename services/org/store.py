@@ -9,6 +9,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from common import outbox
+from common.batching import READ_MODEL_LINGER, NewestWins
 from common.mongo import Store
 from services.org.cache import CACHE_EXCHANGE, OrganizationCache, invalidation_listener
 
@@ -23,6 +24,10 @@ class OrgStore(Store):
 
     cache = None
     _listener = None
+
+    def __init__(self, db, outbox=None):
+        super().__init__(db, outbox)
+        self._read_model = NewestWins(self._write_read_model, linger=READ_MODEL_LINGER)
 
     def configure(self, config):
         self.cache = OrganizationCache(max_age=float(config.get("ORG_CACHE_SECONDS") or 30))
@@ -113,13 +118,17 @@ class OrgStore(Store):
                                             {outbox.FIELD: 0, outbox.COUNT: 0}).limit(100))
 
     def apply_read_model(self, org_id, section, values, as_of):
-        """Set one overview section unless a newer fact is already there (events may be reordered).
+        """Set one overview section unless a newer fact is already there (events may be reordered);
+        concurrent calls share their writes (a burst of joins is one update, see ``NewestWins``).
 
         A tombstone is never touched: a late event must not put data back into a deleted organization."""
+        self._read_model.submit(((org_id, section), dict(values), as_of))
+
+    def _write_read_model(self, key, values, as_of):
+        org_id, section = key
         result = self.organizations.update_one(
             {"_id": org_id, "status": {"$ne": "deleted"}, "$or": [{section + ".as_of": {"$lt": as_of}},
                                     {section + ".as_of": {"$exists": False}}]},
-            {"$set": {"%s.%s" % (section, key): value for key, value in dict(values, as_of=as_of).items()}})
+            {"$set": {"%s.%s" % (section, field): value for field, value in dict(values, as_of=as_of).items()}})
         if result.modified_count:
             self._changed(org_id)
-        return result

@@ -1,7 +1,7 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
 from nameko.rpc import rpc
 
-from common import events, tombstones
+from common import events
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
@@ -53,7 +53,7 @@ class UsageService:
     def _apply(self, event_type, handler, body):
         """A late event for a purged organization is dropped, not allowed to recreate it."""
         event = events.load_event(event_type, body)
-        if not tombstones.was_purged(self.store.db, event.get("organization_id")):
+        if not self.store.was_purged(event.get("organization_id")):
             handler(self.store, event)
 
     @reliable_handler(events.ORGANIZATION_CREATED)

@@ -16,6 +16,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from common import outbox
+from common.batching import READ_MODEL_LINGER, NewestWins
 from common.mongo import Store
 
 HIDE = {outbox.FIELD: 0, outbox.COUNT: 0}
@@ -33,6 +34,11 @@ class UsageStore(Store):
         "dataset_buckets": [IndexModel([("org_id", ASCENDING)])],
     }
     OUTBOX_COLLECTIONS = ("ledger", "storage_reports")
+    PURGED_READ_LINGER = READ_MODEL_LINGER  # only event handlers that update facts ask
+
+    def __init__(self, db, outbox=None):
+        super().__init__(db, outbox)
+        self._facts = NewestWins(self._write_fact, linger=READ_MODEL_LINGER)
 
     def configure(self, config):
         # fault injection for the crash-recovery test only: die right after the ledger insert
@@ -53,7 +59,12 @@ class UsageStore(Store):
         self.db.organizations.update_one({"_id": org_id}, {"$set": {"status": status}})
 
     def set_fact_if_newer(self, collection, org_id, values, as_of):
-        """One document per fact; a fact older than the stored one is ignored (events may be reordered)."""
+        """One document per fact; a fact older than the stored one is ignored (events may be reordered).
+        Concurrent calls share their writes (a burst of joins is one update, see ``NewestWins``)."""
+        self._facts.submit(((collection, org_id), dict(values), as_of))
+
+    def _write_fact(self, key, values, as_of):
+        collection, org_id = key
         try:
             self.db[collection].update_one(
                 {"_id": org_id, "$or": [{"as_of": {"$lt": as_of}}, {"as_of": {"$exists": False}}]},
