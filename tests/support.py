@@ -230,3 +230,109 @@ class Mailbox:
 
     def recipients(self, contains):
         return sorted(r for m in self.all() if contains in m.subject or contains in m.text for r in m.rcpt_to)
+
+
+def service_config(test_stack, service):
+    """``services/<service>/config.yml`` as the instance runs it (its environment substituted), so a
+    test agrees with a configured value (a limit, a TTL, a public URL) instead of repeating a default."""
+    from unittest import mock
+
+    import yaml
+    from nameko.cli.main import IMPLICIT_ENV_VAR_MATCHER, env_var_constructor
+
+    class Loader(yaml.SafeLoader):  # nameko's !env_var syntax, without changing yaml.SafeLoader for others
+        pass
+
+    Loader.add_constructor("!env_var", env_var_constructor)
+    Loader.add_implicit_resolver("!env_var", IMPLICIT_ENV_VAR_MATCHER, None)
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "services", service, "config.yml")
+    with mock.patch.dict(os.environ, test_stack.service_env(), clear=True), open(path) as handle:
+        return yaml.load(handle, Loader=Loader)
+
+
+def gateway_workers(test_stack):
+    """Pids of the gateway's gunicorn workers: the children of the master named in its pid file."""
+    from stack import stack
+
+    master = stack.read_pid(stack._pid_file(test_stack, "gateway"))
+    workers = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # not a process, or it just exited
+        if parent == master:
+            workers.add(int(entry))
+    return workers
+
+
+def _serving_worker(server_port, client_port, workers):
+    """Which of ``workers`` holds the server end of the local TCP connection from ``client_port``."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if (int(fields[1].rsplit(":", 1)[1], 16) == server_port
+                        and int(fields[2].rsplit(":", 1)[1], 16) == client_port):
+                    sockets.add("socket:[%s]" % fields[9])
+    for pid in workers:
+        try:
+            descriptors = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in descriptors:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in sockets:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def on_new_connections(test_stack, path, token, minimum=20, timeout=30.0):
+    """GET ``path`` with ``token``, each request on a new TCP connection, until at least ``minimum``
+    were sent and every gateway worker has answered one; returns ``[(worker pid, status, body)]``.
+
+    A kept-alive session sticks to one worker; this shows what *every* gateway process answers
+    (e.g. that each one has applied a revocation), naming the worker that served each request.
+    """
+    import http.client
+    import json
+
+    workers = gateway_workers(test_stack)
+    assert len(workers) >= 2, "expected several gateway workers, found %r" % workers
+    answers = []
+    deadline = time.monotonic() + timeout
+    while len(answers) < minimum or {pid for pid, _, _ in answers} != workers:
+        if time.monotonic() > deadline:
+            raise AssertionError("after %d new connections in %.0fs, workers %r answered, of %r"
+                                 % (len(answers), timeout, sorted({a[0] for a in answers}, key=str), workers))
+        connection = http.client.HTTPConnection(test_stack.gateway_host, test_stack.gateway_port, timeout=15)
+        try:
+            connection.request("GET", "/api/v1" + path, headers={"Authorization": "Bearer " + token})
+            response = connection.getresponse()
+            body = json.loads(response.read())
+            # the server keeps the connection open (keep-alive) until we close it: look it up now
+            worker = _serving_worker(test_stack.gateway_port, connection.sock.getsockname()[1], workers)
+        finally:
+            connection.close()
+        answers.append((worker, response.status, body))
+    return answers
+
+
+def error_codes(answers):
+    """``{(status, error code or None)}`` of :func:`on_new_connections` answers."""
+    return {(status, body.get("error", {}).get("code") if isinstance(body, dict) else None)
+            for _, status, body in answers}
+
+
+def assert_every_worker_answers(test_stack, path, token, status, code=None, minimum=20):
+    """Each of ``minimum``+ requests, on new connections reaching every gateway worker, answers
+    ``status`` (and error ``code``): e.g. a revocation has reached every process, not just one."""
+    answers = on_new_connections(test_stack, path, token, minimum)
+    unexpected = [answer for answer in answers if error_codes([answer]) != {(status, code)}]
+    assert not unexpected, "%d of %d answers were not %s %s: %r" % (len(unexpected), len(answers), status, code,
+                                                                    unexpected[:3])
+    return answers
