@@ -1,10 +1,17 @@
 """Members, roles, invites, ownership and switching through the real gateway, services and bus."""
+import base64
+import os
 import threading
+import uuid
+from datetime import datetime, timedelta, timezone
 
 import pymongo
 import pytest
+import requests
 
-from tests.support import Account, assert_error, invite, join, superuser_token, unique_email, wait_until
+from stack import stack
+from tests.support import (Account, Mailbox, assert_error, assert_every_worker_answers, invite, join,
+                           service_config, superuser_token, unique_email, wait_until)
 
 
 @pytest.fixture
@@ -208,15 +215,52 @@ def test_revoked_and_expired_invites_are_dead(gateway, tap, team, test_stack):
     assert revoked_id not in listed and expired_id not in listed
 
 
-def test_invite_tokens_never_stored_in_plain_text(gateway, tap, team, test_stack):
-    token, _ = invite(gateway, tap, team["admin"], unique_email("secret"))
+def scan_databases(test_stack, secrets):
+    """Fail if any document of any of the instance's databases holds one of ``secrets`` in plain
+    text; returns the names (without prefix) of the databases scanned."""
     client = pymongo.MongoClient(test_stack.mongo_url)
+    scanned = set()
     for name in client.list_database_names():
         if not name.startswith(test_stack.db_prefix):
             continue
+        scanned.add(name[len(test_stack.db_prefix):])
         for collection in client[name].list_collection_names():
             for doc in client[name][collection].find():
-                assert token not in repr(doc), "%s.%s holds the invite token" % (name, collection)
+                text = repr(doc)
+                for what, secret in secrets.items():
+                    assert secret not in text, "%s.%s holds the %s" % (name, collection, what)
+    return scanned
+
+
+def test_invite_tokens_never_stored_in_plain_text(gateway, tap, team, test_stack):
+    """No database holds an invite, access or refresh token or a password in plain text. The first
+    scan runs while the invite mail waits in the notifications queue (the SMTP sink is down, so its
+    body, link included, must be kept for the retry); the second after it was sent."""
+    admin, mailbox = team["admin"], Mailbox(test_stack.mail_dir)
+    email, password = unique_email("secret"), "pw-%s" % os.urandom(8).hex()
+    deliveries = "/organizations/%s/notifications/deliveries?limit=200" % admin.org_id
+    sink = stack._pid_file(test_stack, "smtp")
+    assert stack.stop_pid_file(sink)
+    try:
+        token, _ = invite(gateway, tap, admin, email)
+        wait_until(lambda: [d for d in gateway.get(deliveries, admin.token).json()["items"]
+                            if d["to"] == email and d["status"] == "queued" and d["attempts"] >= 1],
+                   what="the invite mail queued after a failed attempt")
+        assert {"membership", "notifications", "org"} <= scan_databases(test_stack, {"invite token": token})
+    finally:
+        stack.start_smtp_sink(test_stack)
+    [mail] = mailbox.wait(email)
+    assert token in mail.text, "the mail carries the link, so its queued body held the token"
+    signup = gateway.post("/auth/signup", {"email": email, "password": password, "name": "Secret",
+                                           "invite_token": token})
+    assert signup.status_code == 201, signup.text
+    refreshed = gateway.post("/auth/refresh", {"refresh_token": signup.json()["refresh_token"]})
+    assert refreshed.status_code == 200, refreshed.text
+    scan_databases(test_stack, {
+        "invite token": token, "password": password,
+        "access token": signup.json()["access_token"], "refresh token": signup.json()["refresh_token"],
+        "rotated access token": refreshed.json()["access_token"],
+        "rotated refresh token": refreshed.json()["refresh_token"]})
 
 
 def test_signup_with_invite_must_match_the_email(gateway, tap, team):
@@ -226,33 +270,98 @@ def test_signup_with_invite_must_match_the_email(gateway, tap, team):
     assert_error(wrong, 403, "forbidden")
 
 
-def test_two_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
+RACERS = 8
+
+
+def test_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
+    """Several accounts accept at the same instant (a barrier, one HTTP session each): one seat, one winner."""
     superuser = superuser_token(gateway)
     plan = {"name": "team", "included_users": 5, "included_storage_bytes": None, "paid_until": None}
     assert gateway.request("PUT", org_path(team, "/plan"), superuser, json=plan).status_code == 200
     # four members exist: one seat is left
-    candidates = []
-    for index in range(2):
-        email = unique_email("racer%d" % index)
-        token, _ = invite(gateway, tap, team["admin"], email)
-        candidates.append((gateway.signup(organization_name=None, email=email), token))
-    results = []
+    emails = [unique_email("racer%d" % index) for index in range(RACERS)]
+    created = gateway.post(org_path(team, "/invites"), {"emails": emails, "role": "member"}, team["admin"].token)
+    assert created.status_code == 201, created.text
+    racers = []
+    for item in created.json()["items"]:
+        token = tap.wait_for("invite_created", invite_id=item["id"])["accept_url"].rsplit("/", 1)[1]
+        racers.append((gateway.signup(organization_name=None, email=item["email"]), token))
+    barrier = threading.Barrier(RACERS)
+    results = [None] * RACERS
 
-    def accept(account, token):
-        results.append(gateway.post("/invites/%s/accept" % token, token=account.token))
+    def accept(index, account, token):
+        with requests.Session() as http:
+            barrier.wait(timeout=30)
+            try:
+                results[index] = http.post(gateway.api + "/invites/%s/accept" % token, timeout=30,
+                                           headers={"Authorization": "Bearer " + account.token})
+            except requests.RequestException as error:
+                results[index] = error
 
-    threads = [threading.Thread(target=accept, args=pair) for pair in candidates]
+    threads = [threading.Thread(target=accept, args=(index,) + racer) for index, racer in enumerate(racers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    statuses = sorted(r.status_code for r in results)
-    assert statuses == [200, 409], [r.text for r in results]
-    loser = next(r for r in results if r.status_code == 409)
-    assert loser.json()["error"]["code"] == "user_limit_reached"
+    statuses = sorted(getattr(r, "status_code", r) for r in results)
+    assert statuses == [200] + [409] * (RACERS - 1), [getattr(r, "text", r) for r in results]
+    for result in results:
+        if result.status_code == 409:
+            assert_error(result, 409, "user_limit_reached")
+    winner = racers[[r.status_code for r in results].index(200)][0]
+    members = gateway.get(org_path(team, "/members"), team["owner"].token).json()["items"]
+    racer_ids = {account.user_id for account, _ in racers}
+    assert [m["user_id"] for m in members if m["user_id"] in racer_ids] == [winner.user_id]
     overview = wait_until(lambda: (lambda o: o if o["members"]["count"] == 5 else None)(
         gateway.get(org_path(team), team["owner"].token).json()), what="member count 5")
     assert overview["members"] == {"count": 5, "included": 5, "exceeded": False}
+
+
+def test_accepting_an_invite_as_a_member_is_a_conflict(gateway, tap, team, test_stack):
+    """Already a member -> 409 already_member, and nothing changes. Two usable invites for one email
+    only arise from concurrent invite requests (a new invite replaces the pending one, and members
+    are skipped), so that state is made in the service's database: the replaced invite is pending again."""
+    email = unique_email("twice")
+    first_token, first_id = invite(gateway, tap, team["admin"], email)
+    second_token, _ = invite(gateway, tap, team["admin"], email)
+    invitee = gateway.signup(organization_name=None, email=email)
+    assert_error(gateway.post("/invites/%s/accept" % first_token, token=invitee.token), 404, "not_found")
+    joined = gateway.post("/invites/%s/accept" % second_token, token=invitee.token)
+    assert joined.status_code == 200, joined.text
+    db = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"]
+    db.invites.update_one({"_id": first_id}, {"$set": {"status": "pending"}})
+    seats = db.organizations.find_one({"_id": team["owner"].org_id})["member_count"]
+    for token in (invitee.token, joined.json()["access_token"]):
+        assert_error(gateway.post("/invites/%s/accept" % first_token, token=token), 409, "already_member")
+    assert db.organizations.find_one({"_id": team["owner"].org_id})["member_count"] == seats
+    members = gateway.get(org_path(team, "/members?q=" + email), team["owner"].token).json()["items"]
+    assert [m["user_id"] for m in members] == [invitee.user_id]
+
+
+def test_invites_expire_after_14_days_and_link_to_the_public_base_url(gateway, tap, team, test_stack):
+    before = datetime.now(timezone.utc)
+    created = gateway.post(org_path(team, "/invites"), {"emails": [unique_email("ttl")], "role": "member"},
+                           team["admin"].token)
+    after = datetime.now(timezone.utc)
+    assert created.status_code == 201, created.text
+    item = created.json()["items"][0]
+    created_at, expires_at = (datetime.fromisoformat(item[key].replace("Z", "+00:00"))
+                              for key in ("created_at", "expires_at"))
+    assert before - timedelta(seconds=2) <= created_at <= after + timedelta(seconds=2), (before, item, after)
+    assert expires_at - created_at == timedelta(days=14)
+    stored = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"].invites.find_one(
+        {"_id": item["id"]})
+    assert stored["expires_at"] - stored["created_at"] == timedelta(days=14)
+    event = tap.wait_for("invite_created", invite_id=item["id"])
+    assert event["expires_at"] == item["expires_at"]
+    # the link is <PUBLIC_BASE_URL>/invites/<token>, with the base URL the service is configured with
+    prefix = service_config(test_stack, "membership")["PUBLIC_BASE_URL"].rstrip("/") + "/invites/"
+    assert event["accept_url"].startswith(prefix), (prefix, event["accept_url"])
+    token = event["accept_url"][len(prefix):]
+    assert gateway.get("/invites/%s" % token).json()["expires_at"] == item["expires_at"]
+    # the token carries >= 128 bits (HMAC-SHA256: 256) and the id it is derived from is random
+    assert len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) >= 16
+    assert uuid.UUID(item["id"]).version == 4
 
 
 def test_creating_and_listing_organizations(gateway, owner):
@@ -267,16 +376,21 @@ def test_creating_and_listing_organizations(gateway, owner):
     assert_error(gateway.get("/organizations/%s" % created.json()["id"], owner.token), 403, "wrong_organization")
 
 
-def test_switching_organizations(gateway, owner):
+def test_switching_organizations(gateway, test_stack, owner):
     second = gateway.post("/organizations", {"name": "Switch Target"}, owner.token).json()
+    other_session = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()
     switched = gateway.post("/auth/switch", {"organization_id": second["id"]}, owner.token)
     assert switched.status_code == 200, switched.text
     new_token = switched.json()["access_token"]
     assert switched.json()["organization"] == {"id": second["id"], "name": "Switch Target", "role": "admin",
                                                "is_owner": True}
     assert gateway.get("/organizations/%s" % second["id"], new_token).status_code == 200
-    # the switched-away session is revoked at once; login now goes to the last used organization
+    # the switched-away session is revoked at once, in every gateway worker; the account's other
+    # session (still in the first organization) is not
     wait_until(lambda: gateway.get("/me", owner.token).status_code == 401, timeout=1.0, what="old session revoked")
+    assert_every_worker_answers(test_stack, "/me", owner.token, 401, "token_revoked")
+    assert_every_worker_answers(test_stack, "/organizations/%s" % owner.org_id, other_session["access_token"], 200)
+    # login now goes to the last used organization
     login = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()
     assert gateway.get("/me", login["access_token"]).json()["organization"]["id"] == second["id"]
     stranger = gateway.signup()
