@@ -4,13 +4,13 @@ import os
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pymongo
 import pytest
 
 from stack import stack
 from tests.support import assert_error, join, superuser_token, wait_until
-
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,9 @@ def team(gateway, tap, su):
     members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
     known(gateway, owner.org_id, su)
     known(gateway, members["outsider"].org_id, su)
+    # the seat count follows member_joined events: let the usage service see all four joins first
+    wait_until(lambda: gateway.get(path(members, "/usage"), su).json()["members"]["count"] == 4, timeout=15,
+               what="usage to count the team's 4 members")
     return members
 
 
@@ -199,6 +202,85 @@ def test_a_report_of_ten_thousand_datasets(gateway, team, su):
     assert (update["used_bytes"], update["datasets"]) == (sum(range(5000)), 5000)
 
 
+def test_concurrent_storage_reports_add_up(gateway, owner, su):
+    """Two reporters at once (disjoint datasets): the totals are the sum of both, nothing lost."""
+    known(gateway, owner.org_id, su)
+    url = "/organizations/%s/storage-reports" % owner.org_id
+    answers = {"a": [], "b": []}
+
+    def reporter(label):
+        for n in range(8):
+            body = {"datasets": [{"dataset_id": "%s-%d-%d" % (label, n, i), "bytes": 1000 * n + i} for i in range(3)],
+                    "complete": False}
+            # 409 is the documented answer while another report is being applied: try again
+            answers[label].append(wait_until(lambda: (lambda r: r if r.status_code != 409 else None)(
+                gateway.post(url, body, su)), timeout=30, what="report %s-%d accepted" % (label, n)))
+    threads = [threading.Thread(target=reporter, args=(label,)) for label in answers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    responses = answers["a"] + answers["b"]
+    assert [r.status_code for r in responses] == [201] * 16, [r.text for r in responses]
+    # each report took its own position in the organization's chain of reports
+    assert sorted(r.json()["sequence"] for r in responses) == list(range(1, 17))
+    expected = 2 * sum(1000 * n + i for n in range(8) for i in range(3))
+    storage = gateway.get("/organizations/%s/usage" % owner.org_id, owner.token).json()["storage"]
+    assert (storage["used_bytes"], storage["datasets"]) == (expected, 48)
+    last = max(responses, key=lambda r: r.json()["sequence"]).json()
+    assert (last["used_bytes"], last["datasets"]) == (expected, 48)
+
+
+# -- plans (org service) ------------------------------------------------------------------------------
+
+def user_id_of(gateway, token):
+    return gateway.get("/me", token).json()["user"]["id"]
+
+
+def test_plan_changes_announce_old_and_new_plan_and_are_kept_with_who_and_when(gateway, owner, su, tap):
+    org = owner.org_id
+    operator = user_id_of(gateway, su)
+    custom = {"name": "custom", "included_users": None, "included_storage_bytes": None, "paid_until": None}
+    team_plan = {"name": "team", "included_users": 10, "included_storage_bytes": 10 ** 12,
+                 "paid_until": "2031-05-01T00:00:00.000Z"}
+    power = {"name": "power", "included_users": None, "included_storage_bytes": 5 * 10 ** 12, "paid_until": None}
+    before = datetime.now(timezone.utc)
+    for plan in (team_plan, power):
+        response = gateway.request("PUT", "/organizations/%s/plan" % org, su, json=plan)
+        assert response.status_code == 200, response.text
+        assert response.json()["plan"] == plan
+    after = datetime.now(timezone.utc)
+
+    first = tap.wait_for("plan_changed", organization_id=org, plan=team_plan)
+    assert first["old_plan"] == custom  # every organization starts on the unlimited custom plan
+    second = tap.wait_for("plan_changed", organization_id=org, plan=power)
+    assert second["old_plan"] == team_plan
+
+    # every service learns the organization from organization_created before it can export its part
+    export = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
+        gateway.get("/organizations/%s/export" % org, owner.token)), timeout=15, what="the export")
+    history = export.json()["org"]["plan_history"]
+    assert [(h["plan"], h["previous"], h["by"]) for h in history] == [
+        (team_plan, custom, operator), (power, team_plan, operator)]
+    moments = [datetime.fromisoformat(h["at"].replace("Z", "+00:00")) for h in history]
+    assert before - timedelta(seconds=1) <= moments[0] <= moments[1] <= after + timedelta(seconds=1)
+
+
+def test_plan_validation(gateway, owner, su):
+    url = "/organizations/%s/plan" % owner.org_id
+    valid = {"name": "team", "included_users": 5, "included_storage_bytes": 100, "paid_until": None}
+    for field, value in (("name", "enterprise"), ("name", "Team"), ("included_users", -1),
+                         ("included_storage_bytes", -1), ("included_users", 2.5), ("paid_until", "next year")):
+        error = assert_error(gateway.request("PUT", url, su, json=dict(valid, **{field: value})), 422,
+                             "validation_failed")
+        assert field in error["details"], (field, value, error)
+    error = assert_error(gateway.request("PUT", url, su, json={"name": "team"}), 422, "validation_failed")
+    assert {"included_users", "included_storage_bytes", "paid_until"} <= set(error["details"])
+    # nothing of it was applied
+    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["plan"]["name"] == "custom"
+
+
 # -- credits ----------------------------------------------------------------------------------------
 
 def test_grants_reservations_settlements_and_idempotency(gateway, team, su, tap):
@@ -287,10 +369,26 @@ def test_credit_validation_and_pagination(gateway, team, su):
 
 # -- concurrency, crash, expiry -----------------------------------------------------------------------
 
+def rpc_channels(inst, service):
+    """The AMQP channel of each process consuming ``service``'s RPC queue (management API)."""
+    queue = stack._management(inst, "GET", "/api/queues/%s/rpc-%s" % (quote(inst.vhost, safe=""), service))
+    return [consumer["channel_details"]["name"] for consumer in queue["consumer_details"]]
+
+
+def delivered(inst, channel):
+    """Messages the broker delivered on ``channel`` so far (its statistics lag a few seconds)."""
+    stats = stack._management(inst, "GET", "/api/channels/%s" % quote(channel, safe="")).get("message_stats") or {}
+    return stats.get("deliver_get", 0)
+
+
 def test_fifty_concurrent_reservations_on_two_instances(gateway, team, su, test_stack):
     pid_file = stack.start_replica(test_stack, "usage", "usage-2")
     try:
         grant(gateway, team, su, 17 * 1000)
+        # the queue's consumer details come from the broker's statistics, a few seconds behind
+        channels = wait_until(lambda: (lambda c: c if len(c) == 2 else None)(rpc_channels(test_stack, "usage")),
+                              timeout=20, interval=0.5, what="both usage instances in the queue's consumer details")
+        served_before = {channel: delivered(test_stack, channel) for channel in channels}
         keys = [key() for _ in range(50)]
         token = team["dataset_manager"].token
 
@@ -323,6 +421,13 @@ def test_fifty_concurrent_reservations_on_two_instances(gateway, team, su, test_
             if first[idempotency_key].status_code == 201:
                 assert second[idempotency_key].json() == first[idempotency_key].json()
         assert full_ledger(gateway, team, team["admin"].token) == (balance, items)
+
+        # both instances served: the broker handed each of them a good share of the 100 calls
+        def served():
+            counts = {channel: delivered(test_stack, channel) - served_before[channel] for channel in channels}
+            return counts if sum(counts.values()) >= 100 else None
+        counts = wait_until(served, timeout=30, interval=0.5, what="the broker's delivery statistics")
+        assert all(count >= 10 for count in counts.values()), counts
     finally:
         stack.stop_pid_file(pid_file)
     wait_until(lambda: gateway.get(path(team), team["member"].token).json()["credits"]["balance"] == 0,
