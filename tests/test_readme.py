@@ -1,5 +1,6 @@
 """The README's promises, run for real: its "Try it" curl block works as written against a running
 stack, and ``stack.down`` leaves nothing behind of what it started (so the README cannot rot)."""
+import glob
 import json
 import os
 import re
@@ -100,6 +101,29 @@ def test_the_readme_try_it_block_works_as_written(gateway, test_stack, tmp_path)
     mail = mailbox.wait(invited)[0]
     assert "/invites/" in mail.text
     assert calls[5]["body"].startswith(b'{') and b'"openapi"' in calls[5]["body"]
+
+
+def test_the_configuration_section_names_every_setting():
+    """Every ``${VAR:default}`` of a config.yml and every variable the code reads from the
+    environment is documented (the contract asks for every env var)."""
+    with open(README) as handle:
+        text = handle.read()
+    section = text[text.index("## Configuration"):text.index("\n## ", text.index("## Configuration") + 1)]
+    read = {}
+    for pattern, glob_patterns in (
+            (r"\$\{([A-Z][A-Z0-9_]*)", ("services/*/config.yml", "gateway/config.yml")),
+            (r"(?:environ\.get|environ\.setdefault|getenv|env_int|setting)\(\s*\"([A-Z][A-Z0-9_]*)\"",
+             ("services/*/*.py", "common/*.py", "gateway/*.py", "gateway/routes/*.py", "stack/*.py", "bench/*.py",
+              "soak/*.py", "tests/*.py"))):
+        for glob_pattern in glob_patterns:
+            for path in glob.glob(os.path.join(stack.ROOT, glob_pattern)):
+                with open(path) as handle:
+                    for name in re.findall(pattern, handle.read()):
+                        read.setdefault(name, os.path.relpath(path, stack.ROOT))
+    not_settings = {"HOME", "RAW_URI"}  # the user's home for rabbitmq; a WSGI environ key, not a variable
+    missing = {name: path for name, path in read.items() if name not in not_settings and "`%s`" % name not in section}
+    assert not missing, "undocumented in README's Configuration: %r" % missing
+    assert len(read) > 60  # the patterns above still find the settings
 
 
 # -- `make down` leaves nothing behind ---------------------------------------------------------------
