@@ -1,8 +1,27 @@
 """Timers whose interval comes from the service config, so tests can tick faster than production.
 
 Every replica runs every timer: the work a timer does must be idempotent or claimed.
+
+Timer work here is housekeeping (outbox sweeps, re-drives, expiries, reminders), and on a
+MongoDB-compatible server without index pushdown (FerretDB) its queries scan whole collections: a
+sweep of a big ledger can take longer than its interval. nameko's timer then fires again at once
+to catch up, so the scans run back to back and crowd out the requests that share the database.
+These timers instead let at least ``interval`` pass between the starts of two ticks *and* keep the
+timer busy at most ``MAX_DUTY`` of the time: after a tick that took ``d`` seconds the next one
+waits at least ``d * (1 - MAX_DUTY) / MAX_DUTY``. Cheap ticks keep their interval.
 """
+import time
+
+from eventlet import Timeout
 from nameko.timer import Timer
+
+#: the largest share of the time a timer may spend working
+MAX_DUTY = 0.1
+
+
+def next_delay(interval, took, max_duty=MAX_DUTY):
+    """Seconds to wait after a tick that took ``took`` seconds."""
+    return max(interval - took, took * (1 - max_duty) / max_duty)
 
 
 class ConfiguredTimer(Timer):
@@ -15,6 +34,18 @@ class ConfiguredTimer(Timer):
     def setup(self):
         super().setup()
         self.interval = float(self.container.config.get(self.config_key) or self.interval)
+
+    def _run(self):
+        delay = 0 if self.eager else self.interval
+        while True:
+            with Timeout(delay, exception=False):  # stop() ends the wait early
+                self.should_stop.wait()
+                break
+            started = time.monotonic()
+            self.handle_timer_tick()
+            self.worker_complete.wait()
+            self.worker_complete.reset()
+            delay = next_delay(self.interval, time.monotonic() - started)
 
 
 configured_timer = ConfiguredTimer.decorator
