@@ -20,6 +20,7 @@ from stack import stack
 os.environ.setdefault("TEST_INSTANCE", "bench")
 os.environ.setdefault("TEST_PORT_OFFSET", "300")
 os.environ["BENCH_ROUTES"] = "1"  # the gateway of this instance registers /api/v1/_bench/one-hop
+os.environ.setdefault("STACK_TIMERS", "production")  # housekeeping at its real pace, not the tests' 1 s
 
 BENCH_DIR = os.path.join(stack.ROOT, "var", "bench-work")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "8"))

@@ -12,8 +12,10 @@ import sys
 # the soak's own instance, whatever TEST_INSTANCE the calling shell has: set before stack is imported
 os.environ["TEST_INSTANCE"] = os.environ.get("SOAK_INSTANCE", "soak")
 os.environ["TEST_PORT_OFFSET"] = os.environ.get("SOAK_PORT_OFFSET", "500")
-# the production RPC timeout (the test profile shortens it to 3 s so fault tests run fast)
+# the production RPC timeout (the test profile shortens it to 3 s so fault tests run fast), and the
+# production pace of the housekeeping timers (the test profile ticks every second)
 os.environ.setdefault("RPC_TIMEOUT", "5")
+os.environ.setdefault("STACK_TIMERS", "production")
 
 import logging  # noqa: E402
 import subprocess  # noqa: E402

@@ -92,16 +92,17 @@ class Instance:
             env.setdefault("RPC_TIMEOUT", "3")
             env.setdefault("CORS_ALLOWED_ORIGINS", "https://app.example.test")
             env.setdefault("LOGIN_LIMIT_PER_ADDRESS", "100000")  # the whole suite logs in from 127.0.0.1
-            # mail: short retry backoff and fast timers so outage/recovery tests take seconds
-            env.setdefault("MAIL_RETRY_BASE_SECONDS", "0.5")
-            env.setdefault("MAIL_RETRY_MAX_SECONDS", "2")
-            env.setdefault("MAIL_MAX_ATTEMPTS", "6")
-            env.setdefault("MAIL_DISPATCH_INTERVAL_SECONDS", "0.3")
-            env.setdefault("REMINDER_INTERVAL_SECONDS", "0.5")
-            env.setdefault("SMTP_TIMEOUT_SECONDS", "5")
-            # usage: grant expiry and repair timers tick every second in tests
-            env.setdefault("USAGE_EXPIRY_SECONDS", "1")
-            env.setdefault("USAGE_REPAIR_SECONDS", "1")
+            if os.environ.get("STACK_TIMERS") != "production":  # the bench and soak measure the real pace
+                # mail: short retry backoff and fast timers so outage/recovery tests take seconds
+                env.setdefault("MAIL_RETRY_BASE_SECONDS", "0.5")
+                env.setdefault("MAIL_RETRY_MAX_SECONDS", "2")
+                env.setdefault("MAIL_MAX_ATTEMPTS", "6")
+                env.setdefault("MAIL_DISPATCH_INTERVAL_SECONDS", "0.3")
+                env.setdefault("REMINDER_INTERVAL_SECONDS", "0.5")
+                env.setdefault("SMTP_TIMEOUT_SECONDS", "5")
+                # usage: grant expiry and repair timers tick every second in tests
+                env.setdefault("USAGE_EXPIRY_SECONDS", "1")
+                env.setdefault("USAGE_REPAIR_SECONDS", "1")
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env
