@@ -78,15 +78,11 @@ class Store:
 
     INDEXES = {}
     OUTBOX_COLLECTIONS = ()
-    #: ``linger`` of the tombstone reads (see ``common.batching``): a store whose event handlers
-    #: may wait a moment lets a burst of events share the read
-    PURGED_READ_LINGER = 0.0
 
     def __init__(self, db, outbox=None):
         self.db = db
         self.outbox = outbox
-        self._purged = SharedReads(lambda org_id: tombstones.was_purged(self.db, org_id),
-                                   linger=self.PURGED_READ_LINGER)
+        self._purged = SharedReads(lambda org_id: tombstones.was_purged(self.db, org_id))
 
     def was_purged(self, org_id):
         """Whether the organization was purged here (a late write for it must be refused); a burst

@@ -126,6 +126,21 @@ def test_unknown_organization_is_404(gateway, su):
     assert_error(gateway.post(missing + "/storage-reports", {"datasets": [], "complete": True}, su), 404)
 
 
+def test_an_organization_whose_creation_event_is_still_on_its_way_is_known_at_once(gateway, su, test_stack):
+    """usage learns organizations from organization_created, which may come after the first call
+    about one (a grant right after sign-up): it then asks the org service instead of answering 404."""
+    owner = gateway.signup(organization_name="Fresh Lab %s" % uuid.uuid4().hex[:6])
+    client, db = usage_db(test_stack)
+    with client:
+        wait_until(lambda: db.organizations.find_one({"_id": owner.org_id}), what="organization_created in usage")
+        db.organizations.delete_one({"_id": owner.org_id})  # as if the event had not arrived yet
+        response = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+                                {"amount": 5, "idempotency_key": key()}, su)
+        assert response.status_code == 201, response.text
+        assert db.organizations.find_one({"_id": owner.org_id})["status"] == "active"
+        assert gateway.get("/organizations/%s/usage" % owner.org_id, owner.token).json()["credits"]["balance"] == 5
+
+
 # -- storage ----------------------------------------------------------------------------------------
 
 def test_storage_reports_upsert_replace_and_exceed_the_plan(gateway, team, su, tap):

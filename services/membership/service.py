@@ -1,5 +1,4 @@
 """Membership service entrypoints: accounts, sessions and tokens, memberships, invites."""
-import eventlet
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
@@ -9,6 +8,7 @@ from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.rpc import ask
 from common.timers import configured_timer
 from services.membership import deletion, domain, invites, members
 from services.membership.security import SecurityProvider
@@ -42,10 +42,7 @@ class MembershipService:
     bootstrap = SuperuserBootstrap()
 
     def _ask_org(self, method, *args):
-        """Calls into the org service must answer within RPC_TIMEOUT (both calls are idempotent)."""
-        timeout = float(self.config.get("RPC_TIMEOUT") or 5)
-        with eventlet.Timeout(timeout, DomainError("service_unavailable", "org service did not answer")):
-            return getattr(self.org, method)(*args)
+        return ask(self.org, self.config, method, *args)
 
     def _create_org(self, org_id, name, owner):
         return self._ask_org("create_organization", org_id, name, owner)

@@ -1,10 +1,12 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
-from nameko.rpc import rpc
+from nameko.dependency_providers import Config
+from nameko.rpc import RpcProxy, rpc
 
 from common import events
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.rpc import ask
 from common.timers import configured_timer
 from services.usage import credits, deletion, storage
 from services.usage.store import UsageStore
@@ -16,6 +18,12 @@ class UsageService:
     name = "usage"
 
     store = StoreProvider(UsageStore, "usage")
+    org = RpcProxy("org")
+    config = Config()
+
+    def _known(self, org_id):
+        """Every call about an organization starts here (see ``storage.learn_organization``)."""
+        storage.learn_organization(self.store, org_id, lambda *call: ask(self.org, self.config, *call))
 
     @rpc
     def ping(self):
@@ -24,29 +32,35 @@ class UsageService:
     # -- storage and the usage summary --------------------------------------------------------
     @domain_rpc
     def report_storage(self, org_id, datasets, complete):
+        self._known(org_id)
         return storage.report(self.store, org_id, datasets, complete)
 
     @domain_rpc
     def get_usage(self, org_id):
+        self._known(org_id)
         return storage.usage(self.store, org_id, credits.balance(self.store, org_id))
 
     # -- credits ------------------------------------------------------------------------------
     @domain_rpc
     def grant_credits(self, org_id, actor_id, amount, idempotency_key, comment=None, expires_at=None):
+        self._known(org_id)
         return credits.write_result(credits.grant(self.store, org_id, actor_id, amount, idempotency_key,
                                                   comment, expires_at))
 
     @domain_rpc
     def reserve_credits(self, org_id, actor_id, amount, job_id, job_type, idempotency_key):
+        self._known(org_id)
         return credits.write_result(credits.reserve(self.store, org_id, actor_id, amount, job_id, job_type,
                                                     idempotency_key))
 
     @domain_rpc
     def settle_reservation(self, org_id, actor_id, reservation_id, outcome):
+        self._known(org_id)
         return credits.write_result(credits.settle(self.store, org_id, actor_id, reservation_id, outcome))
 
     @domain_rpc
     def get_ledger(self, org_id, limit=50, cursor=None):
+        self._known(org_id)
         return credits.ledger(self.store, org_id, limit, cursor)
 
     # -- events -------------------------------------------------------------------------------
@@ -78,6 +92,7 @@ class UsageService:
 
     @domain_rpc
     def export(self, org_id):
+        self._known(org_id)
         return deletion.export(self.store, org_id)
 
     # -- housekeeping (every replica runs these; each step is idempotent) ---------------------

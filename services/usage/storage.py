@@ -165,6 +165,19 @@ def summary(store, org_id):
 DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None, "paid_until": None}
 
 
+def learn_organization(store, org_id, ask_org):
+    """An organization created a moment ago may still be on its way here (``organization_created``):
+    on a miss, ask the org service (``ask_org(method, *args)``) rather than answer 404 for an
+    organization that exists. Its 404 or 410 is then this call's answer too. The event fills in the
+    plan and the member count when it arrives; until then the defaults apply."""
+    if store.organization(org_id) is not None or store.was_purged(org_id):
+        return
+    overview = ask_org("get_overview", org_id)
+    store.insert_organization(org_id, overview["name"], None)
+    if store.was_purged(org_id):  # purged while we asked: take back what we wrote
+        store.forget_organization(org_id)
+
+
 def on_organization_created(store, event):
     store.insert_organization(event["organization_id"], event["name"], event.get("created_at") or event["occurred_at"])
     if event.get("plan"):

@@ -34,7 +34,6 @@ class UsageStore(Store):
         "dataset_buckets": [IndexModel([("org_id", ASCENDING)])],
     }
     OUTBOX_COLLECTIONS = ("ledger", "storage_reports")
-    PURGED_READ_LINGER = READ_MODEL_LINGER  # only event handlers that update facts ask
 
     def __init__(self, db, outbox=None):
         super().__init__(db, outbox)
@@ -54,6 +53,9 @@ class UsageStore(Store):
 
     def organization(self, org_id):
         return self.db.organizations.find_one({"_id": org_id})
+
+    def forget_organization(self, org_id):
+        self.db.organizations.delete_one({"_id": org_id})
 
     def set_status(self, org_id, status):
         self.db.organizations.update_one({"_id": org_id}, {"$set": {"status": status}})

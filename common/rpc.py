@@ -1,0 +1,17 @@
+"""Calls from one service into another.
+
+nameko's in-service ``RpcProxy`` waits forever for an answer; a worker stuck on a service that is
+down is a worker lost. Every call between services goes through :func:`ask`, bounded by the
+caller's ``RPC_TIMEOUT``, and a service that did not answer is the contract's 503.
+"""
+import eventlet
+
+from common.errors import DomainError
+
+
+def ask(proxy, config, method, *args):
+    """``proxy.method(*args)``, or ``DomainError("service_unavailable")`` after ``RPC_TIMEOUT`` s."""
+    timeout = float(config.get("RPC_TIMEOUT") or 5)
+    unanswered = DomainError("service_unavailable", "%s service did not answer" % proxy.service_name)
+    with eventlet.Timeout(timeout, unanswered):
+        return getattr(proxy, method)(*args)
