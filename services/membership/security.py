@@ -1,8 +1,12 @@
 """Passwords (argon2id) and token signing (EdDSA JWTs), as nameko dependencies.
 
 Argon2 is deliberately slow; it runs in eventlet's OS thread pool so one login does not stall
-every other request the service is handling.
+every other request the service is handling. At most ``ARGON2_CONCURRENCY`` hashes (default: the
+number of cores) run at once: each holds ``ARGON2_MEMORY_KIB`` (64 MiB by default), and hashing is
+CPU-bound, so the 20 threads of that pool hashing at once would only multiply the memory (1.3 GB)
+without finishing any sooner; further logins wait their turn.
 """
+import os
 import base64
 import hashlib
 import hmac
@@ -14,6 +18,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from eventlet import tpool
+from eventlet.semaphore import Semaphore
 from nameko.extensions import DependencyProvider
 
 from common.tokens import key_id
@@ -30,17 +35,22 @@ def new_secret_token():
 
 
 class Passwords:
-    def __init__(self, time_cost=3, memory_kib=65536):
+    def __init__(self, time_cost=3, memory_kib=65536, concurrency=None):
         self.hasher = PasswordHasher(time_cost=int(time_cost), memory_cost=int(memory_kib))
         self._dummy = self.hasher.hash(secrets.token_hex(16))
+        self._slots = Semaphore(int(concurrency or os.cpu_count() or 2))
+
+    def _run(self, function, *args):
+        with self._slots:
+            return tpool.execute(function, *args)
 
     def hash(self, password):
-        return tpool.execute(self.hasher.hash, password)
+        return self._run(self.hasher.hash, password)
 
     def verify(self, password_hash, password):
         """Constant work whether or not the account exists (``password_hash`` None)."""
         try:
-            return tpool.execute(self.hasher.verify, password_hash or self._dummy, password) \
+            return self._run(self.hasher.verify, password_hash or self._dummy, password) \
                 and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
@@ -76,7 +86,8 @@ class SecurityProvider(DependencyProvider):
         config = self.container.config
         retired = [p.strip() for p in str(config.get("JWT_RETIRED_KEY_FILES") or "").split(",") if p.strip()]
         self.security = Security(
-            Passwords(config.get("ARGON2_TIME_COST", 3), config.get("ARGON2_MEMORY_KIB", 65536)),
+            Passwords(config.get("ARGON2_TIME_COST", 3), config.get("ARGON2_MEMORY_KIB", 65536),
+                      config.get("ARGON2_CONCURRENCY")),
             TokenIssuer(config["JWT_PRIVATE_KEY_FILE"], retired, config.get("JWT_ISSUER", "orgplatform"),
                         config.get("ACCESS_TOKEN_TTL", 900)),
             int(config.get("REFRESH_TOKEN_TTL", 2592000)))
