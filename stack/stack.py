@@ -86,6 +86,9 @@ class Instance:
             "GATEWAY_BIND": "%s:%d" % (self.gateway_host, self.gateway_port),
             "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
         })
+        # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
+        # keeps what it freed: 20 threads x ARGON2_MEMORY_KIB of RSS that never goes back
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         if self.test:  # cheap hashing keeps the suite fast; production keeps argon2's defaults
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")
