@@ -4,6 +4,7 @@ Every event carries ``event_id`` (uuid4 hex), ``occurred_at`` (ISO 8601 UTC) and
 applies, ``organization_id``. Publishers build payloads with :func:`make_event`, which validates
 against the schema below, so a malformed event never leaves a service.
 """
+import functools
 import uuid
 from datetime import datetime, timezone
 
@@ -198,13 +199,8 @@ def load_event(event, body):
     return _schema(event).load(body)
 
 
-_instances = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _schema(event):
     """One schema instance per event type: marshmallow schemas are reusable, and building one per
     event was most of the cost of reading an event (profiled in the mail fan-out benchmark)."""
-    schema = _instances.get(event)
-    if schema is None:
-        schema = _instances[event] = SCHEMAS[event]()
-    return schema
+    return SCHEMAS[event]()

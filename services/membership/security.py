@@ -6,10 +6,10 @@ number of cores) run at once: each holds ``ARGON2_MEMORY_KIB`` (64 MiB by defaul
 CPU-bound, so the 20 threads of that pool hashing at once would only multiply the memory (1.3 GB)
 without finishing any sooner; further logins wait their turn.
 """
-import os
 import base64
 import hashlib
 import hmac
+import os
 import secrets
 import time
 import uuid

@@ -21,9 +21,17 @@ class UsageService:
     org = RpcProxy("org")
     config = Config()
 
-    def _known(self, org_id):
-        """Every call about an organization starts here (see ``storage.learn_organization``)."""
-        storage.learn_organization(self.store, org_id, lambda *call: ask(self.org, self.config, *call))
+    def _about(self, org_id, call):
+        """Runs ``call()``, a domain call about ``org_id``. If it is a 404 because this service has not
+        heard of the organization yet, learns it (``storage.learn_organization``) and runs it once more;
+        the usual call pays nothing extra."""
+        try:
+            return call()
+        except DomainError as error:
+            if error.code != "not_found" or not storage.learn_organization(
+                    self.store, org_id, lambda *question: ask(self.org, self.config, *question)):
+                raise
+        return call()
 
     @rpc
     def ping(self):
@@ -32,36 +40,32 @@ class UsageService:
     # -- storage and the usage summary --------------------------------------------------------
     @domain_rpc
     def report_storage(self, org_id, datasets, complete):
-        self._known(org_id)
-        return storage.report(self.store, org_id, datasets, complete)
+        return self._about(org_id, lambda: storage.report(self.store, org_id, datasets, complete))
 
     @domain_rpc
     def get_usage(self, org_id):
-        self._known(org_id)
-        return storage.usage(self.store, org_id, credits.balance(self.store, org_id))
+        return self._about(org_id, lambda: storage.usage(self.store, org_id,
+                                                         credits.balance(self.store, org_id)))
 
     # -- credits ------------------------------------------------------------------------------
     @domain_rpc
     def grant_credits(self, org_id, actor_id, amount, idempotency_key, comment=None, expires_at=None):
-        self._known(org_id)
-        return credits.write_result(credits.grant(self.store, org_id, actor_id, amount, idempotency_key,
-                                                  comment, expires_at))
+        return self._about(org_id, lambda: credits.write_result(credits.grant(
+            self.store, org_id, actor_id, amount, idempotency_key, comment, expires_at)))
 
     @domain_rpc
     def reserve_credits(self, org_id, actor_id, amount, job_id, job_type, idempotency_key):
-        self._known(org_id)
-        return credits.write_result(credits.reserve(self.store, org_id, actor_id, amount, job_id, job_type,
-                                                    idempotency_key))
+        return self._about(org_id, lambda: credits.write_result(credits.reserve(
+            self.store, org_id, actor_id, amount, job_id, job_type, idempotency_key)))
 
     @domain_rpc
     def settle_reservation(self, org_id, actor_id, reservation_id, outcome):
-        self._known(org_id)
-        return credits.write_result(credits.settle(self.store, org_id, actor_id, reservation_id, outcome))
+        return self._about(org_id, lambda: credits.write_result(credits.settle(
+            self.store, org_id, actor_id, reservation_id, outcome)))
 
     @domain_rpc
     def get_ledger(self, org_id, limit=50, cursor=None):
-        self._known(org_id)
-        return credits.ledger(self.store, org_id, limit, cursor)
+        return self._about(org_id, lambda: credits.ledger(self.store, org_id, limit, cursor))
 
     # -- events -------------------------------------------------------------------------------
     def _apply(self, event_type, handler, body):
@@ -92,8 +96,7 @@ class UsageService:
 
     @domain_rpc
     def export(self, org_id):
-        self._known(org_id)
-        return deletion.export(self.store, org_id)
+        return self._about(org_id, lambda: deletion.export(self.store, org_id))
 
     # -- housekeeping (every replica runs these; each step is idempotent) ---------------------
     @configured_timer("USAGE_EXPIRY_SECONDS", 30)

@@ -169,13 +169,15 @@ def learn_organization(store, org_id, ask_org):
     """An organization created a moment ago may still be on its way here (``organization_created``):
     on a miss, ask the org service (``ask_org(method, *args)``) rather than answer 404 for an
     organization that exists. Its 404 or 410 is then this call's answer too. The event fills in the
-    plan and the member count when it arrives; until then the defaults apply."""
+    plan and the member count when it arrives; until then the defaults apply. True if learnt now."""
     if store.organization(org_id) is not None or store.was_purged(org_id):
-        return
+        return False
     overview = ask_org("get_overview", org_id)
     store.insert_organization(org_id, overview["name"], None)
     if store.was_purged(org_id):  # purged while we asked: take back what we wrote
         store.forget_organization(org_id)
+        return False
+    return True
 
 
 def on_organization_created(store, event):
