@@ -89,6 +89,15 @@ class Store:
         of events for one organization asks the database once."""
         return org_id is not None and self._purged.submit(org_id)
 
+    def take_back_if_purged(self, org_id, collection, doc_id):
+        """After an upsert for ``org_id`` that checked ``was_purged`` first: a purge that ran in
+        between (it remembers the organization, then deletes) may have missed the new document, so
+        the writer deletes it itself. True if it did."""
+        if not self.was_purged(org_id):
+            return False
+        self.db[collection].delete_one({"_id": doc_id})
+        return True
+
     def configure(self, config):
         """Hook for a store that needs settings from the service config."""
 

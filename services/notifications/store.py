@@ -95,6 +95,7 @@ class NotificationsStore(Store):
                 {"$set": dict(fields, **{stamp_key: as_of})}, upsert=True)
         except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
             pass
+        self.take_back_if_purged(org_id, "organizations", org_id)
 
     def set_fields(self, org_id, fields):
         self.db.organizations.update_one({"_id": org_id}, {"$set": fields})

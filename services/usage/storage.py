@@ -173,11 +173,7 @@ def learn_organization(store, org_id, ask_org):
     if store.organization(org_id) is not None or store.was_purged(org_id):
         return False
     overview = ask_org("get_overview", org_id)
-    store.insert_organization(org_id, overview["name"], None)
-    if store.was_purged(org_id):  # purged while we asked: take back what we wrote
-        store.forget_organization(org_id)
-        return False
-    return True
+    return store.insert_organization(org_id, overview["name"], None)
 
 
 def on_organization_created(store, event):

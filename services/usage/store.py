@@ -47,15 +47,14 @@ class UsageStore(Store):
 
     # -- organizations (this service's copy, from events) -----------------------------------------
     def insert_organization(self, org_id, name, created_at):
+        """False if the organization was purged meanwhile (then nothing of it is left here)."""
         self.db.organizations.update_one(
             {"_id": org_id}, {"$setOnInsert": {"name": name, "status": "active", "created_at": created_at}},
             upsert=True)
+        return not self.take_back_if_purged(org_id, "organizations", org_id)
 
     def organization(self, org_id):
         return self.db.organizations.find_one({"_id": org_id})
-
-    def forget_organization(self, org_id):
-        self.db.organizations.delete_one({"_id": org_id})
 
     def set_status(self, org_id, status):
         self.db.organizations.update_one({"_id": org_id}, {"$set": {"status": status}})
@@ -73,6 +72,7 @@ class UsageStore(Store):
                 {"$set": dict(values, as_of=as_of)}, upsert=True)
         except DuplicateKeyError:  # it exists with a newer as_of: the upsert's insert collided
             pass
+        self.take_back_if_purged(org_id, collection, org_id)
 
     def fact(self, collection, org_id):
         return self.db[collection].find_one({"_id": org_id})
