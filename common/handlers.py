@@ -8,6 +8,7 @@ is requeued. Handlers must be idempotent: every event may arrive twice.
 """
 import logging
 
+from amqp.exceptions import AMQPError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
@@ -27,9 +28,17 @@ class ReliableEventHandler(EventHandler):
         super().setup()
         self._publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], serializer="json")
 
+    def _settle(self, settle, message):
+        """Ack or requeue; if the broker connection just broke, the broker redelivers the message by
+        itself (handlers are idempotent). Raising here would kill the whole service container."""
+        try:
+            settle(message)
+        except (OSError, AMQPError) as error:
+            log.warning("could not settle an event on %s (%r); the broker redelivers it", self.queue.name, error)
+
     def handle_message_processed(self, message, result=None, exc_info=None):
         if exc_info is None:
-            self.queue_consumer.ack_message(message)
+            self._settle(self.queue_consumer.ack_message, message)
             return
         attempts = int((message.headers or {}).get(ATTEMPTS_HEADER, 0)) + 1
         queue = self.queue.name
@@ -48,9 +57,9 @@ class ReliableEventHandler(EventHandler):
                                     headers=headers, expiration=expiration, mandatory=True)
         except Exception:  # the broker did not take it: keep the original instead
             log.exception("could not hand failed event to %s; requeueing", target)
-            self.queue_consumer.requeue_message(message)
+            self._settle(self.queue_consumer.requeue_message, message)
             return
-        self.queue_consumer.ack_message(message)
+        self._settle(self.queue_consumer.ack_message, message)
 
 
 def reliable_handler(event, handler_type=SERVICE_POOL):
