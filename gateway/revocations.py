@@ -14,6 +14,17 @@ A cached "still valid" answer is only as good as the event stream that could ove
 kept only while the consumer stays connected, so every (dis)connect drops those answers, and an
 answer obtained while disconnected (or across a reconnect) is not cached at all. "Revoked" answers
 are final and always kept.
+
+What an entry voids:
+- a session id: every token of that session;
+- (user, organization) and (user, none): tokens whose membership (``mv``) or account (``av``)
+  cut-off is older than the event's ``not_before``. The cut-off is the value the membership service
+  wrote with the change, and tokens carry the cut-off they were signed under, so a token signed by
+  a refresh that read the member just before a demotion dies with the demotion however late it was
+  signed (comparing ``iat`` instead let 7 of 10 such refreshes through). Tokens without the claims
+  (older releases) are judged by ``iat``;
+- (none, organization): every token of the organization, whenever issued: it is being deleted,
+  and an organization id is never used again.
 """
 import threading
 import time
@@ -74,9 +85,11 @@ class RevocationList:
         with self._lock:
             if claims.get("sid") in self._sessions:
                 return True
-            for key in ((user, org), (user, None), (None, org)):
+            if org is not None and (None, org) in self._not_before:
+                return True  # the organization is being deleted
+            for key, cutoff in (((user, org), claims.get("mv", iat)), ((user, None), claims.get("av", iat))):
                 entry = self._not_before.get(key)
-                if entry and iat < entry[0]:
+                if entry and cutoff < entry[0]:
                     return True
             trusted = self.trusted_since is not None and iat >= self.trusted_since + CLOCK_MARGIN
             cached = self._checked.get(claims.get("jti"))

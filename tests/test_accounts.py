@@ -86,10 +86,17 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_session(gateway,
     assert rotated != owner.refresh_token
     assert claims_of(first.json()["access_token"])["sid"] == claims_of(owner.token)["sid"]
 
+    # a second tab presenting the same token right away gets the same new pair (grace window)
+    again = gateway.post("/auth/refresh", {"refresh_token": owner.refresh_token})
+    assert again.status_code == 200 and again.json()["refresh_token"] == rotated, again.text
+    second = gateway.post("/auth/refresh", {"refresh_token": rotated})
+    assert second.status_code == 200, second.text
+    # the first token is now two rotations old: its reuse is theft, whatever the window
     reuse = gateway.post("/auth/refresh", {"refresh_token": owner.refresh_token})
     assert_error(reuse, 401, "invalid_token")
-    # the reuse revoked the whole session: the rotated token is dead too
-    assert_error(gateway.post("/auth/refresh", {"refresh_token": rotated}), 401, "invalid_token")
+    # the reuse revoked the whole session: the newest token is dead too
+    assert_error(gateway.post("/auth/refresh", {"refresh_token": second.json()["refresh_token"]}), 401,
+                 "invalid_token")
 
 
 def test_logout_ends_the_refresh_token(gateway, owner):

@@ -82,14 +82,25 @@ def test_role_change_details(gateway, team):
     path = org_path(team, "/members/%s" % team["member"].user_id)
     # only the owner may hand out the right to delete the organization
     assert_error(gateway.patch(path, {"can_delete_organization": True}, admin.token), 403, "forbidden")
-    granted = gateway.patch(path, {"can_delete_organization": True}, owner.token)
-    assert granted.status_code == 200 and granted.json()["can_delete_organization"] is True
     # the owner's role cannot be lowered
     lowered = gateway.patch(org_path(team, "/members/%s" % owner.user_id), {"role": "member"}, admin.token)
     assert_error(lowered, 409, "owner_protected")
     assert_error(gateway.patch(path, {}, owner.token), 422, "validation_failed")
     assert_error(gateway.patch(path, {"role": "king"}, owner.token), 422, "validation_failed")
     assert_error(gateway.patch(org_path(team, "/members/nobody"), {"role": "admin"}, owner.token), 404, "not_found")
+    # the right belongs to admins: not for a member, granted to an admin, cleared by a demotion
+    assert_error(gateway.patch(path, {"can_delete_organization": True}, owner.token), 409, "conflict")
+    admin_path = org_path(team, "/members/%s" % admin.user_id)
+    granted = gateway.patch(admin_path, {"can_delete_organization": True}, owner.token)
+    assert granted.status_code == 200 and granted.json()["can_delete_organization"] is True
+    demoted = gateway.patch(admin_path, {"role": "member"}, owner.token)
+    assert demoted.status_code == 200 and demoted.json()["can_delete_organization"] is False
+    promoted = gateway.patch(admin_path, {"role": "admin"}, owner.token)
+    assert promoted.status_code == 200 and promoted.json()["can_delete_organization"] is False, \
+        "the right must not come back with a promotion"
+    # promotion and the right in one request
+    both = gateway.patch(path, {"role": "admin", "can_delete_organization": True}, owner.token)
+    assert both.status_code == 200 and both.json()["can_delete_organization"] is True
 
 
 @pytest.mark.parametrize("who,expected", [("owner", 200), ("admin", 200), ("dataset_manager", 403),

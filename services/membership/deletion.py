@@ -1,7 +1,7 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
 from common import events, outbox, tombstones
 from common.errors import DomainError
-from common.events import isoformat
+from common.events import isoformat, utcnow
 from services.membership import domain, members
 from services.membership.invites import invite_view
 
@@ -15,7 +15,11 @@ def request(store, request_deletion, org_id, actor, confirm_name):
         membership["role"] == "admin" and membership.get("can_delete_organization")))
     if not allowed:
         raise DomainError("forbidden", "only the owner or an admin holding the deletion right may do this")
-    return request_deletion(org_id, actor["sub"], confirm_name)
+    answer = request_deletion(org_id, actor["sub"], confirm_name)
+    # before the 202 reaches the requester: no login, refresh or switch opens a session into it
+    # any more (the purge, triggered by the event, does the same again, idempotently)
+    store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    return answer
 
 
 def purge(store, event):
@@ -29,6 +33,7 @@ def purge(store, event):
     with tombstones.purge_lease(store.db, org_id) as mine:
         if not mine:
             return None  # another purge of it runs right now and will report
+        tombstones.remember(store.db, org_id, utcnow())  # logins into it answer 410, not 403, afterwards
         removed = store.purge_organization(org_id)
         store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
                                                   service="membership", removed=removed))

@@ -12,7 +12,7 @@ from datetime import timedelta
 from common import events, outbox
 from common.errors import DomainError
 from common.events import utcnow
-from services.membership.security import new_secret_token, token_hash
+from services.membership.security import new_secret_token, seal_for, token_hash, unseal_for
 
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
@@ -55,10 +55,25 @@ def now_seconds():
     return round(time.time(), 3)
 
 
-def access_revoked(org_id=None, user_id=None, session_id=None):
-    """An ``access_revoked`` outbox entry voiding matching tokens issued before now."""
+def next_cutoff(previous):
+    """A revocation cut-off for a document whose current one is ``previous``: now, and always later.
+
+    The cut-off is written into the account or membership together with the change and published
+    as the ``access_revoked`` event's ``not_before``; tokens carry the cut-off they were issued
+    under (``av``/``mv``), so it must grow strictly with every change.
+    """
+    return max(now_seconds(), round(float(previous or 0.0) + 0.001, 3))
+
+
+def access_revoked(org_id=None, user_id=None, session_id=None, not_before=None):
+    """An ``access_revoked`` outbox entry.
+
+    With ``user_id``, ``not_before`` is the cut-off written into the account (no ``org_id``) or
+    the membership, and voids tokens issued under an older one. With ``org_id`` alone it voids every
+    token of that organization (it is being deleted). With ``session_id``, that session's tokens.
+    """
     return outbox.pending(events.ACCESS_REVOKED, org_id, user_id=user_id, session_id=session_id,
-                          not_before=now_seconds())
+                          not_before=now_seconds() if not_before is None else not_before)
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -74,16 +89,29 @@ def open_session(store, security, account, org_id, membership, is_owner=False):
 
 
 def token_pair(security, account, session, membership, is_owner, refresh_token):
+    """Sign from ``account`` and ``membership`` as read: their cut-offs go into the token with them."""
     access_token, expires_in = security.tokens.access_token(
         account["_id"], session["org_id"], membership["role"] if membership else None,
-        is_owner, account.get("is_superuser"), session["_id"])
+        is_owner, account.get("is_superuser"), session["_id"], account.get("tokens_not_before", 0.0),
+        membership.get("tokens_not_before", 0.0) if membership else None)
     return {"access_token": access_token, "refresh_token": refresh_token, "expires_in": expires_in,
             "token_type": "Bearer", "user": public_user(account)}
 
 
 def is_owner_of(store, org_id, user_id):
+    """Read *after* the membership: ownership changes bump both memberships' cut-offs after the
+    owner is written, so a token carrying the new cut-off also carries the new owner flag."""
     organization = store.organization(org_id) if org_id else None
     return bool(organization and organization.get("owner_user_id") == user_id)
+
+
+def require_live(store, org_id):
+    """Sessions open only into an active organization: 410 from the deletion request on."""
+    organization = store.organization(org_id)
+    if (organization is not None and organization.get("status", "active") != "active") or (
+            organization is None and store.was_purged(org_id)):
+        raise DomainError("organization_gone", "organization is being deleted or was deleted")
+    return organization
 
 
 def revoke_session(store, session_id, user_id, org_id):
@@ -160,17 +188,26 @@ def choose_organization(store, account, organization_id):
     """The requested organization, else the last used one, else the oldest membership."""
     if organization_id is not None:
         membership = store.membership(organization_id, account["_id"])
+        require_live(store, organization_id)
         if membership is None:
             raise DomainError("not_a_member", "you are not a member of this organization")
         return organization_id, membership
     if account.get("last_org_id"):
         membership = store.membership(account["last_org_id"], account["_id"])
-        if membership is not None:
+        if membership is not None and _is_live(store, account["last_org_id"]):
             return account["last_org_id"], membership
-    memberships = store.memberships_of(account["_id"])
-    if memberships:
-        return memberships[0]["org_id"], memberships[0]
+    for membership in store.memberships_of(account["_id"]):
+        if _is_live(store, membership["org_id"]):
+            return membership["org_id"], membership
     return None, None
+
+
+def _is_live(store, org_id):
+    try:
+        require_live(store, org_id)
+        return True
+    except DomainError:
+        return False
 
 
 def switch(store, security, session_id, user_id, organization_id):
@@ -179,6 +216,7 @@ def switch(store, security, session_id, user_id, organization_id):
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
     membership = store.membership(organization_id, user_id)
+    require_live(store, organization_id)
     if membership is None:
         raise DomainError("not_a_member", "you are not a member of this organization")
     session = store.session(session_id)
@@ -193,26 +231,48 @@ def switch(store, security, session_id, user_id, organization_id):
 
 
 def refresh(store, security, refresh_token):
-    """Rotate the refresh token; a reused (already rotated) token revokes its whole session."""
+    """Rotate the refresh token; a reused (already rotated) token revokes its whole session.
+
+    The new pair is signed first and then swapped in with one conditional write that also keeps it
+    sealed with the old token (``security.seal_for``). Two tabs presenting the same token at once:
+    one swap wins, the other finds the winner's pair and, within ``refresh_grace`` seconds, answers
+    it too, so both tabs hold the same pair. A reuse after that window is taken as theft.
+    """
     if not isinstance(refresh_token, str) or not refresh_token:
         raise DomainError("invalid_token", "refresh token is invalid or expired")
     now = utcnow()
-    old_hash, new_token = token_hash(refresh_token), new_secret_token()
-    session = store.rotate_refresh(old_hash, token_hash(new_token), now,
-                                   now + timedelta(seconds=security.refresh_ttl))
-    if session is None:
-        reused = store.session_with_previous_hash(old_hash)
-        if reused is not None:
-            revoke_session(store, reused["_id"], reused["user_id"], reused.get("org_id"))
-        raise DomainError("invalid_token", "refresh token is invalid or expired")
+    old_hash = token_hash(refresh_token)
+    session = store.live_session_by_refresh(old_hash, now)
+    if session is not None:
+        pair = _renewed_pair(store, security, session)
+        sealed = seal_for(refresh_token, pair)
+        if store.rotate_refresh(old_hash, token_hash(pair["refresh_token"]), now,
+                                now + timedelta(seconds=security.refresh_ttl),
+                                now + timedelta(seconds=security.refresh_grace), sealed):
+            return pair
+    reused = store.session_with_previous_hash(old_hash)
+    if reused is not None:
+        grace = reused.get("grace") or {}
+        pair = unseal_for(refresh_token, grace.get("sealed")) if (
+            grace.get("hash") == old_hash and reused.get("revoked_at") is None
+            and grace.get("until") is not None and grace["until"] > now) else None
+        if pair is not None:
+            return pair
+        revoke_session(store, reused["_id"], reused["user_id"], reused.get("org_id"))
+    raise DomainError("invalid_token", "refresh token is invalid or expired")
+
+
+def _renewed_pair(store, security, session):
+    """A new token pair for ``session`` from the account and membership as they are now."""
     account = store.account(session["user_id"])
     org_id = session["org_id"]
     membership = store.membership(org_id, session["user_id"]) if org_id else None
-    if account is None or (org_id and membership is None):
+    live = org_id is None or _is_live(store, org_id)
+    if account is None or (org_id and membership is None) or not live:
         revoke_session(store, session["_id"], session["user_id"], org_id)
         raise DomainError("invalid_token", "refresh token is invalid or expired")
     return token_pair(security, account, session, membership, is_owner_of(store, org_id, account["_id"]),
-                      new_token)
+                      new_secret_token())
 
 
 def logout(store, session_id, user_id, org_id):
@@ -228,8 +288,10 @@ def change_password(store, security, session_id, user_id, current_password, new_
     check_password(new_password, "new_password")
     if not security.passwords.verify(account["password_hash"], current_password or ""):
         raise DomainError("validation_failed", "invalid input", {"current_password": ["Wrong password."]})
-    store.set_account(user_id, {"password_hash": security.passwords.hash(new_password),
-                                "tokens_not_before": now_seconds()}, access_revoked(None, user_id))
+    password_hash = security.passwords.hash(new_password)
+    cutoff = next_cutoff(account.get("tokens_not_before"))
+    store.set_account(user_id, {"password_hash": password_hash, "tokens_not_before": cutoff},
+                      access_revoked(None, user_id, not_before=cutoff))
     store.revoke_sessions(user_id, utcnow(), all_orgs=True)
     session = store.session(session_id)
     org_id = session["org_id"] if session else account.get("last_org_id")
@@ -246,13 +308,13 @@ def check_access(store, claims):
     if session is None or session["revoked_at"] is not None or session["user_id"] != claims.get("sub"):
         return False
     account = store.account(claims["sub"])
-    if account is None or claims["iat"] < account.get("tokens_not_before", 0):
+    if account is None or claims.get("av", claims["iat"]) < account.get("tokens_not_before", 0):
         return False
     org_id = claims.get("org")
     if org_id:
         membership = store.membership(org_id, claims["sub"])
         organization = store.organization(org_id)
-        if membership is None or claims["iat"] < membership.get("tokens_not_before", 0):
+        if membership is None or claims.get("mv", claims["iat"]) < membership.get("tokens_not_before", 0):
             return False
         if organization is None or organization.get("status") != "active":
             return False

@@ -13,10 +13,12 @@ from datetime import datetime
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
-from services.membership.domain import access_revoked, now_seconds
+from services.membership.domain import access_revoked, next_cutoff, now_seconds
 
 ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
 MAX_PAGE = 200
+#: compare-and-set attempts when a member is changed concurrently
+CHANGE_ATTEMPTS = 5
 
 
 def create_remote_organization(create_org, name, account):
@@ -28,7 +30,7 @@ def create_remote_organization(create_org, name, account):
 def new_membership(org_id, account, role):
     return {"_id": "%s:%s" % (org_id, account["_id"]), "org_id": org_id, "user_id": account["_id"],
             "email": account["email"], "name": account["name"], "role": role,
-            "can_delete_organization": False, "tokens_not_before": 0.0, "joined_at": utcnow()}
+            "can_delete_organization": False, "tokens_not_before": now_seconds(), "joined_at": utcnow()}
 
 
 def member_joined(org_id, account, role, via_invite, member_count, is_owner=False):
@@ -113,28 +115,39 @@ def list_members(store, org_id, limit=50, cursor=None, q=None):
 
 
 def change_member(store, org_id, actor, user_id, role=None, can_delete_organization=None):
+    """Role and deletion right. The deletion right belongs to admins: a demotion clears it (else
+    it would silently come back with a later promotion) and a non-admin cannot be given it."""
     organization = live_organization(store, org_id)
     require_role(store, org_id, actor, "admin")
-    target = store.membership(org_id, user_id)
-    if target is None:
-        raise not_found("member")
     is_owner = organization.get("owner_user_id") == user_id
     if can_delete_organization is not None and organization.get("owner_user_id") != actor["sub"]:
         raise DomainError("forbidden", "only the owner may grant the right to delete the organization")
     if role is not None and role != "admin" and is_owner:
         raise DomainError("owner_protected", "the owner's role cannot be lowered; transfer ownership first")
-    fields, pending = {}, []
-    if can_delete_organization is not None:
-        fields["can_delete_organization"] = bool(can_delete_organization)
-    if role is not None and role != target["role"]:
-        fields.update(role=role, tokens_not_before=now_seconds())
-        pending = [outbox.pending(events.MEMBER_ROLE_CHANGED, org_id, user_id=user_id, role=role),
-                   access_revoked(org_id, user_id)]
-    if fields:
-        target = store.update_membership(org_id, user_id, fields, *pending)
+    for _ in range(CHANGE_ATTEMPTS):
+        target = store.membership(org_id, user_id)
         if target is None:
             raise not_found("member")
-    return member_view(target, organization)
+        new_role = role if role is not None else target["role"]
+        if can_delete_organization and new_role != "admin":
+            raise DomainError("conflict", "only an admin can hold the right to delete the organization")
+        fields, pending = {}, []
+        if can_delete_organization is not None:
+            fields["can_delete_organization"] = bool(can_delete_organization)
+        if new_role != target["role"]:
+            cutoff = next_cutoff(target.get("tokens_not_before"))
+            fields.update(role=new_role, tokens_not_before=cutoff)
+            if new_role != "admin":
+                fields["can_delete_organization"] = False
+            pending = [outbox.pending(events.MEMBER_ROLE_CHANGED, org_id, user_id=user_id, role=new_role),
+                       access_revoked(org_id, user_id, not_before=cutoff)]
+        if not fields:
+            return member_view(target, organization)
+        updated = store.update_membership(org_id, user_id, fields, *pending,
+                                          cutoff=target.get("tokens_not_before"))
+        if updated is not None:
+            return member_view(updated, organization)
+    raise DomainError("conflict", "the member was changed concurrently; try again")
 
 
 def remove_member(store, org_id, actor, user_id):
@@ -143,7 +156,8 @@ def remove_member(store, org_id, actor, user_id):
     leaving = actor["sub"] == user_id
     if not leaving:
         require_role(store, org_id, actor, "admin")
-    if store.membership(org_id, user_id) is None:
+    membership = store.membership(org_id, user_id)
+    if membership is None:
         raise not_found("member")
     if organization.get("owner_user_id") == user_id:
         raise DomainError("owner_protected", "the owner cannot leave or be removed; transfer ownership first")
@@ -152,9 +166,12 @@ def remove_member(store, org_id, actor, user_id):
     removed = store.remove_membership(
         org_id, user_id,
         outbox.pending(events.MEMBER_LEFT, org_id, user_id=user_id, reason=reason, member_count=count),
-        access_revoked(org_id, user_id))
-    if not removed:  # removed concurrently: give the seat back
+        access_revoked(org_id, user_id, not_before=next_cutoff(membership.get("tokens_not_before"))),
+        cutoff=membership.get("tokens_not_before"))
+    if not removed:  # removed (or changed) concurrently: give the seat back
         store.claim_seat(org_id, None)
+        if store.membership(org_id, user_id) is not None:
+            raise DomainError("conflict", "the member was changed concurrently; try again")
         raise not_found("member")
     store.revoke_sessions(user_id, utcnow(), org_id=org_id)
     return {"removed": True, "reason": reason}
@@ -170,17 +187,30 @@ def transfer_ownership(store, org_id, actor, to_user_id):
         raise not_found("member")
     if to_user_id == from_user_id or target["role"] != "admin":
         raise DomainError("conflict", "ownership can only go to another admin of the organization")
-    now = now_seconds()
     updated = store.transfer_owner(
         org_id, from_user_id, to_user_id,
         outbox.pending(events.OWNERSHIP_TRANSFERRED, org_id, from_user_id=from_user_id, to_user_id=to_user_id,
-                       to_user_email=target["email"], to_user_name=target["name"]),
-        access_revoked(org_id, from_user_id), access_revoked(org_id, to_user_id))
+                       to_user_email=target["email"], to_user_name=target["name"]))
     if updated is None:
         raise DomainError("conflict", "ownership changed meanwhile")
+    # after the owner is written (see domain.is_owner_of): both members' tokens state the owner flag
     for user_id in (from_user_id, to_user_id):
-        store.update_membership(org_id, user_id, {"tokens_not_before": now})
+        void_tokens(store, org_id, user_id)
     return {"owner_user_id": to_user_id, "previous_owner_user_id": from_user_id}
+
+
+def void_tokens(store, org_id, user_id):
+    """Move the member's cut-off on and announce it: every token issued before now dies."""
+    for _ in range(CHANGE_ATTEMPTS):
+        membership = store.membership(org_id, user_id)
+        if membership is None:
+            return  # removed: its removal announced a cut-off of its own
+        cutoff = next_cutoff(membership.get("tokens_not_before"))
+        if store.update_membership(org_id, user_id, {"tokens_not_before": cutoff},
+                                   access_revoked(org_id, user_id, not_before=cutoff),
+                                   cutoff=membership.get("tokens_not_before")):
+            return
+    raise DomainError("conflict", "the member was changed concurrently; try again")
 
 
 def on_organization_renamed(store, event):

@@ -9,6 +9,7 @@ without finishing any sooner; further logins wait their turn.
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import time
@@ -17,6 +18,7 @@ import uuid
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
 from eventlet import tpool
 from eventlet.semaphore import Semaphore
 from nameko.extensions import DependencyProvider
@@ -68,15 +70,46 @@ class TokenIssuer:
             pem = public_pem(load_private_key(path))
             self.published[key_id(pem)] = pem
 
-    def access_token(self, user_id, org_id, role, is_owner, is_superuser, session_id):
-        # iat keeps milliseconds (RFC 7519 allows fractions) so a revocation's not_before can void
-        # tokens issued before it without voiding those issued a moment after it
+    def access_token(self, user_id, org_id, role, is_owner, is_superuser, session_id,
+                     account_cutoff=0.0, membership_cutoff=None):
+        """Sign an access token.
+
+        ``av``/``mv`` are the account's and the membership's revocation cut-offs
+        (``tokens_not_before``) as read together with the role and flags the token states. A
+        revocation publishes the cut-off it wrote, and gateways refuse tokens carrying an older one.
+        So a token signed from a document read just before a role change, removal or password
+        change dies with that change however late it was signed: no clock and no ordering between
+        the change and a concurrent refresh is involved.
+        """
+        # iat keeps milliseconds (RFC 7519 allows fractions); tokens of older releases lack av/mv
+        # and are judged by iat
         now = round(time.time(), 3)
         claims = {"iss": self.issuer, "sub": user_id, "org": org_id, "role": role,
                   "owner": bool(is_owner), "su": bool(is_superuser), "sid": session_id,
-                  "jti": uuid.uuid4().hex, "iat": now, "exp": int(now) + self.access_ttl}
+                  "jti": uuid.uuid4().hex, "iat": now, "exp": int(now) + self.access_ttl,
+                  "av": float(account_cutoff or 0.0)}
+        if org_id is not None and membership_cutoff is not None:
+            claims["mv"] = float(membership_cutoff)
         token = jwt.encode(claims, self.private_key, algorithm="EdDSA", headers={"kid": self.kid})
         return token, self.access_ttl
+
+
+def _sealing_key(refresh_token):
+    """A Fernet key only the holder of ``refresh_token`` can derive (the database keeps its SHA-256)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(b"orgplatform-refresh-grace\x00" + refresh_token.encode()).digest())
+
+
+def seal_for(refresh_token, data):
+    """Encrypt ``data`` (JSON) so that presenting ``refresh_token`` again recovers it."""
+    return Fernet(_sealing_key(refresh_token)).encrypt(json.dumps(data).encode()).decode()
+
+
+def unseal_for(refresh_token, sealed):
+    """The data :func:`seal_for` sealed for ``refresh_token``, or None."""
+    try:
+        return json.loads(Fernet(_sealing_key(refresh_token)).decrypt(sealed.encode()))
+    except (InvalidToken, ValueError, TypeError, AttributeError):
+        return None
 
 
 class SecurityProvider(DependencyProvider):
@@ -90,17 +123,19 @@ class SecurityProvider(DependencyProvider):
                       config.get("ARGON2_CONCURRENCY")),
             TokenIssuer(config["JWT_PRIVATE_KEY_FILE"], retired, config.get("JWT_ISSUER", "orgplatform"),
                         config.get("ACCESS_TOKEN_TTL", 900)),
-            int(config.get("REFRESH_TOKEN_TTL", 2592000)))
+            int(config.get("REFRESH_TOKEN_TTL", 2592000)),
+            float(config.get("REFRESH_REUSE_GRACE_SECONDS", 10)))
 
     def get_dependency(self, worker_ctx):
         return self.security
 
 
 class Security:
-    def __init__(self, passwords, tokens, refresh_ttl):
+    def __init__(self, passwords, tokens, refresh_ttl, refresh_grace=10.0):
         self.passwords = passwords
         self.tokens = tokens
         self.refresh_ttl = refresh_ttl
+        self.refresh_grace = refresh_grace
 
 
 class InviteTokens:

@@ -153,13 +153,21 @@ class MembershipStore(Store):
         return list(self.db.memberships.find(query, HIDE)
                     .sort([("joined_at", ASCENDING), ("user_id", ASCENDING)]).limit(limit))
 
-    def update_membership(self, org_id, user_id, fields, *events):
-        return self._find_and_update("memberships", dict(LIVE, _id="%s:%s" % (org_id, user_id)),
+    @staticmethod
+    def _membership_query(org_id, user_id, cutoff):
+        query = dict(LIVE, _id="%s:%s" % (org_id, user_id))
+        if cutoff is not None:  # compare-and-set: nobody changed the member since it was read
+            query["tokens_not_before"] = cutoff
+        return query
+
+    def update_membership(self, org_id, user_id, fields, *events, cutoff=None):
+        """The updated membership, or None if it is gone (or its cut-off is no longer ``cutoff``)."""
+        return self._find_and_update("memberships", self._membership_query(org_id, user_id, cutoff),
                                      {"$set": fields}, events)
 
-    def remove_membership(self, org_id, user_id, *events):
+    def remove_membership(self, org_id, user_id, *events, cutoff=None):
         """Hide the membership now; the outbox deletes it once its events are published."""
-        doc = self._find_and_update("memberships", dict(LIVE, _id="%s:%s" % (org_id, user_id)),
+        doc = self._find_and_update("memberships", self._membership_query(org_id, user_id, cutoff),
                                     {"$set": {outbox.DELETE_AFTER: True}}, events)
         return doc is not None
 
@@ -192,12 +200,21 @@ class MembershipStore(Store):
     def session(self, session_id):
         return self.db.sessions.find_one({"_id": session_id}, HIDE)
 
-    def rotate_refresh(self, refresh_hash, new_hash, now, expires_at):
-        """Swap the refresh hash atomically; None if it is not a live session's current hash."""
-        return self._find_and_update(
-            "sessions", {"refresh_hash": refresh_hash, "revoked_at": None, "expires_at": {"$gt": now}},
-            {"$set": {"refresh_hash": new_hash, "expires_at": expires_at, "refreshed_at": now},
-             "$push": {"previous_hashes": refresh_hash}})
+    def live_session_by_refresh(self, refresh_hash, now):
+        """The session whose *current* refresh hash this is, if neither revoked nor expired."""
+        return self.db.sessions.find_one({"refresh_hash": refresh_hash, "revoked_at": None,
+                                          "expires_at": {"$gt": now}}, HIDE)
+
+    def rotate_refresh(self, refresh_hash, new_hash, now, expires_at, grace_until, sealed_pair):
+        """Swap the refresh hash atomically; False if it is no longer a live session's current hash.
+
+        The same write keeps the new pair sealed with the old token until ``grace_until`` (a
+        concurrent refresh with the old token answers that pair, see ``domain.refresh``)."""
+        return self.db.sessions.update_one(
+            {"refresh_hash": refresh_hash, "revoked_at": None, "expires_at": {"$gt": now}},
+            {"$set": {"refresh_hash": new_hash, "expires_at": expires_at, "refreshed_at": now,
+                      "grace": {"hash": refresh_hash, "until": grace_until, "sealed": sealed_pair}},
+             "$push": {"previous_hashes": refresh_hash}}).modified_count == 1
 
     def session_with_previous_hash(self, refresh_hash):
         return self.db.sessions.find_one({"previous_hashes": refresh_hash}, HIDE)
