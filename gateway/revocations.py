@@ -87,7 +87,10 @@ class RevocationList:
                 return True
             if org is not None and (None, org) in self._not_before:
                 return True  # the organization is being deleted
-            for key, cutoff in (((user, org), claims.get("mv", iat)), ((user, None), claims.get("av", iat))):
+            checks = [((user, None), claims.get("av", iat))]
+            if org is not None:
+                checks.append(((user, org), claims.get("mv", iat)))
+            for key, cutoff in checks:
                 entry = self._not_before.get(key)
                 if entry and cutoff < entry[0]:
                     return True

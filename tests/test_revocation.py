@@ -166,3 +166,24 @@ def test_answers_obtained_while_disconnected_are_not_cached():
     claims = {"jti": "t2", "sid": "s2", "sub": "u2", "org": "o2", "iat": now, "exp": now + 900}
     assert not revocations.is_revoked(claims)  # never connected: every request asks
     assert revocations.is_revoked(claims)
+
+
+def test_cut_offs_not_issue_times_decide():
+    """A token signed late from a document read before the change carries the old cut-off: it dies,
+    however recent its ``iat``; one signed under the new cut-off lives, however early."""
+    revocations = RevocationList(lambda claims: True)
+    now = time.time()
+    revocations.connected(now - 100)
+    base = {"sid": "s", "sub": "u", "org": "o", "exp": now + 900}
+    revocations.apply({"user_id": "u", "organization_id": "o", "not_before": now})
+    assert revocations.is_revoked(dict(base, jti="a", iat=now + 1, mv=now - 5, av=0.0))
+    assert not revocations.is_revoked(dict(base, jti="b", iat=now + 1, mv=now, av=0.0))
+    # account-wide (password change): av decides, for org-scoped and org-less tokens alike
+    revocations.apply({"user_id": "u", "organization_id": None, "not_before": now + 2})
+    assert revocations.is_revoked(dict(base, jti="c", iat=now + 9, mv=now, av=now))
+    assert revocations.is_revoked(dict(base, jti="d", org=None, iat=now + 9, av=now))
+    assert not revocations.is_revoked(dict(base, jti="e", org=None, iat=now + 9, av=now + 2))
+    # an organization being deleted: all of its tokens, whenever issued
+    revocations.apply({"user_id": None, "organization_id": "o", "not_before": now})
+    assert revocations.is_revoked(dict(base, jti="f", iat=now + 60, mv=now + 60, av=now + 60))
+    assert not revocations.is_revoked(dict(base, jti="g", org="other", iat=now + 9, mv=0.0, av=now + 2))
