@@ -16,11 +16,8 @@ import threading
 import time
 from collections import OrderedDict
 
-from kombu import Exchange
-
 from common.broadcast import BroadcastListener
-
-CACHE_EXCHANGE = Exchange("org.cache", type="fanout", durable=True, auto_delete=False)
+from common.topology import ORG_CACHE_EXCHANGE as CACHE_EXCHANGE
 
 
 class OrganizationCache:
