@@ -152,6 +152,9 @@ def topic_permissions(component):
     if component == ADMIN:
         return []
     own_reply = r"reply\.%s\.%s" % (re.escape(reply_name(component)), UUID)
+    rows = []
+    if component == "org":  # invalidations carry routing key "" (see common.topology.ORG_CACHE_EXCHANGE)
+        rows.append({"exchange": ORG_CACHE_EXCHANGE, "write": "^$", "read": "^$"})
     if component == "gateway":
         rpc_write = _calls_pattern(GATEWAY_CALLS)
         rpc_read = [own_reply]
@@ -162,7 +165,7 @@ def topic_permissions(component):
         rpc_write = _calls_pattern(SERVICE_CALLS.get(component, {})) + [r"reply\.[a-z_]+\.%s" % UUID, UUID]
         rpc_read = [r"%s\.\*" % re.escape(component), own_reply]
         subscribed = _subscribed(component)
-    rows = [{"exchange": RPC_EXCHANGE, "write": _alternatives(rpc_write), "read": _alternatives(rpc_read)}]
+    rows.append({"exchange": RPC_EXCHANGE, "write": _alternatives(rpc_write), "read": _alternatives(rpc_read)})
     sources = set(subscribed) | ({component} if component in SERVICES else set())
     for source in sorted(sources):
         write = [re.escape(t) for t in _event_types(source)] if source == component else []

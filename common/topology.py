@@ -69,8 +69,11 @@ def event_exchange(source):
 
 #: nameko's RPC exchange, declared as nameko declares it
 RPC_EXCHANGE = Exchange(bus.RPC_EXCHANGE, type="topic", durable=True, auto_delete=False)
-#: the org processes' cache invalidation broadcast (``services/org/cache.py``)
-ORG_CACHE_EXCHANGE = Exchange(bus.ORG_CACHE_EXCHANGE, type="fanout", durable=True, auto_delete=False)
+#: the org processes' cache invalidation broadcast (``services/org/cache.py``; routing key "").
+#: A topic exchange, not a fanout one, only so that topic permissions apply: the org user writes
+#: ``nameko-rpc`` and reads this exchange, and through a fanout exchange (no routing-key checks)
+#: it could bind ``nameko-rpc`` to it and route any call (``usage.grant_credits``) past its limits.
+ORG_CACHE_EXCHANGE = Exchange(bus.ORG_CACHE_EXCHANGE, type="topic", durable=True, auto_delete=False)
 
 
 def retry_exchange(service):
@@ -90,18 +93,31 @@ def subscriber_queues(subscription):
                  durable=True, auto_delete=False, exclusive=False)
     companions = retry_exchange(subscription.service)
     retry = Queue(name + ".retry", exchange=companions, routing_key=name + ".retry", durable=True,
-                  auto_delete=False, queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
+                  auto_delete=False,
+                  queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
     parked = Queue(name + ".parked", exchange=companions, routing_key=name + ".parked", durable=True,
                    auto_delete=False)
     return main, retry, parked
 
 
+def _replace_if_other_type(connection, exchange):
+    """Declare ``exchange``; one of the same name but another type (``org.cache`` was a fanout
+    exchange) is deleted first. Only for exchanges that carry nothing durable: the listeners bound
+    to the old one re-bind when they reconnect, and their caches expire meanwhile."""
+    from amqp.exceptions import PreconditionFailed
+    try:
+        exchange(connection.channel()).declare()
+    except PreconditionFailed:
+        connection.channel().exchange_delete(exchange.name)
+        exchange(connection.channel()).declare()
+
+
 def declare(amqp_uri, subscriptions=None):
     """Declare every event exchange and every subscriber queue (idempotent)."""
     with Connection(amqp_uri, connect_timeout=10) as connection:
+        _replace_if_other_type(connection, ORG_CACHE_EXCHANGE)
         channel = connection.channel()
         RPC_EXCHANGE(channel).declare()
-        ORG_CACHE_EXCHANGE(channel).declare()
         for source in EVENT_SOURCES:
             event_exchange(source)(channel).declare()
         for subscription in subscriptions or SUBSCRIPTIONS:

@@ -95,7 +95,8 @@ class Instance:
         runs with; without a component (tooling, tests) the instance's admin user."""
         env = dict(os.environ)
         env.update({
-            "AMQP_URI": self.amqp_uri_for(component or bus.ADMIN), "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
+            "AMQP_URI": self.amqp_uri_for(component or bus.ADMIN),
+            "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
             "JWT_PRIVATE_KEY_FILE": self.key_file, "JWT_PUBLIC_KEY_FILES": self.public_key_file,
             "GATEWAY_BIND": "%s:%d" % (self.gateway_host, self.gateway_port),

@@ -87,7 +87,8 @@ def test_a_service_publishes_only_its_own_exchange_and_event_types(test_stack, s
             refused(lambda: publish(test_stack, service, topology.event_exchange(source), "organization_purged",
                                     {"organization_id": str(uuid.uuid4())}))
     # on its own exchange only the event types it owns (topic permission): org cannot say member_joined
-    foreign = sorted({t for s, t in events.SCHEMAS if s != service} - {t for s, t in events.SCHEMAS if s == service})
+    own = {t for s, t in events.SCHEMAS if s == service}
+    foreign = sorted({t for s, t in events.SCHEMAS if s != service} - own)
     refused(lambda: publish(test_stack, service, topology.event_exchange(service), foreign[0],
                             {"organization_id": str(uuid.uuid4())}))
 
@@ -257,3 +258,24 @@ def test_service_call_lists_are_exactly_what_services_ask_each_other():
         for target, methods in bus.SERVICE_CALLS.get(service, {}).items():
             assert set(methods) <= rpc_methods(target)
 
+
+
+# -- no detour through an exchange-to-exchange binding ---------------------------------------------
+
+def exchange_bind(test_stack, component, destination, source, routing_key):
+    with connect(test_stack, component) as connection:
+        connection.channel().exchange_bind(destination=destination, source=source, routing_key=routing_key)
+
+
+def test_no_component_can_route_forged_calls_into_the_rpc_exchange_through_another_exchange(test_stack):
+    """Topic permissions are checked on publish, not on messages an exchange binding forwards. A
+    component that writes ``nameko-rpc`` (all do: replies) and reads an exchange it may publish any
+    routing key to could bind the two and send ``usage.grant_credits`` by the detour."""
+    # org reads org.cache and writes nameko-rpc: org.cache is a topic exchange limited to key ""
+    refused(lambda: exchange_bind(test_stack, "org", bus.RPC_EXCHANGE, bus.ORG_CACHE_EXCHANGE, "#"))
+    refused(lambda: publish(test_stack, "org", topology.ORG_CACHE_EXCHANGE, "usage.grant_credits",
+                            {"args": [], "kwargs": {}}))
+    # the direct retry exchanges take any routing key, so nobody may read (bind from) them
+    for service in bus.SERVICES:
+        refused(lambda: exchange_bind(test_stack, service, bus.RPC_EXCHANGE, bus.retry_exchange(service),
+                                      "usage.grant_credits"))
