@@ -50,8 +50,9 @@ class BroadcastListener(threading.Thread):
                     queue = Queue("%s-%s" % (self.name, uuid.uuid4().hex), exchange=first_exchange,
                                   routing_key=first_key, exclusive=True, auto_delete=True, durable=False,
                                   channel=channel)
-                    for exchange, _ in self.bindings:
-                        exchange(channel).declare()
+                    # the exchanges exist (common.topology declares them): a component may not
+                    # declare exchanges (common/bus.py), so the queue is declared without them
+                    queue.exchange.no_declare = True  # the queue's own (bound) copy of the exchange
                     queue.declare()
                     for exchange, routing_key in rest:
                         queue.bind_to(exchange=exchange, routing_key=routing_key)

@@ -2,7 +2,9 @@
 
 nameko acks an event whose handler raised, and the event is gone. ``reliable_handler`` instead
 moves a failed event to its retry queue (it comes back after an exponential backoff) and, after
-``MAX_ATTEMPTS``, to its parking queue for an operator -- the queues come from ``common.topology``.
+``MAX_ATTEMPTS``, to its parking queue for an operator -- the queues come from ``common.topology``
+and are reached through the service's own retry exchange (``common.bus.retry_exchange``), never the
+default exchange, which would let the service publish into any queue.
 Only when that hand-over is confirmed by the broker is the original acked; if it fails the event
 is requeued. Handlers must be idempotent: every event may arrive twice.
 """
@@ -13,6 +15,7 @@ from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
 
+from common.bus import retry_exchange
 from common.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ class ReliableEventHandler(EventHandler):
         headers = dict(message.headers or {})
         headers[ATTEMPTS_HEADER] = attempts
         try:
-            self._publisher.publish(message.payload, exchange="", routing_key=target,
+            self._publisher.publish(message.payload, exchange=retry_exchange(self.container.service_name),
+                                    routing_key=target,
                                     headers=headers, expiration=expiration, mandatory=True)
         except Exception:  # the broker did not take it: keep the original instead
             log.exception("could not hand failed event to %s; requeueing", target)

@@ -9,13 +9,21 @@ so both declarations agree. Each subscriber queue has two companions:
   dead-lettered back to its queue;
 * ``<queue>.parked`` -- after ``MAX_ATTEMPTS`` failures the event is parked for an operator
   instead of being dropped.
+
+Both companions are bound to the subscribing service's ``<service>.retry`` exchange (routing key =
+queue name), which is how the service reaches them: see ``common.bus.retry_exchange``.
+
+This is also the one place exchanges are declared (the RPC exchange, the event exchanges, the
+retry exchanges, ``org.cache``): components run with broker users that may not declare any
+(``common/bus.py``), so this runs first, as the instance's admin user.
 """
 import sys
+import time
 from collections import namedtuple
 
 from kombu import Connection, Exchange, Queue
 
-from common import events
+from common import bus, events
 
 Subscription = namedtuple("Subscription", "event service method")
 
@@ -59,6 +67,19 @@ def event_exchange(source):
                     auto_delete=False)
 
 
+#: nameko's RPC exchange, declared as nameko declares it
+RPC_EXCHANGE = Exchange(bus.RPC_EXCHANGE, type="topic", durable=True, auto_delete=False)
+#: the org processes' cache invalidation broadcast (``services/org/cache.py``; routing key "").
+#: A topic exchange, not a fanout one, only so that topic permissions apply: the org user writes
+#: ``nameko-rpc`` and reads this exchange, and through a fanout exchange (no routing-key checks)
+#: it could bind ``nameko-rpc`` to it and route any call (``usage.grant_credits``) past its limits.
+ORG_CACHE_EXCHANGE = Exchange(bus.ORG_CACHE_EXCHANGE, type="topic", durable=True, auto_delete=False)
+
+
+def retry_exchange(service):
+    return Exchange(bus.retry_exchange(service), type="direct", durable=True, auto_delete=False)
+
+
 def queue_name(subscription):
     source, event_type = subscription.event
     return "evt-%s-%s--%s.%s" % (source, event_type, subscription.service, subscription.method)
@@ -70,16 +91,33 @@ def subscriber_queues(subscription):
     name = queue_name(subscription)
     main = Queue(name, exchange=event_exchange(source), routing_key=event_type,
                  durable=True, auto_delete=False, exclusive=False)
-    retry = Queue(name + ".retry", durable=True, auto_delete=False, queue_arguments={
-        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
-    parked = Queue(name + ".parked", durable=True, auto_delete=False)
+    companions = retry_exchange(subscription.service)
+    retry = Queue(name + ".retry", exchange=companions, routing_key=name + ".retry", durable=True,
+                  auto_delete=False,
+                  queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
+    parked = Queue(name + ".parked", exchange=companions, routing_key=name + ".parked", durable=True,
+                   auto_delete=False)
     return main, retry, parked
+
+
+def _replace_if_other_type(connection, exchange):
+    """Declare ``exchange``; one of the same name but another type (``org.cache`` was a fanout
+    exchange) is deleted first. Only for exchanges that carry nothing durable: the listeners bound
+    to the old one re-bind when they reconnect, and their caches expire meanwhile."""
+    from amqp.exceptions import PreconditionFailed
+    try:
+        exchange(connection.channel()).declare()
+    except PreconditionFailed:
+        connection.channel().exchange_delete(exchange.name)
+        exchange(connection.channel()).declare()
 
 
 def declare(amqp_uri, subscriptions=None):
     """Declare every event exchange and every subscriber queue (idempotent)."""
     with Connection(amqp_uri, connect_timeout=10) as connection:
+        _replace_if_other_type(connection, ORG_CACHE_EXCHANGE)
         channel = connection.channel()
+        RPC_EXCHANGE(channel).declare()
         for source in EVENT_SOURCES:
             event_exchange(source)(channel).declare()
         for subscription in subscriptions or SUBSCRIPTIONS:
@@ -88,10 +126,36 @@ def declare(amqp_uri, subscriptions=None):
         channel.close()
 
 
+def provision_users(amqp_uri, environ):
+    """``--users`` (docker-compose's one-shot): the broker users of :mod:`common.bus`, created with
+    the administrator of ``amqp_uri`` through the management API (``RABBIT_MANAGEMENT_URL``), each
+    named after its component with the password of ``RABBIT_<COMPONENT>_PASSWORD``."""
+    from urllib.parse import unquote, urlsplit
+    url = urlsplit(amqp_uri)
+    vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
+    management = bus.Management(environ["RABBIT_MANAGEMENT_URL"], unquote(url.username), unquote(url.password))
+    missing = [c for c in bus.COMPONENTS if not environ.get("RABBIT_%s_PASSWORD" % c.upper())]
+    if missing:
+        raise SystemExit("no password for %s (RABBIT_<COMPONENT>_PASSWORD)" % ", ".join(missing))
+    deadline = time.monotonic() + 120  # "healthy" means the node answers, the management API comes later
+    while True:
+        try:
+            management("GET", "/api/overview")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    bus.provision(management, vhost, {c: (c, environ["RABBIT_%s_PASSWORD" % c.upper()]) for c in bus.COMPONENTS})
+    print("broker users of %s provisioned on vhost %s" % (", ".join(bus.COMPONENTS), vhost))
+
+
 def main(argv):
     import os
-    amqp_uri = argv[1] if len(argv) > 1 else os.environ.get(
-        "AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+    args = [arg for arg in argv[1:] if arg != "--users"]
+    amqp_uri = args[0] if args else os.environ["AMQP_URI"]
+    if "--users" in argv[1:]:
+        provision_users(amqp_uri, os.environ)
     declare(amqp_uri)
     print("declared %d exchanges and %d subscriber queues" % (len(EVENT_SOURCES), len(SUBSCRIPTIONS)))
 

@@ -6,6 +6,7 @@ from flask import Flask, jsonify, request
 from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
 
+from common.bus import least_privilege
 from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
@@ -40,6 +41,7 @@ def error_response(code, message, details=None, status=None, headers=None):
 
 
 def create_app(config=None):
+    least_privilege()  # the gateway's broker user declares no exchange and reads only its own replies
     config = config or load_config(CONFIG_FILE)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)

@@ -8,9 +8,8 @@ dev stack. Every process we start gets a pid file; `down` stops exactly those, n
 Only the standard library is imported at module level so `make down` works without the venv.
 """
 import argparse
-import base64
-import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 SERVICES = ("org", "membership", "notifications", "usage")
 RABBIT_HOME = "/usr/lib/rabbitmq/bin"
+SECRETS = os.path.join(ROOT, "var", "secrets")
+#: the broker administrator a broker we start is created with (see broker_admin)
+BROKER_ADMIN = "orgplatform"
+
+sys.path.insert(0, ROOT)
+from common import bus  # noqa: E402  (standard library only at import time)
 
 
 def env_int(name, default):
@@ -52,8 +57,12 @@ class Instance:
         self.rabbit_host = os.environ.get("RABBIT_HOST", "127.0.0.1")
         self.rabbit_port = env_int("RABBIT_PORT", 5672)
         self.rabbit_mgmt_port = env_int("RABBIT_MANAGEMENT_PORT", 15672)
-        self.rabbit_user = os.environ.get("RABBIT_USER", "guest")
-        self.rabbit_password = os.environ.get("RABBIT_PASSWORD", "guest")
+        # broker users of this instance: one per component (common/bus.py) plus the instance's admin;
+        # users are global on a broker, so their names carry the instance (stacks share a broker)
+        self.rabbit_users = {component: ("orgplatform-%s-%s" % (self.name, component),
+                                         _password(self, component))
+                             for component in bus.COMPONENTS + (bus.ADMIN,)}
+        self._broker_admin = None
         self.mongo_port = env_int("MONGO_PORT", 27017)
         self.mongo_url = os.environ.get("MONGO_URL") or "mongodb://127.0.0.1:%d/" % self.mongo_port
         self.external_mongo = bool(os.environ.get("MONGO_URL"))
@@ -62,25 +71,32 @@ class Instance:
         self.public_key_file = os.path.splitext(self.key_file)[0] + ".pub.pem"
         self.test = test
 
+    def amqp_uri_for(self, component):
+        """The broker URI of one component, with its own user (``admin``: the instance's admin)."""
+        user, password = self.rabbit_users[component]
+        vhost = urllib.request.quote(self.vhost, safe="")
+        return "amqp://%s:%s@%s:%d/%s" % (user, password, self.rabbit_host, self.rabbit_port, vhost)
+
     @property
     def amqp_uri(self):
-        vhost = urllib.request.quote(self.vhost, safe="")
-        return "amqp://%s:%s@%s:%d/%s" % (self.rabbit_user, self.rabbit_password, self.rabbit_host,
-                                          self.rabbit_port, vhost)
+        """The instance's admin: declares the topology; tests' taps and tooling use it."""
+        return self.amqp_uri_for(bus.ADMIN)
 
     @property
     def amqp_uri_display(self):
-        return self.amqp_uri.replace(":%s@" % self.rabbit_password, ":***@")
+        return self.amqp_uri.replace(":%s@" % self.rabbit_users[bus.ADMIN][1], ":***@")
 
     @property
     def gateway_url(self):
         return "http://%s:%d" % (self.gateway_host, self.gateway_port)
 
-    def service_env(self):
-        """Environment every service and the gateway of this instance runs with."""
+    def service_env(self, component=None):
+        """Environment a service (``component``: its broker user) or the gateway of this instance
+        runs with; without a component (tooling, tests) the instance's admin user."""
         env = dict(os.environ)
         env.update({
-            "AMQP_URI": self.amqp_uri, "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
+            "AMQP_URI": self.amqp_uri_for(component or bus.ADMIN),
+            "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
             "JWT_PRIVATE_KEY_FILE": self.key_file, "JWT_PUBLIC_KEY_FILES": self.public_key_file,
             "GATEWAY_BIND": "%s:%d" % (self.gateway_host, self.gateway_port),
@@ -110,6 +126,35 @@ class Instance:
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env
+
+
+def _password(inst, component):
+    """``RABBIT_<COMPONENT>_PASSWORD``, else generated once per install and instance (never committed:
+    under var/, readable by the owner only)."""
+    given = os.environ.get("RABBIT_%s_PASSWORD" % component.upper())
+    if given:
+        return given
+    return _stored_secret(os.path.join(inst.var, "secrets", "rabbit-%s.password" % component))
+
+
+def _stored_secret(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    value = secrets.token_hex(24)  # URL-safe: it goes into AMQP URIs as is
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    try:
+        os.link(path + ".tmp", path)  # two stacks starting at once: the first one's secret wins
+    except FileExistsError:
+        pass
+    os.unlink(path + ".tmp")
+    with open(path) as handle:
+        return handle.read().strip()
 
 
 # -- small process helpers -------------------------------------------------------------------
@@ -251,10 +296,18 @@ def ensure_rabbitmq(inst):
         os.makedirs(os.path.join(base, "log"), exist_ok=True)
         with open(os.path.join(base, "enabled_plugins"), "w") as handle:
             handle.write("[rabbitmq_management].\n")
+        # a broker we start has no guest: its first boot creates our administrator instead
+        admin_user, admin_password = _own_broker_admin()
+        with open(os.path.join(base, "rabbitmq.conf"), "w") as handle:
+            handle.write("default_user = %s\ndefault_pass = %s\ndefault_user_tags.administrator = true\n"
+                         "default_permissions.configure = .*\ndefault_permissions.read = .*\n"
+                         "default_permissions.write = .*\n" % (admin_user, admin_password))
+        os.chmod(os.path.join(base, "rabbitmq.conf"), 0o600)
         env = dict(os.environ, RABBITMQ_NODENAME="orgplatform@localhost",
                    RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
                    RABBITMQ_LOG_BASE=os.path.join(base, "log"),
                    RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(base, "enabled_plugins"),
+                   RABBITMQ_CONFIG_FILE=os.path.join(base, "rabbitmq.conf"),
                    RABBITMQ_PID_FILE=os.path.join(base, "rabbit.pid"),
                    RABBITMQ_NODE_PORT=str(inst.rabbit_port),
                    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-rabbitmq_management tcp_config [{port,%d}]"
@@ -272,29 +325,60 @@ def ensure_rabbitmq(inst):
                 handle.write("started with rabbitmq\n")
     wait_for(lambda: _management_ok(inst), "rabbitmq management API on %d" % inst.rabbit_mgmt_port,
              timeout=60)
-    if inst.vhost != "/":
-        _management(inst, "PUT", "/api/vhosts/%s" % urllib.request.quote(inst.vhost, safe=""), {})
-        _management(inst, "PUT", "/api/permissions/%s/%s" % (
-            urllib.request.quote(inst.vhost, safe=""), inst.rabbit_user),
-            {"configure": ".*", "write": ".*", "read": ".*"})
+    # the vhost, each component's user and its least-privilege permissions (idempotent)
+    bus.provision(_management_api(inst), inst.vhost, inst.rabbit_users)
+
+
+def _own_broker_admin():
+    """Administrator of a broker this project starts: ``RABBIT_USER``/``RABBIT_PASSWORD`` if given,
+    else ``orgplatform`` with a password generated once under var/secrets/."""
+    if os.environ.get("RABBIT_USER"):
+        return os.environ["RABBIT_USER"], os.environ.get("RABBIT_PASSWORD", "")
+    return BROKER_ADMIN, _stored_secret(os.path.join(SECRETS, "rabbitmq-admin.password"))
+
+
+def broker_admin(inst):
+    """Credentials the stack manages the broker with (vhosts, users, permissions); never given to a
+    process. ``RABBIT_USER``/``RABBIT_PASSWORD`` if set; else our own administrator (a broker this
+    project started); else, on a broker someone else installed that still has it, Debian's
+    ``guest`` -- only to create this instance's users, which is all any process then uses."""
+    if inst._broker_admin is None:
+        if os.environ.get("RABBIT_USER"):
+            candidates = [_own_broker_admin()]
+        else:
+            candidates = [_own_broker_admin(), ("guest", "guest")]
+        for user, password in candidates:
+            try:
+                bus.Management(_management_url(inst), user, password)("GET", "/api/whoami")
+            except urllib.error.HTTPError as error:
+                if error.code == 401:
+                    continue
+                raise
+            inst._broker_admin = (user, password)
+            break
+        else:
+            raise RuntimeError("no administrator of the broker at %s: set RABBIT_USER and RABBIT_PASSWORD"
+                               % _management_url(inst))
+    return inst._broker_admin
+
+
+def _management_url(inst):
+    return "http://%s:%d" % (inst.rabbit_host, inst.rabbit_mgmt_port)
+
+
+def _management_api(inst):
+    return bus.Management(_management_url(inst), *broker_admin(inst))
 
 
 def _management(inst, method, path, body=None):
-    request = urllib.request.Request(
-        "http://%s:%d%s" % (inst.rabbit_host, inst.rabbit_mgmt_port, path), method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json", "authorization": "Basic " + base64.b64encode(
-            ("%s:%s" % (inst.rabbit_user, inst.rabbit_password)).encode()).decode()})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        data = response.read()
-        return json.loads(data) if data else None
+    return _management_api(inst)(method, path, body)
 
 
 def _management_ok(inst):
     try:
         _management(inst, "GET", "/api/overview")
         return True
-    except (OSError, urllib.error.URLError, ValueError):
+    except (OSError, urllib.error.URLError, ValueError, RuntimeError):
         return False
 
 
@@ -402,7 +486,7 @@ def service_argv(service):
 def start_service(inst, service):
     if is_running(inst, service):
         return False
-    spawn(service, service_argv(service), inst.run_dir, inst.log_dir, inst.service_env())
+    spawn(service, service_argv(service), inst.run_dir, inst.log_dir, inst.service_env(service))
     return True
 
 
@@ -417,7 +501,7 @@ def start_replica(inst, service, label, env=None, timeout=60):
 
     Returns once the new process consumes the service's RPC queue."""
     before = rpc_consumers(inst, service)
-    spawn(label, service_argv(service), inst.run_dir, inst.log_dir, env or inst.service_env())
+    spawn(label, service_argv(service), inst.run_dir, inst.log_dir, env or inst.service_env(service))
     wait_for(lambda: rpc_consumers(inst, service) > before or not is_running(inst, label),
              "%s to consume rpc-%s" % (label, service), timeout=timeout, interval=0.2)
     if not is_running(inst, label):
@@ -429,7 +513,7 @@ def start_gateway(inst):
     if is_running(inst, "gateway"):
         return False
     spawn("gateway", [os.path.join(VENV_BIN, "gunicorn"), "-c", os.path.join(ROOT, "gateway", "gunicorn.conf.py"),
-                      "gateway.app:create_app()"], inst.run_dir, inst.log_dir, inst.service_env())
+                      "gateway.app:create_app()"], inst.run_dir, inst.log_dir, inst.service_env("gateway"))
     return True
 
 

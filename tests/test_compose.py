@@ -23,6 +23,8 @@ GUNICORN_CONFIG = os.path.join(ROOT, "gateway", "gunicorn.conf.py")
 PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)(?::[^}]*)?\}")
 PLACEHOLDER_WITH_DEFAULT = re.compile(r"\$\{([A-Z0-9_]+)(?::([^}]*))?\}")
 COMPOSE_INTERPOLATION = re.compile(r"\$\{([A-Za-z0-9_]+)(?::?-([^}]*))?\}")
+#: ``${VAR:?message}``: required from the host environment, no default (secrets)
+COMPOSE_REQUIRED = re.compile(r"\$\{([A-Za-z0-9_]+):?\?[^}]*\}")
 
 # Whatever the config defaults say, these must be set explicitly for containers.
 REQUIRED_SERVICE_ENV = {"AMQP_URI", "MONGO_URL"}
@@ -54,6 +56,7 @@ def interpolate(value):
     if isinstance(value, list):
         return [interpolate(item) for item in value]
     if isinstance(value, str):
+        value = COMPOSE_REQUIRED.sub(lambda m: "required-" + m.group(1).lower(), value)
         return COMPOSE_INTERPOLATION.sub(lambda m: m.group(2) or "", value)
     return value
 
@@ -225,6 +228,7 @@ def test_keygen_writes_the_key_pair_into_the_keys_volume(services, compose):
 def test_topology_is_declared_once_rabbitmq_is_healthy(services):
     topology = services["topology"]
     assert command(topology)[:3] == ["python", "-m", "common.topology"]
+    assert "--users" in command(topology)  # creates the component users first
     assert urlsplit(environment(topology)["AMQP_URI"]).hostname == "rabbitmq"
     assert depends_on(topology) == {"rabbitmq": "service_healthy"}
     assert topology.get("restart", "no") == "no"
@@ -391,3 +395,56 @@ def test_dockerignore_keeps_the_context_small():
     for entry in (".venv", "var", ".git", "tests", "bench"):
         assert entry in patterns, ".dockerignore does not exclude %s" % entry
     assert "__pycache__" in patterns or "**/__pycache__" in patterns
+
+
+# -- the broker trusts nobody (common/bus.py) ------------------------------------------------------
+
+def raw_environment(compose, name):
+    raw = compose["services"][name].get("environment") or {}
+    return dict(item.split("=", 1) for item in raw) if isinstance(raw, list) else raw
+
+
+def required_secret(value, variable):
+    """``value`` is exactly ``${variable:?...}``-based: from the host, no default to fall back on."""
+    return re.search(r"\$\{%s:\?[^}]+\}" % variable, str(value)) is not None
+
+
+def test_no_guest_account_anywhere_in_compose():
+    with open(COMPOSE_FILE) as handle:
+        assert "guest" not in handle.read().lower()
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_app_service_connects_as_its_own_broker_user(compose, name):
+    uri = str(raw_environment(compose, name)["AMQP_URI"])
+    user, _, rest = uri.split("//", 1)[1].partition(":")
+    assert user == name, "%s connects as %r, not as its own broker user" % (name, user)
+    password = rest.rsplit("@", 1)[0]
+    assert required_secret(password, "RABBIT_%s_PASSWORD" % name.upper()), password
+
+
+def test_every_component_has_a_distinct_broker_user(services):
+    from common import bus
+    users = {name: urlsplit(environment(services[name])["AMQP_URI"]).username for name in APP_SERVICES}
+    assert set(users.values()) == set(bus.COMPONENTS) and len(set(users.values())) == len(users), users
+
+
+def test_topology_step_provisions_every_component_user_as_the_broker_administrator(compose, services):
+    from common import bus
+    rabbit = raw_environment(compose, "rabbitmq")
+    topology = raw_environment(compose, "topology")
+    assert required_secret(rabbit["RABBITMQ_DEFAULT_PASS"], "RABBIT_ADMIN_PASSWORD")
+    admin = urlsplit(environment(services["topology"])["AMQP_URI"])
+    assert admin.username == rabbit["RABBITMQ_DEFAULT_USER"] and admin.hostname == "rabbitmq"
+    assert required_secret(topology["AMQP_URI"], "RABBIT_ADMIN_PASSWORD")
+    assert urlsplit(topology["RABBIT_MANAGEMENT_URL"]).hostname == "rabbitmq"
+    for component in bus.COMPONENTS:
+        variable = "RABBIT_%s_PASSWORD" % component.upper()
+        assert required_secret(topology.get(variable), variable), "topology cannot create %s's user" % component
+    # the administrator's password reaches nobody else
+    for name in APP_SERVICES:
+        assert "RABBIT_ADMIN_PASSWORD" not in str(raw_environment(compose, name)), name
+
+
+def test_gateway_waits_for_its_broker_user(services):
+    assert depends_on(services["gateway"]).get("topology") == "service_completed_successfully"

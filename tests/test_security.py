@@ -160,7 +160,7 @@ def rotation_gateway(test_stack, tmp_path):
     generate(new_private)
     write_public(new_private, new_public)
     port = free_port()
-    env = dict(test_stack.service_env(), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
+    env = dict(test_stack.service_env("gateway"), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
                JWT_PUBLIC_KEY_FILES="%s,%s" % (test_stack.public_key_file, new_public))
     stack.spawn("gateway-rotation", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
                                      os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),

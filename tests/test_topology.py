@@ -80,3 +80,13 @@ def test_declaration_creates_every_durable_subscriber_queue_on_the_broker(scratc
         assert ("%s.events" % subscription.event[0], main.name, subscription.event[1]) in bindings
         assert queues[retry.name]["arguments"] == {"x-dead-letter-exchange": "",
                                                    "x-dead-letter-routing-key": main.name}
+        # the service reaches its retry and parking queues through its own exchange, never the
+        # default one (common/bus.py: write on amq.default would reach every queue by name)
+        companions = "%s.retry" % subscription.service
+        assert exchanges[companions]["type"] == "direct" and exchanges[companions]["durable"]
+        assert (companions, retry.name, retry.name) in bindings
+        assert (companions, parked.name, parked.name) in bindings
+    # exchanges components use but may not declare themselves
+    assert exchanges["nameko-rpc"]["type"] == "topic" and exchanges["nameko-rpc"]["durable"]
+    # org.cache: topic, so that topic permissions keep its routing keys to "" (common/topology.py)
+    assert exchanges["org.cache"]["type"] == "topic" and exchanges["org.cache"]["durable"]

@@ -455,7 +455,7 @@ def test_crash_after_the_ledger_write_is_repaired(gateway, team, su, test_stack)
     wait_until(lambda: gateway.get(path(team), su).json()["credits"]["balance"] == 5000, what="overview 5000")
     crash_pid = os.path.join(inst.run_dir, "usage-crash.pid")
     stack.stop_pid_file(os.path.join(inst.run_dir, "usage.pid"))
-    env = dict(inst.service_env(), USAGE_FAULT_CRASH_AFTER_LEDGER="1", USAGE_REPAIR_SECONDS="3600")
+    env = dict(inst.service_env("usage"), USAGE_FAULT_CRASH_AFTER_LEDGER="1", USAGE_REPAIR_SECONDS="3600")
     stack.spawn("usage-crash", stack.service_argv("usage"), inst.run_dir, inst.log_dir, env)
     client, db = usage_db(inst)
     try:

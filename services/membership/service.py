@@ -3,7 +3,7 @@ from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
-from common import events
+from common import bus, events
 from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
@@ -13,6 +13,8 @@ from common.timers import configured_timer
 from services.membership import deletion, domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
+
+bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
 domain_rpc = rpc(expected_exceptions=DomainError)
 

@@ -9,7 +9,7 @@ from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
-from common import events
+from common import bus, events
 from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
@@ -18,6 +18,8 @@ from common.timers import configured_timer
 from services.notifications import deletion, dispatch, notify, settings
 from services.notifications.mail import SmtpSender
 from services.notifications.store import NotificationsStore
+
+bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
 domain_rpc = rpc(expected_exceptions=DomainError)
 

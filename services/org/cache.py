@@ -1,7 +1,7 @@
 """Organization documents held in memory by each org process: the overview costs no database read.
 
 Every write to an organization goes through :class:`~services.org.store.OrgStore`, which drops the
-local copy and broadcasts the organization's id on the ``org.cache`` fanout exchange; every org
+local copy and broadcasts the organization's id on the ``org.cache`` exchange (routing key ""); every org
 process (each replica) listens on its own exclusive queue and drops its copy too. Three rules keep
 a replica from serving a stale document:
 
@@ -16,11 +16,8 @@ import threading
 import time
 from collections import OrderedDict
 
-from kombu import Exchange
-
 from common.broadcast import BroadcastListener
-
-CACHE_EXCHANGE = Exchange("org.cache", type="fanout", durable=True, auto_delete=False)
+from common.topology import ORG_CACHE_EXCHANGE as CACHE_EXCHANGE
 
 
 class OrganizationCache:

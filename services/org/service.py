@@ -2,13 +2,15 @@
 from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 
-from common import events
+from common import bus, events
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.timers import configured_timer
 from services.org import domain
 from services.org.store import OrgStore
+
+bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
 domain_rpc = rpc(expected_exceptions=DomainError)
 

@@ -48,7 +48,7 @@ class OrgStore(Store):
         self.cache.invalidate(org_id)
         try:
             self.outbox.publisher.publish({"organization_id": org_id}, exchange=CACHE_EXCHANGE, routing_key="",
-                                          declare=[CACHE_EXCHANGE], delivery_mode=1)
+                                          delivery_mode=1)  # declared by the topology, not by us
         except Exception:  # the write stands; other replicas' copies expire after ORG_CACHE_SECONDS
             log.warning("could not broadcast the change of organization %s", org_id, exc_info=True)
 

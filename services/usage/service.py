@@ -2,7 +2,7 @@
 from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy, rpc
 
-from common import events
+from common import bus, events
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
@@ -10,6 +10,8 @@ from common.rpc import ask
 from common.timers import configured_timer
 from services.usage import credits, deletion, storage
 from services.usage.store import UsageStore
+
+bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
 domain_rpc = rpc(expected_exceptions=DomainError)
 
