@@ -70,7 +70,7 @@ def create_app(config=None):
     @app.errorhandler(DomainError)
     def domain_error(error):
         headers = {}
-        if error.code == "rate_limited":
+        if error.code in ("rate_limited", "service_unavailable"):  # refused for now: say when to retry
             headers["Retry-After"] = str(error.details.get("retry_after", 1))
         return error_response(error.code, error.message, error.details, headers=headers)
 
