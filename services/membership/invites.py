@@ -109,21 +109,33 @@ def accept(store, security, plan_limit, token, user_id):
     return _join(store, security, invite, organization, account, plan_limit(organization["_id"]))
 
 
-def signup_with_invite(store, security, plan_limit, email, password, name, token):
-    """Create the account directly in the inviting organization (the invite must be for this email)."""
+def signup_with_invite(store, security, plan_limit, email, password, name, token, config=None,
+                       client_address=None):
+    """Create the account directly in the inviting organization (the invite must be for this email).
+
+    If joining fails once the account exists (the last seat went to someone else a moment ago, the
+    invite was used or revoked meanwhile), the account is deleted again: it would otherwise block
+    the retry with 409 ``email_taken`` although the person never got in."""
     email = domain.normalize_email(email)
     name = domain.clean_person_name(name)
     domain.check_password(password)
+    domain.check_signup_rate(store, config or {}, client_address)
     invite, organization = _usable_invite(store, token)
     _check_invitee(invite, email)
     limit = plan_limit(organization["_id"])
     if limit is not None and organization.get("member_count", 0) >= limit:
         raise DomainError("user_limit_reached", "the organization's plan has no free seat")
+    if store.account_by_email(email):
+        raise DomainError("email_taken", "an account with this email already exists")
     account = domain.new_account(email, name, security.passwords.hash(password))
     account["last_org_id"] = organization["_id"]
-    if store.account_by_email(email) or not store.insert_account(account):
+    if not store.insert_account(account):
         raise DomainError("email_taken", "an account with this email already exists")
-    return _join(store, security, invite, organization, account, limit)
+    try:
+        return _join(store, security, invite, organization, account, limit)
+    except DomainError:  # raised before any membership exists: nothing refers to the account yet
+        store.delete_account(account["_id"])
+        raise
 
 
 def _join(store, security, invite, organization, account, limit):

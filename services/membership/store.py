@@ -70,6 +70,10 @@ class MembershipStore(Store):
         except DuplicateKeyError:
             return False
 
+    def delete_account(self, user_id):
+        """Take back an account that never got anywhere (a sign-up whose join failed)."""
+        self.db.accounts.delete_one({"_id": user_id})
+
     def account_by_email(self, email):
         return self.db.accounts.find_one({"email": email}, HIDE)
 
@@ -270,10 +274,11 @@ class MembershipStore(Store):
         return list(self.db.invites.find({"org_id": org_id}, {"token_hash": 0, outbox.FIELD: 0, outbox.COUNT: 0})
                     .sort("created_at", DESCENDING))
 
-    # -- login rate limiting -----------------------------------------------------------------
-    def count_attempt(self, key, window_start, expires_at):
+    # -- rate limiting (logins, sign-ups, invites) --------------------------------------------
+    def count_attempt(self, key, window_start, expires_at, amount=1):
+        """Add ``amount`` (negative: give it back) to the window's counter; returns the new count."""
         doc = self.db.login_attempts.find_one_and_update(
-            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": 1}, "$set": {"expires_at": expires_at}},
+            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": amount}, "$set": {"expires_at": expires_at}},
             upsert=True, return_document=ReturnDocument.AFTER)
         return doc["count"]
 
