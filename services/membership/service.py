@@ -130,8 +130,8 @@ class MembershipService:
 
     # -- invites ----------------------------------------------------------------------------
     @domain_rpc
-    def create_invites(self, org_id, actor, emails, role):
-        return invites.create_invites(self.store, self.config, org_id, actor, emails, role)
+    def create_invites(self, org_id, actor, emails, role, idempotency_key=None):
+        return invites.create_invites(self.store, self.config, org_id, actor, emails, role, idempotency_key)
 
     @domain_rpc
     def list_invites(self, org_id, actor):
