@@ -53,10 +53,11 @@ class Api:
         self.operations = []
 
     def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=(),
-              query=None, org_rule=True):
+              query=None, org_rule=True, headers=()):
+        """``headers``: optional request headers the view reads (documented as header parameters)."""
         def decorate(view):
             operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view,
-                                  org_rule)
+                                  org_rule, {"headers": tuple(headers)})
             self.operations.append(operation)
             endpoint = "%s_%s" % (method.lower(), view.__name__)
             response_schema = schema_instance(response) if response is not None else None
@@ -169,6 +170,9 @@ def build_openapi(api):
                   for p in re.findall(r"{([a-z_]+)}", op.openapi_path)]
         if op.query is not None:
             params.append({"in": "query", "schema": op.query})
+        for header in op.extra.get("headers", ()):
+            params.append({"name": header, "in": "header", "required": False,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[!-~]+$"}})
         if params:
             operation["parameters"] = params
 

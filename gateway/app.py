@@ -30,7 +30,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 # CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
-CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed"
 CORS_MAX_AGE = 600
 
@@ -72,7 +72,7 @@ def create_app(config=None):
     @app.errorhandler(DomainError)
     def domain_error(error):
         headers = {}
-        if error.code == "rate_limited":
+        if error.code in ("rate_limited", "service_unavailable"):  # refused for now: say when to retry
             headers["Retry-After"] = str(error.details.get("retry_after", 1))
         return error_response(error.code, error.message, error.details, headers=headers)
 

@@ -112,6 +112,11 @@ class Instance:
             env.setdefault("CORS_ALLOWED_ORIGINS", "https://app.example.test")
             env.setdefault("LOGIN_LIMIT_PER_ADDRESS", "100000")  # the whole suite logs in from 127.0.0.1
             env.setdefault("REFRESH_REUSE_GRACE_SECONDS", "2")  # the reuse test waits the window out
+            env.setdefault("SIGNUP_LIMIT_PER_ADDRESS", "100000")  # ... and signs up from there
+            # the fuzzing and soak invite thousands of emails through a few owners; the limits
+            # themselves are tested on a membership process of their own (tests/test_abuse.py)
+            env.setdefault("INVITE_LIMIT_PER_ORG", "100000")
+            env.setdefault("INVITE_LIMIT_PER_INVITER", "100000")
             if os.environ.get("STACK_TIMERS") != "production":  # the bench and soak measure the real pace
                 # mail: short retry backoff and fast timers so outage/recovery tests take seconds
                 env.setdefault("MAIL_RETRY_BASE_SECONDS", "0.5")

@@ -330,11 +330,12 @@ def test_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
 
 def test_accepting_an_invite_as_a_member_is_a_conflict(gateway, tap, team, test_stack):
     """Already a member -> 409 already_member, and nothing changes. Two usable invites for one email
-    only arise from concurrent invite requests (a new invite replaces the pending one, and members
-    are skipped), so that state is made in the service's database: the replaced invite is pending again."""
+    only arise from concurrent invite requests (a new invite with another role replaces the pending
+    one, the same role keeps it, and members are skipped), so that state is made in the service's
+    database: the replaced invite is pending again."""
     email = unique_email("twice")
     first_token, first_id = invite(gateway, tap, team["admin"], email)
-    second_token, _ = invite(gateway, tap, team["admin"], email)
+    second_token, _ = invite(gateway, tap, team["admin"], email, role="dataset_manager")
     invitee = gateway.signup(organization_name=None, email=email)
     assert_error(gateway.post("/invites/%s/accept" % first_token, token=invitee.token), 404, "not_found")
     joined = gateway.post("/invites/%s/accept" % second_token, token=invitee.token)

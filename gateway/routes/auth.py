@@ -7,13 +7,14 @@ from gateway.routes.common import api, rpc
 
 
 @api.route("/auth/signup", "POST", PUBLIC, "Create an account (optionally with an organization)", "auth",
-           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409"))
+           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409", "429"))
 def signup(body):
+    """Rate limited per client address (the TCP peer, never a header a client could set)."""
     if body.get("invite_token"):
         return rpc("membership", "signup_with_invite", body["email"], body["password"], body["name"],
-                   body["invite_token"])
+                   body["invite_token"], request.remote_addr)
     return rpc("membership", "signup", body["email"], body["password"], body["name"],
-               body.get("organization_name"))
+               body.get("organization_name"), request.remote_addr)
 
 
 @api.route("/auth/login", "POST", PUBLIC, "Log in; the token is scoped to an organization", "auth",
@@ -41,7 +42,7 @@ def switch(body):
 
 
 @api.route("/auth/password", "POST", USER, "Change the password; every other session ends", "auth",
-           body=s.PasswordChangeRequest, response=s.TokenPairSchema)
+           body=s.PasswordChangeRequest, response=s.TokenPairSchema, errors=("429",))
 def change_password(body):
     return rpc("membership", "change_password", g.claims["sid"], g.claims["sub"], body["current_password"],
                body["new_password"])

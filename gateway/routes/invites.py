@@ -1,15 +1,34 @@
 """Invitations: create, list, revoke, preview, accept."""
-from flask import g
+import re
+
+from flask import g, request
+
+from common.errors import DomainError
 
 from gateway import schemas as s
 from gateway.api import ADMIN, PUBLIC, USER
 from gateway.routes.common import actor, api, rpc
 
 
-@api.route("/organizations/<org_id>/invites", "POST", ADMIN, "Invite people by email (one invite each)",
-           "invites", body=s.InviteRequest, response=s.InvitesCreatedSchema, status=201, errors=("410",))
+_KEY = re.compile(r"^[!-~]{1,200}$")
+
+
+def idempotency_key():
+    """The optional ``Idempotency-Key`` header: 1-200 visible ASCII characters, else 422."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _KEY.match(key):
+        raise DomainError("validation_failed", "invalid input",
+                          {"Idempotency-Key": ["Must be 1-200 visible ASCII characters."]})
+    return key
+
+
+@api.route("/organizations/<org_id>/invites", "POST", ADMIN,
+           "Invite people by email (one invite each; a repeat keeps a pending invite of the same role)",
+           "invites", body=s.InviteRequest, response=s.InvitesCreatedSchema, status=201,
+           errors=("409", "410", "429"), headers=("Idempotency-Key",))
 def create_invites(org_id, body):
-    return rpc("membership", "create_invites", org_id, actor(), body["emails"], body["role"])
+    result = rpc("membership", "create_invites", org_id, actor(), body["emails"], body["role"], idempotency_key())
+    return result, {"Idempotent-Replayed": "true"} if result.get("replayed") else {}
 
 
 @api.route("/organizations/<org_id>/invites", "GET", ADMIN, "Pending invites", "invites",

@@ -120,20 +120,24 @@ def revoke_session(store, session_id, user_id, org_id):
 
 # -- sign-up and login -------------------------------------------------------------------------
 
-def signup(store, security, create_org, email, password, name, organization_name=None):
+def signup(store, security, create_org, email, password, name, organization_name=None, config=None,
+           client_address=None):
     """Create an account, and with ``organization_name`` an organization it owns.
 
     The organization is created first (idempotently, by an id chosen here) so that a failure there
-    leaves no half-made account behind.
+    leaves no half-made account behind. Rate limited per client address; a taken email is refused
+    before the password is hashed (the 409 says it is taken anyway, so hashing first hid nothing
+    and made every such request cost a hash).
     """
     from services.membership import members
 
     email = normalize_email(email)
     name = clean_person_name(name)
     check_password(password)
-    password_hash = security.passwords.hash(password)
+    check_signup_rate(store, config or {}, client_address)
     if store.account_by_email(email):
         raise DomainError("email_taken", "an account with this email already exists")
+    password_hash = security.passwords.hash(password)
     account = new_account(email, name, password_hash)
     organization = None
     if organization_name is not None:
@@ -152,20 +156,69 @@ def signup(store, security, create_org, email, password, name, organization_name
     return dict(tokens, organization=summary)
 
 
-def check_login_rate(store, config, email, client_address):
-    """Fixed-window counters in the database, so every replica enforces the same limit."""
-    window = int(config.get("LOGIN_LIMIT_WINDOW") or 60)
+class Counted:
+    """What :func:`rate_limit` counted, so that a caller can give it back (:meth:`refund`)."""
+
+    def __init__(self, store, start, expires, amount):
+        self.store, self.start, self.expires, self.amount = store, start, expires, amount
+        self.keys = []
+
+    def refund(self, *keys):
+        """Take back this request's count on ``keys`` (all counted keys if none are named)."""
+        for key in keys or list(self.keys):
+            if key in self.keys:
+                self.store.count_attempt(key, self.start, self.expires, -self.amount)
+                self.keys.remove(key)
+
+
+def rate_limit(store, counters, window, message, amount=1, refund_refused=False):
+    """Fixed-window counters in the database, so every replica enforces the same limit.
+
+    ``counters`` is ``[(key, limit)]``, counted in that order; the first one over its limit
+    refuses (429 + ``Retry-After``) and the keys after it are not counted at all: a refused
+    request costs the key that refused it -- the attacker's address, say -- and nobody else. With
+    ``refund_refused`` a refused request gives back what it counted (a batch that does not fit
+    must not use up what is left of the window). Returns a :class:`Counted`.
+    """
     now = time.time()
     start = int(now // window * window)
-    expires = utcnow() + timedelta(seconds=2 * window)
-    limits = [("email:" + email, int(config.get("LOGIN_LIMIT_PER_EMAIL") or 10))] if email else []
+    counted = Counted(store, start, utcnow() + timedelta(seconds=2 * window), amount)
+    for key, limit in counters:
+        counted.keys.append(key)
+        if store.count_attempt(key, start, counted.expires, amount) > limit:
+            if refund_refused:
+                counted.refund()
+            raise DomainError("rate_limited", message, {"retry_after": max(1, int(start + window - now) + 1)})
+    return counted
+
+
+def check_login_rate(store, config, email, client_address):
+    """Per address first, then per email. An attempt the address limit refuses does not count
+    against the email: otherwise anyone could lock a victim out for free, from an address that is
+    itself already refused."""
+    limits = []
     if client_address:
         limits.append(("addr:" + client_address, int(config.get("LOGIN_LIMIT_PER_ADDRESS") or 60)))
-    for key, limit in limits:
-        if store.count_attempt(key, start, expires) > limit:
-            retry_after = max(1, int(start + window - now) + 1)
-            raise DomainError("rate_limited", "too many login attempts, try again later",
-                              {"retry_after": retry_after})
+    if email:
+        limits.append(("email:" + email, int(config.get("LOGIN_LIMIT_PER_EMAIL") or 10)))
+    return rate_limit(store, limits, int(config.get("LOGIN_LIMIT_WINDOW") or 60),
+                      "too many login attempts, try again later")
+
+
+def login_succeeded(counted, email):
+    """A right password gives its count on the email back: the per-email limit is there against
+    guessing, and should not lock out someone who simply logs in often (every tab, every device)."""
+    if email:
+        counted.refund("email:" + email)
+
+
+def check_signup_rate(store, config, client_address):
+    """Every sign-up costs a password hash (and may store an account): bounded per address."""
+    if not client_address:
+        return None
+    return rate_limit(store, [("signup-addr:" + client_address,
+                               int(config.get("SIGNUP_LIMIT_PER_ADDRESS") or 20))],
+                      int(config.get("SIGNUP_LIMIT_WINDOW") or 600), "too many sign-ups, try again later")
 
 
 def login(store, security, config, email, password, organization_id=None, client_address=None):
@@ -174,10 +227,11 @@ def login(store, security, config, email, password, organization_id=None, client
         email = normalize_email(email)
     except DomainError:
         email = None
-    check_login_rate(store, config, email, client_address)
+    counted = check_login_rate(store, config, email, client_address)
     account = store.account_by_email(email) if email else None
     if not security.passwords.verify(account["password_hash"] if account else None, password or ""):
         raise DomainError("invalid_credentials", "email or password is wrong")
+    login_succeeded(counted, email)
     org_id, membership = choose_organization(store, account, organization_id)
     if org_id != account.get("last_org_id"):
         store.set_account(account["_id"], {"last_org_id": org_id})
@@ -280,14 +334,19 @@ def logout(store, session_id, user_id, org_id):
     return {"logged_out": True}
 
 
-def change_password(store, security, session_id, user_id, current_password, new_password):
-    """Every session of the account ends; the caller gets a fresh one in the same organization."""
+def change_password(store, security, session_id, user_id, current_password, new_password, config=None):
+    """Every session of the account ends; the caller gets a fresh one in the same organization.
+
+    Each try of ``current_password`` counts against the per-email login limit: a stolen access
+    token must not give unlimited guesses of the password behind it."""
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
     check_password(new_password, "new_password")
+    counted = check_login_rate(store, config or {}, account["email"], None)
     if not security.passwords.verify(account["password_hash"], current_password or ""):
         raise DomainError("validation_failed", "invalid input", {"current_password": ["Wrong password."]})
+    login_succeeded(counted, account["email"])
     password_hash = security.passwords.hash(new_password)
     cutoff = next_cutoff(account.get("tokens_not_before"))
     store.set_account(user_id, {"password_hash": password_hash, "tokens_not_before": cutoff},

@@ -1,4 +1,5 @@
 """Invitations: one per email, single use, expiring, revocable; tokens stored only as hashes."""
+import hashlib
 import uuid
 from datetime import timedelta
 
@@ -17,12 +18,13 @@ def invite_view(invite):
             "expires_at": isoformat(invite["expires_at"])}
 
 
-def create_invites(store, config, org_id, actor, emails, role):
-    """Invite each (normalised, de-duplicated) email; an older pending invite for it is replaced."""
-    organization = members.live_organization(store, org_id)
-    members.require_role(store, org_id, actor, "admin")
-    if role not in members.ROLE_RANK:
-        raise DomainError("validation_failed", "invalid input", {"role": ["Not a valid role."]})
+def _digest(*parts):
+    """A one-way key for counters and records: no organization or user id is stored in them, so a
+    purge has nothing of the organization to find there."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+def _normalized_emails(emails):
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_EMAILS:
         raise DomainError("validation_failed", "invalid input", {"emails": ["Give 1-%d emails." % MAX_EMAILS]})
     normalized = []
@@ -33,30 +35,108 @@ def create_invites(store, config, org_id, actor, emails, role):
             raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid email."]}})
         if email not in normalized:
             normalized.append(email)
+    return normalized
+
+
+def create_invites(store, config, org_id, actor, emails, role, idempotency_key=None):
+    """Invite each (normalised, de-duplicated) email.
+
+    A repeat is harmless, so that a client may retry a batch whose answer it did not get: an email
+    that already has a pending, unexpired invite with the same role keeps it (same id, same link,
+    no second mail; it is listed in ``items`` again); only a different role replaces the pending
+    invite (the old link dies). With an ``idempotency_key`` a repeat answers exactly the first
+    answer (``replayed``), and the same key with another batch is 409. Rate limited per
+    organization and per inviter, counting the invites created (each is a mail), not requests.
+    The batch costs a fixed handful of database commands (one read of members, one of pending
+    invites, one insert, one update), so 100 emails answer well within the RPC timeout; the mails
+    go out asynchronously from the outbox.
+    """
+    organization = members.live_organization(store, org_id)
+    members.require_role(store, org_id, actor, "admin")
+    if role not in members.ROLE_RANK:
+        raise DomainError("validation_failed", "invalid input", {"role": ["Not a valid role."]})
+    normalized = _normalized_emails(emails)
+    request = {"emails": sorted(normalized), "role": role}
+    record = None
+    if idempotency_key is not None:
+        record, replay = _claim_request(store, config, org_id, actor, idempotency_key, request)
+        if replay is not None:
+            return dict(replay, replayed=True)
+    try:
+        result = _create_invites(store, config, organization, org_id, actor, normalized, role)
+    except BaseException:
+        if record is not None:
+            store.release_invite_request(record)
+        raise
+    if record is not None:
+        store.finish_invite_request(record, result)
+    return result
+
+
+def _claim_request(store, config, org_id, actor, key, request):
+    """``(record id, None)`` for a new key (claimed), ``(None, first answer)`` for a replay."""
+    if not isinstance(key, str) or not 1 <= len(key) <= 200:
+        raise DomainError("validation_failed", "invalid input", {"idempotency_key": ["Must be 1-200 characters."]})
+    now = utcnow()
+    ttl = float(config.get("INVITE_IDEMPOTENCY_SECONDS") or 86400)
+    record_id = _digest(org_id, actor.get("sub") or "", key)
+    existing = store.claim_invite_request({
+        "_id": record_id, "org_id": org_id, "request": request, "state": "running", "claimed_at": now,
+        "expires_at": now + timedelta(seconds=ttl)})
+    if existing is None:
+        return record_id, None
+    if existing.get("request") != request:
+        raise DomainError("conflict", "this idempotency key was already used with a different batch",
+                          {"idempotency_key": ["Already used with different parameters."]})
+    if existing["state"] == "done":
+        return None, existing["response"]
+    # still running: the first request is being answered right now -- unless its worker died
+    lease = 2 * float(config.get("RPC_TIMEOUT") or 5)
+    if store.take_over_invite_request(record_id, now - timedelta(seconds=lease), now):
+        return record_id, None
+    raise DomainError("conflict", "a request with this idempotency key is still in progress",
+                      {"idempotency_key": ["Still in progress; retry shortly."]})
+
+
+def _create_invites(store, config, organization, org_id, actor, normalized, role):
     inviter = store.account(actor["sub"])
     inviter_name = inviter["name"] if inviter else "A platform operator"
     ttl = timedelta(days=float(config.get("INVITE_TTL_DAYS") or 14))
-    created, skipped = [], []
+    now = utcnow()
+    member_emails = store.members_with_emails(org_id, normalized)
+    pending = {}
+    for older in store.pending_invites_for(org_id, normalized):  # newest first
+        pending.setdefault(older["email"], []).append(older)
+    items, skipped, replaced, new = [], [], [], []
     for email in normalized:
-        account = store.account_by_email(email)
-        if account is not None and store.membership(org_id, account["_id"]) is not None:
+        if email in member_emails:
             skipped.append({"email": email, "reason": "already_member"})
             continue
-        now = utcnow()
-        for older in store.pending_invites(org_id, email):
-            store.set_invite_status(older["_id"], "pending", {"status": "revoked", "revoked_at": now,
-                                                              "revoked_reason": "replaced"})
+        olders = pending.get(email, [])
+        keep = next((i for i in olders if i["role"] == role and i["expires_at"] > now), None)
+        replaced += [i["_id"] for i in olders if i is not keep]
+        if keep is not None:
+            items.append(keep)
+            continue
         invite_id = uuid.uuid4().hex
         invite = {"_id": invite_id, "org_id": org_id, "email": email, "role": role,
                   "token_hash": token_hash(store.invite_tokens.token(invite_id)), "status": "pending",
                   "invited_by": actor["sub"], "created_at": now, "expires_at": now + ttl}
         # accept_url is filled in at publish time (InviteTokens): the token is never stored
-        store.insert_invite(invite, outbox.pending(
+        new.append((invite, [outbox.pending(
             events.INVITE_CREATED, org_id, invite_id=invite_id, email=email, role=role,
             inviter_name=inviter_name, accept_url="", expires_at=isoformat(invite["expires_at"]),
-            organization_name=organization["name"]))
-        created.append(invite_view(invite))
-    return {"items": created, "skipped": skipped}
+            organization_name=organization["name"])]))
+        items.append(invite)
+    if new:
+        window = int(config.get("INVITE_LIMIT_WINDOW") or 3600)
+        domain.rate_limit(store, [
+            ("invite-inviter:" + _digest(actor.get("sub") or ""), int(config.get("INVITE_LIMIT_PER_INVITER") or 500)),
+            ("invite-org:" + _digest(org_id), int(config.get("INVITE_LIMIT_PER_ORG") or 1000))],
+            window, "too many invitations, try again later", amount=len(new), refund_refused=True)
+    store.revoke_invites(replaced, {"status": "revoked", "revoked_at": now, "revoked_reason": "replaced"})
+    store.insert_invites(new)
+    return {"items": [invite_view(i) for i in items], "skipped": skipped}
 
 
 def list_invites(store, org_id, actor):
@@ -109,21 +189,33 @@ def accept(store, security, plan_limit, token, user_id):
     return _join(store, security, invite, organization, account, plan_limit(organization["_id"]))
 
 
-def signup_with_invite(store, security, plan_limit, email, password, name, token):
-    """Create the account directly in the inviting organization (the invite must be for this email)."""
+def signup_with_invite(store, security, plan_limit, email, password, name, token, config=None,
+                       client_address=None):
+    """Create the account directly in the inviting organization (the invite must be for this email).
+
+    If joining fails once the account exists (the last seat went to someone else a moment ago, the
+    invite was used or revoked meanwhile), the account is deleted again: it would otherwise block
+    the retry with 409 ``email_taken`` although the person never got in."""
     email = domain.normalize_email(email)
     name = domain.clean_person_name(name)
     domain.check_password(password)
+    domain.check_signup_rate(store, config or {}, client_address)
     invite, organization = _usable_invite(store, token)
     _check_invitee(invite, email)
     limit = plan_limit(organization["_id"])
     if limit is not None and organization.get("member_count", 0) >= limit:
         raise DomainError("user_limit_reached", "the organization's plan has no free seat")
+    if store.account_by_email(email):
+        raise DomainError("email_taken", "an account with this email already exists")
     account = domain.new_account(email, name, security.passwords.hash(password))
     account["last_org_id"] = organization["_id"]
-    if store.account_by_email(email) or not store.insert_account(account):
+    if not store.insert_account(account):
         raise DomainError("email_taken", "an account with this email already exists")
-    return _join(store, security, invite, organization, account, limit)
+    try:
+        return _join(store, security, invite, organization, account, limit)
+    except DomainError:  # raised before any membership exists: nothing refers to the account yet
+        store.delete_account(account["_id"])
+        raise
 
 
 def _join(store, security, invite, organization, account, limit):

@@ -4,7 +4,10 @@ Argon2 is deliberately slow; it runs in eventlet's OS thread pool so one login d
 every other request the service is handling. At most ``ARGON2_CONCURRENCY`` hashes (default: the
 number of cores) run at once: each holds ``ARGON2_MEMORY_KIB`` (64 MiB by default), and hashing is
 CPU-bound, so the 20 threads of that pool hashing at once would only multiply the memory (1.3 GB)
-without finishing any sooner; further logins wait their turn.
+without finishing any sooner. At most ``ARGON2_QUEUE`` more wait their turn, each at most
+``ARGON2_QUEUE_WAIT`` seconds: a burst beyond that (40 sign-ups at once) is refused at once with a
+503 and ``Retry-After`` instead of holding every worker of the service -- and with them every other
+request, ``/me`` included -- until the RPC timeout.
 """
 import base64
 import hashlib
@@ -23,6 +26,7 @@ from eventlet import tpool
 from eventlet.semaphore import Semaphore
 from nameko.extensions import DependencyProvider
 
+from common.errors import DomainError
 from common.tokens import key_id
 from services.membership.keys import load_private_key, public_pem
 
@@ -36,15 +40,39 @@ def new_secret_token():
     return secrets.token_urlsafe(32)
 
 
+def busy(retry_after=1):
+    """The answer to a hash that was shed: the service is busy, the client may retry shortly."""
+    return DomainError("service_unavailable", "too many password checks at once, try again shortly",
+                       {"retry_after": retry_after})
+
+
 class Passwords:
-    def __init__(self, time_cost=3, memory_kib=65536, concurrency=None):
+    def __init__(self, time_cost=3, memory_kib=65536, concurrency=None, queue=None, queue_wait=2.0):
         self.hasher = PasswordHasher(time_cost=int(time_cost), memory_cost=int(memory_kib))
         self._dummy = self.hasher.hash(secrets.token_hex(16))
-        self._slots = Semaphore(int(concurrency or os.cpu_count() or 2))
+        self.concurrency = int(concurrency or os.cpu_count() or 2)
+        self.queue = int(queue) if queue not in (None, "") else 4 * self.concurrency
+        self.queue_wait = float(queue_wait if queue_wait not in (None, "") else 2.0)
+        self._slots = Semaphore(self.concurrency)
+        # hashes running or waiting; only green threads of this process touch it, and nothing
+        # yields between its check and its change, so no lock is needed
+        self._admitted = 0
 
     def _run(self, function, *args):
-        with self._slots:
-            return tpool.execute(function, *args)
+        """Run ``function`` in a hashing slot, or shed the call (503) when the queue is full or
+        the wait for a slot is over: waiting longer would only outlast the caller's RPC timeout."""
+        if self._admitted >= self.concurrency + self.queue:
+            raise busy()
+        self._admitted += 1
+        try:
+            if not self._slots.acquire(timeout=self.queue_wait):
+                raise busy()
+            try:
+                return tpool.execute(function, *args)
+            finally:
+                self._slots.release()
+        finally:
+            self._admitted -= 1
 
     def hash(self, password):
         return self._run(self.hasher.hash, password)
@@ -120,7 +148,8 @@ class SecurityProvider(DependencyProvider):
         retired = [p.strip() for p in str(config.get("JWT_RETIRED_KEY_FILES") or "").split(",") if p.strip()]
         self.security = Security(
             Passwords(config.get("ARGON2_TIME_COST", 3), config.get("ARGON2_MEMORY_KIB", 65536),
-                      config.get("ARGON2_CONCURRENCY")),
+                      config.get("ARGON2_CONCURRENCY"), config.get("ARGON2_QUEUE"),
+                      config.get("ARGON2_QUEUE_WAIT")),
             TokenIssuer(config["JWT_PRIVATE_KEY_FILE"], retired, config.get("JWT_ISSUER", "orgplatform"),
                         config.get("ACCESS_TOKEN_TTL", 900)),
             int(config.get("REFRESH_TOKEN_TTL", 2592000)),

@@ -66,13 +66,14 @@ class MembershipService:
 
     # -- accounts and sessions ----------------------------------------------------------------
     @domain_rpc
-    def signup(self, email, password, name, organization_name=None):
+    def signup(self, email, password, name, organization_name=None, client_address=None):
         return domain.signup(self.store, self.security, self._create_org, email, password, name,
-                             organization_name)
+                             organization_name, self.config, client_address)
 
     @domain_rpc
-    def signup_with_invite(self, email, password, name, invite_token):
-        return invites.signup_with_invite(self.store, self.security, self._plan_limit, email, password, name, invite_token)
+    def signup_with_invite(self, email, password, name, invite_token, client_address=None):
+        return invites.signup_with_invite(self.store, self.security, self._plan_limit, email, password, name,
+                                          invite_token, self.config, client_address)
 
     @domain_rpc
     def login(self, email, password, organization_id=None, client_address=None):
@@ -94,7 +95,7 @@ class MembershipService:
     @domain_rpc
     def change_password(self, session_id, user_id, current_password, new_password):
         return domain.change_password(self.store, self.security, session_id, user_id, current_password,
-                                      new_password)
+                                      new_password, self.config)
 
     @domain_rpc
     def check_access(self, claims):
@@ -131,8 +132,8 @@ class MembershipService:
 
     # -- invites ----------------------------------------------------------------------------
     @domain_rpc
-    def create_invites(self, org_id, actor, emails, role):
-        return invites.create_invites(self.store, self.config, org_id, actor, emails, role)
+    def create_invites(self, org_id, actor, emails, role, idempotency_key=None):
+        return invites.create_invites(self.store, self.config, org_id, actor, emails, role, idempotency_key)
 
     @domain_rpc
     def list_invites(self, org_id, actor):

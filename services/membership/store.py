@@ -37,9 +37,12 @@ class MembershipStore(Store):
             IndexModel([("org_id", ASCENDING), ("email", ASCENDING)]),
         ],
         "login_attempts": [IndexModel([("expires_at", ASCENDING)])],
+        # Idempotency-Key records of POST .../invites, _id = org, inviter and key
+        "invite_requests": [IndexModel([("expires_at", ASCENDING)]), IndexModel([("org_id", ASCENDING)])],
         "organizations": [],
+        "outbox_batches": [],  # events of a batch of invites until they are published (Outbox.insert_batch)
     }
-    OUTBOX_COLLECTIONS = ("accounts", "memberships", "sessions", "invites", "organizations")
+    OUTBOX_COLLECTIONS = ("accounts", "memberships", "sessions", "invites", "organizations", "outbox_batches")
 
     def configure(self, config):
         """Invite links are added to ``invite_created`` only when it is published (see InviteTokens)."""
@@ -69,6 +72,10 @@ class MembershipStore(Store):
             return True
         except DuplicateKeyError:
             return False
+
+    def delete_account(self, user_id):
+        """Take back an account that never got anywhere (a sign-up whose join failed)."""
+        self.db.accounts.delete_one({"_id": user_id})
 
     def account_by_email(self, email):
         return self.db.accounts.find_one({"email": email}, HIDE)
@@ -176,6 +183,64 @@ class MembershipStore(Store):
         self.db.invites.insert_one(dict(doc, **outbox.new_document_fields(*events)))
         self.outbox.flush("invites", doc["_id"])
 
+    def insert_invites(self, docs_and_events):
+        """Many invites in one insert, their ``invite_created`` events queued in one batch document
+        of the outbox (``Outbox.insert_batch``): a batch of 100 costs three writes, not 300."""
+        if not docs_and_events:
+            return
+        entries = [entry for _, events in docs_and_events for entry in events]
+        batch = self.outbox.insert_batch("outbox_batches", entries)
+        self.db.invites.insert_many([doc for doc, _ in docs_and_events], ordered=False)
+        self.outbox.publish_batch("outbox_batches", batch, entries)
+
+    def _of_org_with_emails(self, collection, query, emails, projection):
+        """Documents of ``query`` whose ``email`` is one of ``emails``, in one read. MongoDB answers
+        the ``$in`` from an index; FerretDB would compare every document with every email, so there
+        the organization's documents are read and filtered here."""
+        if is_ferretdb(self.db):
+            wanted = set(emails)
+            return [doc for doc in self.db[collection].find(query, projection) if doc["email"] in wanted]
+        return list(self.db[collection].find(dict(query, email={"$in": list(emails)}), projection))
+
+    def members_with_emails(self, org_id, emails):
+        """The emails of ``emails`` that belong to a member of the organization (one read)."""
+        return {doc["email"] for doc in self._of_org_with_emails("memberships", dict(LIVE, org_id=org_id), emails,
+                                                                 {"email": 1})}
+
+    def pending_invites_for(self, org_id, emails):
+        """Pending invites of the organization for any of ``emails`` (one read), newest first."""
+        found = self._of_org_with_emails("invites", {"org_id": org_id, "status": "pending"}, emails,
+                                         HIDE)
+        return sorted(found, key=lambda doc: doc["created_at"], reverse=True)
+
+    def revoke_invites(self, invite_ids, fields):
+        """Move still-pending invites to revoked in one update."""
+        if not invite_ids:
+            return 0
+        return self.db.invites.update_many({"_id": {"$in": list(invite_ids)}, "status": "pending"},
+                                           {"$set": fields}).modified_count
+
+    # -- Idempotency-Key of invite batches ---------------------------------------------------
+    def claim_invite_request(self, doc):
+        """Insert the key's record (state ``running``); the existing record if the key is known."""
+        try:
+            self.db.invite_requests.insert_one(doc)
+            return None
+        except DuplicateKeyError:
+            return self.db.invite_requests.find_one({"_id": doc["_id"]})
+
+    def take_over_invite_request(self, request_id, claimed_before, claimed_at):
+        """A ``running`` record whose claimant died (older than ``claimed_before``) is taken over."""
+        return self.db.invite_requests.find_one_and_update(
+            {"_id": request_id, "state": "running", "claimed_at": {"$lt": claimed_before}},
+            {"$set": {"claimed_at": claimed_at}}, return_document=ReturnDocument.AFTER) is not None
+
+    def finish_invite_request(self, request_id, response):
+        self.db.invite_requests.update_one({"_id": request_id}, {"$set": {"state": "done", "response": response}})
+
+    def release_invite_request(self, request_id):
+        self.db.invite_requests.delete_one({"_id": request_id, "state": "running"})
+
     def invite_by_token_hash(self, token_hash):
         return self.db.invites.find_one({"token_hash": token_hash}, HIDE)
 
@@ -275,7 +340,7 @@ class MembershipStore(Store):
             chunk = orphans[start:start + DELETE_BATCH]
             removed["orphan_sessions"] += delete_in_batches(self.db.sessions, {"user_id": {"$in": chunk}})
             removed["accounts"] += self.db.accounts.delete_many({"_id": {"$in": chunk}}).deleted_count
-        for name in ("invites", "memberships", "sessions"):
+        for name in ("invites", "invite_requests", "memberships", "sessions"):
             removed[name] = delete_in_batches(self.db[name], {"org_id": org_id})
         removed["sessions"] += removed.pop("orphan_sessions")
         removed["last_used_cleared"] = self.db.accounts.update_many(
@@ -287,12 +352,14 @@ class MembershipStore(Store):
         return list(self.db.invites.find({"org_id": org_id}, {"token_hash": 0, outbox.FIELD: 0, outbox.COUNT: 0})
                     .sort("created_at", DESCENDING))
 
-    # -- login rate limiting -----------------------------------------------------------------
-    def count_attempt(self, key, window_start, expires_at):
+    # -- rate limiting (logins, sign-ups, invites) --------------------------------------------
+    def count_attempt(self, key, window_start, expires_at, amount=1):
+        """Add ``amount`` (negative: give it back) to the window's counter; returns the new count."""
         doc = self.db.login_attempts.find_one_and_update(
-            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": 1}, "$set": {"expires_at": expires_at}},
+            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": amount}, "$set": {"expires_at": expires_at}},
             upsert=True, return_document=ReturnDocument.AFTER)
         return doc["count"]
 
     def forget_attempts(self, before):
-        return self.db.login_attempts.delete_many({"expires_at": {"$lt": before}}).deleted_count
+        removed = self.db.login_attempts.delete_many({"expires_at": {"$lt": before}}).deleted_count
+        return removed + self.db.invite_requests.delete_many({"expires_at": {"$lt": before}}).deleted_count
