@@ -348,10 +348,12 @@ def change_password(store, security, session_id, user_id, current_password, new_
         raise DomainError("validation_failed", "invalid input", {"current_password": ["Wrong password."]})
     login_succeeded(counted, account["email"])
     password_hash = security.passwords.hash(new_password)
+    # sessions end before the cut-off moves: a refresh that read the account after the move (its
+    # token would carry the new cut-off) finds its session revoked when it swaps the refresh hash
+    store.revoke_sessions(user_id, utcnow(), all_orgs=True)
     cutoff = next_cutoff(account.get("tokens_not_before"))
     store.set_account(user_id, {"password_hash": password_hash, "tokens_not_before": cutoff},
                       access_revoked(None, user_id, not_before=cutoff))
-    store.revoke_sessions(user_id, utcnow(), all_orgs=True)
     session = store.session(session_id)
     org_id = session["org_id"] if session else account.get("last_org_id")
     membership = store.membership(org_id, user_id) if org_id else None
