@@ -1,13 +1,14 @@
 """Sign-up, login, sessions and the caller."""
-from flask import g, request
+from flask import g
 
 from gateway import schemas as s
 from gateway.api import PUBLIC, USER
-from gateway.routes.common import api, rpc
+from gateway.routes.common import api, client_address, rpc
 
 
 @api.route("/auth/signup", "POST", PUBLIC, "Create an account (optionally with an organization)", "auth",
-           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409"))
+           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409"),
+           bulkhead="hashing")
 def signup(body):
     if body.get("invite_token"):
         return rpc("membership", "signup_with_invite", body["email"], body["password"], body["name"],
@@ -17,10 +18,10 @@ def signup(body):
 
 
 @api.route("/auth/login", "POST", PUBLIC, "Log in; the token is scoped to an organization", "auth",
-           body=s.LoginRequest, response=s.TokenPairSchema, errors=("401", "403", "429"))
+           body=s.LoginRequest, response=s.TokenPairSchema, errors=("401", "403", "429"), bulkhead="hashing")
 def login(body):
     return rpc("membership", "login", body["email"], body["password"], body.get("organization_id"),
-               request.remote_addr)
+               client_address())
 
 
 @api.route("/auth/refresh", "POST", PUBLIC, "Rotate the refresh token, get a new access token", "auth",
@@ -41,7 +42,7 @@ def switch(body):
 
 
 @api.route("/auth/password", "POST", USER, "Change the password; every other session ends", "auth",
-           body=s.PasswordChangeRequest, response=s.TokenPairSchema)
+           body=s.PasswordChangeRequest, response=s.TokenPairSchema, bulkhead="hashing")
 def change_password(body):
     return rpc("membership", "change_password", g.claims["sid"], g.claims["sub"], body["current_password"],
                body["new_password"])
