@@ -70,11 +70,12 @@ class Api:
             @functools.wraps(view)
             def handle(**path_args):
                 g.claims = authorize(operation, path_args)
-                if body is not None:
-                    path_args["body"] = parse_body(body)
-                if query is not None:
-                    path_args["query"] = load(query, request.args.to_dict())
+                # a full class is refused before any more work (parsing, validation): shedding is cheap
                 with current_app.extensions["bulkheads"].enter(bulkhead):
+                    if body is not None:
+                        path_args["body"] = parse_body(body)
+                    if query is not None:
+                        path_args["query"] = load(query, request.args.to_dict())
                     result = view(**path_args)
                 if isinstance(result, Response):  # streamed: the view shaped it already
                     return result
