@@ -560,6 +560,7 @@ def up(inst, quiet=False):
     if not quiet:
         print("\norganizations platform is up")
         print("  gateway     %s/api/v1   (OpenAPI: %s/api/v1/openapi.json)" % (inst.gateway_url, inst.gateway_url))
+        print("              nginx in front of gunicorn on %s (private)" % inst.upstream_url)
         print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,
                                                            inst.rabbit_host, inst.rabbit_mgmt_port))
         print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB, data in var/ferretdb)"))
