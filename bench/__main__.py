@@ -14,11 +14,11 @@ import time
 import warnings
 
 from bench import harness  # sets the bench instance's environment before anything reads it
-from bench import deletion, mail, memory, throughput
+from bench import abuse, deletion, mail, memory, throughput
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "mail", "ledger", "deletion", "scale_out")
+PARTS = ("overview", "mail", "ledger", "deletion", "scale_out", "signups", "slow_connections")
 
 
 def machine():
@@ -65,18 +65,18 @@ def main(argv=None):
         idle = memory.snapshot(inst)
 
         if "overview" in parts:
-            print("[1/5] overview vs one hop", flush=True)
+            print("[1/7] overview vs one hop", flush=True)
             profiler = _profiler(args.profile, "overview", inst, ("org", "gateway-worker-1"))
             with profiler:
                 _, found = throughput.overview_figures(inst, client, org_id, token)
             figures += found
             figures.extend(throughput.auth_overhead(inst, org_id, token))
         if "mail" in parts:
-            print("[2/5] mail fan-out", flush=True)
+            print("[2/7] mail fan-out", flush=True)
             with _profiler(args.profile, "mail", inst, ("notifications",)):
                 figures.append(mail.measure(inst, client))
         if "ledger" in parts:
-            print("[3/5] ledger", flush=True)
+            print("[3/7] ledger", flush=True)
             result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300, threads=8,
                                           scratch_db=inst.db_prefix + "scratch_ledger")
             if result["failures"]:
@@ -85,15 +85,22 @@ def main(argv=None):
                                   "(%.0f reservations/s vs %.0f inserts/s)" % (result["ledger_rate"],
                                                                                result["insert_rate"])))
         if "deletion" in parts:
-            print("[4/5] deletion", flush=True)
+            print("[4/7] deletion", flush=True)
             with _profiler(args.profile, "deletion", inst, ("membership", "usage", "notifications", "org")):
                 figures.append(deletion.measure(inst, client))
         after = memory.snapshot(inst)
         if "scale_out" in parts:
-            print("[5/5] scale out", flush=True)
+            print("[5/7] scale out", flush=True)
             figures.append(throughput.scale_out(inst, org_id, client.call(
                 "POST", "/auth/login", json={"email": owner["user"]["email"],
                                              "password": "bench password 123"})["access_token"]))
+        # after the memory snapshot: the sign-up figure swaps in a membership process of its own
+        if "signups" in parts:
+            print("[6/7] /healthz under 40 sign-ups", flush=True)
+            figures.append(abuse.healthz_under_signups(inst, client))
+        if "slow_connections" in parts:
+            print("[7/7] /healthz with 200 slow connections", flush=True)
+            figures.append(abuse.healthz_with_slow_connections(inst))
         figures += memory.figures(idle, after)
     finally:
         bench_stack.stop()

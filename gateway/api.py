@@ -12,7 +12,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
-from common.errors import DomainError
+from common.errors import STATUS_BY_CODE, DomainError
+from gateway.edge import CLASSES as BULKHEAD_CLASSES
 from gateway.schemas import ErrorSchema
 
 ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
@@ -35,6 +36,8 @@ class Operation:
     errors: tuple = ()
     view: object = None
     org_rule: bool = True
+    #: route class sharing a bounded number of the worker's threads (``gateway/edge.py``), or None
+    bulkhead: str = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -53,11 +56,15 @@ class Api:
         self.operations = []
 
     def route(self, rule, method, access, summary, tag, body=None, response=None, status=200, errors=(),
-              query=None, org_rule=True, headers=()):
-        """``headers``: optional request headers the view reads (documented as header parameters)."""
+              query=None, org_rule=True, headers=(), bulkhead=None):
+        """``headers``: optional request headers the view reads (documented as header parameters);
+        ``bulkhead``: the class of worker threads the operation shares (``gateway/edge.py``)."""
+        if bulkhead is not None and bulkhead not in BULKHEAD_CLASSES:
+            raise ValueError("unknown bulkhead class %r" % bulkhead)
+
         def decorate(view):
             operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view,
-                                  org_rule, {"headers": tuple(headers)})
+                                  org_rule, bulkhead, {"headers": tuple(headers)})
             self.operations.append(operation)
             endpoint = "%s_%s" % (method.lower(), view.__name__)
             response_schema = schema_instance(response) if response is not None else None
@@ -65,11 +72,13 @@ class Api:
             @functools.wraps(view)
             def handle(**path_args):
                 g.claims = authorize(operation, path_args)
-                if body is not None:
-                    path_args["body"] = parse_body(body)
-                if query is not None:
-                    path_args["query"] = load(query, request.args.to_dict())
-                result = view(**path_args)
+                # a full class is refused before any more work (parsing, validation): shedding is cheap
+                with current_app.extensions["bulkheads"].enter(bulkhead):
+                    if body is not None:
+                        path_args["body"] = parse_body(body)
+                    if query is not None:
+                        path_args["query"] = load(query, request.args.to_dict())
+                    result = view(**path_args)
                 if isinstance(result, Response):  # streamed: the view shaped it already
                     return result
                 headers = {}
@@ -158,6 +167,8 @@ def build_openapi(api):
         if op.query is not None:
             codes |= {"422"}
         codes |= {"414", "503"}  # 414: a request target longer than MAX_URL_BYTES
+        if op.bulkhead is not None:  # the class is full: refused at once, with Retry-After
+            codes |= {str(STATUS_BY_CODE[BULKHEAD_CLASSES[op.bulkhead][1]])}
         for code in sorted(codes):
             responses[code] = {"description": "error", "content": {"application/json": {"schema": "Error"}}}
         operation = {"summary": op.summary, "tags": [op.tag], "responses": responses,

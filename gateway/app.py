@@ -11,6 +11,7 @@ from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
+from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
 from gateway.routes.bench import enabled as bench_routes_enabled, register_bench
@@ -55,6 +56,8 @@ def create_app(config=None):
     consumer = revocation_listener(config["AMQP_URI"], revocations)
     consumer.start()
     app.extensions["rpc"] = pool
+    app.extensions["bulkheads"] = Bulkheads(config)
+    app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))
     app.extensions["revocation_consumer"] = consumer
     app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)
     allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
@@ -72,7 +75,7 @@ def create_app(config=None):
     @app.errorhandler(DomainError)
     def domain_error(error):
         headers = {}
-        if error.code in ("rate_limited", "service_unavailable"):  # refused for now: say when to retry
+        if error.code in ("rate_limited", "service_unavailable") or "retry_after" in error.details:
             headers["Retry-After"] = str(error.details.get("retry_after", 1))
         return error_response(error.code, error.message, error.details, headers=headers)
 

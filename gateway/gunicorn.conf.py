@@ -1,6 +1,8 @@
 """gunicorn settings; the app is created in each worker after fork, so no RPC connection crosses a fork."""
 import os
 
+from common.config import load_config
+
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
 worker_class = "gthread"
@@ -15,3 +17,11 @@ preload_app = False
 # gunicorn's own request-line limit (at most 8190 bytes) would answer 414 in HTML; 0 lifts it to its
 # 1 MiB buffer cap and the app answers targets longer than MAX_URL_BYTES with 414 in the error shape.
 limit_request_line = 0
+# nginx in front bounds request lines and each header line to MAX_URL_BYTES + 1 KiB (at most 4 such
+# lines beyond 4 KiB) and answers in the error shape; gunicorn's own smaller limits (8190 bytes a
+# field, 100 fields) would answer what nginx let through with HTML 431/400, so they sit above nginx's.
+_gateway = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yml"))
+limit_request_field_size = int(_gateway["MAX_URL_BYTES"]) + 2048
+limit_request_fields = 32768
+# who may set X-Forwarded-Proto (and, read by the app, X-Real-IP): the proxy only (gateway/edge.py)
+forwarded_allow_ips = _gateway["FORWARDED_ALLOW_IPS"]

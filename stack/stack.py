@@ -29,6 +29,9 @@ BROKER_ADMIN = "orgplatform"
 
 sys.path.insert(0, ROOT)
 from common import bus  # noqa: E402  (standard library only at import time)
+NGINX_DIR = os.path.join(ROOT, "stack", "nginx")
+NGINX_BINARY = "/usr/sbin/nginx"
+GATEWAY_CONFIG = os.path.join(ROOT, "gateway", "config.yml")
 
 
 def env_int(name, default):
@@ -48,7 +51,10 @@ class Instance:
         self.log_dir = os.path.join(self.var, "log")
         self.mail_dir = os.path.join(self.var, "mail")
         self.gateway_host = os.environ.get("GATEWAY_HOST", "127.0.0.1")
+        # the public port is nginx's; gunicorn listens on a private loopback port behind it
         self.gateway_port = env_int("TEST_GATEWAY_PORT", 18080 + offset) if test else env_int("GATEWAY_PORT", 8080)
+        self.upstream_port = env_int("TEST_GATEWAY_UPSTREAM_PORT", 28080 + offset) if test else env_int(
+            "GATEWAY_UPSTREAM_PORT", 8081)
         self.smtp_port = env_int("TEST_SMTP_PORT", 11025 + offset) if test else env_int("SMTP_PORT", 1025)
         self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-" + self.name) if test else os.environ.get(
             "RABBIT_VHOST", "/")
@@ -88,7 +94,13 @@ class Instance:
 
     @property
     def gateway_url(self):
+        """The public URL: nginx, in front of gunicorn."""
         return "http://%s:%d" % (self.gateway_host, self.gateway_port)
+
+    @property
+    def upstream_url(self):
+        """gunicorn itself, bypassing the proxy (tests that must know which worker answered)."""
+        return "http://127.0.0.1:%d" % self.upstream_port
 
     def service_env(self, component=None):
         """Environment a service (``component``: its broker user) or the gateway of this instance
@@ -99,7 +111,7 @@ class Instance:
             "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
             "JWT_PRIVATE_KEY_FILE": self.key_file, "JWT_PUBLIC_KEY_FILES": self.public_key_file,
-            "GATEWAY_BIND": "%s:%d" % (self.gateway_host, self.gateway_port),
+            "GATEWAY_BIND": "127.0.0.1:%d" % self.upstream_port,
             "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
         })
         # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
@@ -522,6 +534,73 @@ def start_gateway(inst):
     return True
 
 
+def _settings(path, env):
+    """``{NAME: value}`` of a ``NAME: ${VAR:default}`` config file, resolved against ``env`` (the
+    stack imports only the standard library, so not through nameko's YAML loader)."""
+    import re
+    values = {}
+    with open(path) as handle:
+        for name, var, default in re.findall(r"^([A-Z][A-Z0-9_]*):\s*\$\{([A-Z0-9_]+):?([^}]*)\}", handle.read(), re.M):
+            values[name] = env.get(var) or default
+    return values
+
+
+def _render(template, values):
+    import re
+    with open(os.path.join(NGINX_DIR, template)) as handle:
+        text = handle.read()
+    text = re.sub(r"\$\{([A-Z0-9_]+)\}", lambda m: str(values[m.group(1)]), text)
+    return text
+
+
+def proxy_values(inst, env=None):
+    """What the nginx templates are rendered with: the proxy's settings and the gateway's limits."""
+    env = env or inst.service_env()
+    gateway = _settings(GATEWAY_CONFIG, env)
+    values = _settings(os.path.join(NGINX_DIR, "proxy.yml"), env)
+    proxy_dir = os.path.join(inst.var, "nginx")
+    values.update({
+        "PROXY_LISTEN": "%s:%d" % (inst.gateway_host, inst.gateway_port),
+        "GATEWAY_UPSTREAM": "127.0.0.1:%d" % inst.upstream_port,
+        "MAX_REQUEST_BYTES": gateway["MAX_REQUEST_BYTES"],
+        "PROXY_HEADER_BUFFER_BYTES": int(gateway["MAX_URL_BYTES"]) + 1024,
+        "PROXY_ERRORS_DIR": os.path.join(NGINX_DIR, "errors"),
+        "PROXY_DIR": proxy_dir, "PROXY_LOG_DIR": inst.log_dir,
+    })
+    return values
+
+
+def ensure_nginx():
+    """Debian's nginx, installed like rabbitmq-server when missing."""
+    if not os.path.exists(NGINX_BINARY):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"], env=env)
+
+
+def start_proxy(inst):
+    """nginx on the instance's public gateway port, in front of gunicorn's private one."""
+    if is_running(inst, "nginx"):
+        return False
+    ensure_nginx()
+    values = proxy_values(inst)
+    os.makedirs(values["PROXY_DIR"], exist_ok=True)
+    os.makedirs(inst.log_dir, exist_ok=True)
+    for template, target in (("gateway.conf.template", "gateway.conf"), ("nginx.conf.template", "nginx.conf")):
+        with open(os.path.join(values["PROXY_DIR"], target), "w") as handle:
+            handle.write(_render(template, values))
+    conf = os.path.join(values["PROXY_DIR"], "nginx.conf")
+    error_log = os.path.join(inst.log_dir, "nginx-error.log")
+    argv = [NGINX_BINARY, "-p", values["PROXY_DIR"], "-e", error_log, "-c", conf]
+    subprocess.run(argv + ["-t", "-q"], check=True)  # a bad config fails here, with nginx's message
+    spawn("nginx", argv, inst.run_dir, inst.log_dir)
+    wait_for(lambda: port_open(inst.gateway_port, inst.gateway_host) or not is_running(inst, "nginx"),
+             "nginx on %d" % inst.gateway_port, timeout=30)
+    if not is_running(inst, "nginx"):
+        raise RuntimeError("nginx exited; see %s" % error_log)
+    return True
+
+
 def wait_services(inst, services=SERVICES, timeout=60):
     """Wait until each service answers ``ping`` over RPC."""
     import logging
@@ -565,11 +644,13 @@ def up(inst, quiet=False):
     for service in SERVICES:
         start_service(inst, service)
     start_gateway(inst)
+    start_proxy(inst)
     wait_services(inst)
     wait_for(lambda: gateway_healthy(inst), "gateway at %s" % inst.gateway_url, timeout=60)
     if not quiet:
         print("\norganizations platform is up")
         print("  gateway     %s/api/v1   (OpenAPI: %s/api/v1/openapi.json)" % (inst.gateway_url, inst.gateway_url))
+        print("              nginx in front of gunicorn on %s (private)" % inst.upstream_url)
         print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,
                                                            inst.rabbit_host, inst.rabbit_mgmt_port))
         print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB, data in var/ferretdb)"))
@@ -578,12 +659,13 @@ def up(inst, quiet=False):
 
 
 def started_processes(inst):
-    """Names of the instance's pid files: gateway first, services, replicas (``usage-2``, ...), smtp last."""
+    """Names of the instance's pid files: the proxy and the gateway first, services, replicas
+    (``usage-2``, ...), smtp last."""
     try:
         names = {f[:-4] for f in os.listdir(inst.run_dir) if f.endswith(".pid")} - set(INFRA)
     except FileNotFoundError:
         names = set()
-    fixed = ("gateway",) + SERVICES
+    fixed = ("nginx", "gateway") + SERVICES
     return [n for n in fixed if n in names] + sorted(names - set(fixed) - {"smtp"}) + (
         ["smtp"] if "smtp" in names else [])
 
@@ -631,7 +713,7 @@ def stop_isolated(inst, started_infra, drop=False):
 def status(inst):
     rows = [("rabbitmq", port_open(inst.rabbit_port, inst.rabbit_host), inst.amqp_uri_display),
             ("mongodb", port_open(inst.mongo_port) if not inst.external_mongo else None, inst.mongo_url)]
-    for name in ("smtp",) + SERVICES + ("gateway",):
+    for name in ("smtp",) + SERVICES + ("gateway", "nginx"):
         rows.append((name, is_running(inst, name), "pid %s" % read_pid(_pid_file(inst, name))))
     rows.append(("gateway http", gateway_healthy(inst), inst.gateway_url + "/healthz"))
     for name, ok, info in rows:

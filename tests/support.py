@@ -307,6 +307,8 @@ def on_new_connections(test_stack, path, token, minimum=20, timeout=30.0):
 
     A kept-alive session sticks to one worker; this shows what *every* gateway process answers
     (e.g. that each one has applied a revocation), naming the worker that served each request.
+    The connections go to gunicorn's private port, behind nginx: through the proxy, the worker
+    holding a connection is nginx's business (its upstream connections), not the client's.
     """
     import http.client
     import json
@@ -319,13 +321,13 @@ def on_new_connections(test_stack, path, token, minimum=20, timeout=30.0):
         if time.monotonic() > deadline:
             raise AssertionError("after %d new connections in %.0fs, workers %r answered, of %r"
                                  % (len(answers), timeout, sorted({a[0] for a in answers}, key=str), workers))
-        connection = http.client.HTTPConnection(test_stack.gateway_host, test_stack.gateway_port, timeout=15)
+        connection = http.client.HTTPConnection("127.0.0.1", test_stack.upstream_port, timeout=15)
         try:
             connection.request("GET", "/api/v1" + path, headers={"Authorization": "Bearer " + token})
             response = connection.getresponse()
             body = json.loads(response.read())
             # the server keeps the connection open (keep-alive) until we close it: look it up now
-            worker = _serving_worker(test_stack.gateway_port, connection.sock.getsockname()[1], workers)
+            worker = _serving_worker(test_stack.upstream_port, connection.sock.getsockname()[1], workers)
         finally:
             connection.close()
         answers.append((worker, response.status, body))

@@ -107,17 +107,18 @@ def limited(test_stack):
     side = copy.copy(test_stack)
     side.vhost = test_stack.vhost + "-limits"
     side.gateway_port = free_port()
+    side.upstream_port = side.gateway_port  # its gunicorn is reached directly, from each test's own address
     stack.reset_vhost(side)
     stack.declare_topology(side)
-    env = dict(side.service_env(), **LIMITS)
     pid_files = []
     try:
         stack.spawn("membership-limits", stack.service_argv("membership"), test_stack.run_dir, test_stack.log_dir,
-                    env)
+                    dict(side.service_env("membership"), **LIMITS))
         pid_files.append(os.path.join(test_stack.run_dir, "membership-limits.pid"))
         stack.spawn("gateway-limits", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
                                        os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
-                                       "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
+                                       "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir,
+                    dict(side.service_env("gateway"), **LIMITS))
         pid_files.append(os.path.join(test_stack.run_dir, "gateway-limits.pid"))
         probe = Client(side.gateway_port, new_address())
 

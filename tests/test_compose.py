@@ -19,6 +19,8 @@ DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
 GATEWAY_CONFIG = os.path.join(ROOT, "gateway", "config.yml")
 GUNICORN_CONFIG = os.path.join(ROOT, "gateway", "gunicorn.conf.py")
+NGINX_TEMPLATE = os.path.join(ROOT, "stack", "nginx", "gateway.conf.template")
+PROXY_CONFIG = os.path.join(ROOT, "stack", "nginx", "proxy.yml")
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z0-9_]+)(?::[^}]*)?\}")
 PLACEHOLDER_WITH_DEFAULT = re.compile(r"\$\{([A-Z0-9_]+)(?::([^}]*))?\}")
@@ -269,8 +271,8 @@ def test_app_service_is_production_ready_and_scalable(services, name):
     healthcheck = service.get("healthcheck") or {}
     assert healthcheck.get("test") and not healthcheck.get("disable"), "%s has no healthcheck" % name
     assert healthcheck["test"][0] in ("CMD", "CMD-SHELL")
-    if name != "gateway":
-        assert not service.get("ports"), "%s publishes host ports, so it cannot scale" % name
+    # the gateway too: only the proxy publishes a port
+    assert not service.get("ports"), "%s publishes host ports, so it cannot scale" % name
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -281,15 +283,68 @@ def test_service_healthcheck_is_valid_python_about_nameko(services, name):
     assert "nameko" in test[3]
 
 
-def test_gateway_publishes_8080_and_checks_healthz(services):
+def test_gateway_listens_on_8080_inside_and_checks_healthz(services):
     gateway = services["gateway"]
-    assert "8080" in host_ports(gateway)
-    assert any(str(port).endswith(":8080") for port in gateway["ports"])
+    assert not gateway.get("ports"), "the gateway is reached through nginx only"
     test = gateway["healthcheck"]["test"]
     assert "http://127.0.0.1:8080/healthz" in " ".join(test)
     if test[:3] == ["CMD", "python", "-c"]:
         compile(test[3], "<gateway healthcheck>", "exec")
     assert environment(gateway).get("GATEWAY_BIND") == "0.0.0.0:8080"
+
+
+# -- reverse proxy -------------------------------------------------------------------------------
+
+def template_variables():
+    with open(NGINX_TEMPLATE) as handle:
+        return set(re.findall(r"\$\{([A-Z0-9_]+)\}", handle.read()))
+
+
+def test_nginx_is_the_official_image_with_a_pinned_version(services):
+    image = services["nginx"]["image"]
+    name, _, tag = image.partition(":")
+    assert name == "nginx" and re.fullmatch(r"\d+\.\d+\.\d+(-[a-z0-9]+)?", tag), image
+
+
+def test_nginx_publishes_8080_renders_the_stack_template_and_checks_healthz(services):
+    nginx = services["nginx"]
+    assert "8080" in host_ports(nginx) and any(str(port).endswith(":8080") for port in nginx["ports"])
+    mounts = {target: (source, ro) for source, target, ro in mount_targets(nginx)}
+    assert mounts["/etc/nginx/templates/default.conf.template"] == ("./stack/nginx/gateway.conf.template", True)
+    env = environment(nginx)
+    assert mounts[env["PROXY_ERRORS_DIR"]] == ("./stack/nginx/errors", True)
+    assert env["PROXY_LISTEN"] == "8080"
+    assert "http://127.0.0.1:8080/healthz" in " ".join(nginx["healthcheck"]["test"])
+    assert depends_on(nginx).get("gateway") in ("service_started", "service_healthy")
+    assert nginx.get("restart") in ("unless-stopped", "always", "on-failure")
+
+
+def test_nginx_environment_covers_the_template(services):
+    env = environment(services["nginx"])
+    local_only = {"PROXY_DIR", "PROXY_LOG_DIR"}  # the local stack's main context, not the image's
+    missing = template_variables() - set(env) - local_only
+    assert not missing, "nginx: the template needs %s in the compose environment" % sorted(missing)
+    unknown = set(env) - template_variables()
+    assert not unknown, "nginx: %s set in compose but read by nothing" % sorted(unknown)
+    assert set(placeholders(PROXY_CONFIG)) - {"PROXY_WORKER_CONNECTIONS"} <= set(env)
+
+
+def test_nginx_forwards_to_the_gateway_with_the_gateway_limits(services):
+    env, gateway = environment(services["nginx"]), environment(services["gateway"])
+    host, _, port = env["GATEWAY_UPSTREAM"].partition(":")
+    assert host == "gateway" and port == gateway["GATEWAY_BIND"].rsplit(":", 1)[1]
+    limits = placeholders(GATEWAY_CONFIG)
+    assert env["MAX_REQUEST_BYTES"] == gateway.get("MAX_REQUEST_BYTES", limits["MAX_REQUEST_BYTES"])
+    max_url = int(gateway.get("MAX_URL_BYTES", limits["MAX_URL_BYTES"]))
+    assert int(env["PROXY_HEADER_BUFFER_BYTES"]) == max_url + 1024
+
+
+def test_the_gateway_trusts_forwarded_addresses_from_the_edge_network_only(compose, services):
+    edge = interpolate(compose["networks"]["edge"])
+    subnet = edge["ipam"]["config"][0]["subnet"]
+    assert environment(services["gateway"])["FORWARDED_ALLOW_IPS"] == subnet
+    members = sorted(name for name, service in services.items() if "edge" in (service.get("networks") or []))
+    assert members == ["gateway", "nginx"], members
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -111,7 +111,7 @@ def test_the_configuration_section_names_every_setting():
     section = text[text.index("## Configuration"):text.index("\n## ", text.index("## Configuration") + 1)]
     read = {}
     for pattern, glob_patterns in (
-            (r"\$\{([A-Z][A-Z0-9_]*)", ("services/*/config.yml", "gateway/config.yml")),
+            (r"\$\{([A-Z][A-Z0-9_]*)", ("services/*/config.yml", "gateway/config.yml", "stack/nginx/proxy.yml")),
             (r"(?:environ\.get|environ\.setdefault|getenv|env_int|setting)\(\s*\"([A-Z][A-Z0-9_]*)\"",
              ("services/*/*.py", "common/*.py", "gateway/*.py", "gateway/routes/*.py", "stack/*.py", "bench/*.py",
               "soak/*.py", "tests/*.py"))):
@@ -120,7 +120,7 @@ def test_the_configuration_section_names_every_setting():
                 with open(path) as handle:
                     for name in re.findall(pattern, handle.read()):
                         read.setdefault(name, os.path.relpath(path, stack.ROOT))
-    not_settings = {"HOME", "RAW_URI"}  # the user's home for rabbitmq; a WSGI environ key, not a variable
+    not_settings = {"HOME", "RAW_URI", "REMOTE_ADDR"}  # the user's home for rabbitmq; WSGI environ keys, not variables
     missing = {name: path for name, path in read.items() if name not in not_settings and "`%s`" % name not in section}
     assert not missing, "undocumented in README's Configuration: %r" % missing
     assert len(read) > 60  # the patterns above still find the settings
@@ -160,6 +160,7 @@ def spare_instance(test_stack, monkeypatch):
     name = test_stack.name + "-down"
     monkeypatch.setenv("TEST_INSTANCE", name)
     monkeypatch.setenv("TEST_GATEWAY_PORT", str(free_port()))
+    monkeypatch.setenv("TEST_GATEWAY_UPSTREAM_PORT", str(free_port()))
     monkeypatch.setenv("TEST_SMTP_PORT", str(free_port()))
     monkeypatch.delenv("TEST_RABBIT_VHOST", raising=False)
     monkeypatch.delenv("TEST_MONGO_DB_PREFIX", raising=False)
@@ -178,17 +179,17 @@ def test_down_stops_every_process_it_started_and_frees_its_ports(spare_instance)
     inst = spare_instance
     stack.start_replica(inst, "org", "org-2")  # one more process, as tests and benchmarks add them
     groups = {name: stack.read_pid(os.path.join(inst.run_dir, name + ".pid")) for name in stack.started_processes(inst)}
-    assert set(groups) == {"gateway", "org", "membership", "notifications", "usage", "org-2", "smtp"}
+    assert set(groups) == {"nginx", "gateway", "org", "membership", "notifications", "usage", "org-2", "smtp"}
     assert all(groups.values()), groups
-    assert {inst.gateway_port, inst.smtp_port} <= listening_ports()
-    # gunicorn's workers share the master's process group, so the group check below covers them
-    assert len(group_members(groups["gateway"])) > 1
+    assert {inst.gateway_port, inst.upstream_port, inst.smtp_port} <= listening_ports()
+    # gunicorn's and nginx's workers share their master's process group: the check below covers them
+    assert len(group_members(groups["gateway"])) > 1 and len(group_members(groups["nginx"])) > 1
 
     stack.down(inst, infra=False)
 
     alive = {name: group_members(pgid) for name, pgid in groups.items() if group_members(pgid)}
     assert not alive, "process groups still alive after down: %r" % alive
-    assert not {inst.gateway_port, inst.smtp_port} & listening_ports()
+    assert not {inst.gateway_port, inst.upstream_port, inst.smtp_port} & listening_ports()
     assert not [f for f in os.listdir(inst.run_dir) if f.endswith(".pid")]
 
 

@@ -1,27 +1,28 @@
 """Sign-up, login, sessions and the caller."""
-from flask import g, request
+from flask import g
 
 from gateway import schemas as s
 from gateway.api import PUBLIC, USER
-from gateway.routes.common import api, rpc
+from gateway.routes.common import api, client_address, rpc
 
 
 @api.route("/auth/signup", "POST", PUBLIC, "Create an account (optionally with an organization)", "auth",
-           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409", "429"))
+           body=s.SignupRequest, response=s.SignupResponse, status=201, errors=("403", "404", "409", "429"),
+           bulkhead="hashing")
 def signup(body):
-    """Rate limited per client address (the TCP peer, never a header a client could set)."""
+    """Rate limited per client address (the peer nginx saw; a client-set header is never believed)."""
     if body.get("invite_token"):
         return rpc("membership", "signup_with_invite", body["email"], body["password"], body["name"],
-                   body["invite_token"], request.remote_addr)
+                   body["invite_token"], client_address())
     return rpc("membership", "signup", body["email"], body["password"], body["name"],
-               body.get("organization_name"), request.remote_addr)
+               body.get("organization_name"), client_address())
 
 
 @api.route("/auth/login", "POST", PUBLIC, "Log in; the token is scoped to an organization", "auth",
-           body=s.LoginRequest, response=s.TokenPairSchema, errors=("401", "403", "429"))
+           body=s.LoginRequest, response=s.TokenPairSchema, errors=("401", "403", "410", "429"), bulkhead="hashing")
 def login(body):
     return rpc("membership", "login", body["email"], body["password"], body.get("organization_id"),
-               request.remote_addr)
+               client_address())
 
 
 @api.route("/auth/refresh", "POST", PUBLIC, "Rotate the refresh token, get a new access token", "auth",
@@ -36,13 +37,13 @@ def logout():
 
 
 @api.route("/auth/switch", "POST", USER, "Switch to another organization: new token pair, old session ends",
-           "auth", body=s.SwitchRequest, response=s.SwitchResponse, errors=("403",))
+           "auth", body=s.SwitchRequest, response=s.SwitchResponse, errors=("403", "410"))
 def switch(body):
     return rpc("membership", "switch", g.claims["sid"], g.claims["sub"], body["organization_id"])
 
 
 @api.route("/auth/password", "POST", USER, "Change the password; every other session ends", "auth",
-           body=s.PasswordChangeRequest, response=s.TokenPairSchema, errors=("429",))
+           body=s.PasswordChangeRequest, response=s.TokenPairSchema, errors=("429",), bulkhead="hashing")
 def change_password(body):
     return rpc("membership", "change_password", g.claims["sid"], g.claims["sub"], body["current_password"],
                body["new_password"])

@@ -1,7 +1,8 @@
 """Shared helpers of the route modules."""
-from flask import current_app, g
+from flask import current_app, g, request
 
 from gateway.api import Api
+from gateway.edge import client_address as _client_address
 
 #: every route module registers its operations here; the OpenAPI document is built from it
 api = Api()
@@ -14,3 +15,8 @@ def rpc(service, method, *args, **kwargs):
 def actor():
     """Who is asking, as services need it to re-check rights against current data."""
     return {key: g.claims.get(key) for key in ("sub", "org", "role", "su", "owner")}
+
+
+def client_address():
+    """The client's address as the proxy saw it (per-address rate limits): ``gateway/edge.py``."""
+    return _client_address(request.environ, request.headers, current_app.extensions["trusted_proxies"])

@@ -59,7 +59,7 @@ EXPORT_PARTS = ("org", "membership", "notifications", "usage")
 
 
 @api.route("/organizations/<org_id>/export", "GET", ADMIN, "Everything every service holds for the organization",
-           "organizations", response=s.ExportSchema, errors=("410",))
+           "organizations", response=s.ExportSchema, errors=("410",), bulkhead="export")
 def export_organization(org_id):
     """Each service's part is gathered first (so a failure is a clean 503), then streamed part by part."""
     parts = [(name, rpc(name, "export", org_id)) for name in EXPORT_PARTS]
