@@ -230,3 +230,33 @@ def test_storage_totals_cannot_overflow_and_a_refused_report_leaves_nothing_stuc
     overview = wait_until(lambda: (lambda o: o if o["storage"]["used_bytes"] == 10_000 * huge else None)(
         gateway.get(org, owner.token).json()), timeout=15, what="the overview to show the total")
     assert overview["storage"]["used_bytes"] == 10_000 * huge
+
+
+def test_services_refuse_the_same_shapes_without_the_gateway(test_stack, owner, su):
+    """Services do not trust their caller: the same hostile values sent straight over RPC are
+    ``validation_failed`` naming the argument, never an unexpected error."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    from common.errors import DomainError
+
+    plan = {"name": "team", "included_users": 1, "included_storage_bytes": 1}
+    calls = [
+        ("membership", "signup", (unique_email(), "correct horse battery", "Ada" + LONE, None), "name"),
+        ("org", "rename", (owner.org_id, "Lab " + LONE), "name"),
+        ("membership", "list_members", (owner.org_id, 10, b64([1, "x"]), None), "cursor"),
+        ("membership", "list_members", (owner.org_id, 10, b64(["0001-01-01T00:00:00+14:00", "x"]), None), "cursor"),
+        ("notifications", "list_deliveries", (owner.org_id, 10, b64([None, "x"])), "cursor"),
+        ("usage", "get_ledger", (owner.org_id, 10, "99999999999999999999"), "cursor"),
+        ("usage", "get_ledger", (owner.org_id, 10, "-1"), "cursor"),
+        ("org", "set_plan", (owner.org_id, dict(plan, paid_until="0001-01-01T00:00:00+14:00"), "su"), "paid_until"),
+        ("org", "set_plan", (owner.org_id, dict(plan, paid_until="0001-01-01T00:00:00+00:00"), "su"), "paid_until"),
+        ("usage", "grant_credits", (owner.org_id, "su", 5, uuid.uuid4().hex, None, "9999-12-31T23:59:59-12:00"),
+         "expires_at"),
+        ("usage", "report_storage", (owner.org_id, [{"dataset_id": "d" + LONE, "bytes": 1}], False), "datasets"),
+    ]
+    with ClusterRpcProxy({"AMQP_URI": test_stack.amqp_uri}, timeout=20) as cluster:
+        for service, method, args, field in calls:
+            with pytest.raises(DomainError) as raised:
+                getattr(getattr(cluster, service), method)(*args)
+            assert raised.value.code == "validation_failed", (service, method, raised.value)
+            assert field in raised.value.details, (service, method, raised.value.details)
