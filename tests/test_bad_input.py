@@ -53,7 +53,8 @@ def test_tampered_member_and_delivery_cursors_are_422(gateway, owner, cursor):
         assert_cursor_refused(listing(gateway, owner.token, "/organizations/%s/%s" % (owner.org_id, path), cursor))
 
 
-@pytest.mark.parametrize("cursor", ["99999999999999999999", "9223372036854775808", "9" * 40, "-1", "-99999999999999999999",
+@pytest.mark.parametrize("cursor", ["99999999999999999999", "9223372036854775808", "9" * 40, "-1",
+                                    "-99999999999999999999",
                                     "0", "+5", " 5", "5 ", "1_000", "\u0665", "0x10", "1e3", "", "x"])
 def test_tampered_credit_cursors_are_422(gateway, owner, cursor):
     assert_cursor_refused(listing(gateway, owner.token, "/organizations/%s/credits" % owner.org_id, cursor))

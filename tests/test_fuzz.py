@@ -499,7 +499,8 @@ def test_fuzz_every_operation(gateway, tap, request):
         shown = "(hostile %s) %s %s %r" % (label, kwargs.get("method"), kwargs.get("url"),
                                             (raw_body[:40] + b"...") if raw_body else (case.body, case.query))
         if response.status_code >= 500:
-            report.fail("5xx", (operation.label, response.status_code, "hostile"), "%s\n%s" % (response.text[:300], shown))
+            report.fail("5xx", (operation.label, response.status_code, "hostile"),
+                        "%s\n%s" % (response.text[:300], shown))
         elif not 400 <= response.status_code < 500:
             report.fail("non-conforming", (operation.label, response.status_code, "hostile shape accepted"), shown)
         if str(response.status_code) not in operation.definition.raw["responses"]:
@@ -525,7 +526,9 @@ def test_fuzz_every_operation(gateway, tap, request):
                         case.path_parameters[key] = values[key][pick % len(values[key])]
             if variant.real_auth:
                 case.headers["Authorization"] = "Bearer " + account.token
-            if inject and variant.mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
+            # (never into a hostile case: the real value would replace the planted one)
+            positive = variant.mode == GenerationMode.POSITIVE and not variant.hostile
+            if inject and positive and isinstance(case.body, dict):
                 for key, choices in world.body_values(op_id, account).items():
                     if key in case.body:  # all of them are required fields
                         case.body[key] = choices[pick % len(choices)]
