@@ -1,26 +1,56 @@
-"""gunicorn access log without secrets: invite tokens live in URL paths (``/invites/<token>``).
+"""gunicorn access log without secrets.
 
-The request line, path, query and referer are logged with every path segment after ``/invites/``
-replaced by ``[redacted]``; request headers that carry credentials are never logged.
+Invite tokens live in URL paths (``/invites/<token>``), and clients sometimes put a token in the
+query string (``?access_token=...``; the API never asks for that, but a log must not keep what a
+client sent by mistake). The request line, path, query and referer are logged with every path
+segment after ``/invites/`` and the value of every query parameter named like a secret
+(:data:`SECRET_PARAMETERS`, any case, percent-encoded names too) replaced by ``[redacted]``;
+request headers that carry credentials are never logged.
 """
 import re
+from urllib.parse import unquote_plus
 
 from gunicorn.glogging import Logger
 
 _INVITE_TOKEN = re.compile(r"(/invites/)[^/?#\s]+")
+# a query string: after "?" up to a fragment, a space (the request line's " HTTP/1.1") or the end
+_QUERY = re.compile(r"(\?)([^#\s]*)")
+SECRET_PARAMETERS = frozenset((
+    "access_token", "refresh_token", "id_token", "token", "invite_token", "receipt", "password",
+    "current_password", "new_password", "secret", "code", "key", "api_key", "apikey", "authorization",
+))
 _URL_ATOMS = ("r", "U", "q", "f")
 _SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i")
 
 
+def _redact_pairs(query):
+    pairs = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals and unquote_plus(name).strip().lower() in SECRET_PARAMETERS:
+            pair = name + "=[redacted]"
+        pairs.append(pair)
+    return "&".join(pairs)
+
+
+def redact_query(query):
+    """A bare query string (gunicorn's ``%(q)s``) with secret parameters' values redacted."""
+    return _redact_pairs(query) if isinstance(query, str) else query
+
+
 def redact(text):
-    return _INVITE_TOKEN.sub(r"\1[redacted]", text) if isinstance(text, str) else text
+    """A URL or request line with invite tokens and secret query parameters redacted."""
+    if not isinstance(text, str):
+        return text
+    text = _INVITE_TOKEN.sub(r"\1[redacted]", text)
+    return _QUERY.sub(lambda match: match.group(1) + _redact_pairs(match.group(2)), text)
 
 
 class RedactingLogger(Logger):
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         for key in _URL_ATOMS:
-            atoms[key] = redact(atoms.get(key))
+            atoms[key] = redact_query(atoms.get(key)) if key == "q" else redact(atoms.get(key))
         for key in _SECRET_HEADERS:
             if key in atoms:
                 atoms[key] = "[redacted]"

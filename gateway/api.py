@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
 from common.errors import STATUS_BY_CODE, DomainError
+from common.validation import require_text_everywhere
 from gateway.edge import CLASSES as BULKHEAD_CLASSES
 from gateway.schemas import ErrorSchema
 
@@ -120,10 +121,15 @@ def authorize(operation, path_args):
 
 
 def parse_body(schema):
+    """The one place JSON bodies are parsed. Python's parser recurses once per nesting level: a body
+    of 50,000 ``[`` raises ``RecursionError`` (not the ``ValueError`` that ``silent`` swallows)."""
     if not request.data:
         data = {}
     else:
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:
+            raise DomainError("malformed_request", "request body is nested too deeply")
         if data is None:
             raise DomainError("invalid_json", "request body is not valid JSON")
     if not isinstance(data, dict):
@@ -139,6 +145,9 @@ def schema_instance(schema):
 
 
 def load(schema, data):
+    """Validate a body or query. First, one rule for every string of every operation: text must be
+    Unicode scalar values (JSON can spell lone surrogates, which no database or mail can take)."""
+    require_text_everywhere(data)
     try:
         return schema_instance(schema).load(data)
     except ValidationError as error:

@@ -10,6 +10,8 @@ a dictionary look-up instead of an Ed25519 verification. Expiry and revocation a
 every request; a token that failed is never remembered. Keys are only ever added to the ring, so
 a remembered signature cannot become invalid.
 """
+import base64
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +25,28 @@ from common.tokens import key_id
 ALGORITHMS = ["EdDSA"]  # pinned: "none", HS256 with the public key as secret etc. are refused
 REQUIRED_CLAIMS = ["sub", "sid", "iat", "exp", "jti"]
 KEY_REFRESH_SECONDS = 30
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def is_canonical_jws(token):
+    """True if ``token`` is three base64url segments, each spelt the one way the signer spells it:
+    no padding, no ``+``/``/``, no length that no byte string has, unused trailing bits zero.
+
+    PyJWT decodes leniently (it pads, and base64 ignores set trailing bits), so ``token + "=="`` or
+    a changed last character verified as the same token: one signed token had many spellings, each
+    a distinct string to every cache, log filter and revocation keyed by the token text."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        return False
+    for segment in segments:
+        if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+            return False
+        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode("ascii") != segment:
+            return False
+    return True
 
 
 class KeyRing:
@@ -79,6 +103,8 @@ class TokenVerifier:
         return claims
 
     def _verify_signature(self, token):
+        if not is_canonical_jws(token):
+            raise DomainError("invalid_token", "access token is malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -3,9 +3,15 @@ import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from common.errors import DomainError
 from common.events import PLAN_NAMES, ROLES
+from common.validation import EARLIEST, LATEST, bounded_moment
 
 ORG_NAME = validate.Length(min=1, max=100)
+# Cursors are opaque, but their alphabet is not: urlsafe base64 (member and delivery lists), a
+# ledger position (credits; 18 digits stay far below BSON's int64). The services check the rest.
+POSITION_CURSOR = [validate.Length(max=500), validate.Regexp(r"^[A-Za-z0-9_-]*$", error="Not a valid cursor.")]
+SEQUENCE_CURSOR = validate.Regexp(r"^[1-9][0-9]{0,17}$", error="Not a valid cursor.")
 
 
 class Strict(Schema):
@@ -20,6 +26,25 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid")
         return value
+
+
+class BoundedDateTime(fields.AwareDateTime):
+    """An ISO 8601 moment with a timezone, within 1970-01-01 .. 9000-01-01 once converted to UTC
+    (deserialized as that UTC moment). Without the bound, ``0001-01-01T00:00:00+14:00`` overflowed
+    on conversion (a 500) and year 1 broke later date arithmetic; no plan or grant needs more."""
+
+    def __init__(self, **kwargs):
+        metadata = dict(kwargs.pop("metadata", {}))
+        bound = "between %s and %s UTC" % (EARLIEST.date(), LATEST.date())
+        metadata["description"] = ("%s; " % metadata["description"] if "description" in metadata else "") + bound
+        super().__init__(format="iso", metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return bounded_moment(moment, attr or "value")
+        except DomainError as error:
+            raise ValidationError(next(iter(error.details.values()))[0])
 
 
 class ErrorBodySchema(Schema):
@@ -71,7 +96,7 @@ class PasswordChangeRequest(Strict):
 
 class MemberQuery(Strict):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+    cursor = fields.String(load_default=None, validate=POSITION_CURSOR)
     q = fields.String(load_default=None, validate=validate.Length(max=100))
 
 
@@ -97,7 +122,7 @@ class PlanRequest(Strict):
     included_storage_bytes = fields.Integer(required=True, allow_none=True, strict=True,
                                             validate=validate.Range(min=0, max=2 ** 62),
                                             metadata={"description": "null = unlimited"})
-    paid_until = fields.AwareDateTime(required=True, allow_none=True, format="iso")
+    paid_until = BoundedDateTime(required=True, allow_none=True)
 
 
 class InviteRequest(Strict):
@@ -317,7 +342,7 @@ class NotificationSettingsSchema(Schema):
 
 class DeliveryQuery(Strict):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+    cursor = fields.String(load_default=None, validate=POSITION_CURSOR)
 
 
 class DeliveryAttemptSchema(Schema):
@@ -408,7 +433,7 @@ class GrantRequest(Strict):
     amount = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=10 ** 15),
                             metadata={"description": MILLI})
     comment = fields.String(validate=validate.Length(max=500), allow_none=True)
-    expires_at = fields.AwareDateTime(format="iso", allow_none=True, metadata={
+    expires_at = BoundedDateTime(allow_none=True, metadata={
         "description": "when set, the unspent remainder of this grant is revoked then (an expiry entry)"})
     idempotency_key = IDEMPOTENCY_KEY
 
@@ -446,7 +471,7 @@ class SettleRequest(Strict):
 
 class CreditsQuery(Strict):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=40))
+    cursor = fields.String(load_default=None, validate=SEQUENCE_CURSOR)
 
 
 class LedgerEntrySchema(Schema):

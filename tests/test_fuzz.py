@@ -25,6 +25,13 @@ Destructive operations
     invite revoked or accepted are replaced. A valid token that nevertheless gets a 401 counts as a
     lost principal and fails the test (the bookkeeping above would be wrong).
 
+Hostile shapes (issue 12, item 4)
+    Besides schemathesis' own cases, a "hostile" variant takes a valid case and plants one shape that
+    once gave a 500: a lone surrogate in a string (also inside a list), an out-of-range date with
+    an offset (``0001-01-01T00:00:00+14:00``...), an integer beyond int64, a tampered cursor (base64
+    of other JSON, wrong lengths, huge or negative numbers), or a body of 50,000 nested ``[``/``{``.
+    Each must be refused with a documented 4xx in the contract's error shape.
+
 What is asserted
     No 5xx at all (503 included), and every answer conforms: documented status code, documented
     content type, body valid against the documented schema (schemathesis' checks), invalid input
@@ -32,8 +39,10 @@ What is asserted
     ``{"error": {"code", "message", "details"}}`` with a known snake_case code whose status is the
     response's. The figures are printed at the end of the pytest output.
 """
+import base64
 import collections
 import contextlib
+import json
 import os
 import re
 import threading
@@ -299,8 +308,53 @@ def error_shape_problems(response):
     return None
 
 
+def _b64(raw):
+    raw = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# -- hostile shapes: each of these once answered 500 somewhere; every one must be refused (4xx) --
+LONE_SURROGATES = st.builds(lambda head, surrogate, tail: head + surrogate + tail,
+                            st.text(max_size=5), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                            st.text(max_size=5))
+OFFSETS = st.sampled_from(["+14:00", "-12:00", "+00:00", "Z", "+05:30", "-00:01"])
+EXTREME_DATES = st.one_of(
+    st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+00:00",
+                     "9999-12-31T23:59:59+00:00", "1969-12-31T23:59:59Z", "9000-01-01T00:00:01Z"]),
+    st.builds(lambda year, offset: "%04d-06-15T12:00:00%s" % (year, offset),
+              st.one_of(st.integers(1, 1969), st.integers(9001, 9999)), OFFSETS))
+HUGE_INTEGERS = st.one_of(st.integers(min_value=2 ** 63), st.integers(max_value=-(2 ** 63)),
+                          st.sampled_from([2 ** 64, 10 ** 20, -(10 ** 20), 2 ** 63 - 1 + 2 ** 62]))
+TAMPERED_CURSORS = st.one_of(
+    st.sampled_from([_b64([1, "x"]), _b64([None, "x"]), _b64(["x"]), _b64(["2024-01-01T00:00:00Z", "x", 1]),
+                     _b64(["0001-01-01T00:00:00+14:00", "x"]), _b64(["9999-12-31T23:59:59-12:00", "x"]),
+                     _b64({"a": 1}), _b64(b"not json"), _b64(b"[" * 300), "99999999999999999999",
+                     "9223372036854775808", "-1", "-99999999999999999999", "a", "ab=c", "!!!!"]),
+    st.builds(lambda a, b: _b64([a, b]), st.one_of(st.none(), st.integers(), st.text(max_size=8)),
+              st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2))),
+    st.integers(min_value=2 ** 63).map(str), st.integers(max_value=-1).map(str))
+DEEP_BODIES = st.builds(lambda opening, depth: opening * depth, st.sampled_from([b"[", b'{"a":', b'[{"a":']),
+                        st.integers(20_000, 60_000))
+DATE_FIELDS = {"paid_until", "expires_at"}
+
+
+def hostile_value(data, key, current):
+    """A hostile value for the field ``key`` whose valid value was ``current``."""
+    if key == "cursor":
+        return data.draw(TAMPERED_CURSORS, label="hostile cursor")
+    if key in DATE_FIELDS:
+        return data.draw(EXTREME_DATES, label="hostile date")
+    if isinstance(current, int) and not isinstance(current, bool):
+        return data.draw(HUGE_INTEGERS, label="hostile integer")
+    if isinstance(current, list):
+        return list(current) + [data.draw(LONE_SURROGATES, label="hostile list item")]
+    return data.draw(LONE_SURROGATES, label="hostile text")
+
+
 class Variant:
     """One way of drawing a case for an operation."""
+
+    hostile = False
 
     def __init__(self, operation, mode, real_path, real_auth):
         self.mode, self.real_path, self.real_auth = mode, real_path, real_auth
@@ -311,6 +365,44 @@ class Variant:
         if real_auth:
             kwargs["headers"] = {"Authorization": AUTH_PLACEHOLDER}
         self.strategy = operation.as_strategy(mode, **kwargs)
+
+
+class HostileVariant(Variant):
+    """A valid case (real path and token) with one hostile shape planted: a field of the body or the
+    query gets a hostile value, or the whole body becomes deeply nested JSON."""
+
+    hostile = True
+
+    def __init__(self, operation):
+        super().__init__(operation, GenerationMode.POSITIVE, True, bool(operation.definition.raw.get("security")))
+        raw = operation.definition.raw
+        self.has_body = "requestBody" in raw
+        self.query_names = [p["name"] for p in raw.get("parameters", []) if p.get("in") == "query" and "name" in p]
+        for parameter in raw.get("parameters", []):  # marshmallow query schemas are expanded by apispec
+            if parameter.get("in") == "query" and "schema" in parameter and "properties" in parameter["schema"]:
+                self.query_names += list(parameter["schema"]["properties"])
+
+    def plant(self, data, case):
+        """Returns the raw body to send instead of the case's (deep nesting), or None."""
+        slots = []
+        if self.has_body and isinstance(case.body, dict):
+            slots += [("body", key) for key in case.body]
+        if case.query is not None:  # a URL cannot carry a lone surrogate: numbers and the cursor only
+            slots += [("query", key) for key, value in case.query.items()
+                      if isinstance(value, int) and not isinstance(value, bool) and key != "cursor"]
+        if "cursor" in self.query_names:
+            slots.append(("query", "cursor"))
+        if self.has_body:
+            slots.append(("raw", None))
+        where, key = data.draw(st.sampled_from(slots), label="hostile slot")
+        if where == "raw":
+            return data.draw(DEEP_BODIES, label="deep body")
+        # new containers: the drawn ones may be shared with other draws, which must not see the change
+        if where == "body":
+            case.body = dict(case.body, **{key: hostile_value(data, key, case.body[key])})
+        else:
+            case.query = dict(case.query or {}, **{key: hostile_value(data, key, (case.query or {}).get(key))})
+        return None
 
 
 def variants(operation):
@@ -327,6 +419,8 @@ def variants(operation):
         out += [Variant(operation, GenerationMode.NEGATIVE, False, secured)]
     if secured:  # schemathesis' own Authorization header: missing, malformed or junk
         out += [Variant(operation, GenerationMode.POSITIVE, True, False)]
+    if has_input:
+        out += [HostileVariant(operation)] * 3
     return out
 
 
@@ -337,6 +431,7 @@ class Report:
         self.lock = threading.Lock()
         self.submitted = 0
         self.cases = 0
+        self.hostile = 0
         self.by_operation = collections.defaultdict(collections.Counter)
         self.failures = {"5xx": collections.OrderedDict(), "non-conforming": collections.OrderedDict(),
                          "lost token": collections.OrderedDict()}
@@ -379,7 +474,45 @@ def test_fuzz_every_operation(gateway, tap, request):
     report = Report()
     setup_seconds = time.monotonic() - started
 
-    def run_case(operation, variant, case, pick, inject):
+    def run_hostile(operation, variant, case, raw_body, label):
+        """Send a hostile case as it is (schemathesis would re-serialize or refuse it) and check it
+        was refused: a documented 4xx, JSON, the contract's error shape."""
+        # built by hand: schemathesis would revalidate the edited case first, and its validator
+        # cannot even take a lone surrogate
+        kwargs = {"method": case.method, "url": gateway.base_url + case.formatted_path}
+        headers = {key: value for key, value in (case.headers or {}).items() if key.lower() != "content-type"}
+        if raw_body is not None:
+            kwargs["data"] = raw_body
+        elif variant.has_body and isinstance(case.body, (dict, list, str, int, float, bool)):  # not NOT_SET
+            kwargs["data"] = json.dumps(case.body).encode()  # escapes a lone surrogate as \udXXX
+        if "data" in kwargs:
+            headers["Content-Type"] = "application/json"
+        if case.query is not None:
+            kwargs["params"] = case.query
+        try:
+            response = sessions.http.request(headers=headers, timeout=15, **kwargs)
+        except requests.RequestException as error:
+            report.record(operation.label, "no answer")
+            report.fail("non-conforming", (operation.label, "no answer", "hostile"), repr(error))
+            return None
+        report.record(operation.label, response.status_code)
+        shown = "(hostile %s) %s %s %r" % (label, kwargs.get("method"), kwargs.get("url"),
+                                            (raw_body[:40] + b"...") if raw_body else (case.body, case.query))
+        if response.status_code >= 500:
+            report.fail("5xx", (operation.label, response.status_code, "hostile"),
+                        "%s\n%s" % (response.text[:300], shown))
+        elif not 400 <= response.status_code < 500:
+            report.fail("non-conforming", (operation.label, response.status_code, "hostile shape accepted"), shown)
+        if str(response.status_code) not in operation.definition.raw["responses"]:
+            report.fail("non-conforming", (operation.label, response.status_code, "undocumented (hostile)"), shown)
+        if not response.headers.get("Content-Type", "").startswith("application/json"):
+            report.fail("non-conforming", (operation.label, response.status_code, "not JSON (hostile)"), shown)
+        problem = error_shape_problems(response)
+        if problem:
+            report.fail("non-conforming", (operation.label, response.status_code, problem), shown)
+        return response
+
+    def run_case(operation, variant, case, pick, inject, raw_body=None, hostile_label=None):
         op_id = operation.definition.raw["operationId"]
         name = world.principal_for(operation)
         principal = world.principals[name] if name else None
@@ -393,12 +526,19 @@ def test_fuzz_every_operation(gateway, tap, request):
                         case.path_parameters[key] = values[key][pick % len(values[key])]
             if variant.real_auth:
                 case.headers["Authorization"] = "Bearer " + account.token
-            if inject and variant.mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
+            # (never into a hostile case: the real value would replace the planted one)
+            positive = variant.mode == GenerationMode.POSITIVE and not variant.hostile
+            if inject and positive and isinstance(case.body, dict):
                 for key, choices in world.body_values(op_id, account).items():
                     if key in case.body:  # all of them are required fields
                         case.body[key] = choices[pick % len(choices)]
             if not hasattr(sessions, "http"):
                 sessions.http = requests.Session()
+            if variant.hostile:
+                response = run_hostile(operation, variant, case, raw_body, hostile_label)
+                if response is not None and 200 <= response.status_code < 300:
+                    world.after(op_id, name, account, case, response)
+                return
             try:
                 response = case.call(session=sessions.http, base_url=gateway.base_url, timeout=15)
             except requests.RequestException as error:
@@ -445,16 +585,24 @@ def test_fuzz_every_operation(gateway, tap, request):
               suppress_health_check=list(HealthCheck), print_blob=False)
     @given(st.data())
     def fuzz(data):
-        if report.submitted >= FUZZ_CASES or crashes:
-            return
         operation, choices = data.draw(st.sampled_from(table), label="operation")
         variant = data.draw(st.sampled_from(choices), label="variant")
         case = data.draw(variant.strategy, label="case")
         pick = data.draw(st.integers(0, 11), label="pick")
         inject = data.draw(st.integers(0, 2), label="inject") > 0
+        raw_body = hostile_label = None
+        if variant.hostile:
+            raw_body = variant.plant(data, case)
+            hostile_label = "deep body" if raw_body is not None else "field"
+        # checked after drawing: a call that draws less than another with the same start is, to
+        # hypothesis, a flaky strategy (calls beyond max_examples happen when some draws overran)
+        if report.submitted >= FUZZ_CASES or crashes:
+            return
+        if variant.hostile:
+            report.hostile += 1
         slots.acquire()  # generation runs ahead of the workers by at most 2 x FUZZ_WORKERS cases
         report.submitted += 1
-        pool.submit(execute, operation, variant, case, pick, inject)
+        pool.submit(execute, operation, variant, case, pick, inject, raw_body, hostile_label)
 
     rounds = 0
     while report.submitted < FUZZ_CASES and rounds < 5 and not crashes:  # hypothesis may stop early
@@ -486,8 +634,9 @@ def test_fuzz_every_operation(gateway, tap, request):
         "covered, %d 5xx, %d non-conforming, %d lost tokens"
         % (schemathesis.__version__, FUZZ_WORKERS, report.cases, fuzz_seconds, setup_seconds, len(covered),
            len(operations), report.count("5xx"), report.count("non-conforming"), report.count("lost token")),
-        "  statuses: %s; %d/%d operations answered past authorization (not only 401/403)"
-        % (", ".join("%s %d" % item for item in sorted(statuses.items(), key=str)), len(reached), len(operations)),
+        "  statuses: %s; %d/%d operations answered past authorization (not only 401/403); %d hostile cases"
+        % (", ".join("%s %d" % item for item in sorted(statuses.items(), key=str)), len(reached), len(operations),
+           report.hostile),
         "  renewed: " + ", ".join("%s %d" % (n, p.renewals) for n, p in world.principals.items() if p.renewals)
         + ", removed members %d, deleted organizations %d" % (world.victims_removed, len(world.deleted_orgs)),
     ]

@@ -222,3 +222,90 @@ def test_a_remembered_token_still_expires_and_still_gets_revoked(gateway, test_s
     wait_until(lambda: gateway.get("/me", fresh).status_code == 401, timeout=1, what="the remembered token revoked")
     for _ in range(8):
         assert_error(gateway.get("/me", fresh), 401, "token_revoked")
+
+
+# -- (d) issue 12, item 6: canonical token encodings, secrets in query strings, encoded words ------
+
+def _segments(token):
+    return token.split(".")
+
+
+def _non_canonical_variants(token):
+    """The same token bytes spelt differently: padding, the standard alphabet, set trailing bits."""
+    header, payload, signature = _segments(token)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    # 64 signature bytes = 86 characters, the last one carrying 2 bits: its low 4 bits must be zero
+    loose_bits = signature[:-1] + alphabet[last | 0b0001]
+    variants = {
+        "signature ==": token + "==",
+        "signature =": token + "=",
+        "header padding": "%s=.%s.%s" % (header, payload, signature),
+        "payload padding": "%s.%s==.%s" % (header, payload, signature),
+        "non-zero trailing bits": "%s.%s.%s" % (header, payload, loose_bits),
+        "whitespace inside": "%s.%s.%s %s" % (header, payload, signature[:40], signature[40:]),
+    }
+    standard = token.replace("-", "+").replace("_", "/")
+    if standard != token:
+        variants["standard alphabet"] = standard
+    return variants
+
+
+def test_tokens_with_non_canonical_base64url_are_refused(gateway, test_stack, owner):
+    # make sure the standard-alphabet variant exists: forge tokens until one has '-' or '_'
+    token = owner.token
+    for _ in range(50):
+        if "-" in token or "_" in token:
+            break
+        token = forge(test_stack, session_of=owner)
+    assert gateway.get("/me", token).status_code == 200
+    for label, variant in _non_canonical_variants(token).items():
+        assert variant != token
+        response = gateway.get("/me", variant)
+        assert_error(response, 401)
+        assert response.json()["error"]["code"] in ("invalid_token", "unauthorized"), (label, response.text)
+    assert gateway.get("/me", token).status_code == 200  # the canonical spelling still works
+
+
+def test_secrets_in_query_parameters_never_reach_the_access_log(gateway, test_stack, owner):
+    gateway_log = os.path.join(test_stack.log_dir, "gateway.log")
+    with open(gateway_log, "rb") as handle:
+        start = len(handle.read())
+    marker = uuid.uuid4().hex
+    secrets = {name: "%s-%s" % (name, uuid.uuid4().hex) for name in
+               ("token", "refresh_token", "receipt", "Access_Token", "invite_token", "password")}
+    query = "&".join("%s=%s" % (name, value) for name, value in secrets.items())
+    gateway.get("/me?access_token=%s&marker=%s" % (owner.token, marker), owner.token)
+    gateway.get("/organizations/%s?%s&marker=%s" % (owner.org_id, query, marker), owner.token)
+    gateway.get("/no/such/route?access%%5Ftoken=%s&marker=%s" % (owner.token, marker))
+    gateway.get("/me?marker=%s&refresh_token=%s#frag" % (marker, secrets["refresh_token"]), owner.token)
+
+    def appended():
+        with open(gateway_log, "rb") as handle:
+            return handle.read()[start:].decode("utf-8", "replace")
+    wait_until(lambda: appended().count(marker) >= 4, timeout=10, what="the requests in the access log")
+    text = appended()
+    leaked = [label for label, secret in dict(secrets, access_token=owner.token).items()
+              if any(form in text for form in secret_forms(secret))]
+    assert not leaked, leaked
+    assert "access_token=[redacted]" in text and "marker=%s" % marker in text  # the rest of the line stays
+
+
+ENCODED_WORDS = "=?UTF-8?Q?=F0=9F=94=92_Security_Team?= =?utf-8?b?UGF5IG5vdw==?="
+
+
+def test_encoded_words_in_names_reach_subjects_as_literal_text(gateway, tap, test_stack):
+    """Names are shown as typed: a name spelling RFC 2047 encoded words must not be decoded by mail clients."""
+    from tests.support import Mailbox, join
+
+    mailbox = Mailbox(test_stack.mail_dir)
+    owner = gateway.signup(organization_name="Lab " + ENCODED_WORDS, name="Owner")
+    invitee = unique_email("ew")
+    invite(gateway, tap, owner, invitee)
+    [invitation] = mailbox.wait(invitee, timeout=30)
+    assert invitation.subject == "You are invited to join Lab " + ENCODED_WORDS, invitation.subject
+    join(gateway, tap, owner, "member", name=ENCODED_WORDS)
+    [joined] = mailbox.wait(owner.email, contains="joined", timeout=30)
+    assert joined.subject == "%s joined Lab %s" % (ENCODED_WORDS, ENCODED_WORDS), joined.subject
+    for mail in (invitation, joined):
+        assert "Pay now" not in mail.subject and "\U0001f512" not in mail.subject

@@ -4,19 +4,19 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
-from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
+from common.validation import checked_rpc
 from services.membership import deletion, domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = rpc(expected_exceptions=DomainError)
+domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class SuperuserBootstrap(DependencyProvider):

@@ -87,13 +87,18 @@ def attempt(store, sender, policy, entry):
         if entry.get("sealed"):
             text, html = unseal(store, text), unseal(store, html)
         message = mail.compose(sender.sender, entry["to"], entry["subject"], text, html, delivery_id)
-        sender.send(message, entry["to"])
-    except mail.TemporaryFailure as error:
-        outcome, reason = "temporary_failure", str(error)
-    except (mail.PermanentFailure, ValueError) as error:
-        outcome, reason = "permanent_failure", str(error)
-    else:
-        outcome, reason = "sent", None
+    except Exception as error:  # composing is deterministic: another attempt would fail the same way
+        message, outcome, reason = None, "permanent_failure", "cannot be composed: %s: %s" % (
+            type(error).__name__, error)
+    if message is not None:
+        try:
+            sender.send(message, entry["to"])
+        except mail.TemporaryFailure as error:
+            outcome, reason = "temporary_failure", str(error)
+        except (mail.PermanentFailure, ValueError) as error:
+            outcome, reason = "permanent_failure", str(error)
+        else:
+            outcome, reason = "sent", None
     finished = utcnow()
     record = {"at": finished, "outcome": outcome, "error": reason, "next_attempt_at": None}
     if outcome == "sent":

@@ -4,7 +4,9 @@ Bodies come from ``templates/<kind>.txt`` (plain text) and ``templates/<kind>.ht
 autoescape on). Subjects are one-line templates below; every value that ends up in a header goes
 through :func:`common.addresses.single_line`, and :func:`compose` (like ``email.policy.SMTP`` in
 :func:`build_message`) refuses CR/LF in any header anyway, so a name or an organization name can
-never add a header.
+never add a header. A subject holding ``=?`` is itself RFC 2047 encoded (:func:`subject_header`), so
+a name spelling encoded words reaches the reader as the literal text. From and To are bare
+addresses (no display names), so no name reaches them.
 """
 import binascii
 import os
@@ -54,6 +56,17 @@ def render(kind, context):
     return subject, text, html
 
 
+def subject_header(subject):
+    """The Subject header's value, as ASCII: RFC 2047 encoded when the text is not ASCII *or* holds
+    ``=?``. A name such as ``=?UTF-8?Q?...?=`` written raw would be decoded by every mail client
+    (and by Python's own parser), showing text the name's author chose to hide; inside our encoded
+    word it decodes to exactly the characters that were typed."""
+    subject = single_line(subject)
+    if subject.isascii() and "=?" not in subject:
+        return subject
+    return Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+
+
 def build_message(sender, recipient, subject, text, html, delivery_id=None):
     """An ``EmailMessage`` (policy SMTP, CRLF) with a plain-text and an HTML alternative."""
     if not is_address(sender) or not is_address(recipient):
@@ -61,7 +74,9 @@ def build_message(sender, recipient, subject, text, html, delivery_id=None):
     message = EmailMessage(policy=SMTP_POLICY)
     message["From"] = sender
     message["To"] = recipient
-    message["Subject"] = single_line(subject)
+    # raw, already encoded: the email package would decode encoded words in a plain value and write
+    # them back out unprotected (it never re-encodes text that merely looks like an encoded word)
+    message.set_raw("Subject", subject_header(subject))
     message["Date"] = format_datetime(datetime.now(timezone.utc))
     message["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[1])
     if delivery_id:
@@ -83,10 +98,7 @@ def compose(sender, recipient, subject, text, html, delivery_id=None):
         raise ValueError("not a single plain mail address")
     if not (sender + recipient).isascii():
         return build_message(sender, recipient, subject, text, html, delivery_id).as_bytes(policy=SMTPUTF8_POLICY)
-    subject = single_line(subject)
-    if not subject.isascii():
-        subject = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
-    headers = [("From", sender), ("To", recipient), ("Subject", subject),
+    headers = [("From", sender), ("To", recipient), ("Subject", subject_header(subject)),
                ("Date", format_datetime(datetime.now(timezone.utc))),
                ("Message-ID", make_msgid(domain=sender.rsplit("@", 1)[1]))]
     if delivery_id:

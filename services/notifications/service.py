@@ -10,18 +10,18 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import rpc
 
 from common import bus, events
-from common.errors import DomainError
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.timers import configured_timer
+from common.validation import checked_rpc
 from services.notifications import deletion, dispatch, notify, settings
 from services.notifications.mail import SmtpSender
 from services.notifications.store import NotificationsStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = rpc(expected_exceptions=DomainError)
+domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class Mailer(DependencyProvider):

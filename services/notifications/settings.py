@@ -1,10 +1,7 @@
 """Per-organization notification settings and the delivery log as the API shows them."""
-import base64
-import json
-from datetime import datetime
-
 from common.addresses import normalize_address
 from common.errors import DomainError
+from common.validation import decode_position, encode_position
 from services.notifications.dispatch import delivery_view
 from services.notifications.schemas import DeliverySchema, SettingsSchema
 
@@ -52,16 +49,11 @@ def put_settings(store, org_id, values):
 
 
 def _encode_cursor(doc):
-    raw = json.dumps([doc["created_at"].isoformat(), doc["_id"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_position(doc["created_at"], doc["_id"])
 
 
 def _decode_cursor(cursor):
-    try:
-        created_at, delivery_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created_at), str(delivery_id)
-    except (ValueError, TypeError):
-        raise DomainError("validation_failed", "invalid input", {"cursor": ["Not a valid cursor."]})
+    return decode_position(cursor)
 
 
 def with_attempts(store, org_id, log_docs, whole_log=False):

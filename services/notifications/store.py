@@ -113,9 +113,13 @@ class NotificationsStore(Store):
         the first reminder is due ``lead`` before it."""
         doc = self.organization(org_id) or {}
         paid_until = (doc.get("plan") or {}).get("paid_until")
+        try:
+            due = paid_until - lead if paid_until else None
+        except OverflowError:  # earlier than year 1 + lead: long expired, so the "expired" mail is due now
+            due = paid_until
         self.db.organizations.update_one(
             {"_id": org_id, "plan.paid_until": paid_until, "reminder_for": {"$ne": paid_until}},
-            {"$set": {"reminder_for": paid_until, "reminder_due_at": paid_until - lead if paid_until else None}})
+            {"$set": {"reminder_for": paid_until, "reminder_due_at": due}})
 
     def reminders_due(self, now, limit=500):
         return list(self.db.organizations.find({"reminder_due_at": {"$ne": None, "$lte": now}})

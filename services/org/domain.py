@@ -1,10 +1,11 @@
 """Organization rules: names, creation, renaming, the overview read model."""
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
+from common.validation import bounded_moment
 from services.org.schemas import OwnerSchema, PlanSchema
 
 DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None,
@@ -129,12 +130,7 @@ def set_plan(store, org_id, plan, changed_by):
         value = plan.get(field)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise DomainError("validation_failed", "invalid input", {field: ["Must be a non-negative integer or null."]})
-    paid_until = plan.get("paid_until")
-    if paid_until is not None:
-        try:
-            paid_until = datetime.fromisoformat(str(paid_until).replace("Z", "+00:00"))
-        except ValueError:
-            raise DomainError("validation_failed", "invalid input", {"paid_until": ["Not a valid datetime."]})
+    paid_until = bounded_moment(plan.get("paid_until"), "paid_until")
     current = _live(store, org_id)
     new_plan = {"name": plan["name"], "included_users": plan.get("included_users"),
                 "included_storage_bytes": plan.get("included_storage_bytes"), "paid_until": paid_until}

@@ -3,16 +3,16 @@ from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 
 from common import bus, events
-from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.timers import configured_timer
+from common.validation import checked_rpc
 from services.org import domain
 from services.org.store import OrgStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = rpc(expected_exceptions=DomainError)
+domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class OrgService:

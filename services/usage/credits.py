@@ -15,11 +15,12 @@ import os
 import random
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
+from common.validation import bounded_moment, decode_sequence
 from services.usage.schemas import LedgerEntrySchema
 
 log = logging.getLogger(__name__)
@@ -65,16 +66,7 @@ def _text(value, field, maximum, required=True):
 
 
 def _parse_time(value, field):
-    if value is None or isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            raise _invalid(field, "Not a valid datetime.")
-    if moment is not None and moment.tzinfo is None:
-        raise _invalid(field, "Must include a timezone.")
-    return moment.astimezone(timezone.utc) if moment is not None else None
+    return bounded_moment(value, field)
 
 
 def require_active(store, org_id):
@@ -283,12 +275,7 @@ def write_result(result):
 def ledger(store, org_id, limit=50, cursor=None):
     if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise _invalid("limit", "Must be between 1 and %d." % MAX_PAGE)
-    before = None
-    if cursor is not None:
-        try:
-            before = int(cursor)
-        except (TypeError, ValueError):
-            raise _invalid("cursor", "Not a valid cursor.")
+    before = decode_sequence(cursor) if cursor is not None else None
     require_active(store, org_id)
     head = store.ledger_head(org_id) or EMPTY_HEAD
     page = store.ledger_page(org_id, limit + 1, before)

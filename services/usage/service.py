@@ -8,12 +8,13 @@ from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
+from common.validation import checked_rpc
 from services.usage import credits, deletion, storage
 from services.usage.store import UsageStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = rpc(expected_exceptions=DomainError)
+domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class UsageService:

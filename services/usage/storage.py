@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 BUCKETS = 8
 MAX_DATASETS = 10_000
 MAX_BYTES = 2 ** 49  # 512 TiB a dataset: even 10,000 of them stay within a 64-bit total (BSON int64)
+# An organization's totals, whatever mix of partial reports built them: at most what one complete
+# report can state (5.6e18 bytes, 61 % of int64), and a dataset count whose eight bucket documents
+# stay far below MongoDB's 16 MB document limit. Partial reports used to add up past int64: the
+# totals could not be written, the claim stayed ``applying`` and its repair overflowed again, so
+# the organization's storage reporting answered 500 for good.
+MAX_TOTAL_BYTES = MAX_DATASETS * MAX_BYTES
+MAX_TOTAL_DATASETS = 100_000
 CLAIM_WAIT_SECONDS = 2.5
 
 
@@ -112,28 +119,43 @@ def _claim(store, org_id, complete, size):
             return claim
 
 
+def _check_totals(totals):
+    if totals["used_bytes"] > MAX_TOTAL_BYTES or totals["datasets"] > MAX_TOTAL_DATASETS:
+        raise DomainError("validation_failed", "invalid input", {"datasets": [
+            "The organization would hold %d datasets of %d bytes in all; at most %d datasets and %d bytes."
+            % (totals["datasets"], totals["used_bytes"], MAX_TOTAL_DATASETS, MAX_TOTAL_BYTES)]})
+
+
 def report(store, org_id, datasets, complete):
+    """Apply a report under its claim. The new buckets and totals are computed (and bounded) before
+    anything is written: a refused report gives its claim back, so nothing of it stays behind."""
     validate_report(datasets, complete)
     require_active(store, org_id)
     claim = _claim(store, org_id, complete, len(datasets))
-    groups = {}
-    for item in datasets:
-        groups.setdefault(bucket_of(item["dataset_id"]), {})[dataset_key(item["dataset_id"])] = {
-            "id": item["dataset_id"], "bytes": item["bytes"]}
-    if complete:  # the report is the whole truth: every bucket is replaced (emptied if absent)
-        for index in range(BUCKETS):
-            store.put_bucket(org_id, index, groups.get(index, {}))
-        totals = {"used_bytes": sum(item["bytes"] for item in datasets), "datasets": len(datasets)}
-    else:
-        totals = _totals(claim)
-        for index, changes in groups.items():
-            current = dict((store.bucket(org_id, index) or {}).get("datasets") or {})
-            for key, dataset in changes.items():
-                previous = current.get(key)
-                totals["used_bytes"] += dataset["bytes"] - (previous["bytes"] if previous else 0)
-                totals["datasets"] += 0 if previous else 1
-                current[key] = dataset
-            store.put_bucket(org_id, index, current)
+    try:
+        groups = {}
+        for item in datasets:
+            groups.setdefault(bucket_of(item["dataset_id"]), {})[dataset_key(item["dataset_id"])] = {
+                "id": item["dataset_id"], "bytes": item["bytes"]}
+        if complete:  # the report is the whole truth: every bucket is replaced (emptied if absent)
+            buckets = {index: groups.get(index, {}) for index in range(BUCKETS)}
+            totals = {"used_bytes": sum(item["bytes"] for item in datasets), "datasets": len(datasets)}
+        else:
+            buckets, totals = {}, _totals(claim)
+            for index, changes in groups.items():
+                current = dict((store.bucket(org_id, index) or {}).get("datasets") or {})
+                for key, dataset in changes.items():
+                    previous = current.get(key)
+                    totals["used_bytes"] += dataset["bytes"] - (previous["bytes"] if previous else 0)
+                    totals["datasets"] += 0 if previous else 1
+                    current[key] = dataset
+                buckets[index] = current
+        _check_totals(totals)
+    except BaseException:
+        store.drop_storage_claim(claim["_id"])  # nothing written yet: the previous report is the head again
+        raise
+    for index, content in buckets.items():
+        store.put_bucket(org_id, index, content)
     done = _finish(store, claim, "applied", totals)
     return {"used_bytes": done["used_bytes"], "datasets": done["datasets"],
             "last_report_at": isoformat(done["applied_at"]), "sequence": done["seq"]}

@@ -133,6 +133,10 @@ class UsageStore(Store):
                                                                                          *events))
         self.outbox.flush("storage_reports", report_id)
 
+    def drop_storage_claim(self, report_id):
+        """Give back a claim nothing was written under (its report was refused)."""
+        self.db.storage_reports.delete_one({"_id": report_id, "status": "applying"})
+
     def storage_report(self, org_id, seq):
         return self.db.storage_reports.find_one({"org_id": org_id, "seq": seq}, HIDE)
 

@@ -1,0 +1,167 @@
+"""Input rules that the gateway and every service apply the same way (issue 12, item 4).
+
+Each rule here closes a way that well-formed JSON could still crash a request with a 500:
+
+* **Text.** JSON can spell a lone UTF-16 surrogate (``"\\ud800"``); Python decodes it into a ``str``
+  that is no Unicode text and cannot be encoded as UTF-8, so the first database write or mail
+  using it raised. :func:`bad_text_path` finds such a string anywhere in a decoded document.
+* **Moments.** ``0001-01-01T00:00:00+14:00`` parses, but converting it to UTC overflows, and
+  year-1 dates broke later arithmetic (a reminder six weeks earlier). :func:`bounded_moment` accepts
+  only aware moments inside :data:`EARLIEST` .. :data:`LATEST` after conversion to UTC.
+* **Cursors.** A cursor is opaque to clients but is decoded by the service: every tampered shape
+  (other JSON, wrong length, wrong types, out-of-range numbers) must be a 422 on ``cursor``, never a
+  ``TypeError`` or a BSON ``OverflowError``. :func:`encode_position` / :func:`decode_position` are
+  the (moment, id) cursors of the member and delivery lists, :func:`decode_sequence` the ledger's.
+
+Everything raises ``DomainError("validation_failed")`` with details naming the field.
+"""
+import base64
+import binascii
+import functools
+import inspect
+import json
+import re
+from datetime import datetime, timezone
+
+from common.errors import DomainError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+INT64_MAX = 2 ** 63 - 1
+TEXT_MESSAGE = "Must be valid Unicode text (no lone surrogates)."
+CURSOR_MESSAGE = "Not a valid cursor."
+MAX_CURSOR = 500
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]*")
+_SEQUENCE = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def invalid(field, message):
+    return DomainError("validation_failed", "invalid input", {field: [message]})
+
+
+def is_text(value):
+    """True for a ``str`` that is a sequence of Unicode scalar values (encodable as UTF-8)."""
+    return isinstance(value, str) and not _SURROGATE.search(value)
+
+
+def bad_text_path(value, path=()):
+    """The path (keys and indexes) to the first string -- value or key -- that is not Unicode text,
+    or None. Walked iteratively: the document may be nested as deep as the JSON parser allowed."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not is_text(item):
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not is_text(key):
+                    return where + (key,)
+                stack.append((child, where + (key,)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, where + (index,)) for index, child in enumerate(item))
+    return None
+
+
+def require_text_everywhere(fields):
+    """Refuse (422) if any value of ``fields`` (name -> decoded JSON) holds a string that is not
+    Unicode text; the details name the top-level field (``_schema`` if the bad string is a key)."""
+    for name, value in fields.items():
+        if bad_text_path(value) is not None:
+            raise invalid(name if is_text(name) else "_schema", TEXT_MESSAGE)
+        if not is_text(name):
+            raise invalid("_schema", TEXT_MESSAGE)
+
+
+def checked_rpc(method):
+    """``@rpc`` (DomainError expected) for a service method that first refuses arguments holding
+    text that is not Unicode: services do not rely on the gateway having checked. The method's own
+    signature is kept, so nameko still answers a call with wrong arguments ``IncorrectSignature``."""
+    from nameko.rpc import rpc
+
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def entry(self, *args, **kwargs):
+        try:
+            arguments = signature.bind(self, *args, **kwargs).arguments
+        except TypeError:
+            return method(self, *args, **kwargs)  # let the call fail the way it always did
+        arguments.pop(next(iter(signature.parameters)), None)  # self
+        require_text_everywhere(arguments)
+        return method(self, *args, **kwargs)
+
+    entry.__signature__ = signature
+    return rpc(expected_exceptions=DomainError)(entry)
+
+
+# -- moments -----------------------------------------------------------------------------------
+
+def bounded_moment(value, field, earliest=EARLIEST, latest=LATEST):
+    """An aware UTC ``datetime`` from an ISO 8601 string (or a datetime), else a 422 on ``field``:
+    unparseable, without a timezone, or outside ``earliest`` .. ``latest`` once converted to UTC
+    (the conversion itself overflows for year 1 with a positive offset, or year 9999 with a
+    negative one). None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and is_text(value) and len(value) <= 64:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise invalid(field, "Not a valid datetime.")
+    else:
+        raise invalid(field, "Not a valid datetime.")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise invalid(field, "Must include a timezone.")
+    message = "Must be between %s and %s." % (earliest.isoformat(), latest.isoformat())
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise invalid(field, message)
+    if not earliest <= moment <= latest:
+        raise invalid(field, message)
+    return moment
+
+
+# -- cursors -----------------------------------------------------------------------------------
+
+def encode_position(moment, identifier):
+    """A cursor for lists ordered by (moment, id): urlsafe base64 of ``[iso moment, id]``."""
+    raw = json.dumps([moment.isoformat(), identifier]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_position(cursor, field="cursor"):
+    """``(aware UTC datetime, id)`` from :func:`encode_position`'s cursor; any other shape is a 422."""
+    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR or not _CURSOR_CHARS.fullmatch(cursor):
+        raise invalid(field, CURSOR_MESSAGE)
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        raise invalid(field, CURSOR_MESSAGE)
+    if (not isinstance(decoded, list) or len(decoded) != 2 or not isinstance(decoded[0], str)
+            or not is_text(decoded[1]) or not decoded[1]):
+        raise invalid(field, CURSOR_MESSAGE)
+    moment_text, identifier = decoded
+    try:
+        moment = datetime.fromisoformat(moment_text.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(field, CURSOR_MESSAGE)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # as stored: Mongo dates are UTC
+    try:
+        moment = bounded_moment(moment, field)
+    except DomainError:
+        raise invalid(field, CURSOR_MESSAGE)
+    return moment, identifier
+
+
+def decode_sequence(cursor, field="cursor"):
+    """A ledger position: a decimal integer 1 .. 2^63-1 (BSON int64), written plainly (no sign,
+    spaces, underscores or non-ASCII digits, all of which ``int()`` would take)."""
+    if not isinstance(cursor, str) or not _SEQUENCE.fullmatch(cursor) or int(cursor) > INT64_MAX:
+        raise invalid(field, CURSOR_MESSAGE)
+    return int(cursor)
