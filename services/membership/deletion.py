@@ -1,7 +1,7 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
 from common import events, outbox, tombstones
 from common.errors import DomainError
-from common.events import isoformat
+from common.events import isoformat, utcnow
 from services.membership import domain, members
 from services.membership.invites import invite_view
 
@@ -15,7 +15,12 @@ def request(store, request_deletion, org_id, actor, confirm_name):
         membership["role"] == "admin" and membership.get("can_delete_organization")))
     if not allowed:
         raise DomainError("forbidden", "only the owner or an admin holding the deletion right may do this")
-    return request_deletion(org_id, actor["sub"], confirm_name)
+    status = request_deletion(org_id, actor["sub"], confirm_name)
+    # From the 202 on every membership call about it answers 410: mark our copy now rather than
+    # when the announcement arrives (the purge does it too, with the revocation, for requests that
+    # did not pass here). One plain write: the request waits for it.
+    store.set_organization_status(org_id, "deleting")
+    return status
 
 
 def purge(store, event):
@@ -26,6 +31,9 @@ def purge(store, event):
     """
     org_id = event["organization_id"]
     store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    # remembered before anything is deleted: a write that raced the purge then sees it and takes
+    # itself back, and every later call answers 410 instead of 404
+    tombstones.remember(store.db, org_id, utcnow())
     with tombstones.purge_lease(store.db, org_id) as mine:
         if not mine:
             return None  # another purge of it runs right now and will report
