@@ -1,13 +1,14 @@
-"""gunicorn access log without secrets: invite tokens live in URL paths (``/invites/<token>``).
+"""gunicorn access log without secrets: invite tokens and deletion receipts live in URL paths
+(``/invites/<token>``, ``/deletions/<receipt>``).
 
 The request line, path, query and referer are logged with every path segment after ``/invites/``
-replaced by ``[redacted]``; request headers that carry credentials are never logged.
+or ``/deletions/`` replaced by ``[redacted]``; request headers that carry credentials are never logged.
 """
 import re
 
 from gunicorn.glogging import Logger
 
-_INVITE_TOKEN = re.compile(r"(/invites/)[^/?#\s]+")
+_INVITE_TOKEN = re.compile(r"(/(?:invites|deletions)/)[^/?#\s]+")  # invite tokens, deletion receipts
 _URL_ATOMS = ("r", "U", "q", "f")
 _SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i")
 

@@ -10,6 +10,7 @@ from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
+from gateway.deletions import GoneOrganizations, deletion_listener
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
 from gateway.routes.bench import enabled as bench_routes_enabled, register_bench
@@ -52,6 +53,11 @@ def create_app(config=None):
     revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
     consumer = revocation_listener(config["AMQP_URI"], revocations)
     consumer.start()
+    gone = GoneOrganizations()
+    deletions = deletion_listener(config["AMQP_URI"], gone)
+    deletions.start()
+    app.extensions["gone_organizations"] = gone
+    app.extensions["deletion_consumer"] = deletions
     app.extensions["rpc"] = pool
     app.extensions["revocation_consumer"] = consumer
     app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)

@@ -1,0 +1,53 @@
+"""Organizations being deleted, as each gateway process knows them: 410 before any service answers.
+
+From the 202 of ``DELETE /organizations/{id}`` on, every request on that organization answers 410
+``organization_gone`` -- superusers' too (their tokens are not scoped to it, so no revocation stops
+them). The org and membership services know it at once (the request passes through them); the
+others learn it from ``organization_deletion_requested``, a few milliseconds later. So every gateway
+process also listens to that event (its own exclusive queue, like the revocation list) and the
+process that answered the 202 records it before answering: a request on the organization is refused
+here, whatever a service has heard yet. The services stay the authority (this list is in memory and
+forgets after ``retention`` seconds, long after every service has purged or marked the organization).
+"""
+import threading
+import time
+from collections import OrderedDict
+
+from common import events
+from common.broadcast import BroadcastListener
+from common.topology import event_exchange
+
+
+class GoneOrganizations:
+    def __init__(self, retention=86400.0, max_entries=100000):
+        self.retention = retention
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._gone = OrderedDict()  # org id -> forget after (monotonic seconds)
+
+    def add(self, org_id):
+        with self._lock:
+            self._gone[org_id] = time.monotonic() + self.retention
+            self._gone.move_to_end(org_id)
+            while len(self._gone) > self.max_entries:
+                self._gone.popitem(last=False)
+
+    def __contains__(self, org_id):
+        with self._lock:
+            forget_after = self._gone.get(org_id)
+            if forget_after is None:
+                return False
+            if forget_after < time.monotonic():
+                del self._gone[org_id]
+                return False
+            return True
+
+
+def deletion_listener(amqp_uri, gone):
+    deletion = events.ORGANIZATION_DELETION_REQUESTED
+
+    def on_message(routing_key, body):
+        gone.add(events.load_event(deletion, body)["organization_id"])
+
+    return BroadcastListener(amqp_uri, "gateway-deletions", [(event_exchange(deletion[0]), deletion[1])],
+                             on_message, on_connected=lambda at: None, on_disconnected=lambda: None)
