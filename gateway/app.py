@@ -53,9 +53,11 @@ def create_app(config=None):
     revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
     consumer = revocation_listener(config["AMQP_URI"], revocations)
     consumer.start()
-    gone = GoneOrganizations()
+    gone = GoneOrganizations(enabled=str(config.get("GATEWAY_FAULT_NO_DELETION_LIST") or "").strip().lower()
+                             not in ("1", "true", "yes"))
     deletions = deletion_listener(config["AMQP_URI"], gone)
-    deletions.start()
+    if gone.enabled:
+        deletions.start()
     app.extensions["gone_organizations"] = gone
     app.extensions["deletion_consumer"] = deletions
     app.extensions["rpc"] = pool

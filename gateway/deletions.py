@@ -19,13 +19,16 @@ from common.topology import event_exchange
 
 
 class GoneOrganizations:
-    def __init__(self, retention=86400.0, max_entries=100000):
+    def __init__(self, retention=86400.0, max_entries=100000, enabled=True):
+        self.enabled = enabled  # off only for tests of the services' own refusal
         self.retention = retention
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._gone = OrderedDict()  # org id -> forget after (monotonic seconds)
 
     def add(self, org_id):
+        if not self.enabled:
+            return
         with self._lock:
             self._gone[org_id] = time.monotonic() + self.retention
             self._gone.move_to_end(org_id)

@@ -8,14 +8,18 @@ instance finds only the org service's tombstone. The requester follows the delet
 token-less receipt link, and the owner is mailed when it completes.
 """
 import collections
+import contextlib
+import os
 import threading
 import uuid
 
 import pymongo
 import pytest
 
-from tests.support import Mailbox, assert_error, join, superuser_token, unique_email, wait_until
+from stack import stack
+from tests.support import Gateway, Mailbox, assert_error, join, superuser_token, unique_email, wait_until
 from tests.test_deletion import documents_mentioning
+from tests.test_security import free_port
 
 ROUNDS = 3
 
@@ -45,6 +49,33 @@ def assert_only_the_tombstone(client, test_stack, org_id, name=None):
                what="nothing but the tombstone of %s" % org_id)
     if name is not None:
         assert documents_mentioning(client, test_stack, name) == []
+
+
+@contextlib.contextmanager
+def unaware_gateway(test_stack):
+    """A second gateway (one worker) that keeps no list of organizations being deleted
+    (``GATEWAY_FAULT_NO_DELETION_LIST``, tests only), like a gateway that missed the announcement:
+    its requests reach the services whatever they heard, so what it answers about a deleted
+    organization is the services' own answer."""
+    port = free_port()
+    env = dict(test_stack.service_env(), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
+               GATEWAY_FAULT_NO_DELETION_LIST="1")
+    stack.spawn("gateway-unaware", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
+                                    os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
+                                    "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
+    pid_file = os.path.join(test_stack.run_dir, "gateway-unaware.pid")
+    try:
+        other = Gateway("http://127.0.0.1:%d" % port)
+
+        def healthy():
+            try:
+                return other.get(other.base_url + "/healthz", timeout=2).status_code == 200
+            except OSError:
+                return False
+        wait_until(healthy, timeout=60, interval=0.2, what="the second gateway to start")
+        yield other
+    finally:
+        stack.stop_pid_file(pid_file)
 
 
 def deleted(gateway, receipt_url):
@@ -99,10 +130,11 @@ def answers(gateway, document, token, org_id, owner, name):
     return result
 
 
-def expect(operations, status, code):
-    # only an organization's owner may transfer ownership: a superuser is refused before any state
-    return {op: ((403, "forbidden") if op == "transfer_ownership" and status == 404 else (status, code))
-            for op, _, _, _ in operations}
+def expect(operations, status, code, gateway_list=True):
+    """Only an organization's owner may transfer ownership: a superuser is refused by the gateway's
+    access rule (403), except where the gateway's list of organizations being deleted answers first."""
+    return {op: ((403, "forbidden") if op == "transfer_ownership" and (status == 404 or not gateway_list)
+                 else (status, code)) for op, _, _, _ in operations}
 
 
 def test_every_operation_on_a_deleting_or_deleted_organization_is_410_and_unknown_is_404(
@@ -121,12 +153,16 @@ def test_every_operation_on_a_deleting_or_deleted_organization_is_410_and_unknow
 
     wait_until(lambda: deleted(gateway, accepted.json()["receipt_url"]), timeout=60, what="deletion to complete")
     assert answers(gateway, document, su, owner.org_id, owner, name) == expect(operations, 410, "organization_gone")
+    # the services' own answer too: through a gateway that never heard of the deletion
+    with unaware_gateway(test_stack) as unaware:
+        assert answers(unaware, document, su, owner.org_id, owner, name) == expect(
+            operations, 410, "organization_gone", gateway_list=False)
+        # an id that never was an organization: 404 for the superuser too, and nothing is created for it
+        random_id = str(uuid.uuid4())
+        for through in (gateway, unaware):
+            assert answers(through, document, su, random_id, owner, name) == expect(operations, 404, "not_found")
     # nothing was recreated by the superuser's writes (a settings PUT used to bring one back)
     assert_only_the_tombstone(client, test_stack, owner.org_id)
-
-    # an id that never was an organization: 404 for the superuser too, and nothing is created for it
-    random_id = str(uuid.uuid4())
-    assert answers(gateway, document, su, random_id, owner, name) == expect(operations, 404, "not_found")
     assert documents_mentioning(client, test_stack, random_id) == []
 
 
@@ -237,11 +273,20 @@ def _writers(gateway, team):
 ALLOWED = {200, 201, 401, 404, 409, 410, 503}
 
 
+@pytest.fixture(scope="module")
+def unaware(test_stack):
+    with unaware_gateway(test_stack) as other:
+        yield other
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("round_number", range(ROUNDS))
-def test_writes_racing_a_deletion_leave_nothing_but_the_tombstone(gateway, tap, test_stack, client, round_number):
+def test_writes_racing_a_deletion_leave_nothing_but_the_tombstone(gateway, unaware, tap, test_stack, client,
+                                                                   round_number):
+    """The writes go through a gateway that misses the deletion announcement, so each reaches its
+    service however far the purge got: the services' own checks are what is tested."""
     team = _team(gateway, tap)
-    writers = _writers(gateway, team)
+    writers = _writers(unaware, team)
     barrier = threading.Barrier(len(writers) + 1)
     finished = threading.Event()
     after = {}  # writer -> statuses of its writes sent after the deletion completed
