@@ -36,17 +36,22 @@ def document(gateway):
     return gateway.get("/openapi.json").json()
 
 
-def only_the_tombstone(client, test_stack, org_id):
-    """True once nothing but the org service's tombstone mentions ``org_id``; else the leftovers."""
-    leftovers = [(db, coll, doc.get("_id")) for db, coll, doc in documents_mentioning(client, test_stack, org_id)]
-    return leftovers == [(test_stack.db_prefix + "org", "organizations", org_id)] or leftovers
+def leftovers(client, test_stack, org_id):
+    """What mentions ``org_id`` besides the org service's tombstone: ``[(database, collection, _id)]``."""
+    return [(db, coll, doc.get("_id")) for db, coll, doc in documents_mentioning(client, test_stack, org_id)
+            if (db, coll, doc.get("_id")) != (test_stack.db_prefix + "org", "organizations", org_id)]
 
 
 def assert_only_the_tombstone(client, test_stack, org_id, name=None):
     """The completion mail is the last trace (in the notifications service until it is sent), so
     the scan waits for it to go, with a generous deadline for a busy machine."""
-    wait_until(lambda: only_the_tombstone(client, test_stack, org_id) is True, timeout=30,
-               what="nothing but the tombstone of %s" % org_id)
+    found = []
+    try:
+        wait_until(lambda: not found.append(leftovers(client, test_stack, org_id)) and not found[-1], timeout=30,
+                   what="nothing but the tombstone of %s" % org_id)
+    except AssertionError:
+        raise AssertionError("left of %s besides its tombstone: %r" % (org_id, found[-1]))
+    assert [db for db, _, _ in documents_mentioning(client, test_stack, org_id)] == [test_stack.db_prefix + "org"]
     if name is not None:
         assert documents_mentioning(client, test_stack, name) == []
 
