@@ -66,6 +66,9 @@ def delete_everything(store, org_id):
         "settings": store.db.settings.delete_many({"_id": org_id}).deleted_count,
         "mail_decisions": store.db.mail_decisions.delete_many(
             {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
+        # a retried mail's claims are named after its delivery, whose key may start with the org id
+        "delivery_claims": store.db.delivery_claims.delete_many(
+            {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
         "organizations": store.db.organizations.delete_many({"_id": org_id}).deleted_count,
     }
 

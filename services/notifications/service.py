@@ -159,3 +159,5 @@ class NotificationsService:
             notifier.send_reminders()
         finally:
             dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
+            for org_id in {entry["org_id"] for entry in notifier.recorded}:  # a reminder that raced a purge
+                deletion.scrub_if_purged(self.store, org_id)
