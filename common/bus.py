@@ -53,6 +53,7 @@ GATEWAY_CALLS = {
 SERVICE_CALLS = {
     "membership": {"org": ("create_organization", "get_overview", "request_deletion")},
     "usage": {"org": ("get_overview",)},
+    "notifications": {"org": ("get_overview",)},
 }
 
 #: the name nameko gives a component's RPC client (its reply queues and reply keys carry it)

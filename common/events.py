@@ -76,7 +76,12 @@ class OrganizationDeletionRequested(EventSchema):
 
 
 class OrganizationDeleted(EventSchema):
-    pass
+    # Extensions: what the completion mail needs once every service has purged the organization
+    # (nothing else of it is left to address the owner with).
+    name = fields.String()
+    owner_email = fields.String(allow_none=True)
+    requested_at = fields.String(allow_none=True)
+    completed_at = fields.String(allow_none=True)
 
 
 class MemberJoined(EventSchema):

@@ -46,6 +46,7 @@ SUBSCRIPTIONS = [
     Subscription(events.ORGANIZATION_RENAMED, "notifications", "on_organization_renamed"),
     Subscription(events.PLAN_CHANGED, "notifications", "on_plan_changed"),
     Subscription(events.ORGANIZATION_DELETION_REQUESTED, "notifications", "on_organization_deletion_requested"),
+    Subscription(events.ORGANIZATION_DELETED, "notifications", "on_organization_deleted"),
     Subscription(events.MEMBER_JOINED, "notifications", "on_member_joined"),
     Subscription(events.MEMBER_LEFT, "notifications", "on_member_left"),
     Subscription(events.MEMBER_ROLE_CHANGED, "notifications", "on_member_role_changed"),

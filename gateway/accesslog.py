@@ -1,9 +1,10 @@
 """gunicorn access log without secrets.
 
-Invite tokens live in URL paths (``/invites/<token>``), and clients sometimes put a token in the
-query string (``?access_token=...``; the API never asks for that, but a log must not keep what a
-client sent by mistake). The request line, path, query and referer are logged with every path
-segment after ``/invites/`` and the value of every query parameter named like a secret
+Invite tokens and deletion receipts live in URL paths (``/invites/<token>``,
+``/deletions/<receipt>``), and clients sometimes put a token in the query string
+(``?access_token=...``; the API never asks for that, but a log must not keep what a client sent by
+mistake). The request line, path, query and referer are logged with every path segment after
+``/invites/`` or ``/deletions/`` and the value of every query parameter named like a secret
 (:data:`SECRET_PARAMETERS`, any case, percent-encoded names too) replaced by ``[redacted]``;
 request headers that carry credentials are never logged.
 """
@@ -12,7 +13,7 @@ from urllib.parse import unquote_plus
 
 from gunicorn.glogging import Logger
 
-_INVITE_TOKEN = re.compile(r"(/invites/)[^/?#\s]+")
+_INVITE_TOKEN = re.compile(r"(/(?:invites|deletions)/)[^/?#\s]+")  # invite tokens, deletion receipts
 # a query string: after "?" up to a fragment, a space (the request line's " HTTP/1.1") or the end
 _QUERY = re.compile(r"(\?)([^#\s]*)")
 SECRET_PARAMETERS = frozenset((

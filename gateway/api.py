@@ -112,6 +112,8 @@ def authorize(operation, path_args):
     if operation.org_scoped:
         if claims.get("org") != path_args["org_id"] and not superuser:
             raise DomainError("wrong_organization", "your token is scoped to another organization")
+        if path_args["org_id"] in current_app.extensions["gone_organizations"]:  # see gateway/deletions.py
+            raise DomainError("organization_gone", "organization is deleted or being deleted")
         if operation.access == OWNER and not claims.get("owner"):
             raise DomainError("forbidden", "only the organization's owner may do this")
         required = ROLE_RANK.get(operation.access)
@@ -172,7 +174,7 @@ def build_openapi(api):
         if op.access not in (PUBLIC, USER):
             codes |= {"403"}
         if op.org_scoped:
-            codes |= {"404"}
+            codes |= {"404", "410"}  # 410: from the deletion's 202 on, and after it completed
         if op.query is not None:
             codes |= {"422"}
         codes |= {"414", "503"}  # 414: a request target longer than MAX_URL_BYTES
@@ -182,8 +184,7 @@ def build_openapi(api):
             responses[code] = {"description": "error", "content": {"application/json": {"schema": "Error"}}}
         operation = {"summary": op.summary, "tags": [op.tag], "responses": responses,
                      "operationId": op.view.__name__, "x-access": op.access}
-        if op.access != PUBLIC:
-            operation["security"] = [{"bearer": []}]
+        operation["security"] = [{"bearer": []}] if op.access != PUBLIC else []
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
         params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}

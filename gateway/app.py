@@ -11,6 +11,7 @@ from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
+from gateway.deletions import GoneOrganizations
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
@@ -53,8 +54,12 @@ def create_app(config=None):
     key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]
     keyring = KeyRing(key_files, fetch=None if key_files else lambda: pool.call("membership", "public_keys"))
     revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
-    consumer = revocation_listener(config["AMQP_URI"], revocations)
+    gone = GoneOrganizations(enabled=str(config.get("GATEWAY_FAULT_NO_DELETION_LIST") or "").strip().lower()
+                             not in ("1", "true", "yes"))
+    # one listener feeds both: the revocation list and the organizations being deleted
+    consumer = revocation_listener(config["AMQP_URI"], revocations, gone.add)
     consumer.start()
+    app.extensions["gone_organizations"] = gone
     app.extensions["rpc"] = pool
     app.extensions["bulkheads"] = Bulkheads(config)
     app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))

@@ -119,8 +119,9 @@ class RevocationList:
             self._checked = {k: v for k, v in self._checked.items() if v[1] > now}
 
 
-def revocation_listener(amqp_uri, revocations):
-    """The gateway process's listener: ``access_revoked`` and ``organization_deletion_requested``."""
+def revocation_listener(amqp_uri, revocations, on_deletion=None):
+    """The gateway process's listener: ``access_revoked`` and ``organization_deletion_requested``
+    (which also goes to ``on_deletion(org_id)``: the list of organizations answering 410)."""
     revoked, deletion = events.ACCESS_REVOKED, events.ORGANIZATION_DELETION_REQUESTED
 
     def on_message(routing_key, body):
@@ -128,6 +129,8 @@ def revocation_listener(amqp_uri, revocations):
             # the organization's tokens die with the request, before any service has purged
             event = events.load_event(deletion, body)
             revocations.apply({"organization_id": event["organization_id"], "not_before": time.time()})
+            if on_deletion is not None:
+                on_deletion(event["organization_id"])
         else:
             revocations.apply(events.load_event(revoked, body))
 

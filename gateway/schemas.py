@@ -297,6 +297,13 @@ class DeletionStatusSchema(Schema):
     services = fields.Nested(DeletionServicesSchema, required=True)
 
 
+class DeletionAcceptedSchema(DeletionStatusSchema):
+    receipt_url = fields.String(required=True, metadata={
+        "description": "the deletion status without a token (the deletion revokes the requester's): "
+                       "a single-purpose bearer link, also the Location header; it works until some "
+                       "days after completion (DELETION_RECEIPT_DAYS)"})
+
+
 class ExportSchema(Schema):
     organization_id = fields.String(required=True)
     exported_at = fields.String(required=True)

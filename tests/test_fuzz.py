@@ -141,6 +141,7 @@ class World:
         self.foreign_invite_token = self._invite(self.owner, unique_email("foreign"))
         self.pending_invites = [self._new_invite_id() for _ in range(2)]
         self.deleted_orgs = []
+        self.receipts = ["A" * 43]  # deletion receipts from 202s (the first one is unknown: 404)
         # credits, so that reservations of A can succeed
         self._grant(self.owner.org_id, 10 ** 9)
         p["operated"].get()
@@ -227,6 +228,7 @@ class World:
         values["invite_id"] = self.pending_invites
         values["reservation_id"] = self.principals["operated"].get().extra["reservations"]
         values["token"] = [self.foreign_invite_token]
+        values["receipt"] = self.receipts[-3:]
         if op_id == "accept_invite" and account is not None:
             values["token"] = [account.extra["invite_token"], self.foreign_invite_token]
         return values
@@ -259,6 +261,7 @@ class World:
         if op_id in ("logout", "delete_organization", "transfer_ownership", "accept_invite"):
             if op_id == "delete_organization":
                 self.deleted_orgs.append(account.org_id)
+                self.receipts.append(body["receipt_url"].rsplit("/", 1)[1])
             self.principals[name].consumed()
         elif op_id in ("switch", "change_password"):
             self.principals[name].adopt(body, case.body["new_password"] if op_id == "change_password" else None)

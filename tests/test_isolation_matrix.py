@@ -103,6 +103,8 @@ EXPECTED = {
     # asked after A's owner deleted A: A's tokens are dead (401); others who are neither requester
     # nor owner get 404 (existence not revealed); the superuser reads it
     "get_deletion": row(404, **{p: 401 for p in INVALID + INSIDE}, superuser=200),
+    # the receipt link of A's deletion (its 202): public, the receipt is the credential
+    "get_deletion_by_receipt": row(200),
     "export_organization": org_row(200, *ADMINS),
     "get_usage": org_row(200, *MEMBERS),
     "report_storage": operator_row(201),
@@ -113,7 +115,8 @@ EXPECTED = {
 }
 
 # operations that run in worlds of their own, in this order (the rest share one world)
-DESTRUCTIVE_GROUPS = {"transfer": ("transfer_ownership",), "delete": ("delete_organization", "get_deletion")}
+DESTRUCTIVE_GROUPS = {"transfer": ("transfer_ownership",),
+                      "delete": ("delete_organization", "get_deletion", "get_deletion_by_receipt")}
 GROUPED = {op for ops in DESTRUCTIVE_GROUPS.values() for op in ops}
 
 ACCESS_2XX = {  # cross-check only: who the gateway's x-access rule could possibly let through
@@ -358,11 +361,18 @@ def build_set_plan(world, p, ok):
 
 
 def build_delete_organization(world, p, ok):
-    return Call(_org(world), {"confirm_name": world.a.name})
+    def after(response):
+        if response.status_code == 202:
+            world.receipt_url = response.json()["receipt_url"]
+    return Call(_org(world), {"confirm_name": world.a.name}, after=after)
 
 
 def build_get_deletion(world, p, ok):
     return Call(_org(world, "/deletion"))
+
+
+def build_get_deletion_by_receipt(world, p, ok):
+    return Call(world.receipt_url[len("/api/v1"):], sees={"a"})
 
 
 def build_export_organization(world, p, ok):
@@ -513,4 +523,6 @@ def test_isolation_organization_deletion(gateway, tap, test_stack, superuser, do
     wait_until(lambda: gateway.get("/me", world.owner.token).status_code == 401, timeout=2,
                what="A's tokens to die after deletion")
     problems = run_row(world, document, "get_deletion")
+    assert not problems, "\n".join(problems)
+    problems = run_row(world, document, "get_deletion_by_receipt")
     assert not problems, "\n".join(problems)

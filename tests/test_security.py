@@ -79,13 +79,19 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
                            refreshed.json()["access_token"])
     assert changed.status_code == 200, changed.text
     keep("password change", changed.json())
+    # a deletion receipt: a bearer link in the URL path, like an invite token
+    doomed = gateway.signup(organization_name="Receipt Log Lab")
+    deletion = gateway.delete("/organizations/%s" % doomed.org_id, {"confirm_name": "Receipt Log Lab"}, doomed.token)
+    assert deletion.status_code == 202, deletion.text
+    secrets["deletion receipt"] = deletion.json()["receipt_url"].rsplit("/", 1)[1]
+    assert gateway.get(gateway.base_url + deletion.json()["receipt_url"]).status_code == 200
 
     def appended():
         with open(gateway_log, "rb") as handle:
             return handle.read()[start:].decode("utf-8", "replace")
     # everything above is written once the access log has both invite requests (preview, accept)
-    wait_until(lambda: appended().count(" /api/v1/invites/") >= 2, timeout=5,
-               what="the invite requests in the gateway's access log")
+    wait_until(lambda: appended().count(" /api/v1/invites/") >= 2 and " /api/v1/deletions/" in appended(),
+               timeout=5, what="the invite and receipt requests in the gateway's access log")
     assert "/api/v1/auth/login" in appended()
 
     found = []
@@ -97,6 +103,7 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
                 found.append((os.path.relpath(path, test_stack.log_dir), label))
     assert not found, found
     assert appended().count(" /api/v1/invites/[redacted]") >= 2  # logged, without the token
+    assert " /api/v1/deletions/[redacted]" in appended()  # logged, without the receipt
 
 
 # -- (b) CORS ----------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Organizations: create, list, overview, rename, plan."""
 import json
 
-from flask import Response, g, url_for
+from flask import Response, current_app, g, url_for
 
 from common.events import isoformat, utcnow
 from gateway import schemas as s
-from gateway.api import ADMIN, MEMBER, SUPERUSER, USER
+from gateway.api import ADMIN, MEMBER, PUBLIC, SUPERUSER, USER
 from gateway.routes.common import actor, api, rpc
 
 
@@ -42,17 +42,29 @@ def set_plan(org_id, body):
 
 @api.route("/organizations/<org_id>", "DELETE", ADMIN,
            "Delete the organization and all its data (owner, or an admin holding the deletion right)",
-           "organizations", body=s.DeleteOrganizationRequest, response=s.DeletionStatusSchema, status=202,
+           "organizations", body=s.DeleteOrganizationRequest, response=s.DeletionAcceptedSchema, status=202,
            errors=("410",))
 def delete_organization(org_id, body):
+    """202 with the receipt link: the deletion revokes the caller's token (and may delete their
+    account), so the status must be readable without one. This process refuses the organization at
+    once; the others learn it from the announcement (``gateway/deletions.py``)."""
     status = rpc("membership", "request_org_deletion", org_id, actor(), body["confirm_name"])
-    return status, {"Location": url_for("api.get_get_deletion", org_id=org_id)}
+    current_app.extensions["gone_organizations"].add(org_id)
+    receipt_url = url_for("api.get_get_deletion_by_receipt", receipt=status.pop("receipt"))
+    return dict(status, receipt_url=receipt_url), {"Location": receipt_url}
 
 
 @api.route("/organizations/<org_id>/deletion", "GET", USER, "Deletion progress (requester, owner, superuser)",
            "organizations", response=s.DeletionStatusSchema, errors=("404",), org_rule=False)
 def get_deletion(org_id):
     return rpc("org", "get_deletion", org_id, actor())
+
+
+@api.route("/deletions/<receipt>", "GET", PUBLIC,
+           "Deletion progress for whoever holds the receipt link of the deletion's 202 (no token)",
+           "organizations", response=s.DeletionStatusSchema, errors=("404",))
+def get_deletion_by_receipt(receipt):
+    return rpc("org", "get_deletion_by_receipt", receipt)
 
 
 EXPORT_PARTS = ("org", "membership", "notifications", "usage")

@@ -15,11 +15,12 @@ def request(store, request_deletion, org_id, actor, confirm_name):
         membership["role"] == "admin" and membership.get("can_delete_organization")))
     if not allowed:
         raise DomainError("forbidden", "only the owner or an admin holding the deletion right may do this")
-    answer = request_deletion(org_id, actor["sub"], confirm_name)
-    # before the 202 reaches the requester: no login, refresh or switch opens a session into it
-    # any more (the purge, triggered by the event, does the same again, idempotently)
+    status = request_deletion(org_id, actor["sub"], confirm_name)
+    # From the 202 on every membership call about it answers 410, and no login, refresh or switch
+    # opens a session into it: mark our copy now rather than when the announcement arrives (the
+    # purge does it again, idempotently). The request waits for this write.
     store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
-    return answer
+    return status
 
 
 def purge(store, event):
@@ -30,6 +31,9 @@ def purge(store, event):
     """
     org_id = event["organization_id"]
     store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    # remembered before anything is deleted: a write that raced the purge then sees it and takes
+    # itself back, and every later call answers 410 instead of 404
+    tombstones.remember(store.db, org_id, utcnow())
     with tombstones.purge_lease(store.db, org_id) as mine:
         if not mine:
             return None  # another purge of it runs right now and will report

@@ -64,12 +64,14 @@ def list_organizations(store, user_id):
 
 
 def live_organization(store, org_id):
-    """The organization if it is active: 404 if unknown, 410 while it is being deleted."""
+    """The organization if it is active: 404 if unknown, 410 while it is being deleted and after."""
     organization = store.organization(org_id)
     if organization is None:
+        if store.was_purged(org_id):  # deleted: its tombstone answers 410, like while deleting
+            raise DomainError("organization_gone", "organization is deleted or being deleted")
         raise not_found("organization")
     if organization.get("status") != "active":
-        raise DomainError("organization_gone", "organization is being deleted")
+        raise DomainError("organization_gone", "organization is deleted or being deleted")
     return organization
 
 

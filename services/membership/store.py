@@ -9,6 +9,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from common import outbox
+from common.errors import DomainError
 from common.mongo import DELETE_BATCH, Store, delete_in_batches, is_ferretdb
 from services.membership.security import InviteTokens
 
@@ -130,11 +131,26 @@ class MembershipStore(Store):
                                      {"$set": {"owner_user_id": to_user_id}}, events)
 
     # -- memberships -------------------------------------------------------------------------
+    def organization_gone(self, org_id):
+        """Being deleted or purged here (a purge deletes this service's copy of the organization)."""
+        organization = self.organization(org_id)
+        return organization is None or organization.get("status") != "active"
+
+    def _take_back_if_gone(self, collection, doc):
+        """After inserting ``doc`` for a live organization and before publishing its events: if the
+        organization started deleting meanwhile, the purge (which marks it ``deleting`` before it
+        deletes) may have run before the insert -- the writer deletes its document itself, so no
+        write outlives a purge, and answers 410."""
+        if self.organization_gone(doc["org_id"]):
+            self.db[collection].delete_one({"_id": doc["_id"]})
+            raise DomainError("organization_gone", "organization is deleted or being deleted")
+
     def insert_membership(self, doc, *events):
         try:
             self.db.memberships.insert_one(dict(doc, **outbox.new_document_fields(*events)))
         except DuplicateKeyError:
             return False
+        self._take_back_if_gone("memberships", doc)
         self.outbox.flush("memberships", doc["_id"])
         return True
 
@@ -181,6 +197,7 @@ class MembershipStore(Store):
     # -- invites -----------------------------------------------------------------------------
     def insert_invite(self, doc, *events):
         self.db.invites.insert_one(dict(doc, **outbox.new_document_fields(*events)))
+        self._take_back_if_gone("invites", doc)
         self.outbox.flush("invites", doc["_id"])
 
     def insert_invites(self, docs_and_events):

@@ -23,6 +23,10 @@ from services.notifications import mail
 
 log = logging.getLogger(__name__)
 
+#: mail about an organization that no longer exists (its deletion completed): once final, its log
+#: entry and attempts are deleted too, so the organization leaves nothing behind
+EPHEMERAL_KINDS = ("organization_deleted",)
+
 
 class DispatchPolicy:
     def __init__(self, base_seconds=30.0, max_seconds=3600.0, max_attempts=8, lease_seconds=120.0):
@@ -110,6 +114,8 @@ def attempt(store, sender, policy, entry):
     if not store.finish_attempt(entry, record):
         log.warning("lease on delivery %s expired during the attempt (%s)", delivery_id, outcome)
         return None
+    if record["status"] != "queued" and entry.get("kind") in EPHEMERAL_KINDS:
+        store.forget_delivery(delivery_id)  # final: nothing of a deleted organization stays behind
     if outcome != "sent":
         log.warning("mail %s attempt %d: %s %s", delivery_id, attempts, outcome, reason)
     return record["status"]
@@ -131,7 +137,10 @@ def deliver(store, sender, policy, delivery_id):
         return None
     # a crash may have come between the entry and the log entry: the log must show this mail
     store.ensure_logged({key: entry[key] for key in ("_id", "org_id", "kind", "to", "subject", "created_at")})
-    return attempt(store, sender, policy, entry)
+    status = attempt(store, sender, policy, entry)
+    if store.was_purged(entry["org_id"]):  # the attempt raced the organization's purge
+        store.scrub(entry["org_id"])
+    return status
 
 
 def dispatch_due(store, sender, policy, limit=50):

@@ -38,6 +38,7 @@ SUBJECTS = {
     "member_limit_exceeded": "{{ org_name }}: member limit exceeded",
     "ai_job_completed": "{{ org_name }}: AI job {{ job_type }} {{ outcome }}",
     "organization_deletion_requested": "{{ org_name }} is being deleted",
+    "organization_deleted": "{{ org_name }} has been deleted",
 }
 KINDS = tuple(SUBJECTS)
 

@@ -7,12 +7,13 @@ from datetime import timedelta
 
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
+from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
+from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.notifications import deletion, dispatch, notify, settings
@@ -42,6 +43,10 @@ class NotificationsService:
     store = StoreProvider(NotificationsStore, "notifications")
     mailer = Mailer()
     config = Config()
+    org = RpcProxy("org")
+
+    def _require_live(self, org_id):
+        deletion.require_live(self.store, org_id, lambda *question: ask(self.org, self.config, *question))
 
     def _notifier(self):
         return notify.Notifier(self.store, self.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080",
@@ -57,6 +62,8 @@ class NotificationsService:
             getattr(notifier, method)(event)
         finally:  # what was recorded is sent even if the handler fails afterwards (and is retried)
             dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
+            # the purge may have run while this event was handled: what it missed goes now
+            deletion.scrub_if_purged(self.store, event.get("organization_id"))
 
     @rpc
     def ping(self):
@@ -65,14 +72,17 @@ class NotificationsService:
     # -- settings and the delivery log -----------------------------------------------------------
     @domain_rpc
     def get_settings(self, org_id):
+        self._require_live(org_id)
         return settings.get_settings(self.store, org_id)
 
     @domain_rpc
     def put_settings(self, org_id, values):
+        self._require_live(org_id)
         return settings.put_settings(self.store, org_id, values)
 
     @domain_rpc
     def list_deliveries(self, org_id, limit=50, cursor=None):
+        self._require_live(org_id)
         return settings.list_deliveries(self.store, org_id, limit, cursor)
 
     # -- events ----------------------------------------------------------------------------------
@@ -91,11 +101,21 @@ class NotificationsService:
     @reliable_handler(events.ORGANIZATION_DELETION_REQUESTED)
     def on_organization_deletion_requested(self, event):
         """Confirm to the owner first; purge once that mail is final (maybe on a later timer tick)."""
+        deletion.mark_deleting(self.store, event["organization_id"])
         self._handle(events.ORGANIZATION_DELETION_REQUESTED, "organization_deletion_requested", event)
         deletion.purge_when_mailed(self.store, event["organization_id"])
 
+    @reliable_handler(events.ORGANIZATION_DELETED)
+    def on_organization_deleted(self, event):
+        """The owner learns that the deletion completed; the mail is the organization's last trace
+        here and goes once it is final (see ``dispatch.EPHEMERAL_KINDS``)."""
+        event = events.load_event(events.ORGANIZATION_DELETED, event)
+        recorded = deletion.completion_mail(self.store, event, self.mailer.policy.lease_seconds)
+        dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, recorded)
+
     @domain_rpc
     def export(self, org_id):
+        self._require_live(org_id)
         return deletion.export(self.store, org_id)
 
     @reliable_handler(events.MEMBER_JOINED)
@@ -141,3 +161,5 @@ class NotificationsService:
             notifier.send_reminders()
         finally:
             dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
+            for org_id in {entry["org_id"] for entry in notifier.recorded}:  # a reminder that raced a purge
+                deletion.scrub_if_purged(self.store, org_id)

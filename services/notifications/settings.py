@@ -45,6 +45,8 @@ def put_settings(store, org_id, values):
     if errors:
         raise DomainError("validation_failed", "invalid input", errors)
     store.put_settings(org_id, clean)
+    if store.take_back_if_purged(org_id, "settings", org_id):  # the purge ran since the caller's check
+        raise DomainError("organization_gone", "organization is deleted or being deleted")
     return get_settings(store, org_id)
 
 

@@ -13,6 +13,7 @@ that grow with every mail (deliveries, attempts, members) are only ever inserted
 import base64
 import hashlib
 import logging
+import re
 import uuid
 from datetime import timedelta
 
@@ -320,6 +321,17 @@ class NotificationsStore(Store):
         for attempts in found.values():
             attempts.sort(key=lambda doc: doc["n"])
         return found
+
+    def forget_delivery(self, delivery_id):
+        """Delete a final mail's log entry, attempts and claims (the completion mail of a deletion)."""
+        self.db.deliveries.delete_one({"_id": delivery_id})
+        self.db.delivery_attempts.delete_many({"delivery_id": delivery_id})
+        self.db.delivery_claims.delete_many({"_id": {"$regex": "^%s#" % re.escape(delivery_id)}})
+
+    def scrub(self, org_id):
+        """Delete whatever a write that raced the purge left of ``org_id`` (the purge reported already)."""
+        from services.notifications import deletion  # the purge's collection list
+        return deletion.delete_everything(self, org_id)
 
     def unfinished(self, org_id, kind):
         return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0

@@ -1,5 +1,7 @@
 """Organization rules: names, creation, renaming, the overview read model."""
+import hashlib
 import re
+import secrets
 from datetime import timedelta
 
 from common import events, outbox
@@ -25,12 +27,19 @@ def clean_name(name):
     return name
 
 
+def gone():
+    """410 for an organization being deleted *or* deleted: from the deletion's 202 on, its tombstone
+    answers every request the same way (only its deletion status stays readable); 404 is kept for ids
+    that never were an organization."""
+    return DomainError("organization_gone", "organization is deleted or being deleted")
+
+
 def _live(store, org_id, cached=False):
     doc = store.cached_organization(org_id) if cached else store.get_organization(org_id)
-    if doc is None or doc.get("status") == "deleted":
+    if doc is None:
         raise not_found("organization")
-    if doc.get("status") == "deleting":
-        raise DomainError("organization_gone", "organization is being deleted")
+    if doc.get("status") != "active":
+        raise gone()
     return doc
 
 
@@ -150,6 +159,14 @@ def set_plan(store, org_id, plan, changed_by):
 # -- deletion ------------------------------------------------------------------------------------
 #: every service that holds data of an organization and reports its purge
 PURGING_SERVICES = ("membership", "notifications", "usage")
+#: the deletion receipt: 256 random bits, base64url (43 characters); only its SHA-256 is stored
+RECEIPT_BYTES = 32
+RECEIPT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
+DEFAULT_RECEIPT_DAYS = 7
+
+
+def receipt_hash(receipt):
+    return hashlib.sha256(("orgplatform-deletion-receipt\x00%s" % receipt).encode()).hexdigest()
 
 
 def request_deletion(store, org_id, requested_by, confirm_name):
@@ -159,50 +176,58 @@ def request_deletion(store, org_id, requested_by, confirm_name):
     between loses nothing; a second request while deleting just returns the status.
     """
     doc = store.get_organization(org_id)
-    if doc is None or doc.get("status") == "deleted":
+    if doc is None:
         raise not_found("organization")
-    if doc["status"] == "deleting":
-        return deletion_status(doc)
+    if doc["status"] != "active":
+        raise gone()
     if not isinstance(confirm_name, str) or confirm_name.strip() != doc["name"]:
         raise DomainError("validation_failed", "invalid input",
                           {"confirm_name": ["Must equal the organization's current name."]})
     now = utcnow()
     event = outbox.pending(events.ORGANIZATION_DELETION_REQUESTED, org_id, name=doc["name"],
                            requested_by=requested_by, owner_email=(doc.get("owner") or {}).get("email"))
+    receipt = secrets.token_urlsafe(RECEIPT_BYTES)
     deletion = {"requested_at": now, "requested_by": requested_by, "owner_id": (doc.get("owner") or {}).get("id"),
-                "completed_at": None, "services": dict({s: "pending" for s in PURGING_SERVICES}, org="pending")}
+                "completed_at": None, "services": dict({s: "pending" for s in PURGING_SERVICES}, org="pending"),
+                "receipt_hash": receipt_hash(receipt)}
     updated = store.update_organization(org_id, {"status": "active"},
                                         {"$set": {"status": "deleting", "deletion": deletion, "updated_at": now}}, event)
-    if updated is None:  # a concurrent request won
-        return deletion_status(store.get_organization(org_id))
-    return deletion_status(updated)
+    if updated is None:  # a concurrent request won; only the winner's answer carries the receipt
+        raise gone()
+    return dict(deletion_status(updated), receipt=receipt)
 
 
-def on_service_purged(store, event):
+def on_service_purged(store, event, receipt_days=DEFAULT_RECEIPT_DAYS):
     """A service reports its purge; when all have, the organization shrinks to its tombstone."""
     doc = store.mark_service_purged(event["organization_id"], event["service"], event["removed"],
                                     event["occurred_at"])
     if doc is not None and all(doc["deletion"]["services"].get(s) == "purged" for s in PURGING_SERVICES):
-        finish_deletion(store, doc)
+        finish_deletion(store, doc, receipt_days)
 
 
-def finish_deletion(store, doc):
+def finish_deletion(store, doc, receipt_days=DEFAULT_RECEIPT_DAYS):
     now = utcnow()
     deletion = dict(doc["deletion"], completed_at=now, services=dict(doc["deletion"]["services"], org="purged"))
     tombstone = {"_id": doc["_id"], "status": "deleted", "created_at": doc["created_at"], "deleted_at": now,
-                 "deletion": {key: deletion[key] for key in ("requested_at", "requested_by", "owner_id",
-                                                             "completed_at", "services")}}
+                 "deletion": {key: deletion.get(key) for key in ("requested_at", "requested_by", "owner_id",
+                                                                 "completed_at", "services", "receipt_hash")}}
+    tombstone["deletion"]["receipt_expires_at"] = now + timedelta(days=receipt_days)
+    owner = doc.get("owner") or {}
+    # The completion mail needs the owner's address and the name, which no service keeps any more:
+    # the event carries them (it waits in the tombstone's outbox only until it is published).
     store.replace_with_tombstone(
         doc["_id"], tombstone,
         outbox.pending(events.organization_purged("org"), doc["_id"], service="org",
                        removed={"organizations": 1, "plan_history": len(doc.get("plan_history") or [])}),
-        outbox.pending(events.ORGANIZATION_DELETED, doc["_id"]))
+        outbox.pending(events.ORGANIZATION_DELETED, doc["_id"], name=doc.get("name") or "",
+                       owner_email=owner.get("email"), requested_at=isoformat(deletion["requested_at"]),
+                       completed_at=isoformat(now)))
 
 
 MAX_REDRIVE_SECONDS = 3600
 
 
-def redrive_deletions(store, older_than_seconds):
+def redrive_deletions(store, older_than_seconds, receipt_days=DEFAULT_RECEIPT_DAYS):
     """Announce again deletions some service has not reported yet (purges are idempotent).
 
     With exponential backoff per deletion (``older_than_seconds`` x 2^n, at most an hour): a big
@@ -213,7 +238,7 @@ def redrive_deletions(store, older_than_seconds):
     count = 0
     for doc in store.deletions_requested_before(cutoff):
         if all(doc["deletion"]["services"].get(s) == "purged" for s in PURGING_SERVICES):
-            finish_deletion(store, doc)
+            finish_deletion(store, doc, receipt_days)
             continue
         redrives = doc["deletion"].get("redrives", 0)
         last = doc["deletion"].get("redriven_at") or doc["deletion"]["requested_at"]
@@ -247,6 +272,22 @@ def get_deletion(store, org_id, actor):
         raise not_found("deletion")
     deletion = doc["deletion"]
     if not actor.get("su") and actor.get("sub") not in (deletion.get("requested_by"), deletion.get("owner_id")):
+        raise not_found("deletion")
+    return deletion_status(doc)
+
+
+def get_deletion_by_receipt(store, receipt):
+    """The deletion status for whoever holds the receipt the 202 answered with -- the requester,
+    whose token the deletion revoked (and whose account it may have deleted). Single purpose: the
+    status, nothing else. Unknown, malformed and expired receipts are all the same 404; guessing
+    is hopeless (256 bits), so no rate limit is needed."""
+    if not isinstance(receipt, str) or not RECEIPT_PATTERN.match(receipt):
+        raise not_found("deletion")
+    doc = store.organization_by_receipt(receipt_hash(receipt))
+    if doc is None or "deletion" not in doc:
+        raise not_found("deletion")
+    expires_at = doc["deletion"].get("receipt_expires_at")
+    if expires_at is not None and expires_at <= utcnow():
         raise not_found("deletion")
     return deletion_status(doc)
 

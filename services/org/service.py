@@ -50,24 +50,35 @@ class OrgService:
         return domain.get_deletion(self.store, org_id, actor)
 
     @domain_rpc
+    def get_deletion_by_receipt(self, receipt):
+        return domain.get_deletion_by_receipt(self.store, receipt)
+
+    def _receipt_days(self):
+        return float(self.config.get("DELETION_RECEIPT_DAYS") or domain.DEFAULT_RECEIPT_DAYS)
+
+    @domain_rpc
     def export(self, org_id):
         return domain.export(self.store, org_id)
 
     @reliable_handler(events.organization_purged("membership"))
     def on_membership_purged(self, event):
-        domain.on_service_purged(self.store, events.load_event(events.organization_purged("membership"), event))
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("membership"), event),
+                                 self._receipt_days())
 
     @reliable_handler(events.organization_purged("notifications"))
     def on_notifications_purged(self, event):
-        domain.on_service_purged(self.store, events.load_event(events.organization_purged("notifications"), event))
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("notifications"), event),
+                                 self._receipt_days())
 
     @reliable_handler(events.organization_purged("usage"))
     def on_usage_purged(self, event):
-        domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event))
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event),
+                                 self._receipt_days())
 
     @configured_timer("DELETION_REDRIVE_SECONDS", 30)
     def redrive_deletions(self):
-        domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30))
+        domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30),
+                                 self._receipt_days())
 
     @reliable_handler(events.MEMBER_JOINED)
     def on_member_joined(self, event):

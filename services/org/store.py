@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 class OrgStore(Store):
     INDEXES = {
-        "organizations": [IndexModel([("status", ASCENDING), ("created_at", ASCENDING)])],
+        "organizations": [IndexModel([("status", ASCENDING), ("created_at", ASCENDING)]),
+                          # the token-less deletion status (GET /deletions/{receipt}) finds it by hash
+                          IndexModel([("deletion.receipt_hash", ASCENDING)])],
     }
     OUTBOX_COLLECTIONS = ("organizations",)
 
@@ -67,6 +69,9 @@ class OrgStore(Store):
 
     def get_organization(self, org_id):
         return self.organizations.find_one({"_id": org_id}, {outbox.FIELD: 0, outbox.COUNT: 0})
+
+    def organization_by_receipt(self, receipt_hash):
+        return self.organizations.find_one({"deletion.receipt_hash": receipt_hash}, {outbox.FIELD: 0, outbox.COUNT: 0})
 
     def cached_organization(self, org_id):
         """For reads only (the overview, plan look-ups); never as the basis of a write."""

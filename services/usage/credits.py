@@ -69,14 +69,29 @@ def _parse_time(value, field):
     return bounded_moment(value, field)
 
 
+def gone():
+    return DomainError("organization_gone", "organization is deleted or being deleted")
+
+
 def require_active(store, org_id):
-    """404 for an organization this service never heard of, 410 for one being deleted."""
+    """404 for an organization this service never heard of, 410 for one being deleted or purged."""
     organization = store.organization(org_id)
-    if organization is None or organization.get("status") == "deleted":
+    if organization is None:
+        if store.was_purged(org_id):
+            raise gone()
         raise not_found("organization")
     if organization.get("status") != "active":
-        raise DomainError("organization_gone", "organization is being deleted")
+        raise gone()
     return organization
+
+
+def refuse_if_purged(store, org_id):
+    """After a write for ``org_id`` and before its events go out: a purge that ran since the
+    ``require_active`` check (it remembers the organization, then deletes) may have missed what was
+    just written, so the writer deletes everything of the organization again and answers 410."""
+    if store.was_purged(org_id):
+        store.scrub(org_id)
+        raise gone()
 
 
 def balance(store, org_id):
@@ -95,6 +110,7 @@ def _append(store, org_id, op_id, request, build):
         entry, pending_events, replayed = _append_locked(store, org_id, op_id, request, build)
     if replayed:
         return entry, True
+    refuse_if_purged(store, org_id)
     if store.crash_after_ledger_write:  # fault injection (tests only): die before publishing
         os._exit(1)
     if pending_events:

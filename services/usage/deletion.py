@@ -8,6 +8,13 @@ BY_ORG_FIELD = ("ledger", "grant_expiries", "storage_reports", "dataset_buckets"
 BY_ID = ("organizations", "plans", "member_counts")
 
 
+def delete_everything(store, org_id):
+    """Every document of the organization, by collection; also what a write racing the purge left."""
+    removed = {name: delete_in_batches(store.db[name], {"org_id": org_id}) for name in BY_ORG_FIELD}
+    removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
+    return removed
+
+
 def purge(store, org_id):
     """Idempotent. From now on writes for the organization are refused (404), never resurrected.
 
@@ -16,8 +23,7 @@ def purge(store, org_id):
     with tombstones.purge_lease(store.db, org_id) as mine:
         if not mine:
             return None
-        removed = {name: delete_in_batches(store.db[name], {"org_id": org_id}) for name in BY_ORG_FIELD}
-        removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
+        removed = delete_everything(store, org_id)
         store.outbox.publish_entry(outbox.pending(events.organization_purged("usage"), org_id, service="usage",
                                                   removed=removed))
     return removed

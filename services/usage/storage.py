@@ -19,7 +19,7 @@ from datetime import timedelta
 from common import events, outbox
 from common.errors import DomainError
 from common.events import isoformat, utcnow
-from services.usage.credits import require_active
+from services.usage.credits import refuse_if_purged, require_active
 from services.usage.schemas import PlanSchema
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def _finish(store, report, status, totals):
     now = utcnow()
     event = outbox.pending(events.STORAGE_UPDATED, report["org_id"], used_bytes=totals["used_bytes"],
                            datasets=totals["datasets"], sequence=report["seq"])
-    store.finish_storage_report(report["_id"], dict(totals, status=status, applied_at=now), event)
+    store.finish_storage_report(report["_id"], dict(totals, status=status, applied_at=now), event,
+                                before_publish=lambda: refuse_if_purged(store, report["org_id"]))
     return dict(report, status=status, applied_at=now, **totals)
 
 

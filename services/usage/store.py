@@ -77,6 +77,12 @@ class UsageStore(Store):
     def fact(self, collection, org_id):
         return self.db[collection].find_one({"_id": org_id})
 
+    def scrub(self, org_id):
+        """Delete whatever a write that raced the purge left of ``org_id`` (no report: the purge
+        itself reports); returns the counts."""
+        from services.usage import deletion  # the purge's collection lists
+        return deletion.delete_everything(self, org_id)
+
     # -- credit ledger ---------------------------------------------------------------------------
     def ledger_head(self, org_id):
         for doc in self.db.ledger.find({"org_id": org_id}, HIDE).sort("seq", DESCENDING).limit(1):
@@ -128,9 +134,11 @@ class UsageStore(Store):
         except DuplicateKeyError:
             return False
 
-    def finish_storage_report(self, report_id, fields, *events):
+    def finish_storage_report(self, report_id, fields, *events, before_publish=None):
         self.db.storage_reports.update_one({"_id": report_id}, outbox.update_with_events({"$set": fields},
                                                                                          *events))
+        if before_publish is not None:
+            before_publish()
         self.outbox.flush("storage_reports", report_id)
 
     def drop_storage_claim(self, report_id):
