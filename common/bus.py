@@ -44,7 +44,7 @@ GATEWAY_CALLS = {
                    "remove_member", "request_org_deletion", "revoke_invite", "signup", "signup_with_invite",
                    "switch", "transfer_ownership"),
     "notifications": ("export", "get_settings", "list_deliveries", "ping", "put_settings"),
-    "org": ("export", "get_deletion", "get_overview", "ping", "rename", "set_plan"),
+    "org": ("export", "get_deletion", "get_deletion_by_receipt", "get_overview", "ping", "rename", "set_plan"),
     "usage": ("export", "get_ledger", "get_usage", "grant_credits", "ping", "report_storage",
               "reserve_credits", "settle_reservation"),
 }

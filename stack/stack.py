@@ -683,7 +683,7 @@ def down(inst, infra=True):
 
 
 def start_isolated(inst):
-    """A fresh test or bench instance: empty vhost, empty databases, empty mail folder.
+    """A fresh test or bench instance: empty vhost, empty databases, empty mail and log folders.
 
     Returns the infrastructure this call had to start, for :func:`stop_isolated`.
     """
@@ -696,6 +696,8 @@ def start_isolated(inst):
     drop_databases(inst)
     if os.path.isdir(inst.mail_dir):
         shutil.rmtree(inst.mail_dir)
+    if os.path.isdir(inst.log_dir):  # tests read the logs: only this run's lines count
+        shutil.rmtree(inst.log_dir)
     up(inst, quiet=True)
     return [name for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up]
 

@@ -115,12 +115,13 @@ def test_no_service_can_call_the_operator_only_grant(gateway, test_stack, owner,
 
 
 def test_a_service_calls_only_what_it_needs_of_others(test_stack):
-    # membership asks org for overviews, never for a rename; usage never asks membership anything
+    # membership asks org for overviews, never for a rename; usage never asks membership anything;
     refused(lambda: publish(test_stack, "membership", topology.RPC_EXCHANGE, "org.rename",
                             {"args": [], "kwargs": {}}, reply_to=str(uuid.uuid4())))
     refused(lambda: publish(test_stack, "usage", topology.RPC_EXCHANGE, "membership.login",
                             {"args": [], "kwargs": {}}, reply_to=str(uuid.uuid4())))
-    refused(lambda: publish(test_stack, "notifications", topology.RPC_EXCHANGE, "org.get_overview",
+    # notifications asks org for overviews (settings of an organization it has not heard of), not more
+    refused(lambda: publish(test_stack, "notifications", topology.RPC_EXCHANGE, "org.set_plan",
                             {"args": [], "kwargs": {}}, reply_to=str(uuid.uuid4())))
 
 
