@@ -23,6 +23,8 @@ import json
 import re
 from datetime import datetime, timezone
 
+from pymongo.errors import ConnectionFailure
+
 from common.errors import DomainError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -77,7 +79,8 @@ def require_text_everywhere(fields):
 def checked_rpc(method):
     """``@rpc`` (DomainError expected) for a service method that first refuses arguments holding
     text that is not Unicode: services do not rely on the gateway having checked. The method's own
-    signature is kept, so nameko still answers a call with wrong arguments ``IncorrectSignature``."""
+    signature is kept, so nameko still answers a call with wrong arguments ``IncorrectSignature``.
+    A lost database connection is a 503 ``service_unavailable``, never a 500."""
     from nameko.rpc import rpc
 
     signature = inspect.signature(method)
@@ -90,7 +93,13 @@ def checked_rpc(method):
             return method(self, *args, **kwargs)  # let the call fail the way it always did
         arguments.pop(next(iter(signature.parameters)), None)  # self
         require_text_everywhere(arguments)
-        return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except ConnectionFailure:
+            # the database is restarting or unreachable: "try again", like a service that does not
+            # answer (a pooled connection to a restarted server fails at once, not after a timeout)
+            raise DomainError("service_unavailable", "the database is unavailable, try again shortly",
+                              {"retry_after": 1})
 
     entry.__signature__ = signature
     return rpc(expected_exceptions=DomainError)(entry)
