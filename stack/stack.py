@@ -70,6 +70,10 @@ class Instance:
                              for component in bus.COMPONENTS + (bus.ADMIN,)}
         self._broker_admin = None
         self.mongo_port = env_int("MONGO_PORT", 27017)
+        # the embedded FerretDB's storage: "postgresql" (a PostgreSQL cluster of our own) or "sqlite"
+        self.ferretdb_handler = os.environ.get("FERRETDB_HANDLER") or "postgresql"
+        self.postgres_port = env_int("POSTGRES_PORT", 54329)
+        self.postgres_pool = env_int("POSTGRES_POOL_MAX_CONNS", 20)
         self.mongo_url = os.environ.get("MONGO_URL") or "mongodb://127.0.0.1:%d/" % self.mongo_port
         self.external_mongo = bool(os.environ.get("MONGO_URL"))
         self.key_file = os.environ.get("JWT_PRIVATE_KEY_FILE") or os.path.join(ROOT, "var", "keys",
@@ -281,7 +285,11 @@ def run(argv, **kwargs):
 
 INFRA_RUN = os.path.join(ROOT, "var", "run")
 INFRA_LOG = os.path.join(ROOT, "var", "log")
-INFRA = ("ferretdb", "rabbitmq")
+INFRA = ("ferretdb", "postgres", "rabbitmq")  # stopped in this order: FerretDB before its PostgreSQL
+POSTGRES_USER = "postgres"  # Debian's package creates it; initdb and postgres refuse to run as root
+POSTGRES_DATABASE = "ferretdb"
+POSTGRES_BASE = os.path.join(ROOT, "var", "postgres")  # the cluster (data/) and its socket folder (run/)
+FERRETDB_DATA = os.path.join(ROOT, "var", "ferretdb")  # SQLite files, FerretDB's private socket
 EPMD_PORT = 4369
 EPMD_MARKER = os.path.join(INFRA_RUN, "epmd.started")
 
@@ -423,7 +431,7 @@ def build_ferretdb():
     if not shutil.which("go") and not os.path.exists("/usr/local/go/bin/go"):
         raise RuntimeError("Go is needed to build the local MongoDB-compatible server (FerretDB)")
     go = shutil.which("go") or "/usr/local/go/bin/go"
-    print("building FerretDB (embedded, SQLite) -- first time takes about a minute", flush=True)
+    print("building FerretDB (embedded) -- first time takes about a minute", flush=True)
     os.makedirs(os.path.dirname(binary), exist_ok=True)
     run([go, "build", "-o", binary, "."], cwd=source, env=dict(os.environ, CGO_ENABLED="0"))
     return binary
@@ -435,11 +443,80 @@ def ensure_mongo(inst):
         return
     if not port_open(inst.mongo_port):
         binary = build_ferretdb()
-        data = os.path.join(ROOT, "var", "ferretdb")
-        spawn("ferretdb", [binary, "-listen", "127.0.0.1:%d" % inst.mongo_port, "-data", data],
-              INFRA_RUN, INFRA_LOG)
+        argv = [binary, "-listen", "127.0.0.1:%d" % inst.mongo_port, "-data", FERRETDB_DATA,
+                "-handler", inst.ferretdb_handler]
+        if inst.ferretdb_handler == "postgresql":
+            ensure_postgres(inst)
+            argv += ["-postgresql-url", "postgres://%s@127.0.0.1:%d/%s?pool_max_conns=%d" % (
+                POSTGRES_USER, inst.postgres_port, POSTGRES_DATABASE, inst.postgres_pool)]
+        spawn("ferretdb", argv, INFRA_RUN, INFRA_LOG)
         wait_for(lambda: port_open(inst.mongo_port), "ferretdb on %d" % inst.mongo_port, timeout=60)
     _wait_mongo(inst)
+
+
+def postgres_bin():
+    """The newest installed PostgreSQL's binaries (Debian keeps them in /usr/lib/postgresql/<major>/bin)."""
+    base = "/usr/lib/postgresql"
+    versions = sorted((d for d in os.listdir(base) if d.isdigit()), key=int) if os.path.isdir(base) else []
+    return os.path.join(base, versions[-1], "bin") if versions else None
+
+
+def _as_postgres(argv):
+    """``argv`` run as the unprivileged PostgreSQL user (setpriv execs: no extra parent process)."""
+    return ["setpriv", "--reuid", POSTGRES_USER, "--regid", POSTGRES_USER, "--init-groups", "--"] + argv
+
+
+def _traversable(path):
+    """Let the PostgreSQL user reach ``path``: execute (not read) permission on every ancestor.
+
+    A checkout under a private folder (mktemp -d makes 0700) is otherwise out of its reach."""
+    path = os.path.abspath(path)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        mode = os.stat(parent).st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+        path = parent
+
+
+def ensure_postgres(inst):
+    """Debian's PostgreSQL with a cluster of our own under var/postgres (UTF8, C locale, trust auth on
+    loopback only, a Unix socket in the data folder), started like every other part by pid file."""
+    if port_open(inst.postgres_port):
+        return
+    if postgres_bin() is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "postgresql"], env=env)
+    import pwd
+    bin_dir = postgres_bin()
+    owner = pwd.getpwnam(POSTGRES_USER)
+    base = POSTGRES_BASE
+    data, socket_dir = os.path.join(base, "data"), os.path.join(base, "run")
+    for folder in (base, socket_dir):
+        os.makedirs(folder, exist_ok=True)
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    _traversable(base)
+    if not os.path.exists(os.path.join(data, "PG_VERSION")):
+        print("creating the PostgreSQL cluster for FerretDB (var/postgres)", flush=True)
+        run(_as_postgres([os.path.join(bin_dir, "initdb"), "-D", data, "-U", POSTGRES_USER, "--encoding=UTF8",
+                          "--locale=C", "--auth=trust"]), stdout=subprocess.DEVNULL)
+    spawn("postgres", _as_postgres([
+        os.path.join(bin_dir, "postgres"), "-D", data, "-p", str(inst.postgres_port),
+        "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + socket_dir,
+        "-c", "max_connections=%d" % max(100, 2 * inst.postgres_pool + 20),
+        # a development and test database: durability across power loss is not its job
+        "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
+        INFRA_RUN, INFRA_LOG)
+    wait_for(lambda: port_open(inst.postgres_port), "postgres on %d" % inst.postgres_port, timeout=60)
+    psql = [os.path.join(bin_dir, "psql"), "-h", "127.0.0.1", "-p", str(inst.postgres_port), "-U", POSTGRES_USER,
+            "-d", "postgres", "-tAc"]
+    found = subprocess.run(psql + ["SELECT 1 FROM pg_database WHERE datname = '%s'" % POSTGRES_DATABASE],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    if found != "1":
+        subprocess.run(psql + ["CREATE DATABASE %s" % POSTGRES_DATABASE], check=True, stdout=subprocess.DEVNULL)
 
 
 def _wait_mongo(inst):
@@ -653,7 +730,9 @@ def up(inst, quiet=False):
         print("              nginx in front of gunicorn on %s (private)" % inst.upstream_url)
         print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,
                                                            inst.rabbit_host, inst.rabbit_mgmt_port))
-        print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB, data in var/ferretdb)"))
+        print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB on %s)" % (
+            "PostgreSQL 127.0.0.1:%d, data in var/postgres" % inst.postgres_port
+            if inst.ferretdb_handler == "postgresql" else "SQLite, data in var/ferretdb")))
         print("  smtp sink   127.0.0.1:%d  (messages in %s)" % (inst.smtp_port, os.path.relpath(inst.mail_dir, ROOT)))
         print("  logs        %s/*.log" % os.path.relpath(inst.log_dir, ROOT))
 
@@ -689,6 +768,7 @@ def start_isolated(inst):
     """
     rabbit_was_up = port_open(inst.rabbit_port, inst.rabbit_host)
     mongo_was_up = inst.external_mongo or port_open(inst.mongo_port)
+    postgres_was_up = mongo_was_up or inst.ferretdb_handler != "postgresql" or port_open(inst.postgres_port)
     down(inst, infra=False)  # leftovers of an interrupted run
     ensure_rabbitmq(inst)
     reset_vhost(inst)
@@ -699,7 +779,8 @@ def start_isolated(inst):
     if os.path.isdir(inst.log_dir):  # tests read the logs: only this run's lines count
         shutil.rmtree(inst.log_dir)
     up(inst, quiet=True)
-    return [name for name, was_up in (("ferretdb", mongo_was_up), ("rabbitmq", rabbit_was_up)) if not was_up]
+    return [name for name, was_up in (("ferretdb", mongo_was_up), ("postgres", postgres_was_up),
+                                      ("rabbitmq", rabbit_was_up)) if not was_up]
 
 
 def stop_isolated(inst, started_infra, drop=False):
@@ -715,6 +796,8 @@ def stop_isolated(inst, started_infra, drop=False):
 def status(inst):
     rows = [("rabbitmq", port_open(inst.rabbit_port, inst.rabbit_host), inst.amqp_uri_display),
             ("mongodb", port_open(inst.mongo_port) if not inst.external_mongo else None, inst.mongo_url)]
+    if not inst.external_mongo and inst.ferretdb_handler == "postgresql":
+        rows.append(("postgres", port_open(inst.postgres_port), "127.0.0.1:%d (FerretDB's storage)" % inst.postgres_port))
     for name in ("smtp",) + SERVICES + ("gateway", "nginx"):
         rows.append((name, is_running(inst, name), "pid %s" % read_pid(_pid_file(inst, name))))
     rows.append(("gateway http", gateway_healthy(inst), inst.gateway_url + "/healthz"))
