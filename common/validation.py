@@ -27,11 +27,13 @@ from pymongo.errors import ConnectionFailure
 
 from common.errors import DomainError
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# lone surrogates (no UTF-8 for them) and NUL (PostgreSQL, under the embedded FerretDB, stores no
+# U+0000 in text: a query holding one failed with a 500)
+_SURROGATE = re.compile("[\ud800-\udfff\x00]")
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 INT64_MAX = 2 ** 63 - 1
-TEXT_MESSAGE = "Must be valid Unicode text (no lone surrogates)."
+TEXT_MESSAGE = "Must be valid Unicode text (no lone surrogates, no NUL characters)."
 CURSOR_MESSAGE = "Not a valid cursor."
 MAX_CURSOR = 500
 _CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]*")
@@ -43,7 +45,7 @@ def invalid(field, message):
 
 
 def is_text(value):
-    """True for a ``str`` that is a sequence of Unicode scalar values (encodable as UTF-8)."""
+    """True for a ``str`` of Unicode scalar values (encodable as UTF-8) without NUL."""
     return isinstance(value, str) and not _SURROGATE.search(value)
 
 
