@@ -44,9 +44,12 @@ def _server_is_ferretdb(client):
     return "ferretdbVersion" in client.admin.command("buildInfo")
 
 
-#: FerretDB's SQLite backend binds every matched ``_id`` of one delete as an SQL variable and
-#: SQLite refuses more than 32,766: a bigger ``delete_many`` fails there. Batches stay below.
+#: FerretDB binds every matched ``_id`` of one delete as an SQL parameter: SQLite refuses more than
+#: 32,766, PostgreSQL's extended protocol more than 65,535, so a bigger ``delete_many`` fails on
+#: either handler. Batches stay below both.
 DELETE_BATCH = 25000
+#: what FerretDB answers a delete of too many documents with (SQLite, PostgreSQL)
+_TOO_MANY_PARAMETERS = ("too many SQL variables", "limited to 65535 parameters")
 
 
 def delete_in_batches(collection, query, batch=DELETE_BATCH):
@@ -58,7 +61,7 @@ def delete_in_batches(collection, query, batch=DELETE_BATCH):
     try:
         return collection.delete_many(query).deleted_count
     except OperationFailure as error:
-        if "too many SQL variables" not in str(error):
+        if not any(message in str(error) for message in _TOO_MANY_PARAMETERS):
             raise
     ranges, count = [], 0  # (first, last) _id of each batch; the ids themselves are not kept
     for doc in collection.find(query, {"_id": 1}).sort("_id", pymongo.ASCENDING).batch_size(5000):
