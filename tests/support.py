@@ -24,6 +24,18 @@ def wait_until(check, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError("timed out after %.1fs waiting for %s (last value: %r)" % (timeout, what, last))
 
 
+def run_together(target, arguments, timeout=None):
+    """Run ``target(*args)`` for each of ``arguments`` in a thread of its own and wait for all (the
+    racers of a race test; they meet at a barrier of their own to start together)."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 SUPERUSER = {"email": "superuser@example.test", "password": "superuser-test-password"}  # see stack.py
 
 

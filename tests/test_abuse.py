@@ -25,8 +25,8 @@ import uuid
 import pytest
 
 from stack import stack
-from tests.support import (SUMMARY, Mailbox, assert_error, invite, join, superuser_token, unique_email,
-                           wait_until)
+from tests.support import (SUMMARY, Mailbox, assert_error, invite, join, run_together, superuser_token,
+                           unique_email, wait_until)
 
 #: the limited pair's settings. Windows of about a day, so a test hardly ever straddles two, and of an odd
 #: length (86,399 s is coprime with the test stack's 60, 600 and 3,600 s windows), so a window of the
@@ -393,11 +393,7 @@ def test_signups_that_lose_the_last_seat_leave_no_account_behind(gateway, tap, o
                        interval=0.05, what="Retry-After")
         results[index] = answer
 
-    threads = [threading.Thread(target=signup, args=(index,) + racer) for index, racer in enumerate(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(signup, [(index,) + racer for index, racer in enumerate(racers)])
     assert sorted(r.status for r in results) == [201] + [409] * (RACERS - 1), results
     losers = [racer for racer, result in zip(racers, results) if result.status == 409]
     assert {r.code for r in results if r.status == 409} == {"user_limit_reached"}, results

@@ -11,7 +11,7 @@ import requests
 
 from stack import stack
 from tests.support import (Account, Mailbox, assert_error, assert_every_worker_answers, invite, join,
-                           service_config, superuser_token, unique_email, wait_until)
+                           run_together, service_config, superuser_token, unique_email, wait_until)
 
 
 @pytest.fixture
@@ -309,11 +309,7 @@ def test_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
             except requests.RequestException as error:
                 results[index] = error
 
-    threads = [threading.Thread(target=accept, args=(index,) + racer) for index, racer in enumerate(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(accept, [(index,) + racer for index, racer in enumerate(racers)])
     statuses = sorted(getattr(r, "status_code", r) for r in results)
     assert statuses == [200] + [409] * (RACERS - 1), [getattr(r, "text", r) for r in results]
     for result in results:
