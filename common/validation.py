@@ -83,8 +83,6 @@ def checked_rpc(method):
     text that is not Unicode: services do not rely on the gateway having checked. The method's own
     signature is kept, so nameko still answers a call with wrong arguments ``IncorrectSignature``.
     A lost database connection is a 503 ``service_unavailable``, never a 500."""
-    from nameko.rpc import rpc
-
     signature = inspect.signature(method)
 
     @functools.wraps(method)
@@ -104,7 +102,36 @@ def checked_rpc(method):
                               {"retry_after": 1})
 
     entry.__signature__ = signature
-    return rpc(expected_exceptions=DomainError)(entry)
+    return _ReplyTolerantRpc.decorator(expected_exceptions=DomainError)(entry)
+
+
+def _reply_tolerant_rpc():
+    """nameko's ``Rpc`` entrypoint, except that a reply that cannot be sent because the broker
+    connection just broke is logged, not raised: nameko kills the whole service container when
+    sending a reply fails, and a broker restart with a call in flight then left the org service dead
+    (fresh-clone CI). The request stays unacknowledged, so the broker redelivers it; the caller has
+    had its RPC timeout (503) meanwhile."""
+    import logging
+
+    from amqp.exceptions import RecoverableConnectionError
+    from kombu.exceptions import OperationalError
+    from nameko.rpc import Rpc
+
+    log = logging.getLogger(__name__)
+
+    class ReplyTolerantRpc(Rpc):
+        def handle_result(self, message, worker_ctx, result, exc_info):
+            try:
+                return super().handle_result(message, worker_ctx, result, exc_info)
+            except (OSError, OperationalError, RecoverableConnectionError) as error:
+                log.warning("reply to %s not sent, the broker connection broke (%s); it will be redelivered",
+                            worker_ctx.entrypoint.method_name, error)
+                return result, exc_info
+
+    return ReplyTolerantRpc
+
+
+_ReplyTolerantRpc = _reply_tolerant_rpc()
 
 
 # -- moments -----------------------------------------------------------------------------------
