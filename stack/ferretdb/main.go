@@ -48,6 +48,9 @@ var writeCommands = map[string]bool{
 	"renameCollection": true,
 }
 
+// indexMirror keeps PostgreSQL's GIN mirrors of FerretDB's indexes (mirror.go); nil on SQLite.
+var indexMirror *mirror
+
 // One writer at a time per database (FerretDB keeps one SQLite file per database).
 var (
 	locksMu sync.Mutex
@@ -106,7 +109,8 @@ func main() {
 		if *postgresURL == "" {
 			log.Fatal("-postgresql-url is required with -handler postgresql")
 		}
-		config.PostgreSQLURL = *postgresURL
+		config.PostgreSQLURL = withCustomPlans(*postgresURL)
+		indexMirror = newMirror(*postgresURL)
 	default:
 		log.Fatalf("unknown -handler %q (postgresql or sqlite)", *handler)
 	}
@@ -118,6 +122,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	go f.Run(ctx)
+	if indexMirror != nil {
+		go indexMirror.run(ctx)
+	}
 
 	go func() {
 		<-ctx.Done()
@@ -316,6 +323,9 @@ func serve(client net.Conn, socket string) {
 			break
 		}
 		name, db, flags := request.command()
+		if indexMirror != nil && (name == "createIndexes" || name == "create") {
+			indexMirror.poke()
+		}
 		if writeCommands[name] && flags&moreToCome == 0 {
 			lock := databaseLock(db)
 			lock.Lock()
