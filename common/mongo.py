@@ -7,6 +7,7 @@ A service's ``store.py`` defines a :class:`Store` subclass listing its indexes i
 import functools
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 from nameko.constants import AMQP_URI_CONFIG_KEY
@@ -15,7 +16,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from common.batching import SharedReads
 from common.config import database_name
-from common import outbox, tombstones
+from common import outbox, pages, tombstones
 from common.outbox import Outbox
 
 _clients = {}
@@ -75,6 +76,27 @@ def delete_in_batches(collection, query, batch=DELETE_BATCH):
     return removed
 
 
+#: the comment of a delete that may run beside the database's other writes in the embedded
+#: FerretDB's serialising front (``stack/ferretdb/main.go``); MongoDB ignores it
+UNSERIALISED = "orgplatform:unserialised"
+PURGE_THREADS = 4
+
+
+def delete_pages(collection, keys, query, threads=PURGE_THREADS):
+    """Delete a big per-organization list (a purge): page key by page key on a few threads, then
+    whatever else ``query`` still matches. Why: FerretDB decodes every document a delete matches
+    and binds each matched ``_id`` as a parameter, so one ``delete_many`` of 100,000 documents is
+    refused and its batched fallback decodes the collection several times; pages decode each
+    document once and, marked unserialised, run in parallel. Returns the count."""
+    def one(key):
+        return collection.delete_many({pages.FIELD: key}, comment=UNSERIALISED).deleted_count
+    removed = 0
+    if keys:
+        with ThreadPoolExecutor(min(threads, len(keys))) as pool:
+            removed = sum(pool.map(one, keys))
+    return removed + delete_in_batches(collection, query)
+
+
 class Store:
     """Base for a service's Mongo access; subclasses declare ``INDEXES = {collection: [IndexModel]}``
     and ``OUTBOX_COLLECTIONS``, the collections whose documents may carry pending events."""
@@ -100,6 +122,44 @@ class Store:
             return False
         self.db[collection].delete_one({"_id": doc_id})
         return True
+
+    def backfill_page_keys(self, collection, top_field, ordinal="ordinal", order_by=None):
+        """Give page keys (``common/pages.py``) to documents written before there were any; once
+        per database (a ``migrations`` marker), idempotent if replicas starting together both run it.
+
+        Chains (``order_by`` None) number their documents already (``ordinal`` is ``seq``) and keep
+        the top *page* in ``organizations.<top_field>``; counted lists get ordinals in ``order_by``
+        order after the organization's current counter, which then holds the highest ordinal."""
+        marker = "pages:%s" % collection
+        if self.db.migrations.find_one({"_id": marker}) is not None:
+            return 0
+        projection = {"org_id": 1, ordinal: 1}
+        if order_by:
+            projection[order_by] = 1
+        by_org = {}
+        for doc in self.db[collection].find({pages.FIELD: {"$exists": False}}, projection):
+            if doc.get("org_id") is not None:
+                by_org.setdefault(doc["org_id"], []).append(doc)
+        for org_id, docs in by_org.items():
+            if order_by is None:
+                for doc in docs:
+                    self.db[collection].update_one({"_id": doc["_id"]}, {"$set": {
+                        pages.FIELD: pages.key(org_id, doc[ordinal])}})
+                top = pages.number(max(doc[ordinal] for doc in docs))
+            else:
+                first = ((self.db.organizations.find_one({"_id": org_id}, {top_field: 1}) or {}).get(top_field) or 0) + 1
+                docs.sort(key=lambda doc: (doc.get(order_by) is None, doc.get(order_by), doc["_id"]))
+                for number, doc in enumerate(docs, start=first):
+                    self.db[collection].update_one({"_id": doc["_id"]}, {"$set": {
+                        ordinal: number, pages.FIELD: pages.key(org_id, number)}})
+                top = first + len(docs) - 1
+            self.db.organizations.update_one({"_id": org_id}, {"$max": {top_field: top}})
+        self.db.migrations.update_one({"_id": marker}, {"$set": {"documents": sum(map(len, by_org.values()))}},
+                                      upsert=True)
+        return sum(map(len, by_org.values()))
+
+    def migrate(self):
+        """Hook: bring documents written by an older version into today's shape (after the indexes)."""
 
     def configure(self, config):
         """Hook for a store that needs settings from the service config."""
@@ -142,6 +202,7 @@ class StoreProvider(DependencyProvider):
         while True:  # the database may still be starting when the service does
             try:
                 self.store.ensure_indexes()
+                self.store.migrate()
                 return
             except PyMongoError:
                 if time.monotonic() > deadline:

@@ -88,3 +88,58 @@ def test_guarded_updates_lose_nothing_through_the_front(postgres_ferretdb):
         thread.join(120)
     assert seats.find_one({"_id": "org"})["taken"] == LIMIT == len(successes)
     client.drop_database("probe")
+
+
+def test_writes_to_two_databases_in_turn_on_one_connection_lose_no_write_lock(postgres_ferretdb):
+    """One connection writing to database A, then at once to B (as a client dropping several
+    databases does): the front used to release A's lock only after the client had the answer, so
+    B's lock took its place and A's was never released -- every later write to A hung."""
+    one = pymongo.MongoClient(postgres_ferretdb.mongo_url, maxPoolSize=1, serverSelectionTimeoutMS=5000,
+                              socketTimeoutMS=10000)
+    for n in range(300):
+        one.turn_a.items.insert_one({"n": n})
+        one.turn_b.items.insert_one({"n": n})
+    # a writer on another connection gets through at once (the front's take-over waits 30 s)
+    other = pymongo.MongoClient(postgres_ferretdb.mongo_url, serverSelectionTimeoutMS=5000, socketTimeoutMS=10000)
+    for name in ("turn_a", "turn_b"):
+        other[name].items.insert_one({"n": "after"})
+        assert other[name].items.count_documents({}) == 301
+    one.close()
+    other.close()
+
+
+def test_every_indexed_field_gets_a_gin_mirror_that_postgresql_uses(postgres_ferretdb):
+    """The pushed-down equality is ``_jsonb -> 'f' @> value``, which FerretDB's btree indexes
+    cannot serve: the front mirrors each indexed field (and ``_id``) with a GIN index, and
+    PostgreSQL answers a page read from it instead of scanning every organization's documents."""
+    import subprocess
+    import time
+    client = pymongo.MongoClient(postgres_ferretdb.mongo_url, serverSelectionTimeoutMS=5000)
+    db = client.mirror_probe
+    db.items.create_index([("pk", 1)])
+    db.items.insert_many([{"pk": "org-%d/%d" % (n % 50, n // 50), "n": n} for n in range(5000)])
+    psql = [os.path.join(stack.postgres_bin(), "psql"), "-h", "127.0.0.1", "-p", str(postgres_ferretdb.postgres_port),
+            "-U", stack.POSTGRES_USER, "-d", stack.POSTGRES_DATABASE, "-tAc"]
+    if os.geteuid() == 0:
+        psql = stack._as_postgres(psql)
+
+    def sql(query):
+        return subprocess.run(psql + [query], check=True, capture_output=True, text=True).stdout.strip()
+    deadline = time.monotonic() + 30
+    while True:  # the mirror follows createIndexes within moments (and every 5 s)
+        defs = sql("SELECT indexdef FROM pg_indexes WHERE schemaname = 'mirror_probe' AND indexname LIKE 'gin\\_%'")
+        if "'pk'" in defs and "'_id'" in defs:
+            break
+        assert time.monotonic() < deadline, defs
+        time.sleep(0.2)
+    assert "jsonb_path_ops" in defs and "fastupdate" in defs
+    table = sql("SELECT tablename FROM pg_tables WHERE schemaname = 'mirror_probe' AND tablename LIKE 'items%'")
+    sql("ANALYZE mirror_probe.%s" % table)
+    plan = sql("EXPLAIN SELECT _jsonb FROM mirror_probe.%s WHERE _jsonb -> 'pk' @> '\"org-7/3\"'" % table)
+    assert "gin_" in plan and "Seq Scan" not in plan, plan
+    assert [doc["n"] for doc in db.items.find({"pk": "org-7/3"})] == [157]
+    db.items.drop_indexes()  # a FerretDB index dropped: its mirror goes too
+    deadline = time.monotonic() + 30
+    while "'pk'" in sql("SELECT indexdef FROM pg_indexes WHERE schemaname = 'mirror_probe' AND indexname LIKE 'gin\\_%'"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

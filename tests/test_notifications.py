@@ -7,10 +7,11 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import pymongo
+from pymongo import ReturnDocument
 import pytest
 from kombu import Connection
 
-from common import events
+from common import events, pages
 from common.events import make_event
 from common.topology import Subscription, event_exchange, queue_name
 from services.notifications import dispatch
@@ -604,27 +605,33 @@ def test_delivery_log_pages_newest_first(gateway, tap, owner, mailbox):
 
 # -- the recorded-then-sent path under crashes and bursts -----------------------------------------
 
-def crashed_entry(org_id, to, due_at, text):
-    """A mail as a handler that crashed right after recording it leaves it: queued, leased to a
-    process that is gone until ``due_at``."""
+def crashed_entry(org_id, to, due_at, text, notifications_db):
+    """A mail as a handler that crashed right after recording it leaves it: queued (numbered in
+    the organization's log, as the recording does), leased to a process that is gone until ``due_at``."""
     now = datetime.now(timezone.utc)
     delivery_id = "crash-%s:member_joined:%s" % (uuid.uuid4().hex, to)
+    ordinal = notifications_db.organizations.find_one_and_update(
+        {"_id": org_id}, {"$inc": {"deliveries": 1}}, return_document=ReturnDocument.AFTER)["deliveries"]
     return {"_id": delivery_id, "org_id": org_id, "kind": "member_joined", "to": to,
             "subject": "Crash Test joined", "created_at": now, "text": text, "html": "<p>%s</p>" % text,
-            "sealed": False, "attempts": 0, "due_at": due_at, "lease_id": uuid.uuid4().hex}
+            "sealed": False, "attempts": 0, "due_at": due_at, "lease_id": uuid.uuid4().hex,
+            "ordinal": ordinal, "pk": pages.key(org_id, ordinal)}
 
 
 def test_mail_left_leased_by_a_crash_is_sent_once_after_its_lease(gateway, team, mailbox, notifications_db):
     owner = team["owner"]
     now = datetime.now(timezone.utc)
-    expired = crashed_entry(owner.org_id, unique_email("crash-expired"), now - timedelta(seconds=1), "expired lease")
-    running = crashed_entry(owner.org_id, unique_email("crash-running"), now + timedelta(seconds=3), "running lease")
+    expired = crashed_entry(owner.org_id, unique_email("crash-expired"), now - timedelta(seconds=1), "expired lease",
+                             notifications_db)
+    running = crashed_entry(owner.org_id, unique_email("crash-running"), now + timedelta(seconds=3), "running lease",
+                             notifications_db)
     for entry in (expired, running):  # the handler got as far as the queue entry and the log entry
         notifications_db.mail_queue.insert_one(entry)
         notifications_db.deliveries.insert_one({k: entry[k] for k in ("_id", "org_id", "kind", "to", "subject",
-                                                                       "created_at")})
+                                                                       "created_at", "ordinal", "pk")})
     # a crash between the queue entry and the log entry: the dispatcher logs it as it sends it
-    unlogged = crashed_entry(owner.org_id, unique_email("crash-unlogged"), now - timedelta(seconds=1), "unlogged")
+    unlogged = crashed_entry(owner.org_id, unique_email("crash-unlogged"), now - timedelta(seconds=1), "unlogged",
+                             notifications_db)
     notifications_db.mail_queue.insert_one(unlogged)
     for entry in (expired, running, unlogged):
         [mail] = mailbox.wait(entry["to"])

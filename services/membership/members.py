@@ -4,15 +4,13 @@ Seats: ``organizations.member_count`` is a counter changed only by conditional `
 claimed before a membership is inserted and released after one is removed), which is what makes
 "two accounts race for the last seat, exactly one wins" hold without transactions.
 """
-import base64
-import json
 import re
 import uuid
 
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
-from common.validation import decode_position
+from common.validation import decode_sequence
 from services.membership.domain import access_revoked, next_cutoff, now_seconds
 
 ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
@@ -94,13 +92,13 @@ def member_view(membership, organization):
 
 
 def _encode_cursor(membership):
-    raw = json.dumps([isoformat(membership["joined_at"]), membership["user_id"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """The last member's join number (``common/pages.py``): pages follow join order."""
+    return str(membership["ordinal"])
 
 
 def _decode_cursor(cursor):
     """The page position a client sent back; any tampered shape is a 422 on ``cursor``."""
-    return decode_position(cursor)
+    return decode_sequence(cursor)
 
 
 def list_members(store, org_id, limit=50, cursor=None, q=None):

@@ -8,9 +8,12 @@ owner lives only here (``owner_user_id``), so transferring ownership is one atom
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from common import outbox
+from concurrent.futures import ThreadPoolExecutor
+
+from common import outbox, pages
 from common.errors import DomainError
-from common.mongo import DELETE_BATCH, Store, delete_in_batches, is_ferretdb
+from common.mongo import (DELETE_BATCH, PURGE_THREADS, UNSERIALISED, Store, delete_in_batches, delete_pages,
+                          is_ferretdb)
 from services.membership.security import InviteTokens
 
 LIVE = {outbox.DELETE_AFTER: {"$ne": True}}
@@ -25,7 +28,8 @@ class MembershipStore(Store):
         "memberships": [
             IndexModel([("org_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
             IndexModel([("user_id", ASCENDING), ("joined_at", ASCENDING)]),
-            IndexModel([("org_id", ASCENDING), ("joined_at", ASCENDING), ("user_id", ASCENDING)]),
+            IndexModel([("org_id", ASCENDING), ("ordinal", ASCENDING)]),
+            IndexModel([(pages.FIELD, ASCENDING)]),
         ],
         "sessions": [
             IndexModel([("refresh_hash", ASCENDING)], unique=True),
@@ -44,6 +48,10 @@ class MembershipStore(Store):
         "outbox_batches": [],  # events of a batch of invites until they are published (Outbox.insert_batch)
     }
     OUTBOX_COLLECTIONS = ("accounts", "memberships", "sessions", "invites", "organizations", "outbox_batches")
+
+    def migrate(self):
+        # memberships from before page keys: ordinals in join order (``joined`` counts them)
+        self.backfill_page_keys("memberships", "joined", order_by="joined_at")
 
     def configure(self, config):
         """Invite links are added to ``invite_created`` only when it is published (see InviteTokens)."""
@@ -96,7 +104,7 @@ class MembershipStore(Store):
         self.db.organizations.update_one(
             {"_id": org_id},
             {"$setOnInsert": {"name": name, "name_as_of": as_of, "owner_user_id": owner_user_id,
-                              "member_count": 1, "status": "active"}},
+                              "member_count": 1, "joined": 0, "status": "active"}},
             upsert=True)
 
     def organization(self, org_id):
@@ -145,7 +153,17 @@ class MembershipStore(Store):
             self.db[collection].delete_one({"_id": doc["_id"]})
             raise DomainError("organization_gone", "organization is deleted or being deleted")
 
+    def _next_ordinal(self, org_id):
+        """The next join number of the organization (``joined`` only grows: a member who leaves
+        leaves a gap, which page reads skip). None if this service has no such organization."""
+        doc = self.db.organizations.find_one_and_update({"_id": org_id}, {"$inc": {"joined": 1}},
+                                                        return_document=ReturnDocument.AFTER)
+        return doc["joined"] if doc else None
+
     def insert_membership(self, doc, *events):
+        ordinal = self._next_ordinal(doc["org_id"])
+        if ordinal is not None:
+            doc = dict(doc, ordinal=ordinal, **{pages.FIELD: pages.key(doc["org_id"], ordinal)})
         try:
             self.db.memberships.insert_one(dict(doc, **outbox.new_document_fields(*events)))
         except DuplicateKeyError:
@@ -155,26 +173,24 @@ class MembershipStore(Store):
         return True
 
     def membership(self, org_id, user_id):
-        return self.db.memberships.find_one(dict(LIVE, org_id=org_id, user_id=user_id), HIDE)
+        return self.db.memberships.find_one(dict(LIVE, _id="%s:%s" % (org_id, user_id)), HIDE)
 
     def memberships_of(self, user_id):
         return list(self.db.memberships.find(dict(LIVE, user_id=user_id), HIDE).sort("joined_at", ASCENDING))
 
     def member_page(self, org_id, limit, after=None, search=None):
-        """Members ordered by (joined_at, user_id); ``after`` is the last (joined_at, user_id) seen."""
-        query = dict(LIVE, org_id=org_id)
-        clauses = []
-        if after is not None:
-            joined_at, user_id = after
-            clauses.append({"$or": [{"joined_at": {"$gt": joined_at}},
-                                    {"joined_at": joined_at, "user_id": {"$gt": user_id}}]})
+        """Members in join order; ``after`` is the last ordinal seen. A page reads about one page
+        key (``common/pages.py``); a search reads every member of the organization (a regex is
+        pushed down nowhere) -- the one member read that grows with the organization."""
         if search:
-            clauses.append({"$or": [{"name": {"$regex": search, "$options": "i"}},
-                                    {"email": {"$regex": search, "$options": "i"}}]})
-        if clauses:
-            query["$and"] = clauses
-        return list(self.db.memberships.find(query, HIDE)
-                    .sort([("joined_at", ASCENDING), ("user_id", ASCENDING)]).limit(limit))
+            query = dict(LIVE, org_id=org_id, **{"$or": [{"name": {"$regex": search, "$options": "i"}},
+                                                          {"email": {"$regex": search, "$options": "i"}}]})
+            if after is not None:
+                query["ordinal"] = {"$gt": after}
+            return list(self.db.memberships.find(query, HIDE).sort("ordinal", ASCENDING).limit(limit))
+        top = (self.db.organizations.find_one({"_id": org_id}, {"joined": 1}) or {}).get("joined") or 0
+        return pages.oldest_first(lambda key: list(self.db.memberships.find(dict(LIVE, **{pages.FIELD: key}), HIDE)),
+                                  org_id, top, limit, after)
 
     @staticmethod
     def _membership_query(org_id, user_id, cutoff):
@@ -212,11 +228,13 @@ class MembershipStore(Store):
 
     def _of_org_with_emails(self, collection, query, emails, projection):
         """Documents of ``query`` whose ``email`` is one of ``emails``, in one read. MongoDB answers
-        the ``$in`` from an index; FerretDB would compare every document with every email, so there
-        the organization's documents are read and filtered here."""
-        if is_ferretdb(self.db):
-            wanted = set(emails)
-            return [doc for doc in self.db[collection].find(query, projection) if doc["email"] in wanted]
+        the ``$in`` from an index; FerretDB pushes down no ``$in`` (it would decode every document of
+        the organization), so there each address is one equality read."""
+        if is_ferretdb(self.db):  # one equality read per address: each decodes that address's few documents
+            found = []
+            for email in dict.fromkeys(emails):
+                found.extend(self.db[collection].find(dict(query, email=email), projection))
+            return found
         return list(self.db[collection].find(dict(query, email={"$in": list(emails)}), projection))
 
     def members_with_emails(self, org_id, emails):
@@ -327,14 +345,16 @@ class MembershipStore(Store):
     def members_elsewhere(self, user_ids, org_id, chunk=1000):
         """Those of ``user_ids`` with a membership in another organization.
 
-        MongoDB: one indexed ``$in`` query per ``chunk`` users. FerretDB matches ``$in`` by comparing
-        every document with every id (no index push-down), so there one scan of the other
-        organizations' memberships is far cheaper."""
+        MongoDB: one indexed ``$in`` query per ``chunk`` users. FerretDB pushes down no ``$in``
+        (it would decode every membership of every organization), so there each user is one
+        equality read of their own few memberships, on a few threads."""
         user_ids = list(user_ids)
         if user_ids and is_ferretdb(self.db):
-            wanted = set(user_ids)
-            return {doc["user_id"] for doc in self.db.memberships.find({"org_id": {"$ne": org_id}}, {"user_id": 1})
-                    if doc["user_id"] in wanted}
+            def elsewhere(user_id):
+                return self.db.memberships.find_one({"user_id": user_id, "org_id": {"$ne": org_id}},
+                                                    {"_id": 1}) is not None
+            with ThreadPoolExecutor(PURGE_THREADS) as pool:
+                return {user_id for user_id, found in zip(user_ids, pool.map(elsewhere, user_ids)) if found}
         found = set()
         for start in range(0, len(user_ids), chunk):
             found.update(doc["user_id"] for doc in self.db.memberships.find(
@@ -353,12 +373,22 @@ class MembershipStore(Store):
         keep = self.members_elsewhere(member_ids, org_id) | self.superuser_ids()
         orphans = [user_id for user_id in member_ids if user_id not in keep]
         removed = {"accounts": 0, "orphan_sessions": 0}
-        for start in range(0, len(orphans), DELETE_BATCH):
+        if is_ferretdb(self.db):  # no ``$in`` push-down there: one equality delete per account
+            def orphan(user_id):
+                sessions = self.db.sessions.delete_many({"user_id": user_id}, comment=UNSERIALISED).deleted_count
+                return sessions, self.db.accounts.delete_one({"_id": user_id}).deleted_count
+            with ThreadPoolExecutor(PURGE_THREADS) as pool:
+                for sessions, accounts in pool.map(orphan, orphans):
+                    removed["orphan_sessions"] += sessions
+                    removed["accounts"] += accounts
+        for start in range(0, len(orphans), DELETE_BATCH) if not is_ferretdb(self.db) else ():
             chunk = orphans[start:start + DELETE_BATCH]
             removed["orphan_sessions"] += delete_in_batches(self.db.sessions, {"user_id": {"$in": chunk}})
             removed["accounts"] += self.db.accounts.delete_many({"_id": {"$in": chunk}}).deleted_count
-        for name in ("invites", "invite_requests", "memberships", "sessions"):
+        for name in ("invites", "invite_requests", "sessions"):
             removed[name] = delete_in_batches(self.db[name], {"org_id": org_id})
+        top = (self.db.organizations.find_one({"_id": org_id}, {"joined": 1}) or {}).get("joined") or 0
+        removed["memberships"] = delete_pages(self.db.memberships, pages.all_keys(org_id, top), {"org_id": org_id})
         removed["sessions"] += removed.pop("orphan_sessions")
         removed["last_used_cleared"] = self.db.accounts.update_many(
             {"last_org_id": org_id}, {"$set": {"last_org_id": None}}).modified_count

@@ -6,11 +6,11 @@ that mail is final (sent, or failed after its retries); until then the organizat
 """
 import re
 
-from common import events, outbox, tombstones
+from common import events, outbox, pages, tombstones
 from common.addresses import normalize_address, single_line
 from common.errors import DomainError
 from common.events import utcnow
-from common.mongo import delete_in_batches
+from common.mongo import delete_in_batches, delete_pages
 from services.notifications import dispatch, settings
 from services.notifications.schemas import DeliverySchema
 
@@ -58,9 +58,11 @@ def purge_when_mailed(store, org_id):
 
 def delete_everything(store, org_id):
     """Every document of the organization, by collection; also what a write racing the purge left."""
+    top = (store.db.organizations.find_one({"_id": org_id}, {"deliveries": 1}) or {}).get("deliveries") or 0
+    keys = pages.all_keys(org_id, top)
     return {
-        "deliveries": delete_in_batches(store.db.deliveries, {"org_id": org_id}),
-        "delivery_attempts": delete_in_batches(store.db.delivery_attempts, {"org_id": org_id}),
+        "deliveries": delete_pages(store.db.deliveries, keys, {"org_id": org_id}),
+        "delivery_attempts": delete_pages(store.db.delivery_attempts, keys, {"org_id": org_id}),
         "mail_queue": delete_in_batches(store.db.mail_queue, {"org_id": org_id}),
         "members": delete_in_batches(store.db.members, {"org_id": org_id}),
         "settings": store.db.settings.delete_many({"_id": org_id}).deleted_count,

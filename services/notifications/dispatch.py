@@ -136,7 +136,8 @@ def deliver(store, sender, policy, delivery_id):
     if entry is None:
         return None
     # a crash may have come between the entry and the log entry: the log must show this mail
-    store.ensure_logged({key: entry[key] for key in ("_id", "org_id", "kind", "to", "subject", "created_at")})
+    store.ensure_logged({key: entry[key] for key in ("_id", "org_id", "kind", "to", "subject", "created_at",
+                                                     "ordinal", "pk") if key in entry})
     status = attempt(store, sender, policy, entry)
     if store.was_purged(entry["org_id"]):  # the attempt raced the organization's purge
         store.scrub(entry["org_id"])

@@ -1,7 +1,8 @@
 """Per-organization notification settings and the delivery log as the API shows them."""
 from common.addresses import normalize_address
 from common.errors import DomainError
-from common.validation import decode_position, encode_position
+from common import pages
+from common.validation import decode_sequence
 from services.notifications.dispatch import delivery_view
 from services.notifications.schemas import DeliverySchema, SettingsSchema
 
@@ -51,17 +52,20 @@ def put_settings(store, org_id, values):
 
 
 def _encode_cursor(doc):
-    return encode_position(doc["created_at"], doc["_id"])
+    """The last entry's ordinal (``common/pages.py``): the log pages newest first."""
+    return str(doc["ordinal"])
 
 
 def _decode_cursor(cursor):
-    return decode_position(cursor)
+    return decode_sequence(cursor)
 
 
 def with_attempts(store, org_id, log_docs, whole_log=False):
     """The log entries with their state, derived from their attempts (``whole_log``: the entries
     are the organization's whole log, so all its attempts are read without naming them)."""
-    attempts = store.attempts_of(org_id, None if whole_log else [doc["_id"] for doc in log_docs])
+    keys = None if whole_log or any(not doc.get(pages.FIELD) for doc in log_docs) else sorted(
+        {doc[pages.FIELD] for doc in log_docs})
+    attempts = store.attempts_of(org_id, None if whole_log else [doc["_id"] for doc in log_docs], keys)
     return [delivery_view(doc, attempts.get(doc["_id"], [])) for doc in log_docs]
 
 

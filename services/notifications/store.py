@@ -22,6 +22,7 @@ from cryptography.fernet import Fernet
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from common import pages
 from common.batching import GroupCommit, NewestWins, SharedReads
 from common.mongo import Store
 
@@ -54,10 +55,10 @@ class NotificationsStore(Store):
         "members": [IndexModel([("org_id", ASCENDING), ("role", ASCENDING)])],
         "settings": [],
         "delivery_claims": [IndexModel([("claimed_at", ASCENDING)])],
-        "deliveries": [
-            IndexModel([("org_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)]),
-        ],
-        "delivery_attempts": [IndexModel([("org_id", ASCENDING), ("delivery_id", ASCENDING)])],
+        "deliveries": [IndexModel([("org_id", ASCENDING), ("ordinal", DESCENDING)]),
+                       IndexModel([(pages.FIELD, ASCENDING)])],
+        "delivery_attempts": [IndexModel([("org_id", ASCENDING), ("delivery_id", ASCENDING)]),
+                              IndexModel([(pages.FIELD, ASCENDING)])],
         "mail_queue": [IndexModel([("due_at", ASCENDING)])],
     }
 
@@ -71,6 +72,21 @@ class NotificationsStore(Store):
 
     def configure(self, config):
         self.cipher = mail_cipher(config)
+
+    def migrate(self):
+        """Deliveries from before page keys get ordinals in creation order; their attempts the
+        delivery's page key."""
+        self.backfill_page_keys("deliveries", "deliveries", order_by="created_at")
+        marker = "pages:delivery_attempts"
+        if self.db.migrations.find_one({"_id": marker}) is None:
+            keys = {}
+            for attempt in self.db.delivery_attempts.find({pages.FIELD: {"$exists": False}}, {"delivery_id": 1}):
+                if attempt["delivery_id"] not in keys:
+                    delivery = self.db.deliveries.find_one({"_id": attempt["delivery_id"]}, {pages.FIELD: 1}) or {}
+                    keys[attempt["delivery_id"]] = delivery.get(pages.FIELD)
+                self.db.delivery_attempts.update_one({"_id": attempt["_id"]},
+                                                     {"$set": {pages.FIELD: keys[attempt["delivery_id"]]}})
+            self.db.migrations.update_one({"_id": marker}, {"$set": {"documents": len(keys)}}, upsert=True)
 
     # -- reads by _id, coalesced -----------------------------------------------------------------
     def _read(self, collection, doc_id):
@@ -204,7 +220,25 @@ class NotificationsStore(Store):
         event, another replica). Batched with concurrent callers: one insert per collection."""
         return self._records.submit((entry, log))
 
+    def _number(self, items):
+        """Give the log entries of a batch their organization's next ordinals (one ``$inc`` per
+        organization and batch; a duplicate that is not inserted leaves a gap, which pages skip)."""
+        by_org = {}
+        for entry, log_doc in items:
+            by_org.setdefault(entry["org_id"], []).append((entry, log_doc))
+        for org_id, group in by_org.items():
+            counter = self.db.organizations.find_one_and_update(
+                {"_id": org_id}, {"$inc": {"deliveries": len(group)}},
+                return_document=ReturnDocument.AFTER)
+            if counter is None:  # an organization this service does not know (any more): no page
+                continue
+            for ordinal, (entry, log_doc) in enumerate(group, start=counter["deliveries"] - len(group) + 1):
+                numbered = {"ordinal": ordinal, pages.FIELD: pages.key(org_id, ordinal)}
+                entry.update(numbered)
+                log_doc.update(numbered)
+
     def _flush_records(self, items):
+        self._number(items)
         results = [True] * len(items)
         try:
             self.db.mail_queue.insert_many([entry for entry, _ in items], ordered=False)
@@ -280,7 +314,7 @@ class NotificationsStore(Store):
         for entry, attempt in items:
             number = entry.get("attempts", 0) + 1
             docs.append(dict(attempt, _id="%s#%d" % (entry["_id"], number), delivery_id=entry["_id"],
-                             org_id=entry["org_id"], n=number))
+                             org_id=entry["org_id"], n=number, **{pages.FIELD: entry.get(pages.FIELD)}))
         recorded = [True] * len(items)
         try:
             self.db.delivery_attempts.insert_many(docs, ordered=False)
@@ -297,21 +331,26 @@ class NotificationsStore(Store):
                     "lease_id": None}})
         return recorded
 
-    def delivery_page(self, org_id, limit, after=None):
-        """Newest first by (created_at, _id); ``after`` is the last (created_at, _id) seen."""
-        query = {"org_id": org_id}
-        if after is not None:
-            created_at, delivery_id = after
-            query["$or"] = [{"created_at": {"$lt": created_at}},
-                            {"created_at": created_at, "_id": {"$lt": delivery_id}}]
-        return list(self.db.deliveries.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
-                    .limit(limit))
+    def delivery_page(self, org_id, limit, before=None):
+        """Newest first; ``before`` is the last ordinal seen. Reads about one page key
+        (``common/pages.py``) whatever the size of the organization's log."""
+        top = (self.db.organizations.find_one({"_id": org_id}, {"deliveries": 1}) or {}).get("deliveries") or 0
+        return pages.newest_first(lambda key: list(self.db.deliveries.find({pages.FIELD: key})), org_id, top, limit,
+                                  before)
 
-    def attempts_of(self, org_id, delivery_ids=None):
+    def attempts_of(self, org_id, delivery_ids=None, page_keys=None):
         """Every attempt of these deliveries (of one organization; ``None``: all of them), by
-        delivery id, in order. All of them is one plain query: ``$in`` over a whole delivery log
-        costs documents x ids on FerretDB."""
+        delivery id, in order. ``page_keys``: the page keys of those deliveries, read by equality
+        (attempts carry their delivery's key). All of them is one plain query: ``$in`` over a whole
+        delivery log costs documents x ids on FerretDB."""
         found = {delivery_id: [] for delivery_id in delivery_ids or ()}
+        if delivery_ids is not None and page_keys:
+            wanted = set(delivery_ids)
+            for key in page_keys:
+                for doc in self.db.delivery_attempts.find({pages.FIELD: key}):
+                    if doc["delivery_id"] in wanted:
+                        found[doc["delivery_id"]].append(doc)
+            delivery_ids = []  # found
         query = {"org_id": org_id}
         if delivery_ids is not None:
             query["delivery_id"] = {"$in": list(delivery_ids)}

@@ -294,7 +294,7 @@ def ledger(store, org_id, limit=50, cursor=None):
     before = decode_sequence(cursor) if cursor is not None else None
     require_active(store, org_id)
     head = store.ledger_head(org_id) or EMPTY_HEAD
-    page = store.ledger_page(org_id, limit + 1, before)
+    page = store.ledger_page(org_id, limit + 1, before, top_seq=head["seq"])
     items = [present(entry) for entry in page[:limit]]
     next_cursor = str(page[limit - 1]["seq"]) if len(page) > limit else None
     return {"balance": head["balance_after"], "items": items, "next_cursor": next_cursor}

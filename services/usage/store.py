@@ -15,7 +15,7 @@ handlers running at once never overwrite each other's field.
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
-from common import outbox
+from common import outbox, pages
 from common.batching import READ_MODEL_LINGER, NewestWins
 from common.mongo import Store
 
@@ -27,17 +27,25 @@ class UsageStore(Store):
         "organizations": [],
         "plans": [],
         "member_counts": [],
-        "ledger": [IndexModel([("org_id", ASCENDING), ("seq", DESCENDING)], unique=True, name="org_seq")],
+        "ledger": [IndexModel([("org_id", ASCENDING), ("seq", DESCENDING)], unique=True, name="org_seq"),
+                   IndexModel([(pages.FIELD, ASCENDING)])],
         "grant_expiries": [IndexModel([("expires_at", ASCENDING)])],
         "storage_reports": [IndexModel([("org_id", ASCENDING), ("seq", DESCENDING)], unique=True,
-                                       name="org_seq")],
+                                       name="org_seq"), IndexModel([(pages.FIELD, ASCENDING)])],
         "dataset_buckets": [IndexModel([("org_id", ASCENDING)])],
     }
     OUTBOX_COLLECTIONS = ("ledger", "storage_reports")
+    #: the per-organization chains, read a page key at a time (common/pages.py): collection ->
+    #: the field of the organization's copy that holds the chain's top page
+    CHAINS = {"ledger": "ledger_page", "storage_reports": "storage_page"}
 
     def __init__(self, db, outbox=None):
         super().__init__(db, outbox)
         self._facts = NewestWins(self._write_fact, linger=READ_MODEL_LINGER)
+
+    def migrate(self):
+        for collection, top_field in self.CHAINS.items():
+            self.backfill_page_keys(collection, top_field, ordinal="seq")
 
     def configure(self, config):
         # fault injection for the crash-recovery test only: die right after the ledger insert
@@ -84,27 +92,51 @@ class UsageStore(Store):
         return deletion.delete_everything(self, org_id)
 
     # -- credit ledger ---------------------------------------------------------------------------
-    def ledger_head(self, org_id):
-        for doc in self.db.ledger.find({"org_id": org_id}, HIDE).sort("seq", DESCENDING).limit(1):
-            return doc
+    def _chain_page(self, collection, key):
+        return list(self.db[collection].find({pages.FIELD: key}, HIDE))
+
+    def _chain_head(self, collection, org_id):
+        """The newest entry of a chain: in its top page, or -- when the writer that moved the top
+        up has not inserted (yet, or ever) -- in the page below. Never more than two page reads."""
+        organization = self.db.organizations.find_one({"_id": org_id}, {self.CHAINS[collection]: 1}) or {}
+        top = organization.get(self.CHAINS[collection]) or 0
+        for page in (top, top - 1) if top > 0 else (0,):
+            docs = self._chain_page(collection, pages.key_of_page(org_id, page))
+            if docs:
+                return max(docs, key=lambda doc: doc["seq"])
         return None
+
+    def _chain_insert(self, collection, doc):
+        """Insert entry ``seq`` of a chain; the first entry of a page moves the top page up first
+        (so a reader never misses a written entry). False if ``seq`` or ``_id`` is taken."""
+        if pages.starts_page(doc["seq"]):
+            self.db.organizations.update_one({"_id": doc["org_id"]},
+                                             {"$max": {self.CHAINS[collection]: pages.number(doc["seq"])}})
+        try:
+            self.db[collection].insert_one(dict(doc, **{pages.FIELD: pages.key(doc["org_id"], doc["seq"])}))
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def chain_pages(self, collection, org_id):
+        """Every page key a chain of the organization may use (the purge deletes them one by one)."""
+        head = self._chain_head(collection, org_id)
+        return pages.all_keys(org_id, head["seq"] if head else 0)
+
+    def ledger_head(self, org_id):
+        return self._chain_head("ledger", org_id)
 
     def ledger_entry(self, entry_id):
         return self.db.ledger.find_one({"_id": entry_id}, HIDE)
 
     def insert_ledger_entry(self, entry, *events):
         """Append; False if the key was applied already or another writer took this ``seq``."""
-        try:
-            self.db.ledger.insert_one(dict(entry, **outbox.new_document_fields(*events)))
-            return True
-        except DuplicateKeyError:
-            return False
+        return self._chain_insert("ledger", dict(entry, **outbox.new_document_fields(*events)))
 
-    def ledger_page(self, org_id, limit, before_seq=None):
-        query = {"org_id": org_id}
-        if before_seq is not None:
-            query["seq"] = {"$lt": before_seq}
-        return list(self.db.ledger.find(query, HIDE).sort("seq", DESCENDING).limit(limit))
+    def ledger_page(self, org_id, limit, before_seq=None, top_seq=0):
+        """Newest first, below ``before_seq``; ``top_seq`` is the head's (read a page key at a time)."""
+        return pages.newest_first(lambda key: self._chain_page("ledger", key), org_id, top_seq, limit,
+                                  before_seq, field="seq")
 
     def ledger_entries(self, org_id):
         return list(self.db.ledger.find({"org_id": org_id}, HIDE).sort("seq", ASCENDING))
@@ -123,16 +155,10 @@ class UsageStore(Store):
 
     # -- storage ---------------------------------------------------------------------------------
     def storage_head(self, org_id):
-        for doc in self.db.storage_reports.find({"org_id": org_id}, HIDE).sort("seq", DESCENDING).limit(1):
-            return doc
-        return None
+        return self._chain_head("storage_reports", org_id)
 
     def insert_storage_report(self, doc):
-        try:
-            self.db.storage_reports.insert_one(doc)
-            return True
-        except DuplicateKeyError:
-            return False
+        return self._chain_insert("storage_reports", doc)
 
     def finish_storage_report(self, report_id, fields, *events, before_publish=None):
         self.db.storage_reports.update_one({"_id": report_id}, outbox.update_with_events({"$set": fields},

@@ -54,18 +54,51 @@ var indexMirror *mirror
 // One writer at a time per database (FerretDB keeps one SQLite file per database).
 var (
 	locksMu sync.Mutex
-	locks   = map[string]*sync.Mutex{}
+	locks   = map[string]*writeLock{}
 )
 
-func databaseLock(db string) *sync.Mutex {
-	locksMu.Lock()
-	defer locksMu.Unlock()
-	lock, ok := locks[db]
-	if !ok {
-		lock = &sync.Mutex{}
-		locks[db] = lock
+// lockPatience is how long a write waits for its database's lock before it takes it over. A write
+// holds the lock only until FerretDB answers it (milliseconds; a purge's deletes do not take it),
+// so a lock held this long was lost -- its answer will never come -- and waiting longer would
+// wedge every later write of that database. The take-over is logged with the command that held it.
+const lockPatience = 30 * time.Second
+
+// writeLock is one database's lock: a one-slot channel, so that a waiter can give up.
+type writeLock struct {
+	slot    chan struct{}
+	holder  string
+	since   time.Time
+	release func()
+}
+
+func acquire(db, command string) (release func()) {
+	deadline := time.Now().Add(lockPatience)
+	for {
+		locksMu.Lock()
+		lock, ok := locks[db]
+		if !ok {
+			lock = &writeLock{slot: make(chan struct{}, 1)}
+			locks[db] = lock
+		}
+		locksMu.Unlock()
+		select {
+		case lock.slot <- struct{}{}:
+			var once sync.Once
+			locksMu.Lock()
+			lock.holder, lock.since = command, time.Now()
+			locksMu.Unlock()
+			return func() { once.Do(func() { <-lock.slot }) }
+		case <-time.After(time.Until(deadline)):
+			locksMu.Lock()
+			if locks[db] == lock { // nobody replaced it meanwhile: replace it
+				log.Printf("write lock of database %q held by %q for %s without an answer: taking it over",
+					db, lock.holder, time.Since(lock.since).Round(time.Second))
+				locks[db] = &writeLock{slot: make(chan struct{}, 1)}
+			}
+			locksMu.Unlock()
+			deadline = time.Now().Add(lockPatience)
+		}
 	}
-	return lock
 }
 
 func main() {
@@ -177,11 +210,17 @@ func (m *message) writeTo(w io.Writer) error {
 	return err
 }
 
+// unserialised is the comment of a delete whose outcome depends on no other write (a purge's
+// delete of one page of a deleted organization): it runs beside the database's other commands, so
+// one purge uses both cores. A guarded delete ({_id, status: x}) must not carry it: FerretDB reads
+// the matches, then deletes them by _id, and an update in between would be lost.
+const unserialised = "orgplatform:unserialised"
+
 // command returns the command name of an OP_MSG (the first key of its body document), the
-// database it addresses ("$db") and the message flags.
-func (m *message) command() (name, db string, flags uint32) {
+// database it addresses ("$db"), its top-level "comment" string and the message flags.
+func (m *message) command() (name, db, comment string, flags uint32) {
 	if m.opCode() != opMsg || len(m.body) < 4+1+4+1+1 {
-		return "", "", 0
+		return "", "", "", 0
 	}
 	flags = binary.LittleEndian.Uint32(m.body[0:4])
 	offset := 4
@@ -190,25 +229,26 @@ func (m *message) command() (name, db string, flags uint32) {
 		offset++
 		if kind == 1 { // document sequence: int32 size, then skip it
 			if offset+4 > len(m.body) {
-				return "", "", flags
+				return "", "", "", flags
 			}
 			offset += int(binary.LittleEndian.Uint32(m.body[offset : offset+4]))
 			continue
 		}
-		name, db = commandAndDatabase(m.body[offset:])
-		return name, db, flags
+		name, db, comment = commandAndDatabase(m.body[offset:])
+		return name, db, comment, flags
 	}
-	return "", "", flags
+	return "", "", "", flags
 }
 
-// commandAndDatabase walks the top level of a BSON document: its first key and its "$db" string.
-func commandAndDatabase(doc []byte) (name, db string) {
+// commandAndDatabase walks the top level of a BSON document: its first key, its "$db" string and
+// its "comment" string.
+func commandAndDatabase(doc []byte) (name, db, comment string) {
 	if len(doc) < 5 {
-		return "", ""
+		return "", "", ""
 	}
 	end := int(binary.LittleEndian.Uint32(doc[0:4]))
 	if end > len(doc) {
-		return "", ""
+		return "", "", ""
 	}
 	offset := 4
 	for offset < end-1 {
@@ -224,15 +264,18 @@ func commandAndDatabase(doc []byte) (name, db string) {
 			name = key
 		}
 		size := valueSize(kind, doc[offset:end])
-		if size < 0 {
-			return name, db
+		if size < 0 || offset+size > end {
+			return name, db, comment
 		}
 		if key == "$db" && kind == 0x02 && size > 5 {
 			db = string(doc[offset+4 : offset+size-1])
 		}
+		if key == "comment" && kind == 0x02 && size > 5 {
+			comment = string(doc[offset+4 : offset+size-1])
+		}
 		offset += size
 	}
-	return name, db
+	return name, db, comment
 }
 
 // valueSize is the encoded size of a BSON value of type kind, or -1 if unknown.
@@ -282,11 +325,11 @@ func serve(client net.Conn, socket string) {
 
 	var mu sync.Mutex // guards awaiting and held
 	awaiting := int32(0)
-	var held *sync.Mutex
+	var held func() // releases the database lock this connection holds
 	release := func() {
 		mu.Lock()
 		if held != nil {
-			held.Unlock()
+			held()
 			held = nil
 			awaiting = 0
 		}
@@ -304,15 +347,19 @@ func serve(client net.Conn, socket string) {
 				release()
 				return
 			}
+			// Release before the client can see the answer: a client that gets it sends its next
+			// command at once, and if that one is a write to another database its lock would
+			// replace this one in `held` before it was released -- a lock lost for good (every
+			// later write to that database hung; seen after a client dropped several databases).
+			mu.Lock()
+			answered := held != nil && reply.responseTo() == awaiting
+			mu.Unlock()
+			if answered {
+				release()
+			}
 			if err := reply.writeTo(client); err != nil {
 				release()
 				return
-			}
-			mu.Lock()
-			matches := held != nil && reply.responseTo() == awaiting
-			mu.Unlock()
-			if matches {
-				release()
 			}
 		}
 	}()
@@ -322,15 +369,14 @@ func serve(client net.Conn, socket string) {
 		if err != nil {
 			break
 		}
-		name, db, flags := request.command()
+		name, db, comment, flags := request.command()
 		if indexMirror != nil && (name == "createIndexes" || name == "create") {
 			indexMirror.poke()
 		}
-		if writeCommands[name] && flags&moreToCome == 0 {
-			lock := databaseLock(db)
-			lock.Lock()
+		if writeCommands[name] && flags&moreToCome == 0 && !(name == "delete" && comment == unserialised) {
+			unlock := acquire(db, name)
 			mu.Lock()
-			held = lock
+			held = unlock
 			awaiting = request.requestID()
 			mu.Unlock()
 		}
