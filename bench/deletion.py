@@ -17,60 +17,39 @@ from datetime import timedelta
 
 import pymongo
 
+from bench import shapes
 from bench.harness import Figure
+from common import pages
 from common.events import utcnow
 from common.mongo import DELETE_BATCH, delete_in_batches
 
 SIZES = {"members": 10_000, "invites": 10_000, "storage_reports": 10_000, "ledger": 100_000, "deliveries": 10_000}
 if os.environ.get("BENCH_SMALL"):
     SIZES = {key: value // 10 for key, value in SIZES.items()}
-BATCH = 2000
-
-
-def _insert(collection, docs):
-    for start in range(0, len(docs), BATCH):
-        collection.insert_many(docs[start:start + BATCH], ordered=False)
 
 
 def seed(dbs, org_id, owner_id):
-    """The organization's bulk data per database, and the seeded account ids."""
+    """The organization's bulk data per database, in the services' shapes (``bench/shapes.py``),
+    and the seeded account ids."""
     now = utcnow()
     tag = org_id[:8]
-    accounts, memberships = [], []
-    for index in range(SIZES["members"]):
-        user_id = str(uuid.uuid4())
-        email = "m%d-%s@example.test" % (index, tag)
-        accounts.append({"_id": user_id, "email": email, "name": "Member %d" % index,
-                         "password_hash": "$argon2id$v=19$m=1024,t=1,p=4$c2VlZGVk$c2VlZGVkaGFzaA",
-                         "is_superuser": False, "last_org_id": org_id, "tokens_not_before": 0.0, "created_at": now})
-        memberships.append({"_id": "%s:%s" % (org_id, user_id), "org_id": org_id, "user_id": user_id,
-                            "email": email, "name": "Member %d" % index, "role": "member",
-                            "can_delete_organization": False, "tokens_not_before": 0.0,
-                            "joined_at": now + timedelta(microseconds=index)})
+    accounts, memberships = shapes.members(dbs["membership"], org_id, SIZES["members"], tag)
     invites = [{"_id": uuid.uuid4().hex, "org_id": org_id, "email": "i%d-%s@example.test" % (index, tag),
                 "role": "member", "token_hash": uuid.uuid4().hex + uuid.uuid4().hex, "status": "pending",
                 "invited_by": owner_id, "created_at": now, "expires_at": now + timedelta(days=14)}
                for index in range(SIZES["invites"])]
-    reports = [{"_id": uuid.uuid4().hex, "org_id": org_id, "seq": seq, "status": "applied", "complete": False,
-                "reported_datasets": 1, "created_at": now, "lease_until": now, "applied_at": now,
-                "used_bytes": seq * 1000, "datasets": seq, "outcome": "applied"}
+    reports = [{"_id": uuid.uuid4().hex, "org_id": org_id, "seq": seq, pages.FIELD: pages.key(org_id, seq),
+                "status": "applied", "complete": False, "reported_datasets": 1, "created_at": now, "lease_until": now,
+                "applied_at": now, "used_bytes": seq * 1000, "datasets": seq, "outcome": "applied"}
                for seq in range(1, SIZES["storage_reports"] + 1)]
-    ledger = [{"_id": uuid.uuid4().hex[:32], "org_id": org_id, "seq": seq, "kind": "grant", "amount": 1000,
-               "actor": owner_id, "reference": None, "idempotency_key": "seed-%d" % seq, "comment": None,
-               "expires_at": None, "lots": {}, "request": {"op": "grant", "amount": 1000, "comment": None,
-                                                           "expires_at": None},
-               "created_at": now, "balance_after": seq * 1000}
-              for seq in range(1, SIZES["ledger"] + 1)]
-    deliveries = [{"_id": "%s:member_joined:owner-%s@example.test" % (uuid.uuid4().hex, tag), "org_id": org_id,
-                   "kind": "member_joined", "to": "owner-%s@example.test" % tag, "subject": "Member %d joined" % i,
-                   "text": "Member %d joined your organization.\n" % i, "html": "<p>Member %d joined</p>" % i,
-                   "status": "sent", "attempts": 1, "attempt_log": [{"at": now, "outcome": "sent", "error": None}],
-                   "last_error": None, "created_at": now, "sent_at": now, "next_attempt_at": now,
-                   "lease_until": None, "lease_id": None, "sealed": False}
-                  for i in range(SIZES["deliveries"])]
+    dbs["usage"].organizations.update_one({"_id": org_id}, {"$max": {
+        "storage_page": pages.number(SIZES["storage_reports"])}})
+    ledger = shapes.ledger(dbs["usage"], org_id, SIZES["ledger"], owner_id)
+    shapes.move_ledger_top(dbs["usage"], org_id, SIZES["ledger"])
+    deliveries, attempts = shapes.deliveries(dbs["notifications"], org_id, SIZES["deliveries"], tag)
     batches = {"membership": [("accounts", accounts), ("memberships", memberships), ("invites", invites)],
                "usage": [("storage_reports", reports), ("ledger", ledger)],
-               "notifications": [("deliveries", deliveries)]}
+               "notifications": [("deliveries", deliveries), ("delivery_attempts", attempts)]}
     return batches, [account["_id"] for account in accounts]
 
 
@@ -79,7 +58,7 @@ def insert_all(dbs, *seeds):
     def fill(db):
         for batches in seeds:
             for collection, docs in batches[db]:
-                _insert(dbs[db][collection], docs)
+                shapes.insert(dbs[db][collection], docs)
     with ThreadPoolExecutor(len(dbs)) as pool:
         for future in [pool.submit(fill, db) for db in dbs]:
             future.result()
@@ -89,7 +68,7 @@ def direct_delete(dbs, org_id, account_ids):
     """The floor: the same data removed with plain deletes per collection -- batched like the purges,
     because FerretDB refuses one delete of more than 32,766 documents (``common.mongo.DELETE_BATCH``)."""
     for db, collection in (("membership", "invites"), ("membership", "memberships"), ("usage", "storage_reports"),
-                           ("usage", "ledger"), ("notifications", "deliveries")):
+                           ("usage", "ledger"), ("notifications", "deliveries"), ("notifications", "delivery_attempts")):
         delete_in_batches(dbs[db][collection], {"org_id": org_id})
     for start in range(0, len(account_ids), DELETE_BATCH):
         dbs["membership"].accounts.delete_many({"_id": {"$in": account_ids[start:start + DELETE_BATCH]}})
@@ -136,5 +115,7 @@ def measure(inst, client):
     mongo.close()
     if left:
         raise RuntimeError("%d documents of the deleted organization are left" % left)
-    return Figure("delete_vs_delete_many", api_seconds / floor_seconds, "<= 2.0",
-                  "(DELETE -> deleted %.2fs vs delete_many %.2fs)" % (api_seconds, floor_seconds))
+    return [Figure("delete_vs_delete_many", api_seconds / floor_seconds, "<= 2.0",
+                   "(DELETE -> deleted %.2fs vs delete_many %.2fs)" % (api_seconds, floor_seconds)),
+            Figure("purge_seconds", api_seconds, "<= 10" if not os.environ.get("BENCH_SMALL") else None,
+                   "(%s, DELETE to deleted)" % ", ".join("%d %s" % (v, k) for k, v in SIZES.items()))]

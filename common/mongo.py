@@ -123,13 +123,14 @@ class Store:
         self.db[collection].delete_one({"_id": doc_id})
         return True
 
-    def backfill_page_keys(self, collection, top_field, ordinal="ordinal", order_by=None):
+    def backfill_page_keys(self, collection, top_field, ordinal="ordinal", order_by=None, counters="organizations"):
         """Give page keys (``common/pages.py``) to documents written before there were any; once
         per database (a ``migrations`` marker), idempotent if replicas starting together both run it.
 
         Chains (``order_by`` None) number their documents already (``ordinal`` is ``seq``) and keep
         the top *page* in ``organizations.<top_field>``; counted lists get ordinals in ``order_by``
-        order after the organization's current counter, which then holds the highest ordinal."""
+        order after the organization's current counter (``<counters>.<top_field>``), which then
+        holds the highest ordinal."""
         marker = "pages:%s" % collection
         if self.db.migrations.find_one({"_id": marker}) is not None:
             return 0
@@ -147,13 +148,14 @@ class Store:
                         pages.FIELD: pages.key(org_id, doc[ordinal])}})
                 top = pages.number(max(doc[ordinal] for doc in docs))
             else:
-                first = ((self.db.organizations.find_one({"_id": org_id}, {top_field: 1}) or {}).get(top_field) or 0) + 1
+                first = ((self.db[counters].find_one({"_id": org_id}, {top_field: 1}) or {}).get(top_field) or 0) + 1
                 docs.sort(key=lambda doc: (doc.get(order_by) is None, doc.get(order_by), doc["_id"]))
                 for number, doc in enumerate(docs, start=first):
                     self.db[collection].update_one({"_id": doc["_id"]}, {"$set": {
                         ordinal: number, pages.FIELD: pages.key(org_id, number)}})
                 top = first + len(docs) - 1
-            self.db.organizations.update_one({"_id": org_id}, {"$max": {top_field: top}})
+            self.db[counters if order_by else "organizations"].update_one(
+                {"_id": org_id}, {"$max": {top_field: top}}, upsert=bool(order_by) and counters != "organizations")
         self.db.migrations.update_one({"_id": marker}, {"$set": {"documents": sum(map(len, by_org.values()))}},
                                       upsert=True)
         return sum(map(len, by_org.values()))

@@ -610,8 +610,8 @@ def crashed_entry(org_id, to, due_at, text, notifications_db):
     the organization's log, as the recording does), leased to a process that is gone until ``due_at``."""
     now = datetime.now(timezone.utc)
     delivery_id = "crash-%s:member_joined:%s" % (uuid.uuid4().hex, to)
-    ordinal = notifications_db.organizations.find_one_and_update(
-        {"_id": org_id}, {"$inc": {"deliveries": 1}}, return_document=ReturnDocument.AFTER)["deliveries"]
+    ordinal = notifications_db.delivery_counters.find_one_and_update(
+        {"_id": org_id}, {"$inc": {"deliveries": 1}}, upsert=True, return_document=ReturnDocument.AFTER)["deliveries"]
     return {"_id": delivery_id, "org_id": org_id, "kind": "member_joined", "to": to,
             "subject": "Crash Test joined", "created_at": now, "text": text, "html": "<p>%s</p>" % text,
             "sealed": False, "attempts": 0, "due_at": due_at, "lease_id": uuid.uuid4().hex,

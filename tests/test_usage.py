@@ -511,3 +511,27 @@ def test_an_expiring_grant_revokes_exactly_its_unspent_part(gateway, team, su, t
     assert balance == 8000 == sum(item["amount"] for item in items)
     assert len([item for item in items if item["kind"] == "expiry"]) == 1
     tap.wait_for("credits_changed", organization_id=team["owner"].org_id, balance=5000)
+
+
+def test_eight_writers_across_ledger_pages_lose_nothing_and_never_overdraw(gateway, team, su):
+    """8 writers append to one organization's ledger at once, past several page keys (32 entries
+    each, common/pages.py): the chain stays unbroken, no reservation overdraws, and reading it page
+    by page (a small limit, so every page boundary is crossed by a cursor) sees every entry once."""
+    grant(gateway, team, su, 100 * 1000)
+    token = team["dataset_manager"].token
+    results = []
+
+    def writer(index):
+        for n in range(15):  # 120 attempts for 100 credits: the last 20 must be refused
+            results.append(reserve(gateway, team, token, 1000, job_id="w%d-%d" % (index, n)).status_code)
+    threads = [threading.Thread(target=writer, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results).count(201) == 100 and results.count(402) == 20, sorted(results)
+    for limit in (7, 32, 200):
+        balance, items = full_ledger(gateway, team, team["admin"].token, limit=limit)
+        assert balance == 0 == sum(item["amount"] for item in items)
+        assert [item["sequence"] for item in items] == list(range(101, 0, -1))  # newest first, no gap
+        assert all(item["balance_after"] >= 0 for item in items)

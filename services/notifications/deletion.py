@@ -58,8 +58,7 @@ def purge_when_mailed(store, org_id):
 
 def delete_everything(store, org_id):
     """Every document of the organization, by collection; also what a write racing the purge left."""
-    top = (store.db.organizations.find_one({"_id": org_id}, {"deliveries": 1}) or {}).get("deliveries") or 0
-    keys = pages.all_keys(org_id, top)
+    keys = pages.all_keys(org_id, store.deliveries_top(org_id))
     return {
         "deliveries": delete_pages(store.db.deliveries, keys, {"org_id": org_id}),
         "delivery_attempts": delete_pages(store.db.delivery_attempts, keys, {"org_id": org_id}),
@@ -72,6 +71,7 @@ def delete_everything(store, org_id):
         "delivery_claims": store.db.delivery_claims.delete_many(
             {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
         "organizations": store.db.organizations.delete_many({"_id": org_id}).deleted_count,
+        "delivery_counters": store.db.delivery_counters.delete_many({"_id": org_id}).deleted_count,
     }
 
 

@@ -55,6 +55,7 @@ class NotificationsStore(Store):
         "members": [IndexModel([("org_id", ASCENDING), ("role", ASCENDING)])],
         "settings": [],
         "delivery_claims": [IndexModel([("claimed_at", ASCENDING)])],
+        "delivery_counters": [],  # _id = organization: the delivery log's ordinals (common/pages.py)
         "deliveries": [IndexModel([("org_id", ASCENDING), ("ordinal", DESCENDING)]),
                        IndexModel([(pages.FIELD, ASCENDING)])],
         "delivery_attempts": [IndexModel([("org_id", ASCENDING), ("delivery_id", ASCENDING)]),
@@ -76,7 +77,7 @@ class NotificationsStore(Store):
     def migrate(self):
         """Deliveries from before page keys get ordinals in creation order; their attempts the
         delivery's page key."""
-        self.backfill_page_keys("deliveries", "deliveries", order_by="created_at")
+        self.backfill_page_keys("deliveries", "deliveries", order_by="created_at", counters="delivery_counters")
         marker = "pages:delivery_attempts"
         if self.db.migrations.find_one({"_id": marker}) is None:
             keys = {}
@@ -222,16 +223,18 @@ class NotificationsStore(Store):
 
     def _number(self, items):
         """Give the log entries of a batch their organization's next ordinals (one ``$inc`` per
-        organization and batch; a duplicate that is not inserted leaves a gap, which pages skip)."""
+        organization and batch; a duplicate that is not inserted leaves a gap, which pages skip).
+        The counter has a collection of its own: mail may be recorded before this service has
+        its copy of the organization (events come in any order)."""
         by_org = {}
         for entry, log_doc in items:
             by_org.setdefault(entry["org_id"], []).append((entry, log_doc))
         for org_id, group in by_org.items():
-            counter = self.db.organizations.find_one_and_update(
-                {"_id": org_id}, {"$inc": {"deliveries": len(group)}},
-                return_document=ReturnDocument.AFTER)
-            if counter is None:  # an organization this service does not know (any more): no page
+            if self.was_purged(org_id):  # the completion mail of a deletion: forgotten once sent, no page
                 continue
+            counter = self.db.delivery_counters.find_one_and_update(
+                {"_id": org_id}, {"$inc": {"deliveries": len(group)}}, upsert=True,
+                return_document=ReturnDocument.AFTER)
             for ordinal, (entry, log_doc) in enumerate(group, start=counter["deliveries"] - len(group) + 1):
                 numbered = {"ordinal": ordinal, pages.FIELD: pages.key(org_id, ordinal)}
                 entry.update(numbered)
@@ -331,10 +334,13 @@ class NotificationsStore(Store):
                     "lease_id": None}})
         return recorded
 
+    def deliveries_top(self, org_id):
+        return (self.db.delivery_counters.find_one({"_id": org_id}) or {}).get("deliveries") or 0
+
     def delivery_page(self, org_id, limit, before=None):
         """Newest first; ``before`` is the last ordinal seen. Reads about one page key
         (``common/pages.py``) whatever the size of the organization's log."""
-        top = (self.db.organizations.find_one({"_id": org_id}, {"deliveries": 1}) or {}).get("deliveries") or 0
+        top = self.deliveries_top(org_id)
         return pages.newest_first(lambda key: list(self.db.deliveries.find({pages.FIELD: key})), org_id, top, limit,
                                   before)
 
