@@ -336,6 +336,10 @@ class NotificationsStore(Store):
     def unfinished(self, org_id, kind):
         return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0
 
+    def forget_person(self, user_id):
+        """An account was deleted: its member copies in every organization go."""
+        return self.db.members.delete_many({"user_id": user_id}).deleted_count
+
 
 def _only_duplicates(error):
     """Indexes of the statements a bulk insert refused as duplicates; re-raise anything else."""
