@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test clients logs bench soak clean
+.PHONY: up down status test clients mail logs bench soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ soak: $(STAMP) ## own isolated stack (TEST_INSTANCE=soak), SOAK_SECONDS of mixed
 
 logs:
 	@tail -n 50 var/log/*.log
+
+mail: ## the newest mail the local SMTP sink received, decoded (TO=<address>: the newest to them)
+	@$(PYTHON) -m stack.mail $(if $(TO),--to $(TO))
 
 clean: down
 	rm -rf var
