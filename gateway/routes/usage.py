@@ -67,6 +67,9 @@ def reserve_credits(org_id, body):
 
 @api.route("/organizations/<org_id>/credits/reservations/<reservation_id>/settle", "POST", SUPERUSER,
            "Settle a reservation: succeeded keeps it spent, failed refunds it", "credits",
-           body=s.SettleRequest, response=s.CreditWriteSchema, errors=("409", "410"))
+           body=s.SettleRequest, response=s.CreditWriteSchema, errors=("409", "410"),
+           success_headers=("Idempotent-Replayed",))
 def settle_reservation(org_id, reservation_id, body):
+    """Idempotent by the reservation: a repeat with the same outcome answers the first settlement
+    (`Idempotent-Replayed: true`); another outcome is 409."""
     return _write(rpc("usage", "settle_reservation", org_id, g.claims["sub"], reservation_id, body["outcome"]))

@@ -137,7 +137,9 @@ def signup(store, security, create_org, email, password, name, organization_name
     The organization is created first (idempotently, by an id chosen here) so that a failure there
     leaves no half-made account behind. Rate limited per client address; a taken email is refused
     before the password is hashed (the 409 says it is taken anyway, so hashing first hid nothing
-    and made every such request cost a hash).
+    and made every such request cost a hash). With an ``idempotency_key`` the account and the
+    organization get the ids the first request with that key chose (``idempotency.claim``), so a
+    retry after a timeout finds what the first one wrote and finishes like it.
     """
     from services.membership import idempotency, members
 
@@ -161,6 +163,7 @@ def signup(store, security, create_org, email, password, name, organization_name
         account = replayed_account(store, security, email, password, ids, idempotency_key)
         if account is None:
             raise DomainError("email_taken", "an account with this email already exists")
+        stored = True  # the first request with this key inserted it a moment ago
     membership = None
     if organization is not None:
         membership = members.record_new_organization(store, organization, account)
@@ -169,7 +172,8 @@ def signup(store, security, create_org, email, password, name, organization_name
     summary = None
     if organization is not None:
         summary = {"id": organization["id"], "name": organization["name"], "role": "admin", "is_owner": True}
-    return dict(tokens, organization=summary, replayed=replayed)
+    # a replay only if the first request with this key got as far as the account (else this one made it)
+    return dict(tokens, organization=summary, replayed=replayed and stored)
 
 
 def replayed_account(store, security, email, password, ids, idempotency_key):
