@@ -4,11 +4,13 @@ one's own account. Everything through the real gateway."""
 import os
 import uuid
 
+import pymongo
 import pytest
 import requests
 
 from stack import stack
 from tests.support import Gateway, assert_error, join, superuser_token, unique_email, wait_until
+from tests.test_deletion import documents_mentioning
 from tests.test_security import free_port
 
 PASSWORD = "correct horse battery"
@@ -288,7 +290,7 @@ def test_a_sign_up_that_timed_out_is_retried_safely_with_its_key(gateway, impati
 
 # -- deleting one's own account ---------------------------------------------------------------------
 
-def test_a_person_in_no_organization_deletes_their_account(gateway, tap):
+def test_a_person_in_no_organization_deletes_their_account(gateway, tap, test_stack, request):
     person = gateway.signup(organization_name=None)
     login = gateway.post("/auth/login", {"email": person.email, "password": PASSWORD}).json()
     assert_error(gateway.delete("/me", {"password": "wrong password!"}, person.token), 422, "validation_failed")
@@ -304,15 +306,27 @@ def test_a_person_in_no_organization_deletes_their_account(gateway, tap):
     for refresh in (person.refresh_token, login["refresh_token"]):
         assert_error(gateway.post("/auth/refresh", {"refresh_token": refresh}), 401)
     assert_error(gateway.post("/auth/login", {"email": person.email, "password": PASSWORD}), 401)
+    client = pymongo.MongoClient(test_stack.mongo_url)
+    request.addfinalizer(client.close)
+    assert not documents_mentioning(client, test_stack, person.user_id)
     # the address is free again
     again = gateway.post("/auth/signup", {"email": person.email, "password": PASSWORD, "name": "Again"})
     assert again.status_code == 201 and again.json()["user"]["id"] != person.user_id
 
 
-def test_an_owner_cannot_delete_their_account_and_a_member_leaves_on_deletion(gateway, tap, owner):
+def test_an_owner_cannot_delete_their_account_and_a_member_leaves_on_deletion(gateway, tap, owner, test_stack,
+                                                                             request):
     error = assert_error(gateway.delete("/me", {"password": PASSWORD}, owner.token), 409, "conflict")
     assert error["details"]["organizations"] == [owner.org_id]
     member = join(gateway, tap, owner, "dataset_manager")
+    client = pymongo.MongoClient(test_stack.mongo_url)
+    request.addfinalizer(client.close)
+
+    def left_over(person):
+        found = documents_mentioning(client, test_stack, person.user_id) + \
+            documents_mentioning(client, test_stack, person.email)
+        return sorted({(db, coll) for db, coll, _ in found})
+    wait_until(lambda: len(left_over(member)) >= 4, timeout=15, what="the services to know the member")
     seats = lambda: gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["members"]["count"]  # noqa: E731
     wait_until(lambda: seats() == 2, timeout=10, what="the join to reach the overview")
     response = gateway.delete("/me", {"password": member.password}, member.token)
@@ -326,3 +340,6 @@ def test_an_owner_cannot_delete_their_account_and_a_member_leaves_on_deletion(ga
     wait_until(lambda: gateway.get("/me", member.token).status_code == 401, timeout=2, what="the token to die")
     # the owner keeps everything
     assert gateway.get("/me", owner.token).status_code == 200
+    # and nothing of the person is left in any service's database (the owner's "joined" mail names
+    # them in its subject only: that mail is the owner's)
+    wait_until(lambda: not left_over(member), timeout=15, what="every service to forget the person")

@@ -403,8 +403,10 @@ class MembershipStore(Store):
 
     # -- account deletion (services/membership/accounts.py) -----------------------------------
     def forget_person(self, user_id, email):
-        """Sessions, idempotency records and login counters of an account being deleted."""
+        """Sessions, accepted invitations, idempotency records and login counters of an account
+        being deleted."""
         self.db.sessions.delete_many({"user_id": user_id})
+        self.db.invites.delete_many({"accepted_by": user_id})  # the invitations they accepted: history of them
         self.db.idempotency_keys.delete_many({"ids.account_id": user_id})
         self.db.login_attempts.delete_many({"_id": {"$regex": "^email:%s@" % re.escape(email)}})
 

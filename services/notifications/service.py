@@ -128,10 +128,10 @@ class NotificationsService:
 
     @reliable_handler(events.ACCOUNT_DELETED)
     def on_account_deleted(self, event):
-        """The person deleted their account: their copies as a member of any organization go (with
-        the address and name they carried). Idempotent."""
+        """The person deleted their account: their copies as a member of any organization (with the
+        address and name they carried) and the log of mail sent to them go. Idempotent."""
         event = events.load_event(events.ACCOUNT_DELETED, event)
-        self.store.forget_person(event["user_id"])
+        self.store.forget_person(event["user_id"], event["email"])
 
     @reliable_handler(events.MEMBER_ROLE_CHANGED)
     def on_member_role_changed(self, event):
