@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test logs bench soak clean
+.PHONY: up down status test clients mail logs bench soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,26 @@ status: ## show each part
 test: $(STAMP) ## start what tests need (own vhost, databases, ports) and run pytest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Generated clients and the OpenAPI linter (tests/clients/): their own Python environment, the
+# openapi-generator CLI jar from Maven Central and @redocly/cli from npm, all pinned, under .venv/clients
+CLIENTS := $(VENV)/clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
+OPENAPI_GENERATOR_VERSION := 7.25.0
+
+$(CLIENTS_STAMP): $(STAMP) tests/clients/requirements.txt tests/clients/package.json tests/clients/package-lock.json
+	@test -x $(CLIENTS)/venv/bin/python || $(PYTHON) -m venv $(CLIENTS)/venv
+	$(CLIENTS)/venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+	@command -v mvn >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven)
+	mvn -q -B org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+	  -Dartifact=org.openapitools:openapi-generator-cli:$(OPENAPI_GENERATOR_VERSION) -DoutputDirectory=$(CLIENTS)
+	mkdir -p $(CLIENTS)/node && cp tests/clients/package.json tests/clients/package-lock.json $(CLIENTS)/node/
+	npm ci --silent --no-audit --no-fund --prefix $(CLIENTS)/node
+	@touch $(CLIENTS_STAMP)
+
+clients: $(CLIENTS_STAMP) ## generate two Python clients from the OpenAPI document, drive journeys with them, lint it
+	CLIENT_TOOLS=$(abspath $(CLIENTS)) OPENAPI_GENERATOR_JAR=$(abspath $(CLIENTS))/openapi-generator-cli-$(OPENAPI_GENERATOR_VERSION).jar \
+	  $(PY) -m pytest tests/clients $(PYTEST_ARGS)
+
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
@@ -39,6 +59,9 @@ soak: $(STAMP) ## own isolated stack (TEST_INSTANCE=soak), SOAK_SECONDS of mixed
 
 logs:
 	@tail -n 50 var/log/*.log
+
+mail: ## the newest mail the local SMTP sink received, decoded (TO=<address>: the newest to them)
+	@$(PYTHON) -m stack.mail $(if $(TO),--to $(TO))
 
 clean: down
 	rm -rf var

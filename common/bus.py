@@ -39,6 +39,7 @@ NOTHING = "(?!)"
 #: Every RPC the gateway makes (``tests/test_bus_permissions.py`` checks this against gateway/).
 GATEWAY_CALLS = {
     "membership": ("accept_invite", "change_member", "change_password", "check_access", "create_invites",
+                   "delete_account",
                    "create_organization", "export", "list_invites", "list_members", "list_organizations",
                    "login", "logout", "me", "ping", "preview_invite", "public_keys", "refresh",
                    "remove_member", "request_org_deletion", "revoke_invite", "signup", "signup_with_invite",

@@ -30,6 +30,7 @@ STATUS_BY_CODE = {
     "request_timeout": 408,
     "payload_too_large": 413,
     "uri_too_long": 414,
+    "unsupported_media_type": 415,
     "validation_failed": 422,
     "headers_too_large": 431,
     "rate_limited": 429,

@@ -25,6 +25,7 @@ MEMBER_ROLE_CHANGED = ("membership", "member_role_changed")
 OWNERSHIP_TRANSFERRED = ("membership", "ownership_transferred")
 INVITE_CREATED = ("membership", "invite_created")
 ACCESS_REVOKED = ("membership", "access_revoked")
+ACCOUNT_DELETED = ("membership", "account_deleted")
 STORAGE_UPDATED = ("usage", "storage_updated")
 CREDITS_CHANGED = ("usage", "credits_changed")
 AI_JOB_COMPLETED = ("usage", "ai_job_completed")
@@ -129,6 +130,14 @@ class AccessRevoked(EventSchema):
     not_before = fields.Float(required=True)
 
 
+class AccountDeleted(EventSchema):
+    """A person deleted their account (``DELETE /me``): no ``organization_id``; subscribers purge
+    what they hold of the person (the address is here for that, and only for that)."""
+    user_id = fields.String(required=True)
+    email = fields.String(required=True)
+    organizations_left = fields.List(fields.String(), required=True)
+
+
 class StorageUpdated(EventSchema):
     used_bytes = fields.Integer(required=True)
     datasets = fields.Integer(required=True)
@@ -167,6 +176,7 @@ SCHEMAS = {
     OWNERSHIP_TRANSFERRED: OwnershipTransferred,
     INVITE_CREATED: InviteCreated,
     ACCESS_REVOKED: AccessRevoked,
+    ACCOUNT_DELETED: AccountDeleted,
     STORAGE_UPDATED: StorageUpdated,
     CREDITS_CHANGED: CreditsChanged,
     AI_JOB_COMPLETED: AiJobCompleted,

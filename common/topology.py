@@ -54,6 +54,7 @@ SUBSCRIPTIONS = [
     Subscription(events.INVITE_CREATED, "notifications", "on_invite_created"),
     Subscription(events.STORAGE_UPDATED, "notifications", "on_storage_updated"),
     Subscription(events.AI_JOB_COMPLETED, "notifications", "on_ai_job_completed"),
+    Subscription(events.ACCOUNT_DELETED, "notifications", "on_account_deleted"),
     Subscription(events.organization_purged("membership"), "org", "on_membership_purged"),
     Subscription(events.organization_purged("notifications"), "org", "on_notifications_purged"),
     Subscription(events.organization_purged("usage"), "org", "on_usage_purged"),

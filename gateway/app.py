@@ -4,7 +4,7 @@ import os
 
 from flask import Flask, jsonify, request
 from nameko.exceptions import RemoteError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from common.bus import least_privilege
 from common.config import load_config
@@ -22,7 +22,7 @@ log = logging.getLogger("gateway")
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), "config.yml")
 _CODE_BY_STATUS = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                    405: "method_not_allowed", 409: "conflict", 410: "organization_gone",
-                   413: "payload_too_large", 422: "validation_failed", 429: "rate_limited"}
+                   413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed", 429: "rate_limited"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -98,7 +98,10 @@ def create_app(config=None):
     @app.errorhandler(HTTPException)
     def http_error(error):
         code = _CODE_BY_STATUS.get(error.code, "malformed_request" if error.code < 500 else "internal_error")
-        return error_response(code, error.description or error.name, status=error.code)
+        headers = {}
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:  # 405 says what is allowed
+            headers["Allow"] = ", ".join(sorted(set(error.valid_methods)))
+        return error_response(code, error.description or error.name, status=error.code, headers=headers)
 
     @app.errorhandler(Exception)
     def unexpected(error):

@@ -1,12 +1,17 @@
 """Request and response schemas of the HTTP API; the OpenAPI document is generated from these."""
 import re
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from common.errors import DomainError
 from common.events import PLAN_NAMES, ROLES
 from common.validation import EARLIEST, LATEST, bounded_moment
 
+INVITE_STATUSES = ("pending", "accepted", "revoked")
+#: mail kinds of the delivery log (one template each in services/notifications/templates)
+DELIVERY_KINDS = ("invite", "member_joined", "plan_changed", "plan_expiring", "plan_expired",
+                  "storage_limit_exceeded", "member_limit_exceeded", "ai_job_completed",
+                  "organization_deletion_requested", "organization_deleted")
 ORG_NAME = validate.Length(min=1, max=100)
 # Cursors are opaque, but their alphabet is not: urlsafe base64 (member and delivery lists), a
 # ledger position (credits; 18 digits stay far below BSON's int64). The services check the rest.
@@ -15,8 +20,28 @@ SEQUENCE_CURSOR = validate.Regexp(r"^[1-9][0-9]{0,17}$", error="Not a valid curs
 
 
 class Strict(Schema):
+    """Requests are closed: an unknown field is a client bug worth a 422, not something to ignore."""
+
     class Meta:
-        unknown = RAISE  # an unknown field is a client bug worth a 422, not something to ignore
+        unknown = RAISE
+
+
+class Open(Schema):
+    """Responses are open (no ``additionalProperties: false`` in the OpenAPI document): answers may
+    gain fields, and a client generated from the document must keep working when they do. Response
+    schemas are only ever dumped, so ``unknown`` matters for the document alone."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+def Timestamp(**kwargs):
+    """An ISO 8601 UTC moment as the services write it (``2026-01-31T12:00:00.000Z``)."""
+    return fields.String(metadata=dict(kwargs.pop("metadata", {}), format="date-time"), **kwargs)
+
+
+def EmailAddress(**kwargs):
+    return fields.String(metadata=dict(kwargs.pop("metadata", {}), format="email"), **kwargs)
 
 
 class StrictBoolean(fields.Boolean):
@@ -47,13 +72,13 @@ class BoundedDateTime(fields.AwareDateTime):
             raise ValidationError(next(iter(error.details.values()))[0])
 
 
-class ErrorBodySchema(Schema):
+class ErrorBodySchema(Open):
     code = fields.String(required=True)
     message = fields.String(required=True)
     details = fields.Dict(required=True)
 
 
-class ErrorSchema(Schema):
+class ErrorSchema(Open):
     error = fields.Nested(ErrorBodySchema, required=True)
 
 
@@ -134,21 +159,21 @@ class InviteRequest(Strict):
 
 # -- responses -------------------------------------------------------------------------------
 
-class UserSchema(Schema):
+class UserSchema(Open):
     id = fields.String(required=True)
-    email = fields.String(required=True)
+    email = EmailAddress(required=True)
     name = fields.String(required=True)
     is_superuser = fields.Boolean(required=True)
 
 
-class OrganizationMembershipSchema(Schema):
+class OrganizationMembershipSchema(Open):
     id = fields.String(required=True)
     name = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     is_owner = fields.Boolean(required=True)
 
 
-class TokenPairSchema(Schema):
+class TokenPairSchema(Open):
     access_token = fields.String(required=True)
     refresh_token = fields.String(required=True)
     expires_in = fields.Integer(required=True, metadata={"description": "access token lifetime, seconds"})
@@ -157,53 +182,59 @@ class TokenPairSchema(Schema):
 
 
 class SignupResponse(TokenPairSchema):
-    organization = fields.Nested(OrganizationMembershipSchema, allow_none=True, required=True)
+    organization = fields.Nested(OrganizationMembershipSchema, allow_none=True, required=True, metadata={
+        "description": "the organization the access token is scoped to; null: none"})
 
 
-class OrganizationRefSchema(Schema):
+class ScopedTokenPairSchema(SignupResponse):
+    """Login and refresh: the token pair and the organization it is scoped to."""
+
+
+class OrganizationRefSchema(Open):
     id = fields.String(required=True)
     name = fields.String(required=True)
 
 
-class MeSchema(Schema):
+class MeSchema(Open):
     user = fields.Nested(UserSchema, required=True)
     organization = fields.Nested(OrganizationRefSchema, allow_none=True, required=True)
-    role = fields.String(allow_none=True, required=True)
+    role = fields.String(allow_none=True, required=True, validate=validate.OneOf(ROLES),
+                         metadata={"description": "null when the token is scoped to no organization"})
     is_owner = fields.Boolean(required=True)
     organizations = fields.List(fields.Nested(OrganizationMembershipSchema), required=True)
 
 
-class OwnerSchema(Schema):
+class OwnerSchema(Open):
     id = fields.String(required=True)
     name = fields.String(required=True)
-    email = fields.String(required=True)
+    email = EmailAddress(required=True)
 
 
-class PlanSchema(Schema):
-    name = fields.String(required=True)
+class PlanSchema(Open):
+    name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
     included_users = fields.Integer(allow_none=True, required=True, metadata={"description": "null = unlimited"})
     included_storage_bytes = fields.Integer(allow_none=True, required=True,
                                             metadata={"description": "null = unlimited"})
-    paid_until = fields.String(allow_none=True, required=True)
+    paid_until = Timestamp(allow_none=True, required=True)
 
 
-class StorageSummarySchema(Schema):
+class StorageSummarySchema(Open):
     used_bytes = fields.Integer(required=True)
     included_bytes = fields.Integer(allow_none=True, required=True)
     exceeded = fields.Boolean(required=True)
 
 
-class MembersSummarySchema(Schema):
+class MembersSummarySchema(Open):
     count = fields.Integer(required=True)
     included = fields.Integer(allow_none=True, required=True)
     exceeded = fields.Boolean(required=True)
 
 
-class CreditsSummarySchema(Schema):
+class CreditsSummarySchema(Open):
     balance = fields.Integer(required=True, metadata={"description": "milli-credits"})
 
 
-class OrganizationOverviewSchema(Schema):
+class OrganizationOverviewSchema(Open):
     id = fields.String(required=True)
     name = fields.String(required=True)
     owner = fields.Nested(OwnerSchema, required=True)
@@ -211,11 +242,11 @@ class OrganizationOverviewSchema(Schema):
     storage = fields.Nested(StorageSummarySchema, required=True)
     members = fields.Nested(MembersSummarySchema, required=True)
     credits = fields.Nested(CreditsSummarySchema, required=True)
-    created_at = fields.String(required=True)
+    created_at = Timestamp(required=True)
     status = fields.String(required=True, validate=validate.OneOf(("active", "deleting", "deleted")))
 
 
-class OrganizationListSchema(Schema):
+class OrganizationListSchema(Open):
     items = fields.List(fields.Nested(OrganizationMembershipSchema), required=True)
 
 
@@ -223,77 +254,78 @@ class SwitchResponse(TokenPairSchema):
     organization = fields.Nested(OrganizationMembershipSchema, required=True)
 
 
-class MemberSchema(Schema):
+class MemberSchema(Open):
     user_id = fields.String(required=True)
-    email = fields.String(required=True)
+    email = EmailAddress(required=True)
     name = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     is_owner = fields.Boolean(required=True)
     can_delete_organization = fields.Boolean(required=True)
-    joined_at = fields.String(required=True)
+    joined_at = Timestamp(required=True)
 
 
-class MemberPageSchema(Schema):
+class MemberPageSchema(Open):
     items = fields.List(fields.Nested(MemberSchema), required=True)
     next_cursor = fields.String(allow_none=True, required=True)
 
 
-class RemovedSchema(Schema):
+class RemovedSchema(Open):
     removed = fields.Boolean(required=True)
     reason = fields.String(required=True, validate=validate.OneOf(("left", "removed")))
 
 
-class OwnershipSchema(Schema):
+class OwnershipSchema(Open):
     owner_user_id = fields.String(required=True)
     previous_owner_user_id = fields.String(required=True)
 
 
-class InviteSchema(Schema):
+class InviteSchema(Open):
     id = fields.String(required=True)
-    email = fields.String(required=True)
+    email = EmailAddress(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    status = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(INVITE_STATUSES),
+                           metadata={"description": "lists show pending invites; a revoke answers revoked"})
     invited_by = fields.String(required=True)
-    created_at = fields.String(required=True)
-    expires_at = fields.String(required=True)
+    created_at = Timestamp(required=True)
+    expires_at = Timestamp(required=True)
 
 
-class SkippedInviteSchema(Schema):
-    email = fields.String(required=True)
-    reason = fields.String(required=True)
+class SkippedInviteSchema(Open):
+    email = EmailAddress(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(("already_member",)))
 
 
-class InvitesCreatedSchema(Schema):
+class InvitesCreatedSchema(Open):
     items = fields.List(fields.Nested(InviteSchema), required=True)
     skipped = fields.List(fields.Nested(SkippedInviteSchema), required=True)
 
 
-class InviteListSchema(Schema):
+class InviteListSchema(Open):
     items = fields.List(fields.Nested(InviteSchema), required=True)
 
 
-class InvitePreviewSchema(Schema):
+class InvitePreviewSchema(Open):
     organization = fields.Nested(OrganizationRefSchema, required=True)
-    role = fields.String(required=True)
-    expires_at = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    expires_at = Timestamp(required=True)
 
 
 class DeleteOrganizationRequest(Strict):
     confirm_name = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 
-class DeletionServicesSchema(Schema):
+class DeletionServicesSchema(Open):
     org = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
     membership = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
     notifications = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
     usage = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
 
 
-class DeletionStatusSchema(Schema):
+class DeletionStatusSchema(Open):
     organization_id = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(("deleting", "deleted")))
-    requested_at = fields.String(required=True)
-    completed_at = fields.String(allow_none=True, required=True)
+    requested_at = Timestamp(required=True)
+    completed_at = Timestamp(allow_none=True, required=True)
     services = fields.Nested(DeletionServicesSchema, required=True)
 
 
@@ -304,20 +336,30 @@ class DeletionAcceptedSchema(DeletionStatusSchema):
                        "days after completion (DELETION_RECEIPT_DAYS)"})
 
 
-class ExportSchema(Schema):
+class ExportSchema(Open):
     organization_id = fields.String(required=True)
-    exported_at = fields.String(required=True)
+    exported_at = Timestamp(required=True)
     org = fields.Dict(required=True, metadata={"description": "organization and plan history"})
     membership = fields.Dict(required=True, metadata={"description": "members and invites (no tokens)"})
     notifications = fields.Dict(required=True, metadata={"description": "settings and delivery log"})
     usage = fields.Dict(required=True, metadata={"description": "storage report, credit ledger, reservations"})
 
 
-class LogoutResponse(Schema):
+class DeleteAccountRequest(Strict):
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
+
+
+class AccountDeletedSchema(Open):
+    deleted = fields.Boolean(required=True)
+    user_id = fields.String(required=True)
+    organizations_left = fields.List(fields.String(), required=True)
+
+
+class LogoutResponse(Open):
     logged_out = fields.Boolean(required=True)
 
 
-class HealthSchema(Schema):
+class HealthSchema(Open):
     status = fields.String(required=True)
     checks = fields.Dict()
 
@@ -341,9 +383,9 @@ class NotificationSettingsRequest(Strict):
     ai_job_recipients = fields.String(required=True, validate=validate.OneOf(AI_JOB_RECIPIENTS))
 
 
-class NotificationSettingsSchema(Schema):
-    plan_email = fields.String(allow_none=True, required=True)
-    new_user_email = fields.String(allow_none=True, required=True)
+class NotificationSettingsSchema(Open):
+    plan_email = EmailAddress(allow_none=True, required=True)
+    new_user_email = EmailAddress(allow_none=True, required=True)
     ai_job_recipients = fields.String(required=True, validate=validate.OneOf(AI_JOB_RECIPIENTS))
 
 
@@ -352,28 +394,28 @@ class DeliveryQuery(Strict):
     cursor = fields.String(load_default=None, validate=POSITION_CURSOR)
 
 
-class DeliveryAttemptSchema(Schema):
-    at = fields.String(required=True)
+class DeliveryAttemptSchema(Open):
+    at = Timestamp(required=True)
     outcome = fields.String(required=True,
                             validate=validate.OneOf(("sent", "temporary_failure", "permanent_failure")))
     error = fields.String(allow_none=True, required=True)
 
 
-class DeliverySchema(Schema):
+class DeliverySchema(Open):
     id = fields.String(required=True)
-    kind = fields.String(required=True)
-    to = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(DELIVERY_KINDS))
+    to = EmailAddress(required=True)
     subject = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(("queued", "sent", "failed")))
     attempts = fields.Integer(required=True, metadata={"description": "number of attempts so far"})
     attempt_log = fields.List(fields.Nested(DeliveryAttemptSchema), required=True,
                               metadata={"description": "every attempt, oldest first"})
     last_error = fields.String(allow_none=True, required=True)
-    created_at = fields.String(required=True)
-    sent_at = fields.String(allow_none=True, required=True)
+    created_at = Timestamp(required=True)
+    sent_at = Timestamp(allow_none=True, required=True)
 
 
-class DeliveryPageSchema(Schema):
+class DeliveryPageSchema(Open):
     items = fields.List(fields.Nested(DeliverySchema), required=True)
     next_cursor = fields.String(allow_none=True, required=True)
 
@@ -405,35 +447,36 @@ class StorageReportRequest(Strict):
             raise ValidationError("Duplicate dataset ids: %s" % ", ".join(sorted(duplicates)[:10]), "datasets")
 
 
-class StorageTotalsSchema(Schema):
+class StorageTotalsSchema(Open):
     used_bytes = fields.Integer(required=True)
     datasets = fields.Integer(required=True)
-    last_report_at = fields.String(allow_none=True, required=True)
+    last_report_at = Timestamp(allow_none=True, required=True)
     sequence = fields.Integer(required=True, metadata={"description": "position in the organization's reports"})
 
 
-class UsageStorageSchema(Schema):
+class UsageStorageSchema(Open):
     used_bytes = fields.Integer(required=True)
     included_bytes = fields.Integer(allow_none=True, required=True, metadata={"description": "null = unlimited"})
     datasets = fields.Integer(required=True)
-    last_report_at = fields.String(allow_none=True, required=True)
+    last_report_at = Timestamp(allow_none=True, required=True)
     exceeded = fields.Boolean(required=True)
 
 
-class UsageMembersSchema(Schema):
+class UsageMembersSchema(Open):
     count = fields.Integer(required=True)
     included = fields.Integer(allow_none=True, required=True, metadata={"description": "null = unlimited"})
 
 
-class UsageSchema(Schema):
+class UsageSchema(Open):
     storage = fields.Nested(UsageStorageSchema, required=True)
     members = fields.Nested(UsageMembersSchema, required=True)
     credits = fields.Nested(CreditsSummarySchema, required=True)
 
 
-IDEMPOTENCY_KEY = fields.String(required=True, validate=validate.Length(min=1, max=200), metadata={
-    "description": "repeating a key returns the first result and writes nothing; "
-                   "the same key with different parameters is a 409"})
+IDEMPOTENCY_KEY = fields.String(validate=validate.Length(min=1, max=200), metadata={
+    "description": "the same as the Idempotency-Key header (one of the two is required): repeating "
+                   "a key returns the first result and writes nothing; the same key with different "
+                   "parameters is a 409"})
 
 
 class GrantRequest(Strict):
@@ -481,7 +524,7 @@ class CreditsQuery(Strict):
     cursor = fields.String(load_default=None, validate=SEQUENCE_CURSOR)
 
 
-class LedgerEntrySchema(Schema):
+class LedgerEntrySchema(Open):
     id = fields.String(required=True, metadata={"description": "for a reservation: the reservation id"})
     sequence = fields.Integer(required=True, metadata={"description": "position in the organization's ledger"})
     kind = fields.String(required=True, validate=validate.OneOf(
@@ -495,17 +538,18 @@ class LedgerEntrySchema(Schema):
     comment = fields.String(allow_none=True, required=True)
     job_id = fields.String(allow_none=True, required=True)
     job_type = fields.String(allow_none=True, required=True)
-    outcome = fields.String(allow_none=True, required=True)
-    expires_at = fields.String(allow_none=True, required=True)
-    created_at = fields.String(required=True)
+    outcome = fields.String(allow_none=True, required=True, validate=validate.OneOf(("succeeded", "failed")),
+                            metadata={"description": "settlement and refund entries: the job's outcome"})
+    expires_at = Timestamp(allow_none=True, required=True)
+    created_at = Timestamp(required=True)
 
 
-class CreditWriteSchema(Schema):
+class CreditWriteSchema(Open):
     entry = fields.Nested(LedgerEntrySchema, required=True)
     balance = fields.Integer(required=True, metadata={"description": "balance right after this entry, " + MILLI})
 
 
-class LedgerPageSchema(Schema):
+class LedgerPageSchema(Open):
     balance = fields.Integer(required=True, metadata={"description": MILLI})
     items = fields.List(fields.Nested(LedgerEntrySchema), required=True, metadata={"description": "newest first"})
     next_cursor = fields.String(allow_none=True, required=True)

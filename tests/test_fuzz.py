@@ -19,7 +19,7 @@ Who calls
 
 Destructive operations
     Each operation that can end the caller's session or organization has a principal of its own:
-    ``logout``, ``delete_organization`` and ``transfer_ownership`` consume theirs (a new account /
+    ``logout``, ``delete_me``, ``delete_organization`` and ``transfer_ownership`` consume theirs (a new account /
     organization is made when a case succeeded); ``switch``, ``change_password`` and ``refresh``
     continue with the token pair the answer returned; a member removed by ``remove_member`` and an
     invite revoked or accepted are replaced. A valid token that nevertheless gets a 401 counts as a
@@ -126,6 +126,7 @@ class World:
         p["password"] = Principal(self, "password", lambda: gateway.signup(organization_name=None))
         p["refresh"] = Principal(self, "refresh", lambda: gateway.signup(organization_name=None))
         p["login"] = Principal(self, "login", lambda: gateway.signup(organization_name=None))
+        p["unaccount"] = Principal(self, "unaccount", lambda: gateway.signup(organization_name=None))
         p["switch"] = Principal(self, "switch", self._make_switcher)
         p["invitee"] = Principal(self, "invitee", self._make_invitee)
         p["deleter"] = Principal(self, "deleter", self._make_deleter)
@@ -211,7 +212,8 @@ class World:
         access = operation.definition.raw.get("x-access")
         name = {"logout": "logout", "change_password": "password", "switch": "switch", "accept_invite": "invitee",
                 "delete_organization": "deleter", "transfer_ownership": "transfer",
-                "get_deletion": "superuser", "login": "login", "refresh": "refresh"}.get(op_id)
+                "get_deletion": "superuser", "login": "login", "refresh": "refresh",
+                "delete_me": "unaccount"}.get(op_id)
         if name is None:
             name = {"public": None, "superuser": "superuser"}.get(access, "owner")
         return name
@@ -244,6 +246,8 @@ class World:
             return {"organization_id": account.extra["orgs"]}
         if op_id == "change_password":
             return {"current_password": [account.password]}
+        if op_id == "delete_me":
+            return {"password": [account.password]}
         if op_id == "delete_organization":
             return {"confirm_name": [account.extra["name"]]}
         if op_id == "transfer_ownership":
@@ -258,7 +262,7 @@ class World:
             self._after(op_id, name, account, case, response.json())
 
     def _after(self, op_id, name, account, case, body):
-        if op_id in ("logout", "delete_organization", "transfer_ownership", "accept_invite"):
+        if op_id in ("logout", "delete_organization", "transfer_ownership", "accept_invite", "delete_me"):
             if op_id == "delete_organization":
                 self.deleted_orgs.append(account.org_id)
                 self.receipts.append(body["receipt_url"].rsplit("/", 1)[1])

@@ -78,6 +78,9 @@ EXPECTED = {
     "switch": user_row(403, member=200, dataset_manager=200, admin=200, owner=200, multi=200),
     "change_password": user_row(200),
     "me": user_row(200),
+    # with a wrong password: every authenticated caller is told so (the success paths, and the owner's
+    # 409, are in tests/test_accounts_api.py; nobody here loses their account)
+    "delete_me": user_row(422),
     "create_invites": org_row(201, *ADMINS),
     "list_invites": org_row(200, *ADMINS),
     "revoke_invite": org_row(200, *ADMINS),
@@ -285,6 +288,10 @@ def build_change_password(world, p, ok):
 
 def build_me(world, p, ok):
     return Call("/me")
+
+
+def build_delete_me(world, p, ok):
+    return Call("/me", {"password": "not the password at all"})
 
 
 def build_create_invites(world, p, ok):

@@ -10,9 +10,11 @@ from gateway.routes.common import actor, api, rpc
 
 
 @api.route("/organizations", "POST", USER, "Create an organization; the caller becomes its owner",
-           "organizations", body=s.CreateOrganizationRequest, response=s.OrganizationOverviewSchema, status=201)
+           "organizations", body=s.CreateOrganizationRequest, response=s.OrganizationOverviewSchema, status=201,
+           idempotent=True)
 def create_organization(body):
-    return rpc("membership", "create_organization", g.claims["sub"], body["name"])
+    """The new token is not scoped to it: switch to it (`POST /auth/switch`) to act in it."""
+    return rpc("membership", "create_organization", g.claims["sub"], body["name"], g.idempotency_key)
 
 
 @api.route("/organizations", "GET", USER, "The caller's organizations", "organizations",
@@ -43,11 +45,13 @@ def set_plan(org_id, body):
 @api.route("/organizations/<org_id>", "DELETE", ADMIN,
            "Delete the organization and all its data (owner, or an admin holding the deletion right)",
            "organizations", body=s.DeleteOrganizationRequest, response=s.DeletionAcceptedSchema, status=202,
-           errors=("410",))
+           errors=("410",), success_headers=("Location",))
 def delete_organization(org_id, body):
-    """202 with the receipt link: the deletion revokes the caller's token (and may delete their
-    account), so the status must be readable without one. This process refuses the organization at
-    once; the others learn it from the announcement (``gateway/deletions.py``)."""
+    """202 with the receipt link (`Location`, `receipt_url`): the deletion revokes the caller's token
+    (and may delete their account), so its status must be readable without one; follow it until
+    `status` is `deleted`. `confirm_name` must equal the current name (else 422)."""
+    # This process refuses the organization at once; the others learn it from the announcement
+    # (gateway/deletions.py).
     status = rpc("membership", "request_org_deletion", org_id, actor(), body["confirm_name"])
     current_app.extensions["gone_organizations"].add(org_id)
     receipt_url = url_for("api.get_get_deletion_by_receipt", receipt=status.pop("receipt"))

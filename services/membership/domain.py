@@ -98,6 +98,16 @@ def token_pair(security, account, session, membership, is_owner, refresh_token):
             "token_type": "Bearer", "user": public_user(account)}
 
 
+def organization_summary(store, org_id, membership, user_id):
+    """The organization a new token is scoped to, as sign-up, login, refresh and switch answer it
+    (``None`` for a token scoped to no organization)."""
+    if not org_id or membership is None:
+        return None
+    organization = store.organization(org_id) or {}
+    return {"id": org_id, "name": organization.get("name", ""), "role": membership["role"],
+            "is_owner": organization.get("owner_user_id") == user_id}
+
+
 def is_owner_of(store, org_id, user_id):
     """Read *after* the membership: ownership changes bump both memberships' cut-offs after the
     owner is written, so a token carrying the new cut-off also carries the new owner flag."""
@@ -121,30 +131,39 @@ def revoke_session(store, session_id, user_id, org_id):
 # -- sign-up and login -------------------------------------------------------------------------
 
 def signup(store, security, create_org, email, password, name, organization_name=None, config=None,
-           client_address=None):
+           client_address=None, idempotency_key=None):
     """Create an account, and with ``organization_name`` an organization it owns.
 
     The organization is created first (idempotently, by an id chosen here) so that a failure there
     leaves no half-made account behind. Rate limited per client address; a taken email is refused
     before the password is hashed (the 409 says it is taken anyway, so hashing first hid nothing
-    and made every such request cost a hash).
+    and made every such request cost a hash). With an ``idempotency_key`` the account and the
+    organization get the ids the first request with that key chose (``idempotency.claim``), so a
+    retry after a timeout finds what the first one wrote and finishes like it.
     """
-    from services.membership import members
+    from services.membership import idempotency, members
 
     email = normalize_email(email)
     name = clean_person_name(name)
     check_password(password)
     check_signup_rate(store, config or {}, client_address)
-    if store.account_by_email(email):
-        raise DomainError("email_taken", "an account with this email already exists")
-    password_hash = security.passwords.hash(password)
-    account = new_account(email, name, password_hash)
+    ids, replayed = idempotency.claim(store, config or {}, "signup:" + email, idempotency_key,
+                                      {"name": name, "organization_name": organization_name},
+                                      {"account_id": str(uuid.uuid4()), "org_id": str(uuid.uuid4())})
+    account = replayed_account(store, security, email, password, ids, idempotency_key)
+    stored = account is not None
+    if not stored:
+        account = new_account(email, name, security.passwords.hash(password))
+        account["_id"] = ids["account_id"]
     organization = None
     if organization_name is not None:
-        organization = members.create_remote_organization(create_org, organization_name, account)
+        organization = members.create_remote_organization(create_org, organization_name, account, ids["org_id"])
         account["last_org_id"] = organization["id"]
-    if not store.insert_account(account):
-        raise DomainError("email_taken", "an account with this email already exists")
+    if not stored and not store.insert_account(account):
+        account = replayed_account(store, security, email, password, ids, idempotency_key)
+        if account is None:
+            raise DomainError("email_taken", "an account with this email already exists")
+        stored = True  # the first request with this key inserted it a moment ago
     membership = None
     if organization is not None:
         membership = members.record_new_organization(store, organization, account)
@@ -153,7 +172,22 @@ def signup(store, security, create_org, email, password, name, organization_name
     summary = None
     if organization is not None:
         summary = {"id": organization["id"], "name": organization["name"], "role": "admin", "is_owner": True}
-    return dict(tokens, organization=summary)
+    # a replay only if the first request with this key got as far as the account (else this one made it)
+    return dict(tokens, organization=summary, replayed=replayed and stored)
+
+
+def replayed_account(store, security, email, password, ids, idempotency_key):
+    """The account of ``email`` if a request with the same ``Idempotency-Key`` created it (it must
+    then have the same password), None if there is none yet; any other account is a 409."""
+    existing = store.account_by_email(email)
+    if existing is None:
+        return None
+    if idempotency_key is None or existing["_id"] != ids["account_id"]:
+        raise DomainError("email_taken", "an account with this email already exists")
+    from services.membership import idempotency
+    if not security.passwords.verify(existing["password_hash"], password):
+        raise idempotency.reused_with_other_parameters()
+    return existing
 
 
 class Counted:
@@ -235,7 +269,8 @@ def login(store, security, config, email, password, organization_id=None, client
     org_id, membership = choose_organization(store, account, organization_id)
     if org_id != account.get("last_org_id"):
         store.set_account(account["_id"], {"last_org_id": org_id})
-    return open_session(store, security, account, org_id, membership, is_owner_of(store, org_id, account["_id"]))
+    tokens = open_session(store, security, account, org_id, membership, is_owner_of(store, org_id, account["_id"]))
+    return dict(tokens, organization=organization_summary(store, org_id, membership, account["_id"]))
 
 
 def choose_organization(store, account, organization_id):
@@ -325,8 +360,9 @@ def _renewed_pair(store, security, session):
     if account is None or (org_id and membership is None) or not live:
         revoke_session(store, session["_id"], session["user_id"], org_id)
         raise DomainError("invalid_token", "refresh token is invalid or expired")
-    return token_pair(security, account, session, membership, is_owner_of(store, org_id, account["_id"]),
+    pair = token_pair(security, account, session, membership, is_owner_of(store, org_id, account["_id"]),
                       new_secret_token())
+    return dict(pair, organization=organization_summary(store, org_id, membership, account["_id"]))
 
 
 def logout(store, session_id, user_id, org_id):

@@ -190,7 +190,7 @@ def accept(store, security, plan_limit, token, user_id):
 
 
 def signup_with_invite(store, security, plan_limit, email, password, name, token, config=None,
-                       client_address=None):
+                       client_address=None, idempotency_key=None):
     """Create the account directly in the inviting organization (the invite must be for this email).
 
     If joining fails once the account exists (the last seat went to someone else a moment ago, the
@@ -200,6 +200,18 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
     name = domain.clean_person_name(name)
     domain.check_password(password)
     domain.check_signup_rate(store, config or {}, client_address)
+    from services.membership import idempotency
+    ids, replayed = idempotency.claim(store, config or {}, "signup:" + email, idempotency_key,
+                                      {"name": name, "invite": token_hash(token or "")},
+                                      {"account_id": str(uuid.uuid4())})
+    if replayed:
+        existing = domain.replayed_account(store, security, email, password, ids, idempotency_key)
+        joined = _joined_by_invite(store, existing, token)
+        if joined is not None:  # the first request got in: answer as it did
+            org_id, membership, organization = joined
+            tokens = domain.open_session(store, security, existing, org_id, membership)
+            return dict(tokens, replayed=True, organization={
+                "id": org_id, "name": organization["name"], "role": membership["role"], "is_owner": False})
     invite, organization = _usable_invite(store, token)
     _check_invitee(invite, email)
     limit = plan_limit(organization["_id"])
@@ -208,6 +220,7 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
     if store.account_by_email(email):
         raise DomainError("email_taken", "an account with this email already exists")
     account = domain.new_account(email, name, security.passwords.hash(password))
+    account["_id"] = ids["account_id"]
     account["last_org_id"] = organization["_id"]
     if not store.insert_account(account):
         raise DomainError("email_taken", "an account with this email already exists")
@@ -216,6 +229,20 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
     except DomainError:  # raised before any membership exists: nothing refers to the account yet
         store.delete_account(account["_id"])
         raise
+
+
+def _joined_by_invite(store, account, token):
+    """``(org_id, membership, organization)`` if ``account`` joined through the invite ``token``."""
+    if account is None:
+        return None
+    invite = store.invite_by_token_hash(token_hash(token or ""))
+    if invite is None or invite.get("accepted_by") != account["_id"]:
+        return None
+    membership = store.membership(invite["org_id"], account["_id"])
+    organization = store.organization(invite["org_id"])
+    if membership is None or organization is None:
+        return None
+    return invite["org_id"], membership, organization
 
 
 def _join(store, security, invite, organization, account, limit):

@@ -19,10 +19,10 @@ MAX_PAGE = 200
 CHANGE_ATTEMPTS = 5
 
 
-def create_remote_organization(create_org, name, account):
+def create_remote_organization(create_org, name, account, org_id=None):
     """Ask the org service to create the organization (idempotent by the id chosen here)."""
-    return create_org(str(uuid.uuid4()), name, {"id": account["_id"], "name": account["name"],
-                                                "email": account["email"]})
+    return create_org(org_id or str(uuid.uuid4()), name, {"id": account["_id"], "name": account["name"],
+                                                          "email": account["email"]})
 
 
 def new_membership(org_id, account, role):
@@ -45,13 +45,19 @@ def record_new_organization(store, organization, account):
     return membership
 
 
-def create_organization(store, create_org, user_id, name):
+def create_organization(store, create_org, user_id, name, config=None, idempotency_key=None):
+    """With an ``Idempotency-Key``, a retry creates under the first request's id: the org service
+    answers the organization it already created, and the membership is found again."""
+    from services.membership import idempotency
+
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
-    organization = create_remote_organization(create_org, name, account)
+    ids, replayed = idempotency.claim(store, config or {}, "organization:" + user_id, idempotency_key,
+                                      {"name": name}, {"org_id": str(uuid.uuid4())})
+    organization = create_remote_organization(create_org, name, account, ids["org_id"])
     record_new_organization(store, organization, account)
-    return organization
+    return dict(organization, replayed=replayed)
 
 
 def list_organizations(store, user_id):

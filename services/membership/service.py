@@ -10,7 +10,7 @@ from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
-from services.membership import deletion, domain, invites, members
+from services.membership import accounts, deletion, domain, invites, members
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
 
@@ -66,14 +66,14 @@ class MembershipService:
 
     # -- accounts and sessions ----------------------------------------------------------------
     @domain_rpc
-    def signup(self, email, password, name, organization_name=None, client_address=None):
+    def signup(self, email, password, name, organization_name=None, client_address=None, idempotency_key=None):
         return domain.signup(self.store, self.security, self._create_org, email, password, name,
-                             organization_name, self.config, client_address)
+                             organization_name, self.config, client_address, idempotency_key)
 
     @domain_rpc
-    def signup_with_invite(self, email, password, name, invite_token, client_address=None):
+    def signup_with_invite(self, email, password, name, invite_token, client_address=None, idempotency_key=None):
         return invites.signup_with_invite(self.store, self.security, self._plan_limit, email, password, name,
-                                          invite_token, self.config, client_address)
+                                          invite_token, self.config, client_address, idempotency_key)
 
     @domain_rpc
     def login(self, email, password, organization_id=None, client_address=None):
@@ -98,6 +98,10 @@ class MembershipService:
                                       new_password, self.config)
 
     @domain_rpc
+    def delete_account(self, user_id, password):
+        return accounts.delete_account(self.store, self.security, user_id, password, self.config)
+
+    @domain_rpc
     def check_access(self, claims):
         return domain.check_access(self.store, claims)
 
@@ -107,8 +111,9 @@ class MembershipService:
 
     # -- organizations and members --------------------------------------------------------------
     @domain_rpc
-    def create_organization(self, user_id, name):
-        return members.create_organization(self.store, self._create_org, user_id, name)
+    def create_organization(self, user_id, name, idempotency_key=None):
+        return members.create_organization(self.store, self._create_org, user_id, name, self.config,
+                                           idempotency_key)
 
     @domain_rpc
     def list_organizations(self, user_id):
@@ -176,3 +181,4 @@ class MembershipService:
     @configured_timer("LOGIN_LIMIT_WINDOW", 60)
     def forget_login_attempts(self):
         self.store.forget_attempts(utcnow())
+        self.store.forget_idempotency_keys(utcnow())

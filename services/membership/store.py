@@ -5,6 +5,8 @@ name (fed by the org service's events), owner and the seat counter. The plan's u
 from the org service when someone joins (rare, and it must be current, not eventually current). The
 owner lives only here (``owner_user_id``), so transferring ownership is one atomic write.
 """
+import re
+
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -410,3 +412,36 @@ class MembershipStore(Store):
     def forget_attempts(self, before):
         removed = self.db.login_attempts.delete_many({"expires_at": {"$lt": before}}).deleted_count
         return removed + self.db.invite_requests.delete_many({"expires_at": {"$lt": before}}).deleted_count
+
+    # -- idempotency keys of sign-up and organization creation (services/membership/idempotency.py)
+    def insert_idempotency_record(self, doc):
+        """False if the key is already recorded."""
+        try:
+            self.db.idempotency_keys.insert_one(doc)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def idempotency_record(self, record_id):
+        return self.db.idempotency_keys.find_one({"_id": record_id})
+
+    def forget_idempotency_record(self, record_id, expires_at):
+        self.db.idempotency_keys.delete_one({"_id": record_id, "expires_at": expires_at})
+
+    def forget_idempotency_keys(self, before):
+        return self.db.idempotency_keys.delete_many({"expires_at": {"$lt": before}}).deleted_count
+
+    # -- account deletion (services/membership/accounts.py) -----------------------------------
+    def forget_person(self, user_id, email):
+        """Sessions, accepted invitations, idempotency records and login counters of an account
+        being deleted."""
+        self.db.sessions.delete_many({"user_id": user_id})
+        self.db.invites.delete_many({"accepted_by": user_id})  # the invitations they accepted: history of them
+        self.db.idempotency_keys.delete_many({"ids.account_id": user_id})
+        self.db.login_attempts.delete_many({"_id": {"$regex": "^email:%s@" % re.escape(email)}})
+
+    def delete_account_after_publish(self, user_id, *events):
+        """Hide the account now (its email is free again once deleted); the outbox deletes it once
+        ``events`` are published."""
+        return self._update_one_with_events("accounts", {"_id": user_id}, {"$set": {outbox.DELETE_AFTER: True}},
+                                            events)

@@ -126,6 +126,13 @@ class NotificationsService:
     def on_member_left(self, event):
         self._handle(events.MEMBER_LEFT, "member_left", event)
 
+    @reliable_handler(events.ACCOUNT_DELETED)
+    def on_account_deleted(self, event):
+        """The person deleted their account: their copies as a member of any organization (with the
+        address and name they carried) and the log of mail sent to them go. Idempotent."""
+        event = events.load_event(events.ACCOUNT_DELETED, event)
+        self.store.forget_person(event["user_id"], event["email"])
+
     @reliable_handler(events.MEMBER_ROLE_CHANGED)
     def on_member_role_changed(self, event):
         self._handle(events.MEMBER_ROLE_CHANGED, "member_role_changed", event)

@@ -381,6 +381,17 @@ class NotificationsStore(Store):
     def unfinished(self, org_id, kind):
         return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0
 
+    def forget_person(self, user_id, email):
+        """An account was deleted: its member copies in every organization go, and so does the log of
+        mail sent to its address (with attempts and claims). Mail still queued stays: an invitation
+        to that address from an organization is not the deleted account's."""
+        removed = self.db.members.delete_many({"user_id": user_id}).deleted_count
+        sent = [doc["_id"] for doc in self.db.deliveries.find({"to": email}, {"_id": 1})
+                if not self.db.mail_queue.find_one({"_id": doc["_id"]}, {"_id": 1})]
+        for delivery_id in sent:
+            self.forget_delivery(delivery_id)
+        return removed + len(sent)
+
 
 def _only_duplicates(error):
     """Indexes of the statements a bulk insert refused as duplicates; re-raise anything else."""
