@@ -69,8 +69,3 @@ def oldest_first(fetch, org_id, top, limit, after=None, field="ordinal"):
         found.extend(docs)
         page += 1
     return found[:limit]
-
-
-def all_keys(org_id, top):
-    """Every page key up to ordinal ``top`` (a purge deletes page by page)."""
-    return [key_of_page(org_id, page) for page in range(number(top) + 1)] if top >= 1 else []

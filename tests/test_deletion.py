@@ -213,7 +213,8 @@ def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, own
 @pytest.mark.slow
 def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, client, test_stack, su_token):
     """70,000 ledger entries: more than FerretDB can remove in one delete (it binds every matched id
-    as a parameter: SQLite refuses more than 32,766, PostgreSQL more than 65,535), so the purge works
+    as a parameter: SQLite refuses more than 32,766, PostgreSQL more than 65,535). On PostgreSQL the
+    front deletes them in one SQL statement (``stack/ferretdb/purge.go``), elsewhere the purge works
     in batches. (With 40,000 the PostgreSQL handler's limit went untested and the bench's purge of
     100,000 entries failed.)"""
     owner = gateway.signup(organization_name="Big Lab")

@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from common import outbox, pages
 from common.errors import DomainError
-from common.mongo import (DELETE_BATCH, PURGE_THREADS, UNSERIALISED, Store, delete_in_batches, delete_pages,
-                          is_ferretdb)
+from common.mongo import Store, is_ferretdb, purge_delete
 from services.membership.security import InviteTokens
 
 LIVE = {outbox.DELETE_AFTER: {"$ne": True}}
@@ -355,7 +354,7 @@ class MembershipStore(Store):
             def elsewhere(user_id):
                 return self.db.memberships.find_one({"user_id": user_id, "org_id": {"$ne": org_id}},
                                                     {"_id": 1}) is not None
-            with ThreadPoolExecutor(PURGE_THREADS) as pool:
+            with ThreadPoolExecutor(8) as pool:
                 return {user_id for user_id, found in zip(user_ids, pool.map(elsewhere, user_ids)) if found}
         found = set()
         for start in range(0, len(user_ids), chunk):
@@ -374,27 +373,14 @@ class MembershipStore(Store):
         member_ids = self.org_member_ids(org_id)
         keep = self.members_elsewhere(member_ids, org_id) | self.superuser_ids()
         orphans = [user_id for user_id in member_ids if user_id not in keep]
-        removed = {"accounts": 0, "orphan_sessions": 0}
-        if is_ferretdb(self.db):  # no ``$in`` push-down there: one equality delete per account
-            def orphan(user_id):
-                sessions = self.db.sessions.delete_many({"user_id": user_id}, comment=UNSERIALISED).deleted_count
-                return sessions, self.db.accounts.delete_one({"_id": user_id}).deleted_count
-            with ThreadPoolExecutor(PURGE_THREADS) as pool:
-                for sessions, accounts in pool.map(orphan, orphans):
-                    removed["orphan_sessions"] += sessions
-                    removed["accounts"] += accounts
-        for start in range(0, len(orphans), DELETE_BATCH) if not is_ferretdb(self.db) else ():
-            chunk = orphans[start:start + DELETE_BATCH]
-            removed["orphan_sessions"] += delete_in_batches(self.db.sessions, {"user_id": {"$in": chunk}})
-            removed["accounts"] += self.db.accounts.delete_many({"_id": {"$in": chunk}}).deleted_count
-        for name in ("invites", "invite_requests", "sessions"):
-            removed[name] = delete_in_batches(self.db[name], {"org_id": org_id})
-        top = (self.db.organizations.find_one({"_id": org_id}, {"joined": 1}) or {}).get("joined") or 0
-        removed["memberships"] = delete_pages(self.db.memberships, pages.all_keys(org_id, top), {"org_id": org_id})
+        removed = {"orphan_sessions": purge_delete(self.db.sessions, "user_id", orphans),
+                   "accounts": purge_delete(self.db.accounts, "_id", orphans)}
+        for name in ("invites", "invite_requests", "memberships", "sessions"):
+            removed[name] = purge_delete(self.db[name], "org_id", [org_id])
         removed["sessions"] += removed.pop("orphan_sessions")
         removed["last_used_cleared"] = self.db.accounts.update_many(
             {"last_org_id": org_id}, {"$set": {"last_org_id": None}}).modified_count
-        removed["organizations"] = self.db.organizations.delete_many({"_id": org_id}).deleted_count
+        removed["organizations"] = purge_delete(self.db.organizations, "_id", [org_id])
         return removed
 
     def export_invites(self, org_id):

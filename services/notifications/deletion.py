@@ -6,11 +6,11 @@ that mail is final (sent, or failed after its retries); until then the organizat
 """
 import re
 
-from common import events, outbox, pages, tombstones
+from common import events, outbox, tombstones
 from common.addresses import normalize_address, single_line
 from common.errors import DomainError
 from common.events import utcnow
-from common.mongo import delete_in_batches, delete_pages
+from common.mongo import purge_delete
 from services.notifications import dispatch, settings
 from services.notifications.schemas import DeliverySchema
 
@@ -58,20 +58,19 @@ def purge_when_mailed(store, org_id):
 
 def delete_everything(store, org_id):
     """Every document of the organization, by collection; also what a write racing the purge left."""
-    keys = pages.all_keys(org_id, store.deliveries_top(org_id))
     return {
-        "deliveries": delete_pages(store.db.deliveries, keys, {"org_id": org_id}),
-        "delivery_attempts": delete_pages(store.db.delivery_attempts, keys, {"org_id": org_id}),
-        "mail_queue": delete_in_batches(store.db.mail_queue, {"org_id": org_id}),
-        "members": delete_in_batches(store.db.members, {"org_id": org_id}),
-        "settings": store.db.settings.delete_many({"_id": org_id}).deleted_count,
+        "deliveries": purge_delete(store.db.deliveries, "org_id", [org_id]),
+        "delivery_attempts": purge_delete(store.db.delivery_attempts, "org_id", [org_id]),
+        "mail_queue": purge_delete(store.db.mail_queue, "org_id", [org_id]),
+        "members": purge_delete(store.db.members, "org_id", [org_id]),
+        "settings": purge_delete(store.db.settings, "_id", [org_id]),
         "mail_decisions": store.db.mail_decisions.delete_many(
             {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
         # a retried mail's claims are named after its delivery, whose key may start with the org id
         "delivery_claims": store.db.delivery_claims.delete_many(
             {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
-        "organizations": store.db.organizations.delete_many({"_id": org_id}).deleted_count,
-        "delivery_counters": store.db.delivery_counters.delete_many({"_id": org_id}).deleted_count,
+        "organizations": purge_delete(store.db.organizations, "_id", [org_id]),
+        "delivery_counters": purge_delete(store.db.delivery_counters, "_id", [org_id]),
     }
 
 

@@ -1,7 +1,7 @@
 """The usage side of deleting an organization: purge everything, remember only a digest."""
 from common import events, outbox, tombstones
 from common.events import utcnow
-from common.mongo import delete_in_batches, delete_pages
+from common.mongo import purge_delete
 from services.usage import credits, storage
 
 BY_ORG_FIELD = ("ledger", "grant_expiries", "storage_reports", "dataset_buckets")
@@ -10,10 +10,8 @@ BY_ID = ("organizations", "plans", "member_counts")
 
 def delete_everything(store, org_id):
     """Every document of the organization, by collection; also what a write racing the purge left."""
-    removed = {name: delete_pages(store.db[name], store.chain_pages(name, org_id), {"org_id": org_id})
-               if name in store.CHAINS else delete_in_batches(store.db[name], {"org_id": org_id})
-               for name in BY_ORG_FIELD}
-    removed.update({name: store.db[name].delete_many({"_id": org_id}).deleted_count for name in BY_ID})
+    removed = {name: purge_delete(store.db[name], "org_id", [org_id]) for name in BY_ORG_FIELD}
+    removed.update({name: purge_delete(store.db[name], "_id", [org_id]) for name in BY_ID})
     return removed
 
 

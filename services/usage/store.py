@@ -118,11 +118,6 @@ class UsageStore(Store):
         except DuplicateKeyError:
             return False
 
-    def chain_pages(self, collection, org_id):
-        """Every page key a chain of the organization may use (the purge deletes them one by one)."""
-        head = self._chain_head(collection, org_id)
-        return pages.all_keys(org_id, head["seq"] if head else 0)
-
     def ledger_head(self, org_id):
         return self._chain_head("ledger", org_id)
 

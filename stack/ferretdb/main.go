@@ -210,17 +210,12 @@ func (m *message) writeTo(w io.Writer) error {
 	return err
 }
 
-// unserialised is the comment of a delete whose outcome depends on no other write (a purge's
-// delete of one page of a deleted organization): it runs beside the database's other commands, so
-// one purge uses both cores. A guarded delete ({_id, status: x}) must not carry it: FerretDB reads
-// the matches, then deletes them by _id, and an update in between would be lost.
-const unserialised = "orgplatform:unserialised"
-
 // command returns the command name of an OP_MSG (the first key of its body document), the
-// database it addresses ("$db"), its top-level "comment" string and the message flags.
-func (m *message) command() (name, db, comment string, flags uint32) {
+// database it addresses ("$db"), the first key's string value (a delete's collection), its
+// top-level "comment" string and the message flags.
+func (m *message) command() (name, db, target, comment string, flags uint32) {
 	if m.opCode() != opMsg || len(m.body) < 4+1+4+1+1 {
-		return "", "", "", 0
+		return "", "", "", "", 0
 	}
 	flags = binary.LittleEndian.Uint32(m.body[0:4])
 	offset := 4
@@ -229,26 +224,26 @@ func (m *message) command() (name, db, comment string, flags uint32) {
 		offset++
 		if kind == 1 { // document sequence: int32 size, then skip it
 			if offset+4 > len(m.body) {
-				return "", "", "", flags
+				return "", "", "", "", flags
 			}
 			offset += int(binary.LittleEndian.Uint32(m.body[offset : offset+4]))
 			continue
 		}
-		name, db, comment = commandAndDatabase(m.body[offset:])
-		return name, db, comment, flags
+		name, db, target, comment = commandAndDatabase(m.body[offset:])
+		return name, db, target, comment, flags
 	}
-	return "", "", "", flags
+	return "", "", "", "", flags
 }
 
-// commandAndDatabase walks the top level of a BSON document: its first key, its "$db" string and
-// its "comment" string.
-func commandAndDatabase(doc []byte) (name, db, comment string) {
+// commandAndDatabase walks the top level of a BSON document: its first key and that key's string
+// value, its "$db" string and its "comment" string.
+func commandAndDatabase(doc []byte) (name, db, target, comment string) {
 	if len(doc) < 5 {
-		return "", "", ""
+		return "", "", "", ""
 	}
 	end := int(binary.LittleEndian.Uint32(doc[0:4]))
 	if end > len(doc) {
-		return "", "", ""
+		return "", "", "", ""
 	}
 	offset := 4
 	for offset < end-1 {
@@ -260,12 +255,16 @@ func commandAndDatabase(doc []byte) (name, db, comment string) {
 		}
 		key := string(doc[offset:keyEnd])
 		offset = keyEnd + 1
-		if name == "" {
+		first := name == ""
+		if first {
 			name = key
 		}
 		size := valueSize(kind, doc[offset:end])
 		if size < 0 || offset+size > end {
-			return name, db, comment
+			return name, db, target, comment
+		}
+		if first && kind == 0x02 && size > 5 {
+			target = string(doc[offset+4 : offset+size-1])
 		}
 		if key == "$db" && kind == 0x02 && size > 5 {
 			db = string(doc[offset+4 : offset+size-1])
@@ -275,7 +274,7 @@ func commandAndDatabase(doc []byte) (name, db, comment string) {
 		}
 		offset += size
 	}
-	return name, db, comment
+	return name, db, target, comment
 }
 
 // valueSize is the encoded size of a BSON value of type kind, or -1 if unknown.
@@ -323,7 +322,8 @@ func serve(client net.Conn, socket string) {
 	}
 	defer server.Close()
 
-	var mu sync.Mutex // guards awaiting and held
+	var clientMu sync.Mutex // one answer at a time to the client (FerretDB's, or a purge's)
+	var mu sync.Mutex       // guards awaiting and held
 	awaiting := int32(0)
 	var held func() // releases the database lock this connection holds
 	release := func() {
@@ -357,7 +357,10 @@ func serve(client net.Conn, socket string) {
 			if answered {
 				release()
 			}
-			if err := reply.writeTo(client); err != nil {
+			clientMu.Lock()
+			err = reply.writeTo(client)
+			clientMu.Unlock()
+			if err != nil {
 				release()
 				return
 			}
@@ -369,11 +372,26 @@ func serve(client net.Conn, socket string) {
 		if err != nil {
 			break
 		}
-		name, db, comment, flags := request.command()
+		name, db, target, comment, flags := request.command()
+		if name == "delete" && indexMirror != nil && flags&moreToCome == 0 {
+			if purge, ok := parsePurge(comment); ok {
+				n, err := indexMirror.purge(db, target, purge)
+				if err == nil {
+					clientMu.Lock()
+					err = deleteReply(request.requestID(), n).writeTo(client)
+					clientMu.Unlock()
+					if err != nil {
+						break
+					}
+					continue
+				}
+				log.Printf("purge of %s.%s in SQL failed, FerretDB deletes: %v", db, target, err)
+			}
+		}
 		if indexMirror != nil && (name == "createIndexes" || name == "create") {
 			indexMirror.poke()
 		}
-		if writeCommands[name] && flags&moreToCome == 0 && !(name == "delete" && comment == unserialised) {
+		if writeCommands[name] && flags&moreToCome == 0 {
 			unlock := acquire(db, name)
 			mu.Lock()
 			held = unlock
