@@ -231,3 +231,87 @@ def test_journey(people, test_stack, gateway):
     # the organization is gone for Linus too; his own organization stays
     linus.goto("/orgs/%s" % linus_org)
     assert linus.page.url.endswith("/login") or linus.heading() in ("Kernel Folks", "Sorry")
+
+
+def console_login(person, account):
+    person.login(account.email, account.password)
+    assert "/orgs/" in person.page.url, person.page.url
+
+
+def test_members_tab_search_pages_ownership_invites_leave_and_password(people, gateway, tap):
+    owner = gateway.signup(organization_name="Members Lab", name="Olga Owner")
+    names = ["Mia Member", "Max Member", "Ada Admin"]
+    joined = [join(gateway, tap, owner, "member", name=name) for name in names]
+    pending = unique_email("pending")
+    assert gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": [pending], "role": "admin"},
+                        owner.token).status_code == 201
+
+    olga = people("members-owner")
+    console_login(olga, owner)
+    olga.goto("/orgs/%s/members?limit=3" % owner.org_id)
+    pages = [[r.get_attribute("data-member") for r in olga.page.locator("tr[data-member]").all()]]
+    with olga.page.expect_navigation():
+        olga.page.get_by_role("link", name="Next page").click()
+    pages.append([r.get_attribute("data-member") for r in olga.page.locator("tr[data-member]").all()])
+    assert [len(p) for p in pages] == [3, 1] and olga.page.get_by_role("link", name="Next page").count() == 0
+    assert set(pages[0] + pages[1]) == {owner.email} | {a.email for a in joined}
+    # search
+    olga.goto("/orgs/%s/members" % owner.org_id)
+    olga.page.get_by_label("Search members").fill("Max")
+    with olga.page.expect_navigation():
+        olga.page.get_by_label("Search members").press("Enter")
+    assert [r.get_attribute("data-member") for r in olga.page.locator("tr[data-member]").all()] == [joined[1].email]
+    olga.check("members-search")
+
+    # promote Ada to admin, then hand her the ownership
+    olga.goto("/orgs/%s/members" % owner.org_id)
+    row = olga.page.locator("tr[data-member='%s']" % joined[2].email)
+    row.get_by_label("Role of Ada Admin").select_option("admin")
+    with olga.page.expect_navigation():
+        row.get_by_role("button", name="Change role of Ada Admin").click()
+    assert olga.flash() == "The role is changed to Admin.", olga.page.locator("main").inner_text()
+    row = olga.page.locator("tr[data-member='%s']" % joined[2].email)
+    assert row.get_by_role("button", name="Make owner Ada Admin").count() == 1, olga.page.content()
+    with olga.page.expect_navigation():
+        row.get_by_role("button", name="Make owner Ada Admin").click()
+    assert olga.flash() == "Ownership is transferred."
+    assert "Owner" in olga.page.locator("tr[data-member='%s']" % joined[2].email).inner_text()
+    assert olga.page.get_by_role("button", name=re.compile("Make owner")).count() == 0  # no longer the owner
+    overview = gateway.get("/organizations/%s" % owner.org_id, joined[2].token)
+    assert overview.status_code == 401  # her old token died with the change; the console's session renewed
+    # revoke the pending invite
+    invite_row = olga.page.locator("tr[data-invite='%s']" % pending)
+    with olga.page.expect_navigation():
+        invite_row.get_by_role("button", name="Revoke the invitation of %s" % pending).click()
+    assert olga.flash() == "The invitation is revoked; its link no longer works."
+    assert olga.page.locator("tr[data-invite='%s']" % pending).count() == 0
+
+    # a member changes their password, then leaves
+    mia = people("members-member")
+    console_login(mia, joined[0])
+    mia.goto("/account/password")
+    mia.fill("Current password", "wrong password!")
+    mia.fill("New password", "a brand new password")
+    mia.fill("New password again", "a brand new password")
+    mia.submit("Change password")
+    assert mia.page.locator("#f-current_password-error").inner_text() == "This is not your current password."
+    mia.check("password-error")
+    mia.fill("Current password", PASSWORD)
+    mia.fill("New password", "a brand new password")
+    mia.fill("New password again", "a brand new password")
+    mia.submit("Change password")
+    assert mia.flash().startswith("Your password is changed.")
+    assert gateway.post("/auth/login", {"email": mia_email(joined), "password": PASSWORD}).status_code == 401
+    mia.goto("/orgs/%s/members" % owner.org_id)
+    assert mia.page.get_by_role("button", name=re.compile("Remove|Change role|Revoke")).count() == 0
+    mia.check("members-member")
+    with mia.page.expect_navigation():
+        mia.page.get_by_role("button", name="Leave organization").click()
+    assert mia.page.url.endswith("/login")
+    assert mia.flash().startswith("You left the organization.")
+    members = gateway.get("/organizations/%s/members" % owner.org_id, joined[1].token).json()["items"]
+    assert joined[0].email not in {m["email"] for m in members}
+
+
+def mia_email(joined):
+    return joined[0].email

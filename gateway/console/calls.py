@@ -36,3 +36,9 @@ def call(name, access=None, body=None, query=None, **path_args):
     if isinstance(result, tuple):
         result = result[0]
     return schema_instance(op.response).dump(result) if op.response is not None else result
+
+
+def require(name, access, **path_args):
+    """Apply the access rule of operation ``name`` without running it: a page that exists only to
+    lead to that operation (the Delete tab, the operator console) is refused exactly as it would be."""
+    authorize(operations()[name], path_args, access)

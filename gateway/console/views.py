@@ -15,7 +15,7 @@ from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
 
 from common.errors import DomainError
-from gateway.console.calls import call
+from gateway.console.calls import call, require
 from gateway.console.session import COOKIE, Session
 from gateway.rpc import ServiceUnavailable
 
@@ -57,6 +57,9 @@ def open_session():
 
 
 def refused_form():
+    # a cross-site post arrives without the cookie: answering with a fresh session would replace the
+    # person's own (logging them out from another site), so a refusal never sets the cookie
+    g.session.changed = False
     return render_template("error.html", title="Form refused",
                            message="This form was sent from another site or has expired. "
                                    "Reload the page and try again."), 403
@@ -384,7 +387,7 @@ def change_password():
         if error.status >= 500 or error.code in ("token_revoked", "token_expired", "invalid_token"):
             raise
         errors = form_errors(error, ("current_password", "new_password"))
-        if error.code == "invalid_credentials":
+        if error.code == "invalid_credentials" or "current_password" in errors:
             errors = {"current_password": "This is not your current password."}
         return render("password.html", status=error.status, errors=errors)
     store_pair(pair)
@@ -414,6 +417,18 @@ def switch():
     org_id = request.form.get("organization_id", "")
     store_pair(call("switch", token(), body={"organization_id": org_id}))
     return redirect(url_for("console.overview", org_id=org_id))
+
+
+@bp.get("/organizations/<org_id>")
+def mail_org_link(org_id):
+    """The organization link of notification mail."""
+    return redirect(url_for("console.overview", org_id=org_id))
+
+
+@bp.get("/organizations/<org_id>/settings/notifications")
+def mail_settings_link(org_id):
+    """The "who gets these messages" link of notification mail."""
+    return redirect(url_for("console.notifications", org_id=org_id))
 
 
 # -- invitations -----------------------------------------------------------------------------
@@ -650,6 +665,7 @@ def save_notifications(org_id):
 # -- Delete ----------------------------------------------------------------------------------
 
 def delete_context(org_id, **extra):
+    require("delete_organization", token(), org_id=org_id)  # admins only, as the API's DELETE
     context = org_context(org_id, **extra)
     org = call("get_organization", token(), org_id=org_id)
     claims = signed_in()
@@ -715,10 +731,8 @@ def deletion_status_json():
 # -- platform operators ----------------------------------------------------------------------
 
 def operator_context(**extra):
-    claims = signed_in()
-    if not claims.get("su"):
-        raise DomainError("forbidden", "only platform operators may do this")
     org_id = (request.values.get("org_id") or "").strip()
+    require("set_plan", token(), org_id=org_id)  # platform operators only, as the API's plan and grants
     context = dict(extra, org_id=org_id, plan_names=PLAN_NAMES, org=None, idempotency_key=uuid.uuid4().hex)
     if org_id:
         try:
