@@ -276,7 +276,6 @@ class InvitePreviewSchema(Schema):
     organization = fields.Nested(OrganizationRefSchema, required=True)
     role = fields.String(required=True)
     expires_at = fields.String(required=True)
-    email = fields.String(metadata={"description": "the invited address"})
     inviter_name = fields.String(allow_none=True, metadata={"description": "null: the inviter's account is gone"})
 
 

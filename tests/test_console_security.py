@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from tests.console import PASSWORD, Person, accept_link, until
+from tests.console import Person, accept_link
 from tests.support import Mailbox, join, superuser_token, unique_email
 
 
@@ -148,6 +148,12 @@ def test_names_are_escaped_everywhere(people, gateway, tap, test_stack):
     # the member's own avatar menu
     other = logged_in(people("xss-member"), member)
     assert XSS_MEMBER in other.open_menu().inner_text()
+    # ... who, logged in, opens the invitation mailed to someone else: refused, in plain words
+    other.goto(link)
+    other.submit("Join %s" % XSS_ORG)
+    assert "mailed to another address than %s" % member.email in other.page.locator(".flash.error").inner_text()
+    assert other.page.get_by_role("button", name=re.compile("^Join")).count() == 0
+    other.check("invite-wrong-address")
     assert not other.dialogs
     assert superuser_token(gateway)
 

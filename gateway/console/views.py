@@ -442,8 +442,7 @@ def invite(invite_token):
         if error.status != 404:
             raise
         return render("invite_gone.html", status=404, claims=signed_in())
-    return render("invite.html", preview=preview, invite_token=invite_token,
-                  form={"email": preview.get("email", "")})
+    return render("invite.html", preview=preview, invite_token=invite_token)
 
 
 def call_preview(invite_token):
@@ -461,8 +460,12 @@ def accept_invite(invite_token):
         if error.status >= 500 or error.status == 401:
             raise
         preview = call_preview(invite_token)
+        errors = form_errors(error, ())
+        if error.code == "forbidden":
+            errors = {"_form": "This invitation was mailed to another address than %s. Log in with the "
+                               "account of the invited address." % call("me", token())["user"]["email"]}
         return render("invite.html", status=error.status, preview=preview, invite_token=invite_token,
-                      errors=form_errors(error, ()))
+                      errors=errors, wrong_address=error.code == "forbidden")
     store_pair(pair)
     g.session.flash("Welcome to %s." % pair["organization"]["name"])
     return redirect(url_for("console.overview", org_id=pair["organization"]["id"]))
