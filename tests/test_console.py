@@ -175,7 +175,7 @@ def test_journey(people, test_stack, gateway):
         return "Team" in text and "Storage exceeded" in text and "12.5" in text
     until(overview_shows_everything, what="plan, storage and credits on the overview")
     assert "The paid period ends on %s" % soon in ada.page.locator(".warning").first.inner_text()
-    assert ada.page.locator("table", has_text="welcome credits").count() == 1
+    ada.page.locator("#ledger-section table", has_text="welcome credits").wait_for()  # embedded by the script
     assert "3 of 5 included" in ada.page.locator(".card", has_text="Members").inner_text()
     ada.check("overview-plan")
 

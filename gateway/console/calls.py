@@ -8,8 +8,9 @@ request for an admin action meets the same 403 as the API, and the console canno
 its own that drift from the API's.
 """
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
-from flask import Response, current_app, g
+from flask import Response, copy_current_request_context, current_app, g
 
 from gateway.api import authorize, load, schema_instance
 from gateway.routes import api
@@ -42,3 +43,36 @@ def require(name, access, **path_args):
     """Apply the access rule of operation ``name`` without running it: a page that exists only to
     lead to that operation (the Delete tab, the operator console) is refused exactly as it would be."""
     authorize(operations()[name], path_args, access)
+
+
+#: threads that run a page's independent calls side by side (each call holds one pooled RPC proxy)
+_parallel = ThreadPoolExecutor(max_workers=8, thread_name_prefix="console-call")
+
+
+def gather(**calls):
+    """Run several operations at once: ``name=(operation, access, kwargs)`` -> ``{name: result}``.
+
+    A page needs a few independent answers (the caller's organizations for the avatar menu, the
+    overview, the ledger); one after the other their RPC round trips add up, side by side the page
+    costs about one. Each runs in its own copy of the request context (its own ``g``). The first
+    error raised is re-raised, as if the calls had run in order."""
+    names = list(calls)
+    futures = {name: _parallel.submit(copy_current_request_context(
+        functools.partial(_call_args, *calls[name]))) for name in names[1:]}
+    results, first_error = {}, None
+    try:
+        results[names[0]] = _call_args(*calls[names[0]])
+    except Exception as error:  # wait for the others all the same: they hold pooled proxies
+        first_error = error
+    for name in names[1:]:
+        try:
+            results[name] = futures[name].result()
+        except Exception as error:
+            first_error = first_error or error
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def _call_args(name, access, kwargs):
+    return call(name, access, **kwargs)

@@ -43,7 +43,7 @@ class Sealer:
 
     def seal(self, data):
         nonce = os.urandom(12)
-        blob = self._aead.encrypt(nonce, json.dumps(data, separators=(",", ":")).encode(), _AAD)
+        blob = self._aead.encrypt(nonce, json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(), _AAD)
         return base64.urlsafe_b64encode(nonce + blob).decode().rstrip("=")
 
     def open(self, value):
@@ -59,7 +59,7 @@ class Sealer:
 
 class Session(dict):
     """The request's session. Keys: ``a``/``r`` access and refresh token, ``c`` CSRF secret,
-    ``n`` the user's display name, ``f`` a one-time message, ``d``/``dn`` the deletion receipt and
+    ``n`` the user's display name, ``m`` the avatar menu's data (see ``views.me``), ``f`` a one-time message, ``d``/``dn`` the deletion receipt and
     the deleted organization's name (the progress page outlives the organization's tokens)."""
 
     def __init__(self, data=None):

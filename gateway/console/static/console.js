@@ -37,6 +37,24 @@
     sync();
   }
 
+  // Overview: embed the first page of the credit ledger (its own request: it reads the ledger
+  // from the database, the rest of the overview is one quick round trip). Without the script the
+  // section links to the ledger page.
+  var ledger = document.getElementById("ledger-section");
+  if (ledger) {
+    fetch(ledger.getAttribute("data-fragment-url"), {credentials: "same-origin"})
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        var fallback = ledger.querySelector(".ledger-fallback");
+        if (html && fallback) {
+          var holder = document.createElement("div");
+          holder.innerHTML = html;  // our own server's escaped markup
+          fallback.replaceWith(holder);
+        }
+      })
+      .catch(function () { /* the link stays */ });
+  }
+
   // Deletion progress: poll the status until every service has purged.
   var progress = document.getElementById("deletion-progress");
   if (progress) {
