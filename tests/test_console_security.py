@@ -240,3 +240,24 @@ def test_keyboard_only_login_and_menu_and_phone_width(people, gateway):
         phone.goto("/orgs/%s%s" % (owner.org_id, tab))
         assert phone.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), tab
         phone.check("phone%s" % tab.replace("/", "-"))
+
+
+def test_delete_needs_the_owner_or_an_admin_holding_the_right(people, gateway, tap):
+    owner = gateway.signup(organization_name="Right Lab")
+    admin = join(gateway, tap, owner, "admin", name="Alex Admin")
+    person = logged_in(people("no-right"), admin)
+    person.goto("/orgs/%s/delete" % owner.org_id)
+    button = person.page.get_by_role("button", name="Delete this organization")
+    assert button.is_disabled()
+    assert "Only the owner, or an admin holding the deletion right" in person.page.locator("#delete-why").inner_text()
+    person.check("delete-no-right")
+    forged = person.post("/orgs/%s/delete" % owner.org_id, {"confirm_name": "Right Lab", "csrf_token": person.csrf_token()})
+    assert forged.status == 403
+    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["status"] == "active"
+    # the owner grants the right: the same admin's page enables the button (once the name is typed)
+    granted = gateway.patch("/organizations/%s/members/%s" % (owner.org_id, admin.user_id),
+                            {"can_delete_organization": True}, owner.token)
+    assert granted.status_code == 200, granted.text
+    person.goto("/orgs/%s/delete" % owner.org_id)
+    person.page.get_by_label(re.compile("Type the organization's name")).fill("Right Lab")
+    assert person.page.get_by_role("button", name="Delete this organization").is_enabled()

@@ -70,7 +70,12 @@
           });
           document.getElementById("deletion-status").textContent =
             status.status === "deleted" ? "Deleted" : "Deleting…";
-          if (status.status !== "deleted") { window.setTimeout(poll, 500); }
+          if (status.status !== "deleted") {
+            window.setTimeout(poll, 500);
+          } else if (status.completed_at) {
+            document.getElementById("deletion-completed").textContent =
+              "; completed " + status.completed_at.replace("T", " ").slice(0, 16) + " UTC";
+          }
         })
         .catch(function () { window.setTimeout(poll, 2000); });
     };
