@@ -118,6 +118,12 @@ def test_journey(people, test_stack, gateway):
     assert linus.flash() == "You are logged out."
     linus.login(linus_email)
     assert linus.page.url.endswith("/orgs/%s" % linus_org)
+    # a link into his other organization: refused as the API refuses it, with the switch offered
+    assert linus.goto("/orgs/%s/members" % org_id).status == 403
+    linus.check("wrong-organization")
+    linus.submit("Switch to Analytical Engines")
+    assert linus.heading() == "Analytical Engines"
+    linus.switch_to("Kernel Folks")
     linus.switch_to("Analytical Engines")
     assert linus.heading() == "Analytical Engines"
 
@@ -145,6 +151,9 @@ def test_journey(people, test_stack, gateway):
     # -- a platform operator sets the plan (paid period ending soon) and grants credits
     operator = people("operator")
     operator.login(SUPERUSER["email"], SUPERUSER["password"])
+    operator.check("home")  # an account in no organization
+    operator.page.get_by_role("link", name="Open the operator console").click()
+    operator.page.wait_for_url(re.compile(r"/operator$"))
     operator.goto("/operator?org_id=%s" % org_id)
     assert operator.page.locator("#looked-up").inner_text() == "Analytical Engines"
     soon = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 10 * 86400))
@@ -176,6 +185,11 @@ def test_journey(people, test_stack, gateway):
     until(overview_shows_everything, what="plan, storage and credits on the overview")
     assert "The paid period ends on %s" % soon in ada.page.locator(".warning").first.inner_text()
     ada.page.locator("#ledger-section table", has_text="welcome credits").wait_for()  # embedded by the script
+    ada.goto("/orgs/%s/credits" % org_id)  # the ledger's own page (what the link leads to without the script)
+    assert ada.page.locator("table", has_text="welcome credits").count() == 1
+    ada.check("credits")
+    ada.goto("/orgs/%s" % org_id)
+    ada.page.locator("#ledger-section table", has_text="welcome credits").wait_for()
     assert "3 of 5 included" in ada.page.locator(".card", has_text="Members").inner_text()
     ada.check("overview-plan")
 

@@ -127,8 +127,22 @@ def domain_error(error):
         g.session.flash(SESSION_ENDED, "error")
         return redirect(url_for("console.login"))
     headers = {"Retry-After": "1"} if error.status in (429, 503) else {}
+    if error.code == "wrong_organization":
+        switch_to = member_of((request.view_args or {}).get("org_id"))
+        if switch_to:  # one of the person's other organizations: offer the switch (the API's rule stands)
+            return render_template("error.html", title="Another organization", status=403, switch_to=switch_to,
+                                   message="You are signed in to another organization. Switch to %s to see "
+                                           "this page." % switch_to["name"]), 403
     body, status = error_page(error.status, error.code, error.message)
     return body, status, headers
+
+
+def member_of(org_id):
+    """The person's membership of ``org_id`` from the avatar menu's data, or None."""
+    try:
+        return next((o for o in whoami()["organizations"] if o["id"] == org_id), None) if org_id else None
+    except Exception:  # an error page must not fail on its own: no offer then
+        return None
 
 
 @bp.errorhandler(ServiceUnavailable)
