@@ -261,3 +261,34 @@ def test_delete_needs_the_owner_or_an_admin_holding_the_right(people, gateway, t
     person.goto("/orgs/%s/delete" % owner.org_id)
     person.page.get_by_label(re.compile("Type the organization's name")).fill("Right Lab")
     assert person.page.get_by_role("button", name="Delete this organization").is_enabled()
+
+
+def test_an_expired_access_token_is_renewed_server_side_with_the_refresh_token(people, gateway, test_stack):
+    """The console presents the session's refresh token itself when the access token has expired:
+    the page simply works, and the cookie then holds a new pair (still sealed)."""
+    import os
+    import time
+
+    import jwt
+
+    from gateway.console.session import Sealer
+    from tests.tokens import real_key
+
+    owner = gateway.signup(organization_name="Refresh Lab")
+    person = logged_in(people("refresh"), owner)
+    with open(os.path.join(test_stack.var, "secrets", "console-session.key")) as handle:
+        sealer = Sealer(handle.read().strip())
+    cookie = next(c for c in person.context.cookies() if c["name"] == "console_session")
+    session = sealer.open(cookie["value"])
+    claims = jwt.decode(session["a"], options={"verify_signature": False})
+    key, kid = real_key(test_stack)
+    now = int(time.time())
+    expired = jwt.encode(dict(claims, iat=now - 1000, exp=now - 10, jti="expired-" + claims["jti"]), key,
+                         algorithm="EdDSA", headers={"kid": kid})
+    assert gateway.get("/me", expired).status_code == 401
+    person.context.add_cookies([dict(cookie, value=sealer.seal(dict(session, a=expired)))])
+    response = person.goto("/orgs/%s" % owner.org_id)
+    assert response.status == 200 and person.heading() == "Refresh Lab"
+    renewed = sealer.open(next(c for c in person.context.cookies() if c["name"] == "console_session")["value"])
+    assert renewed["a"] != expired and renewed["r"] != session["r"]
+    assert jwt.decode(renewed["a"], options={"verify_signature": False})["exp"] > now
