@@ -9,6 +9,7 @@ delete with typed confirmation -> the progress view reaches "deleted". Every pag
 screenshotted and checked with axe-core (``tests/console.py``).
 """
 import json
+import os
 import re
 import time
 
@@ -242,6 +243,13 @@ def test_journey(people, test_stack, gateway):
           what="the progress view reaching deleted")
     assert [s.inner_text() for s in ada.page.locator("[data-service]").all()] == ["purged"] * 4
     ada.check("deletion")
+    # invitation tokens and the deletion receipt never reach the access log (paths are redacted,
+    # the receipt travels only inside the sealed cookie)
+    with open(os.path.join(test_stack.log_dir, "gateway.log")) as handle:
+        log = handle.read()
+    for link in (grace_link, linus_link):
+        assert link.rsplit("/", 1)[1] not in log
+    assert "/invites/[redacted]" in log
     # the organization is gone for Linus too; his own organization stays
     linus.goto("/orgs/%s" % linus_org)
     assert linus.page.url.endswith("/login") or linus.heading() in ("Kernel Folks", "Sorry")

@@ -189,6 +189,14 @@ def form_errors(error, fields):
 
 # -- who is here -----------------------------------------------------------------------------
 
+def sign_in(pair):
+    """A new identity in this browser (log-in, sign-up, joining by invitation): a new CSRF secret
+    too, so nothing handed out before the log-in carries over to the signed-in session."""
+    g.session.log_out()
+    g.session.pop("f")
+    store_pair(pair)
+
+
 def store_pair(pair):
     g.session["a"] = pair["access_token"]
     g.session["r"] = pair["refresh_token"]
@@ -372,7 +380,7 @@ def login():
         if error.code == "invalid_credentials":
             errors = {"_form": "That email and password do not match an account."}
         return render("login.html", status=error.status, claims=None, form=form, errors=errors)
-    store_pair(pair)
+    sign_in(pair)
     return after_sign_in(pair)
 
 
@@ -397,7 +405,7 @@ def signup():
             raise
         return render("signup.html", status=error.status, claims=None, form=form,
                       errors=form_errors(error, ("email", "name", "organization_name", "password")))
-    store_pair(pair)
+    sign_in(pair)
     return redirect(url_for("console.overview", org_id=pair["organization"]["id"]))
 
 
@@ -534,7 +542,7 @@ def signup_with_invite(invite_token):
             return render("invite_gone.html", status=404, claims=None)
         return render("invite.html", status=error.status, claims=None, preview=call_preview(invite_token),
                       invite_token=invite_token, form=form, errors=errors)
-    store_pair(pair)
+    sign_in(pair)
     g.session.flash("Welcome to %s." % pair["organization"]["name"])
     return redirect(url_for("console.overview", org_id=pair["organization"]["id"]))
 
