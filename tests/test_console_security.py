@@ -292,3 +292,9 @@ def test_an_expired_access_token_is_renewed_server_side_with_the_refresh_token(p
     renewed = sealer.open(next(c for c in person.context.cookies() if c["name"] == "console_session")["value"])
     assert renewed["a"] != expired and renewed["r"] != session["r"]
     assert jwt.decode(renewed["a"], options={"verify_signature": False})["exp"] > now
+    # logging in as someone else in this browser ends that session server-side, not just here
+    other = gateway.signup(organization_name="Other Lab")
+    person.login(other.email, other.password)
+    assert person.heading() == "Other Lab"
+    assert gateway.post("/auth/refresh", {"refresh_token": renewed["r"]}).status_code == 401
+    assert gateway.get("/me", renewed["a"]).status_code == 401

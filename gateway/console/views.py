@@ -191,7 +191,13 @@ def form_errors(error, fields):
 
 def sign_in(pair):
     """A new identity in this browser (log-in, sign-up, joining by invitation): a new CSRF secret
-    too, so nothing handed out before the log-in carries over to the signed-in session."""
+    too, so nothing handed out before the log-in carries over to the signed-in session. A session
+    this browser still held (another account) is logged out first, not just forgotten."""
+    if g.session.get("a"):
+        try:
+            call("logout", g.session["a"])
+        except (DomainError, ServiceUnavailable):
+            pass  # expired or revoked already, or membership is busy: it lapses with its refresh token
     g.session.log_out()
     g.session.pop("f")
     store_pair(pair)
@@ -367,9 +373,7 @@ def home():
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
-        if signed_in() is not None and not g.session.get("i"):
-            return redirect(url_for("console.home"))
-        return render("login.html", claims=None)
+        return render("login.html")
     form = {"email": request.form.get("email", "")}
     try:
         pair = call("login", body={"email": form["email"], "password": request.form.get("password", "")})
@@ -379,7 +383,7 @@ def login():
         errors = form_errors(error, ("email", "password"))
         if error.code == "invalid_credentials":
             errors = {"_form": "That email and password do not match an account."}
-        return render("login.html", status=error.status, claims=None, form=form, errors=errors)
+        return render("login.html", status=error.status, form=form, errors=errors)
     sign_in(pair)
     return after_sign_in(pair)
 
