@@ -22,6 +22,8 @@ status: ## show each part
 	@$(PYTHON) -m stack.stack status
 
 test: $(STAMP) ## start what tests need (own vhost, databases, ports) and run pytest
+	@# the console's browser tests drive Debian's Chromium with Playwright (its own browser download is not used)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Generated clients and the OpenAPI linter (tests/clients/): their own Python environment, the

@@ -4,7 +4,7 @@ Starts its own isolated instance (``TEST_INSTANCE=bench``, port offset 300, ``BE
 measures, stops it, and ends with one line per figure: ``name: value (goal ...)``. Exits 1 when a
 figure misses its goal. ``--profile`` also samples the busy processes with py-spy during the
 overview load and the deletion and prints where their time goes. ``--only a,b`` runs a subset
-(overview, mail, ledger, deletion, scale_out); memory is always reported.
+(overview, console, mail, ledger, deletion, scale_out); memory is always reported.
 """
 import argparse
 import logging
@@ -15,10 +15,11 @@ import warnings
 
 from bench import harness  # sets the bench instance's environment before anything reads it
 from bench import abuse, deletion, growth, mail, memory, throughput
+from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "mail", "ledger", "growth", "deletion", "scale_out", "signups", "slow_connections")
+PARTS = ("overview", "console", "mail", "ledger", "growth", "deletion", "scale_out", "signups", "slow_connections")
 
 
 def machine():
@@ -71,6 +72,10 @@ def main(argv=None):
                 _, found = throughput.overview_figures(inst, client, org_id, token)
             figures += found
             figures.extend(throughput.auth_overhead(inst, org_id, token))
+        if "console" in parts:
+            print("[1b] console overview page vs the API overview", flush=True)
+            figures.append(console_bench.measure(inst.gateway_url, owner["user"]["email"], "bench password 123",
+                                                 org_id, token))
         if "mail" in parts:
             print("[2/7] mail fan-out", flush=True)
             with _profiler(args.profile, "mail", inst, ("notifications",)):

@@ -126,11 +126,14 @@ def bearer_token():
     return token.strip()
 
 
-def authorize(operation, path_args):
-    """Apply the operation's access rule; returns the token claims (None for public operations)."""
+def authorize(operation, path_args, token=None):
+    """Apply the operation's access rule; returns the token claims (None for public operations).
+
+    ``token``: the access token when it does not come from the ``Authorization`` header (the web
+    console holds it in its sealed session cookie and calls operations through ``gateway/console``)."""
     if operation.access == PUBLIC:
         return None
-    claims = current_app.extensions["verifier"].verify(bearer_token())
+    claims = current_app.extensions["verifier"].verify(bearer_token() if token is None else token)
     superuser = bool(claims.get("su"))
     if operation.access == SUPERUSER and not superuser:
         raise DomainError("forbidden", "only platform operators may do this")

@@ -11,6 +11,7 @@ from common.config import load_config
 from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
+from gateway.console import register_console
 from gateway.deletions import GoneOrganizations
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
@@ -69,6 +70,7 @@ def create_app(config=None):
 
     app.register_blueprint(api.blueprint, url_prefix="/api/v1")
     register_health(app)
+    register_console(app, config)  # the web console at / (gateway/console/)
     if bench_routes_enabled(config):  # `make bench` only; never in the OpenAPI document
         register_bench(app)
     openapi = build_openapi(api)
@@ -116,7 +118,8 @@ def create_app(config=None):
 
     @app.after_request
     def headers(response):
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():  # the console's pages set their own CSP and caching
+            response.headers.setdefault(name, value)
         origin = request.headers.get("Origin")
         if allowed_origins:
             response.vary.add("Origin")  # answers differ per origin: caches must keep them apart

@@ -308,6 +308,7 @@ class InvitePreviewSchema(Open):
     organization = fields.Nested(OrganizationRefSchema, required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     expires_at = Timestamp(required=True)
+    inviter_name = fields.String(allow_none=True, metadata={"description": "null: the inviter's account is gone"})
 
 
 class DeleteOrganizationRequest(Strict):

@@ -121,6 +121,10 @@ class Instance:
         # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
         # keeps what it freed: 20 threads x ARGON2_MEMORY_KIB of RSS that never goes back
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # links in mail (the invitation's accept page) lead to this instance's console
+        env.setdefault("PUBLIC_BASE_URL", self.gateway_url)
+        if not env.get("CONSOLE_SESSION_KEY"):  # seals the console's session cookies, same for every worker
+            env["CONSOLE_SESSION_KEY"] = _stored_secret(os.path.join(self.var, "secrets", "console-session.key"))
         if self.test:  # cheap hashing keeps the suite fast; production keeps argon2's defaults
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")
@@ -726,6 +730,7 @@ def up(inst, quiet=False):
     wait_for(lambda: gateway_healthy(inst), "gateway at %s" % inst.gateway_url, timeout=60)
     if not quiet:
         print("\norganizations platform is up")
+        print("  console     %s/   (the web console)" % inst.gateway_url)
         print("  gateway     %s/api/v1   (OpenAPI: %s/api/v1/openapi.json)" % (inst.gateway_url, inst.gateway_url))
         print("              nginx in front of gunicorn on %s (private)" % inst.upstream_url)
         print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,

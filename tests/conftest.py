@@ -45,3 +45,22 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.section("figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# -- the web console's browser tests (tests/test_console*.py) ----------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test`; Playwright's own download is not used
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (headless; --no-sandbox: the suite runs as root)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.console import ARTIFACTS
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()

@@ -170,9 +170,12 @@ def _usable_invite(store, token):
 
 
 def preview(store, token):
+    """What the accept page shows: the organization, who invited, the role (never the invited
+    address: a leaked link must not tell whom it was for)."""
     invite, organization = _usable_invite(store, token)
+    inviter = store.account(invite["invited_by"]) if invite.get("invited_by") else None
     return {"organization": {"id": organization["_id"], "name": organization["name"]}, "role": invite["role"],
-            "expires_at": isoformat(invite["expires_at"])}
+            "expires_at": isoformat(invite["expires_at"]), "inviter_name": inviter["name"] if inviter else None}
 
 
 def _check_invitee(invite, account_email):
