@@ -511,6 +511,9 @@ def ensure_postgres(inst):
         os.path.join(bin_dir, "postgres"), "-D", data, "-p", str(inst.postgres_port),
         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + socket_dir,
         "-c", "max_connections=%d" % max(100, 2 * inst.postgres_pool + 20),
+        # FerretDB binds the field name of every pushed-down filter as a parameter: only a plan made
+        # with its value can use the GIN mirrors (stack/ferretdb/mirror.go sets it per connection too)
+        "-c", "plan_cache_mode=force_custom_plan",
         # a development and test database: durability across power loss is not its job
         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
         INFRA_RUN, INFRA_LOG)

@@ -26,6 +26,7 @@ def call(name, access=None, body=None, query=None, **path_args):
     (or the view's own ``Response`` for streamed answers). Raises ``DomainError`` like the API."""
     op = operations()[name]
     g.claims = authorize(op, path_args, access)
+    g.idempotency_key = None  # a form post is no client retry: the API's Idempotency-Key has no console twin
     with current_app.extensions["bulkheads"].enter(op.bulkhead):
         if op.body is not None:
             path_args["body"] = load(op.body, body or {})

@@ -118,20 +118,37 @@ def _append(store, org_id, op_id, request, build):
     return entry, False
 
 
+def _replay(store, org_id, op_id, request):
+    """``(entry, (), True)`` if ``op_id`` was applied already; 409 if with other parameters."""
+    existing = store.ledger_entry(op_id)
+    if existing is None:
+        return None
+    if existing["org_id"] != org_id or existing.get("request") != request:
+        raise DomainError("conflict", "this idempotency key was already used with different parameters",
+                          {"idempotency_key": ["Already used with different parameters."]})
+    return existing, (), True
+
+
 def _append_locked(store, org_id, op_id, request, build):
     for attempt in range(MAX_ATTEMPTS):
-        existing = store.ledger_entry(op_id)
-        if existing is not None:
-            if existing["org_id"] != org_id or existing.get("request") != request:
-                raise DomainError("conflict", "this idempotency key was already used with different parameters",
-                                  {"idempotency_key": ["Already used with different parameters."]})
-            return existing, (), True
         hint = _HEADS.get(org_id) if attempt == 0 else None
+        # With a hint (this process appended last) the insert itself tells whether the key was
+        # applied: its ``_id`` is the key's, so a replay fails the insert and the next round reads
+        # it. That saves a read per append; without a hint the key is looked up first.
+        if hint is None:
+            replay = _replay(store, org_id, op_id, request)
+            if replay is not None:
+                return replay
         head = hint or store.ledger_head(org_id) or EMPTY_HEAD
         try:
             fields, pending_events = build(head)
         except DomainError as error:
-            if hint is None or error.code != "insufficient_credits":
+            if hint is None:
+                raise
+            replay = _replay(store, org_id, op_id, request)  # a replay answers as the first time did
+            if replay is not None:
+                return replay
+            if error.code != "insufficient_credits":
                 raise
             continue  # never refuse on a hint: another process may have granted since; read the real head
         now = utcnow()

@@ -2,7 +2,7 @@
 
 `make clients` installs the pinned tools (.venv/clients: openapi-python-client in an environment
 of its own, openapi-generator's CLI jar from Maven Central, @redocly/cli from npm) and runs this
-module; plain `make test` skips it. Each generator's output is used as generated: a journey script
+module; plain `make test` does not collect it (tests/conftest.py). Each generator's output is used as generated: a journey script
 imports it and drives sign-up without an organization (and its idempotent replay), /me, login,
 organization creation, switch, refresh, an invite, a 429 with Retry-After, DELETE /me, and an
 organization deletion whose 202 Location is followed to completion.
@@ -15,7 +15,6 @@ import pytest
 
 TOOLS = os.environ.get("CLIENT_TOOLS")
 HERE = os.path.dirname(os.path.abspath(__file__))
-pytestmark = pytest.mark.skipif(not TOOLS, reason="run by `make clients` (it installs the generators)")
 TIMEOUT = 600  # a JVM start and generation on a busy 2-core machine
 
 
