@@ -56,6 +56,20 @@ def pytest_terminal_summary(terminalreporter, config):
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test`; Playwright's own download is not used
 
 
+@pytest.fixture
+def people(browser, test_stack):
+    """``people(label)``: a person with a browser context of their own, closed after the test."""
+    from tests.console import Person
+    made = []
+
+    def person(label, **kwargs):
+        made.append(Person(browser, test_stack.gateway_url, label, **kwargs))
+        return made[-1]
+    yield person
+    for p in made:
+        p.close()
+
+
 @pytest.fixture(scope="session")
 def browser():
     """Debian's Chromium driven by Playwright (headless; --no-sandbox: the suite runs as root)."""

@@ -13,22 +13,9 @@ import os
 import re
 import time
 
-import pytest
 
-from tests.console import PASSWORD, Person, accept_link, until
+from tests.console import PASSWORD, accept_link, until
 from tests.support import SUPERUSER, Mailbox, join, superuser_token, unique_email
-
-
-@pytest.fixture
-def people(browser, test_stack):
-    made = []
-
-    def person(label, **kwargs):
-        made.append(Person(browser, test_stack.gateway_url, label, **kwargs))
-        return made[-1]
-    yield person
-    for p in made:
-        p.close()
 
 
 def test_journey(people, test_stack, gateway):

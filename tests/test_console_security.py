@@ -4,23 +4,10 @@ escaping of every displayed name, the API's access rules for forged admin action
 organizations' URLs, keyboard use and a phone-width screen."""
 import re
 
-import pytest
 import requests
 
-from tests.console import Person, accept_link
+from tests.console import accept_link
 from tests.support import Mailbox, join, superuser_token, unique_email
-
-
-@pytest.fixture
-def people(browser, test_stack):
-    made = []
-
-    def person(label, **kwargs):
-        made.append(Person(browser, test_stack.gateway_url, label, **kwargs))
-        return made[-1]
-    yield person
-    for p in made:
-        p.close()
 
 
 def logged_in(person, account):
