@@ -51,6 +51,9 @@ def put_settings(store, org_id, values):
     return get_settings(store, org_id)
 
 
+_DELIVERIES = DeliverySchema(many=True)  # built once: a schema costs more to build than to dump a page
+
+
 def _encode_cursor(doc):
     """The last entry's ordinal (``common/pages.py``): the log pages newest first."""
     return str(doc["ordinal"])
@@ -73,5 +76,5 @@ def list_deliveries(store, org_id, limit=50, cursor=None):
     limit = max(1, min(int(limit or 50), MAX_PAGE))
     after = _decode_cursor(cursor) if cursor else None
     page = store.delivery_page(org_id, limit + 1, after)
-    items = DeliverySchema(many=True).dump(with_attempts(store, org_id, page[:limit]))
+    items = _DELIVERIES.dump(with_attempts(store, org_id, page[:limit]))
     return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}

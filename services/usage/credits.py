@@ -292,8 +292,11 @@ def expire_due(store, now=None):
 
 # -- reads -------------------------------------------------------------------------------------
 
+_ENTRY = LedgerEntrySchema()  # one instance: building a marshmallow schema costs more than a dump
+
+
 def present(entry):
-    data = LedgerEntrySchema().dump(entry)
+    data = _ENTRY.dump(entry)
     for field in ("actor", "reference", "idempotency_key", "comment", "job_id", "job_type", "outcome",
                   "expires_at"):
         data.setdefault(field, None)
