@@ -82,8 +82,9 @@ def main(argv=None):
                 figures.append(mail.measure(inst, client))
         if "ledger" in parts:
             print("[3/7] ledger", flush=True)
-            result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300, threads=8,
-                                          scratch_db=inst.db_prefix + "scratch_ledger")
+            with _profiler(args.profile, "ledger", inst, ("usage", "gateway-worker-1")):
+                result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300,
+                                              threads=8, scratch_db=inst.db_prefix + "scratch_ledger")
             if result["failures"]:
                 raise RuntimeError("%d reservations failed" % result["failures"])
             figures.append(Figure("ledger_vs_insert", result["ledger_vs_insert"], ">= 0.25",

@@ -83,6 +83,18 @@ class Outbox:
         doc = self.db[collection].find_one({"_id": doc_id}, PROJECTION)
         return self._flush_doc(collection, doc) if doc else 0
 
+    def publish_written(self, collection, doc_id, entries):
+        """Publish ``entries`` that the caller has just written into a new document (it holds them in
+        memory), then clear them in one update: no read, one write for any number of events. For
+        a document with other pending events (an update's) use :meth:`flush`."""
+        if not entries:
+            return 0
+        for entry in sorted(entries, key=lambda item: item["body"]["occurred_at"]):
+            self.publish_entry(entry)
+        unset = {"%s.%s" % (FIELD, entry["body"]["event_id"]): "" for entry in entries}
+        self.db[collection].update_one({"_id": doc_id}, {"$unset": unset, "$inc": {COUNT: -len(entries)}})
+        return len(entries)
+
     def insert_batch(self, collection, entries):
         """Queue many events in one new document of their own (one insert); returns its id.
 

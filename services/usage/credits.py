@@ -113,8 +113,7 @@ def _append(store, org_id, op_id, request, build):
     refuse_if_purged(store, org_id)
     if store.crash_after_ledger_write:  # fault injection (tests only): die before publishing
         os._exit(1)
-    if pending_events:
-        store.outbox.flush("ledger", op_id)
+    store.outbox.publish_written("ledger", op_id, pending_events)  # a ledger entry is never updated
     return entry, False
 
 
