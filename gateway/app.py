@@ -12,6 +12,7 @@ from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.deletions import GoneOrganizations
+from gateway import requestid
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
@@ -32,8 +33,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 # CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
-CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed, X-Request-ID"
 CORS_MAX_AGE = 600
 
 
@@ -49,6 +50,7 @@ def create_app(config=None):
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)
     max_url_bytes = int(config.get("MAX_URL_BYTES") or 16384)
     app.json.sort_keys = False
+    requestid.init_app(app)  # first: every answer, an early one included, carries X-Request-ID
 
     pool = RpcPool(config, size=config.get("RPC_POOL_SIZE") or 8, timeout=config.get("RPC_TIMEOUT") or 5)
     key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]

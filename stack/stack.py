@@ -121,6 +121,9 @@ class Instance:
         # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
         # keeps what it freed: 20 threads x ARGON2_MEMORY_KIB of RSS that never goes back
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # eventlet warns that it is deprecated when `nameko run` first imports it, before logging is
+        # set up: a multi-line text in a log of JSON lines (common/logs.py). Known; not news per start.
+        env.setdefault("PYTHONWARNINGS", "ignore::Warning:nameko.cli.commands,ignore::Warning:nameko.messaging")
         if self.test:  # cheap hashing keeps the suite fast; production keeps argon2's defaults
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")

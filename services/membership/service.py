@@ -5,6 +5,7 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.events import utcnow
+from common.context import RequestContext
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
@@ -36,6 +37,7 @@ class SuperuserBootstrap(DependencyProvider):
 
 class MembershipService:
     name = "membership"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
 
     store = StoreProvider(MembershipStore, "membership")
     security = SecurityProvider()

@@ -11,6 +11,7 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.events import utcnow
+from common.context import RequestContext
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
@@ -39,6 +40,7 @@ class Mailer(DependencyProvider):
 
 class NotificationsService:
     name = "notifications"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
 
     store = StoreProvider(NotificationsStore, "notifications")
     mailer = Mailer()

@@ -3,6 +3,7 @@ from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 
 from common import bus, events
+from common.context import RequestContext
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.timers import configured_timer
@@ -17,6 +18,7 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 
 class OrgService:
     name = "org"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
 
     store = StoreProvider(OrgStore, "org")
     config = Config()

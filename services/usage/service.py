@@ -4,6 +4,7 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.errors import DomainError
+from common.context import RequestContext
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
@@ -19,6 +20,7 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 
 class UsageService:
     name = "usage"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
 
     store = StoreProvider(UsageStore, "usage")
     org = RpcProxy("org")
