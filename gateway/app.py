@@ -12,7 +12,7 @@ from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.deletions import GoneOrganizations
-from gateway import requestid
+from gateway import asyncapi, requestid
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
@@ -78,6 +78,8 @@ def create_app(config=None):
     @app.get("/api/v1/openapi.json")
     def openapi_document():
         return jsonify(openapi)
+
+    asyncapi.init_app(app)  # GET /api/v1/asyncapi.json
 
     @app.errorhandler(DomainError)
     def domain_error(error):
