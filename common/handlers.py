@@ -22,6 +22,7 @@ from nameko.events import SERVICE_POOL, EventHandler
 
 from common import context
 from common.bus import retry_exchange
+from common.metrics import count_event
 from common.envelope import PROPERTIES
 from common.errors import DomainError
 
@@ -82,6 +83,7 @@ class ReliableEventHandler(EventHandler):
             log.exception("could not hand failed event to %s; requeueing", target)
             self._settle(self.queue_consumer.requeue_message, message)
             return
+        count_event(self.container.service_name, self.method_name, "parked" if target.endswith(".parked") else "retried")
         self._settle(self.queue_consumer.ack_message, message)
 
 

@@ -12,7 +12,7 @@ from common.errors import STATUS_BY_CODE, DomainError
 from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.deletions import GoneOrganizations
-from gateway import asyncapi, requestid
+from gateway import asyncapi, metrics, requestid
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
@@ -66,6 +66,7 @@ def create_app(config=None):
     app.extensions["bulkheads"] = Bulkheads(config)
     app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))
     app.extensions["revocation_consumer"] = consumer
+    metrics.init_app(app, revocations)  # counts every answer; GET /metrics on the private port
     app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)
     allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
 

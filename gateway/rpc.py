@@ -14,6 +14,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
@@ -25,6 +26,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from common import context
 from common.errors import DomainError
+from gateway import metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +100,24 @@ class RpcPool:
         self._slots.release()
 
     def call(self, service, method, *args, **kwargs):
-        """Call ``service.method``; DomainError passes through, anything transport-ish is a 503."""
-        proxy = self._acquire(service)
+        """Call ``service.method``; DomainError passes through, anything transport-ish is a 503.
+        Every call is counted and timed (``gateway_rpc_calls_total``, ``gateway_rpc_seconds``)."""
+        started, outcome = time.perf_counter(), "unavailable"
+        try:
+            proxy = self._acquire(service)
+        except ServiceUnavailable:
+            metrics.observe_rpc(service, method, outcome, time.perf_counter() - started)
+            raise
         healthy = False
         try:
             result = proxy.call(service, method, args, kwargs)
-            healthy = True
+            healthy, outcome = True, "ok"
             return result
-        except (DomainError, RemoteError):
-            healthy = True
+        except DomainError:
+            healthy, outcome = True, "refused"
+            raise
+        except RemoteError:
+            healthy, outcome = True, "error"
             raise
         except (RpcTimeout, UnknownService) as error:
             raise ServiceUnavailable(service, type(error).__name__) from error
@@ -115,6 +126,7 @@ class RpcPool:
             raise ServiceUnavailable(service, "broker connection lost") from error
         finally:
             self._release(proxy, healthy)
+            metrics.observe_rpc(service, method, outcome, time.perf_counter() - started)
 
     def close(self):
         while True:

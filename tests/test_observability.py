@@ -180,3 +180,82 @@ def test_every_log_line_of_every_process_is_one_json_object(test_stack, gateway,
                 and record["service"] == name):
             bad.append(line)
     assert not bad, "%d of %d lines of %s.log are not log records, e.g. %s" % (len(bad), len(lines), name, bad[:3])
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+def scrape(url):
+    """``{(sample name, frozenset(labels)): value}`` of a /metrics answer, parsed by prometheus-client."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = requests.get(url, timeout=10)
+    assert answer.status_code == 200, (url, answer.status_code, answer.text[:200])
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+
+
+def total(samples, name, **labels):
+    """Sum of ``name`` over the series whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
+
+
+def names(samples):
+    return {name for name, _ in samples}
+
+
+def test_every_metrics_endpoint_moves_after_a_short_journey(gateway, tap, test_stack):
+    from tests.support import Mailbox, superuser_token
+
+    endpoints = dict({"gateway": test_stack.upstream_url + "/metrics"},
+                     **{service: "http://127.0.0.1:%d/metrics" % port for service, port in test_stack.metrics_ports.items()})
+    before = {name: scrape(url) for name, url in endpoints.items()}
+
+    owner = gateway.signup(organization_name="Metrics Lab")
+    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).status_code == 200
+    email = unique_email("metrics")
+    invite(gateway, tap, owner, email)
+    Mailbox(test_stack.mail_dir).wait(email)
+    grant = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+                         {"amount": 1000, "idempotency_key": uuid.uuid4().hex}, superuser_token(gateway))
+    assert grant.status_code == 201, grant.text
+    assert gateway.get("/organizations/%s/members/not-a-member" % owner.org_id, owner.token).status_code in (404, 405)
+
+    def moved():
+        after = {name: scrape(url) for name, url in endpoints.items()}
+        grown = lambda component, name, **labels: (total(after[component], name, **labels)  # noqa: E731
+                                                   > total(before[component], name, **labels))
+        checks = {
+            "gateway requests": grown("gateway", "gateway_http_requests_total", route="/api/v1/auth/signup",
+                                      method="POST", status="201"),
+            "gateway latency": grown("gateway", "gateway_http_request_seconds_count",
+                                     route="/api/v1/organizations/<org_id>"),
+            "gateway rpc": grown("gateway", "gateway_rpc_calls_total", service="membership", outcome="ok"),
+            "gateway rpc latency": grown("gateway", "gateway_rpc_seconds_count", service="org", method="get_overview"),
+            "org rpc": grown("org", "orgplatform_rpc_calls_total", method="create_organization", outcome="ok"),
+            "membership rpc": grown("membership", "orgplatform_rpc_calls_total", method="create_invites", outcome="ok")
+            or grown("membership", "orgplatform_rpc_calls_total", outcome="ok"),
+            "usage ledger": grown("usage", "orgplatform_ledger_writes_total", kind="grant"),
+            "notifications events": grown("notifications", "orgplatform_events_total", outcome="handled"),
+            "org events": grown("org", "orgplatform_events_total", outcome="handled"),
+            "mail sent": grown("notifications", "orgplatform_mail_attempts_total", outcome="sent"),
+        }
+        return after if all(checks.values()) else print(checks)
+    after = wait_until(moved, timeout=30, what="the counters to move")
+
+    assert total(after["gateway"], "gateway_revocation_listener_connected") >= 1
+    assert "gateway_revocation_list_entries" in names(after["gateway"])
+    # rate-limit refusals: wrong passwords for one email until the per-email limit answers 429
+    limited = wait_until(lambda: gateway.post("/auth/login", {"email": owner.email, "password": "wrong password!"})
+                         .status_code == 429, timeout=60, interval=0, what="a 429")
+    assert limited
+    assert total(scrape(endpoints["gateway"]), "gateway_rate_limited_total", route="/api/v1/auth/login") >= 1
+    for service in SERVICES:
+        assert "orgplatform_outbox_backlog" in names(after[service]), service
+        assert "orgplatform_outbox_oldest_seconds" in names(after[service]), service
+    assert "orgplatform_mail_queue_depth" in names(after["notifications"])
+    assert "orgplatform_mail_retry_backlog" in names(after["notifications"])
+    # behind nginx, /metrics is not public
+    assert gateway.get(gateway.base_url + "/metrics").status_code == 404

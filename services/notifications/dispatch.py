@@ -19,6 +19,7 @@ from datetime import timedelta
 from cryptography.fernet import InvalidToken
 
 from common import context as work  # the request and event id of the work in hand
+from common import metrics
 from common.events import utcnow
 from services.notifications import mail
 
@@ -106,6 +107,7 @@ def attempt(store, sender, policy, entry):
             outcome, reason = "permanent_failure", str(error)
         else:
             outcome, reason = "sent", None
+    metrics.MAIL.labels(outcome).inc()
     finished = utcnow()
     record = {"at": finished, "outcome": outcome, "error": reason, "next_attempt_at": None}
     if outcome == "sent":
