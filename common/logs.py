@@ -29,7 +29,9 @@ def _timestamp(record):
 
 class JsonLines(JsonFormatter):
     def __init__(self, service):
-        super().__init__("%(message)s", json_ensure_ascii=False)
+        # ASCII only: a client's path may hold U+2028 or U+0085, which many line readers (Python's
+        # str.splitlines among them) take for a line break; escaped, a record stays one line
+        super().__init__("%(message)s", json_ensure_ascii=True)
         self.service = service
 
     def add_fields(self, log_data, record, message_dict):

@@ -66,6 +66,7 @@ class RedactingLogger(Logger):
         config = load_config(_CONFIG_FILE)
         formatter = logs.formatter("gateway", config.get("LOG_FORMAT"))
         for log in (self.error_log, self.access_log):
+            log.propagate = False  # their own handlers write them; the root's would write them again
             for handler in log.handlers:
                 handler.setFormatter(formatter)
         # the app's loggers (gateway, common.*, nameko, kombu) go to stderr in the same format
