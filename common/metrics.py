@@ -102,7 +102,8 @@ class Metrics(DependencyProvider):
         self.service = self.container.service_name
         port = str(config.get("METRICS_PORT") or "").strip()
         self.port = None
-        if not port:
+        self.enabled = str(config.get("METRICS_ENABLED")).strip() not in ("0", "false", "")
+        if not port or not self.enabled:  # METRICS_ENABLED=0: only `make bench`, measuring the cost
             return
         try:
             start_http_server(int(port), addr=str(config.get("METRICS_ADDRESS") or "127.0.0.1"))
@@ -118,6 +119,8 @@ class Metrics(DependencyProvider):
         worker_ctx.orgplatform_metrics_started = time.monotonic()
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
+        if not self.enabled:
+            return
         entrypoint = worker_ctx.entrypoint
         method = entrypoint.method_name
         if isinstance(entrypoint, Rpc):

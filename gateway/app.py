@@ -66,7 +66,8 @@ def create_app(config=None):
     app.extensions["bulkheads"] = Bulkheads(config)
     app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))
     app.extensions["revocation_consumer"] = consumer
-    metrics.init_app(app, revocations)  # counts every answer; GET /metrics on the private port
+    # counts every answer; GET /metrics on the private port
+    metrics.init_app(app, revocations, enabled=str(config.get("METRICS_ENABLED")).strip() not in ("0", "false", ""))
     app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)
     allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
 
