@@ -114,6 +114,24 @@ def test_every_answer_carries_a_request_id(gateway, owner):
     assert len({gateway.get(gateway.base_url + "/healthz").headers["X-Request-ID"] for _ in range(5)}) == 5
 
 
+def test_the_proxys_own_answers_carry_a_request_id_too(gateway):
+    """nginx answers a body over MAX_REQUEST_BYTES itself (413, the gateway never sees it)."""
+    from common.config import load_config
+    from stack import stack
+
+    limit = int(load_config(stack.GATEWAY_CONFIG)["MAX_REQUEST_BYTES"])
+    body = b"{" + b" " * limit + b"}"
+    mine = "proxy-%s" % uuid.uuid4()
+    kept = gateway.request("POST", "/auth/login", data=body, headers={"content-type": "application/json",
+                                                                     "X-Request-ID": mine})
+    assert kept.status_code == 413 and kept.json()["error"]["code"] == "payload_too_large", kept.text
+    assert kept.headers["X-Request-ID"] == mine
+    made = gateway.request("POST", "/auth/login", data=body, headers={"content-type": "application/json",
+                                                                     "X-Request-ID": "not well formed"})
+    assert made.status_code == 413
+    assert made.headers["X-Request-ID"] != "not well formed" and len(made.headers["X-Request-ID"]) == 32
+
+
 def log_lines(test_stack, name):
     path = os.path.join(test_stack.log_dir, name + ".log")
     if not os.path.exists(path):
