@@ -14,12 +14,13 @@ import time
 import warnings
 
 from bench import harness  # sets the bench instance's environment before anything reads it
-from bench import abuse, deletion, growth, mail, memory, throughput
+from bench import abuse, deletion, growth, mail, memory, observability, throughput
 from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "console", "mail", "ledger", "growth", "deletion", "scale_out", "signups", "slow_connections")
+PARTS = ("overview", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability", "signups",
+         "slow_connections")
 
 
 def machine():
@@ -103,6 +104,9 @@ def main(argv=None):
             figures.append(throughput.scale_out(inst, org_id, client.call(
                 "POST", "/auth/login", json={"email": owner["user"]["email"],
                                              "password": "bench password 123"})["access_token"]))
+        if "observability" in parts:  # after the memory snapshot: it restarts the gateway and org
+            print("[5b/7] metrics and JSON logs on vs off", flush=True)
+            figures.append(observability.measure(inst, client, org_id, token))
         # after the memory snapshot: the sign-up figure swaps in a membership process of its own
         if "signups" in parts:
             print("[6/7] /healthz under 40 sign-ups", flush=True)

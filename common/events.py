@@ -1,6 +1,7 @@
 """Event names and payload schemas: the bus contract every publisher and subscriber shares.
 
-Every event carries ``event_id`` (uuid4 hex), ``occurred_at`` (ISO 8601 UTC) and, where one
+Every event carries ``event_id`` (a hyphenated uuid4; events published before the envelope change
+carried 32 hex digits, see the README's Events section), ``occurred_at`` (ISO 8601 UTC) and, where one
 applies, ``organization_id``. Publishers build payloads with :func:`make_event`, which validates
 against the schema below, so a malformed event never leaves a service.
 """
@@ -39,9 +40,13 @@ class EventSchema(Schema):
     class Meta:
         unknown = EXCLUDE  # subscribers tolerate fields added by newer publishers
 
-    event_id = fields.String(required=True)
-    occurred_at = fields.String(required=True)
-    organization_id = fields.String(allow_none=True)
+    event_id = fields.String(required=True, metadata={
+        "description": "unique per event; a hyphenated uuid4 (32 hex digits for events from before "
+                       "the envelope change); equals the AMQP message_id"})
+    occurred_at = fields.String(required=True, metadata={
+        "description": "ISO 8601 UTC with milliseconds and a Z", "format": "date-time"})
+    organization_id = fields.String(allow_none=True, metadata={
+        "description": "null only for account_deleted"})
 
 
 class PlanSchema(Schema):
@@ -127,7 +132,9 @@ class AccessRevoked(EventSchema):
     user_id = fields.String(allow_none=True)
     session_id = fields.String(allow_none=True)
     # unix seconds (millisecond precision): matching tokens with an earlier ``iat`` are void
-    not_before = fields.Float(required=True)
+    not_before = fields.Float(required=True, metadata={
+        "description": "unix seconds (millisecond precision): tokens of the user or session signed "
+                       "under an earlier cut-off are void"})
 
 
 class AccountDeleted(EventSchema):
@@ -139,14 +146,14 @@ class AccountDeleted(EventSchema):
 
 
 class StorageUpdated(EventSchema):
-    used_bytes = fields.Integer(required=True)
+    used_bytes = fields.Integer(required=True, metadata={"description": "bytes"})
     datasets = fields.Integer(required=True)
     # Extension: position in the organization's report chain; read models keep the highest.
     sequence = fields.Integer()
 
 
 class CreditsChanged(EventSchema):
-    balance = fields.Integer(required=True)  # milli-credits
+    balance = fields.Integer(required=True, metadata={"description": "milli-credits (1 credit = 1000)"})
     # Extension: the ledger entry's position (``seq``); read models keep the highest.
     sequence = fields.Integer()
 
@@ -156,7 +163,8 @@ class AiJobCompleted(EventSchema):
     job_type = fields.String(required=True)
     initiator_user_id = fields.String(required=True)
     outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
-    credits = fields.Integer(required=True)
+    credits = fields.Integer(required=True, metadata={
+        "description": "milli-credits (1 credit = 1000) reserved for the job: spent if it succeeded, refunded if it failed"})
 
 
 class OrganizationPurged(EventSchema):
@@ -201,7 +209,7 @@ def isoformat(moment):
 def make_event(event, organization_id=None, **payload):
     """Build and validate an event body; returns ``(source, type, body)``."""
     source, event_type = event
-    body = dict(payload, event_id=uuid.uuid4().hex, occurred_at=isoformat(utcnow()),
+    body = dict(payload, event_id=str(uuid.uuid4()), occurred_at=isoformat(utcnow()),
                 organization_id=organization_id)
     errors = _schema(event).validate(body)
     if errors:

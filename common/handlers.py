@@ -7,6 +7,11 @@ and are reached through the service's own retry exchange (``common.bus.retry_exc
 default exchange, which would let the service publish into any queue.
 Only when that hand-over is confirmed by the broker is the original acked; if it fails the event
 is requeued. Handlers must be idempotent: every event may arrive twice.
+
+The handler's worker context holds the event's request id (its AMQP ``correlation_id``) and event
+id (``message_id``, else the body's), nothing else of the headers: ``common.context`` binds them,
+so what the handler logs names both and the events it queues carry the same request id. A retry
+keeps the envelope (``common.envelope``) of the original.
 """
 import logging
 
@@ -15,7 +20,10 @@ from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
 
+from common import context
 from common.bus import retry_exchange
+from common.metrics import count_event
+from common.envelope import PROPERTIES
 from common.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,16 @@ class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
         self._publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], serializer="json")
+
+    def unpack_message_headers(self, message):
+        """Context data from the envelope, instead of nameko's default (every header, which the
+        worker would then forward on each RPC it makes)."""
+        properties = message.properties or {}
+        body = message.payload if isinstance(message.payload, dict) else {}
+        data = {context.EVENT_ID: properties.get("message_id") or body.get("event_id")}
+        if context.well_formed(properties.get("correlation_id")):
+            data[context.REQUEST_ID] = properties["correlation_id"]
+        return data
 
     def _settle(self, settle, message):
         """Ack or requeue; if the broker connection just broke, the broker redelivers the message by
@@ -55,14 +73,17 @@ class ReliableEventHandler(EventHandler):
                         queue, attempts, expiration, exc_info[1])
         headers = dict(message.headers or {})
         headers[ATTEMPTS_HEADER] = attempts
+        envelope = {key: message.properties[key] for key in PROPERTIES
+                    if key != "content_type" and message.properties.get(key) is not None}
         try:
             self._publisher.publish(message.payload, exchange=retry_exchange(self.container.service_name),
                                     routing_key=target,
-                                    headers=headers, expiration=expiration, mandatory=True)
+                                    headers=headers, expiration=expiration, mandatory=True, **envelope)
         except Exception:  # the broker did not take it: keep the original instead
             log.exception("could not hand failed event to %s; requeueing", target)
             self._settle(self.queue_consumer.requeue_message, message)
             return
+        count_event(self.container.service_name, self.method_name, "parked" if target.endswith(".parked") else "retried")
         self._settle(self.queue_consumer.ack_message, message)
 
 

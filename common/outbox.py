@@ -19,6 +19,8 @@ from datetime import timedelta
 
 from nameko.amqp.publish import Publisher
 
+from common import context
+from common.envelope import envelope
 from common.events import make_event, utcnow
 from common.topology import event_exchange
 
@@ -39,9 +41,16 @@ def without_outbox(doc):
 
 
 def pending(event, organization_id=None, **payload):
-    """An outbox entry for ``event``, validated against the event schema now, not at publish."""
+    """An outbox entry for ``event``, validated against the event schema now, not at publish.
+
+    It keeps the request id of the work in hand (``common.context``): the event may be published
+    later, by a sweep after a crash, and must still name the request that caused it."""
     source, event_type, body = make_event(event, organization_id, **payload)
-    return {"source": source, "type": event_type, "body": body, "queued_at": utcnow()}
+    entry = {"source": source, "type": event_type, "body": body, "queued_at": utcnow()}
+    request_id = context.request_id()
+    if request_id:
+        entry["request_id"] = request_id
+    return entry
 
 
 def queue_fields(*entries):
@@ -71,12 +80,15 @@ class Outbox:
         self.enrichers = {}
 
     def publish_entry(self, entry):
+        """Publish one entry with its envelope (``common.envelope``): every event of every service
+        leaves through here."""
         body = entry["body"]
         enrich = self.enrichers.get(entry["type"])
         if enrich is not None:
             body = enrich(dict(body))
         self.publisher.publish(body, exchange=event_exchange(entry["source"]),
-                               routing_key=entry["type"], mandatory=False)
+                               routing_key=entry["type"], mandatory=False,
+                               **envelope(entry["source"], entry["type"], body, entry.get("request_id")))
 
     def flush(self, collection, doc_id):
         """Publish and clear what one document has pending; returns how many were published."""

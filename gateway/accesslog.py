@@ -7,11 +7,24 @@ mistake). The request line, path, query and referer are logged with every path s
 ``/invites/`` or ``/deletions/`` and the value of every query parameter named like a secret
 (:data:`SECRET_PARAMETERS`, any case, percent-encoded names too) replaced by ``[redacted]``;
 request headers that carry credentials are never logged.
+
+Every line gunicorn writes (error log, access log) and every line of the app's own loggers goes
+through ``common.logs``: one JSON object per line (``LOG_FORMAT=text`` for a terminal), the access
+line with its fields (``method``, ``path``, ``status``, ``bytes``, ``duration_ms``, ``remote``,
+``request_id``) besides the redacted ``message``.
 """
+import logging
+import os
 import re
+import traceback
 from urllib.parse import unquote_plus
 
 from gunicorn.glogging import Logger
+
+from common import logs
+from common.config import load_config
+
+_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yml")
 
 _INVITE_TOKEN = re.compile(r"(/(?:invites|deletions)/)[^/?#\s]+")  # invite tokens, deletion receipts
 # a query string: after "?" up to a fragment, a space (the request line's " HTTP/1.1") or the end
@@ -48,6 +61,39 @@ def redact(text):
 
 
 class RedactingLogger(Logger):
+    def setup(self, cfg):
+        super().setup(cfg)
+        config = load_config(_CONFIG_FILE)
+        formatter = logs.formatter("gateway", config.get("LOG_FORMAT"))
+        for log in (self.error_log, self.access_log):
+            log.propagate = False  # their own handlers write them; the root's would write them again
+            for handler in log.handlers:
+                handler.setFormatter(formatter)
+        # the app's loggers (gateway, common.*, nameko, kombu) go to stderr in the same format
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_orgplatform", False)]:
+            root.removeHandler(handler)
+        handler = logging.StreamHandler()
+        handler.setFormatter(formatter)
+        handler._orgplatform = True
+        root.addHandler(handler)
+        root.setLevel(str(config.get("LOG_LEVEL") or "INFO").upper())
+        for noisy in ("kombu", "amqp"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+        try:
+            self.access_log.info(self.cfg.access_log_format, atoms, extra={
+                "method": atoms["m"], "path": atoms["U"], "query": atoms["q"] or None,
+                "status": resp.status_code, "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.total_seconds() * 1000, 1), "remote": atoms["h"],
+                "request_id": dict((k.lower(), v) for k, v in resp.headers).get("x-request-id")})
+        except Exception:
+            self.error(traceback.format_exc())
+
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         for key in _URL_ATOMS:

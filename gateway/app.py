@@ -13,6 +13,7 @@ from gateway.api import build_openapi
 from gateway.auth import KeyRing, TokenVerifier
 from gateway.console import register_console
 from gateway.deletions import GoneOrganizations
+from gateway import asyncapi, metrics, requestid
 from gateway.edge import Bulkheads, trusted_networks
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
@@ -33,8 +34,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 # CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
-CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed, X-Request-ID"
 CORS_MAX_AGE = 600
 
 
@@ -50,6 +51,7 @@ def create_app(config=None):
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)
     max_url_bytes = int(config.get("MAX_URL_BYTES") or 16384)
     app.json.sort_keys = False
+    requestid.init_app(app)  # first: every answer, an early one included, carries X-Request-ID
 
     pool = RpcPool(config, size=config.get("RPC_POOL_SIZE") or 8, timeout=config.get("RPC_TIMEOUT") or 5)
     key_files = [p.strip() for p in str(config.get("JWT_PUBLIC_KEY_FILES") or "").split(",") if p.strip()]
@@ -65,6 +67,8 @@ def create_app(config=None):
     app.extensions["bulkheads"] = Bulkheads(config)
     app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))
     app.extensions["revocation_consumer"] = consumer
+    # counts every answer; GET /metrics on the private port
+    metrics.init_app(app, revocations, enabled=str(config.get("METRICS_ENABLED")).strip() not in ("0", "false", ""))
     app.extensions["verifier"] = TokenVerifier(keyring, config.get("JWT_ISSUER") or "orgplatform", revocations)
     allowed_origins = {o.strip() for o in str(config.get("CORS_ALLOWED_ORIGINS") or "").split(",") if o.strip()}
 
@@ -78,6 +82,8 @@ def create_app(config=None):
     @app.get("/api/v1/openapi.json")
     def openapi_document():
         return jsonify(openapi)
+
+    asyncapi.init_app(app)  # GET /api/v1/asyncapi.json
 
     @app.errorhandler(DomainError)
     def domain_error(error):

@@ -25,3 +25,11 @@ limit_request_field_size = int(_gateway["MAX_URL_BYTES"]) + 2048
 limit_request_fields = 32768
 # who may set X-Forwarded-Proto (and, read by the app, X-Real-IP): the proxy only (gateway/edge.py)
 forwarded_allow_ips = _gateway["FORWARDED_ALLOW_IPS"]
+
+
+def child_exit(server, worker):
+    """A worker that exited no longer counts in the multiprocess metrics' live gauges (gateway/metrics.py)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -50,6 +50,10 @@ class RevocationList:
         self._last_prune = time.time()
 
     # -- fed by the consumer -------------------------------------------------------------------
+    def size(self):
+        """Revoked sessions and cut-offs held (the ``gateway_revocation_list_entries`` metric)."""
+        return len(self._sessions) + len(self._not_before)
+
     def apply(self, event):
         forget_after = time.time() + self.retention
         with self._lock:

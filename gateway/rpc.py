@@ -5,20 +5,28 @@ back. Proxies are created lazily (so after gunicorn forks), reused across reques
 after a timeout or a connection error so that a broken connection never serves the next request.
 Requests carry an AMQP expiration equal to the timeout: a call the client already got a 503 for is
 not executed later when the service comes back.
+
+Every call gets a worker context of its own: the standalone proxy's single context would give
+every call through it the same nameko call id. It carries the request id of the HTTP request
+(``common.context``) as context data, which the service's workers bind and forward.
 """
 import logging
 import queue
 import socket
 import threading
+import time
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
 from kombu.utils.url import parse_url
+from nameko.containers import WorkerContext
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from common import context
 from common.errors import DomainError
+from gateway import metrics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,11 @@ class _PooledProxy:
         self.standalone.start()
 
     def call(self, service, method, args, kwargs):
-        proxy = ServiceProxy(self.standalone._worker_ctx, service, self.standalone._reply_listener,
+        shared = self.standalone._worker_ctx
+        request_id = context.request_id()
+        worker_ctx = WorkerContext(shared.container, None, shared.entrypoint,
+                                   data={context.REQUEST_ID: request_id} if request_id else None)
+        proxy = ServiceProxy(worker_ctx, service, self.standalone._reply_listener,
                              expiration=self.timeout, retry=True, retry_policy=_PUBLISH_RETRY)
         return getattr(proxy, method)(*args, **kwargs)
 
@@ -88,15 +100,24 @@ class RpcPool:
         self._slots.release()
 
     def call(self, service, method, *args, **kwargs):
-        """Call ``service.method``; DomainError passes through, anything transport-ish is a 503."""
-        proxy = self._acquire(service)
+        """Call ``service.method``; DomainError passes through, anything transport-ish is a 503.
+        Every call is counted and timed (``gateway_rpc_calls_total``, ``gateway_rpc_seconds``)."""
+        started, outcome = time.perf_counter(), "unavailable"
+        try:
+            proxy = self._acquire(service)
+        except ServiceUnavailable:
+            metrics.observe_rpc(service, method, outcome, time.perf_counter() - started)
+            raise
         healthy = False
         try:
             result = proxy.call(service, method, args, kwargs)
-            healthy = True
+            healthy, outcome = True, "ok"
             return result
-        except (DomainError, RemoteError):
-            healthy = True
+        except DomainError:
+            healthy, outcome = True, "refused"
+            raise
+        except RemoteError:
+            healthy, outcome = True, "error"
             raise
         except (RpcTimeout, UnknownService) as error:
             raise ServiceUnavailable(service, type(error).__name__) from error
@@ -105,6 +126,7 @@ class RpcPool:
             raise ServiceUnavailable(service, "broker connection lost") from error
         finally:
             self._release(proxy, healthy)
+            metrics.observe_rpc(service, method, outcome, time.perf_counter() - started)
 
     def close(self):
         while True:

@@ -414,6 +414,10 @@ class DeliverySchema(Open):
     last_error = fields.String(allow_none=True, required=True)
     created_at = Timestamp(required=True)
     sent_at = Timestamp(allow_none=True, required=True)
+    request_id = fields.String(allow_none=True, metadata={
+        "description": "X-Request-ID of the request that caused this mail (null: a timer, or recorded "
+                       "before request ids were kept)"})
+    event_id = fields.String(allow_none=True, metadata={"description": "the event this mail answers, if any"})
 
 
 class DeliveryPageSchema(Open):

@@ -4,12 +4,15 @@ Each file is written under a temporary name and renamed, so a reader never sees 
 """
 import argparse
 import itertools
+import logging
 import os
 import signal
 import threading
 import time
 
 from aiosmtpd.controller import Controller
+
+from common import logs
 
 _counter = itertools.count(1)
 
@@ -40,7 +43,11 @@ def main():
     args = parser.parse_args()
     controller = Controller(SaveToDirectory(args.dir), hostname=args.host, port=args.port)
     controller.start()
-    print("smtp sink on %s:%d writing to %s" % (args.host, args.port, args.dir), flush=True)
+    logging.basicConfig(level=logging.INFO)
+    for handler in logging.getLogger().handlers:  # one JSON object per line, like every process
+        handler.setFormatter(logs.formatter("smtp", os.environ.get("LOG_FORMAT") or "json"))
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per connection
+    logging.getLogger("smtp_sink").info("smtp sink on %s:%d writing to %s", args.host, args.port, args.dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

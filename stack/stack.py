@@ -38,6 +38,16 @@ def env_int(name, default):
     return int(os.environ.get(name) or default)
 
 
+def configured_metrics_port(service):
+    """The ``METRICS_PORT`` default of a service's config.yml (``${<SERVICE>_METRICS_PORT:<port>}``),
+    read with the standard library: the default lives there only."""
+    import re
+
+    with open(os.path.join(ROOT, "services", service, "config.yml")) as handle:
+        match = re.search(r"\$\{%s_METRICS_PORT:(\d*)\}" % service.upper(), handle.read())
+    return int(match.group(1)) if match and match.group(1) else None
+
+
 class Instance:
     """Ports, names and folders of one stack instance."""
 
@@ -56,6 +66,12 @@ class Instance:
         self.upstream_port = env_int("TEST_GATEWAY_UPSTREAM_PORT", 28080 + offset) if test else env_int(
             "GATEWAY_UPSTREAM_PORT", 8081)
         self.smtp_port = env_int("TEST_SMTP_PORT", 11025 + offset) if test else env_int("SMTP_PORT", 1025)
+        # each service's own /metrics port (common/metrics.py); test stacks 19101.. + offset
+        self.metrics_ports = {service: (19101 + index + offset) if test else env_int(
+            "%s_METRICS_PORT" % service.upper(), configured_metrics_port(service) or 0) or None
+            for index, service in enumerate(SERVICES)}
+        # gunicorn workers' shared prometheus-client files (multiprocess mode, gateway/metrics.py)
+        self.metrics_dir = os.path.join(self.var, "prometheus")
         self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-" + self.name) if test else os.environ.get(
             "RABBIT_VHOST", "/")
         self.db_prefix = os.environ.get("TEST_MONGO_DB_PREFIX", self.name + "_") if test else os.environ.get(
@@ -118,6 +134,10 @@ class Instance:
             "GATEWAY_BIND": "127.0.0.1:%d" % self.upstream_port,
             "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
         })
+        if self.test:
+            env.update({"%s_METRICS_PORT" % service.upper(): str(port) for service, port in self.metrics_ports.items()})
+        if component == "gateway":
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
         # keeps what it freed: 20 threads x ARGON2_MEMORY_KIB of RSS that never goes back
         env.setdefault("MALLOC_ARENA_MAX", "2")
@@ -125,6 +145,9 @@ class Instance:
         env.setdefault("PUBLIC_BASE_URL", self.gateway_url)
         if not env.get("CONSOLE_SESSION_KEY"):  # seals the console's session cookies, same for every worker
             env["CONSOLE_SESSION_KEY"] = _stored_secret(os.path.join(self.var, "secrets", "console-session.key"))
+        # eventlet warns that it is deprecated when `nameko run` first imports it, before logging is
+        # set up: a multi-line text in a log of JSON lines (common/logs.py). Known; not news per start.
+        env.setdefault("PYTHONWARNINGS", "ignore::Warning:nameko.cli.commands,ignore::Warning:nameko.messaging")
         if self.test:  # cheap hashing keeps the suite fast; production keeps argon2's defaults
             env.setdefault("ARGON2_TIME_COST", "1")
             env.setdefault("ARGON2_MEMORY_KIB", "1024")
@@ -613,6 +636,9 @@ def start_replica(inst, service, label, env=None, timeout=60):
 def start_gateway(inst):
     if is_running(inst, "gateway"):
         return False
+    if os.path.isdir(inst.metrics_dir):  # the previous gunicorn's files: counters start at zero
+        shutil.rmtree(inst.metrics_dir)
+    os.makedirs(inst.metrics_dir)
     spawn("gateway", [os.path.join(VENV_BIN, "gunicorn"), "-c", os.path.join(ROOT, "gateway", "gunicorn.conf.py"),
                       "gateway.app:create_app()"], inst.run_dir, inst.log_dir, inst.service_env("gateway"))
     return True
@@ -743,6 +769,10 @@ def up(inst, quiet=False):
             if inst.ferretdb_handler == "postgresql" else "SQLite, data in var/ferretdb")))
         print("  smtp sink   127.0.0.1:%d  (messages in %s)" % (inst.smtp_port, os.path.relpath(inst.mail_dir, ROOT)))
         print("  logs        %s/*.log" % os.path.relpath(inst.log_dir, ROOT))
+        print("  metrics     %s/metrics  (gateway, private port)" % inst.upstream_url)
+        for service, port in inst.metrics_ports.items():
+            if port:
+                print("              http://127.0.0.1:%d/metrics  (%s)" % (port, service))
 
 
 def started_processes(inst):

@@ -36,10 +36,14 @@ def owner(gateway):
 
 @pytest.fixture(scope="session")
 def tap(test_stack):
-    """Every event on the bus, as an outside subscriber sees it."""
+    """Every event on the bus, as an outside subscriber sees it; at the end of the session, every
+    event it saw must have carried its envelope (acceptance 3 of issue 15)."""
     listener = EventTap(test_stack.amqp_uri)
     yield listener
+    listener._drain(0.5)
+    problems = listener.envelope_problems()
     listener.close()
+    assert not problems, "%d events without their envelope, e.g. %s" % (len(problems), problems[:5])
 
 
 def pytest_terminal_summary(terminalreporter, config):

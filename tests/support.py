@@ -120,16 +120,60 @@ def assert_error(response, status, code=None):
     return body["error"]
 
 
+def envelope_problems(message, body):
+    """What is wrong with an event's AMQP envelope (README, Events; ``common/envelope.py``): the
+    properties and CloudEvents application properties every published event carries."""
+    from common.envelope import unix_seconds
+
+    properties, headers = message.properties, message.headers or {}
+    exchange, routing_key = message.delivery_info["exchange"], message.delivery_info["routing_key"]
+    source = exchange[:-len(".events")] if exchange.endswith(".events") else exchange
+    event_id = body.get("event_id") if isinstance(body, dict) else None
+    expected = {
+        "message_id": event_id, "type": routing_key, "app_id": source, "content_type": "application/json",
+        "cloudEvents:specversion": "1.0", "cloudEvents:id": event_id, "cloudEvents:source": "/orgplatform/" + source,
+        "cloudEvents:type": routing_key, "cloudEvents:time": body.get("occurred_at") if isinstance(body, dict) else None,
+    }
+    seen = dict(properties, **headers)
+    problems = ["%s is %r, not %r" % (key, seen.get(key), value) for key, value in expected.items()
+                if seen.get(key) != value]
+    try:
+        if str(uuid.UUID(event_id)) != event_id:
+            problems.append("event_id %r is not a hyphenated uuid" % event_id)
+    except (TypeError, ValueError):
+        problems.append("event_id %r is not a uuid" % event_id)
+    try:
+        if properties.get("timestamp") != unix_seconds(body["occurred_at"]):
+            problems.append("timestamp %r is not occurred_at %r" % (properties.get("timestamp"), body["occurred_at"]))
+    except (KeyError, TypeError, ValueError):
+        problems.append("no occurred_at to check the timestamp against")
+    return ["%s %s: %s" % (routing_key, event_id, problem) for problem in problems]
+
+
 class EventTap:
     """Listens to the bus like any outside subscriber would: its own exclusive queue, bound to
-    every event type of the given sources. Reconnects (with a new queue) if the broker restarts."""
+    every event type of the given sources. Reconnects (with a new queue) if the broker restarts.
+
+    It checks every event's envelope on the way (:func:`envelope_problems`); the session's tap
+    fails the run if any event lacked one, except those a test published bare on purpose
+    (:meth:`allow_bare`, an older publisher's event)."""
 
     def __init__(self, amqp_uri, sources=("org", "membership", "usage", "notifications")):
         self.amqp_uri = amqp_uri
         self.sources = sources
         self.events = []
+        self.messages = []  # (routing key, body, properties, headers) of every event seen
+        self.problems = []
+        self.bare = set()
         self.connection = None
         self.reconnect()
+
+    def allow_bare(self, event_id):
+        self.bare.add(event_id)
+
+    def envelope_problems(self):
+        """Problems of every event seen so far, but those allowed to be bare."""
+        return [problem for event_id, problem in self.problems if event_id not in self.bare]
 
     def reconnect(self):
         """A new connection and queue (events published meanwhile are not seen)."""
@@ -156,6 +200,10 @@ class EventTap:
 
     def _collect(self, body, message):
         self.events.append((message.delivery_info["routing_key"], body))
+        self.messages.append((message.delivery_info["routing_key"], body, dict(message.properties),
+                              dict(message.headers or {})))
+        event_id = body.get("event_id") if isinstance(body, dict) else None
+        self.problems.extend((event_id, problem) for problem in envelope_problems(message, body))
         message.ack()
 
     def _drain(self, timeout):

@@ -183,6 +183,7 @@ def test_a_plan_mail_with_an_unschedulable_paid_until_is_still_sent(gateway, tes
     source, event_type, body = make_event(events.PLAN_CHANGED, owner.org_id, plan=plan,
                                           old_plan={"name": "custom", "included_users": None,
                                                     "included_storage_bytes": None, "paid_until": None})
+    tap.allow_bare(body["event_id"])  # an older publisher: no envelope either
     with Connection(test_stack.amqp_uri) as connection:
         connection.Producer(serializer="json").publish(body, exchange=event_exchange(source), routing_key=event_type,
                                                        declare=[event_exchange(source)], retry=True)

@@ -12,6 +12,7 @@ import pytest
 from kombu import Connection
 
 from common import events, pages
+from common.envelope import envelope
 from common.events import make_event
 from common.topology import Subscription, event_exchange, queue_name
 from services.notifications import dispatch
@@ -36,12 +37,12 @@ def notifications_db(test_stack):
 
 
 def publish(test_stack, body, event):
-    """Publish an event body as its source service would."""
+    """Publish an event body as its source service would (with its envelope)."""
     source, event_type = event
     with Connection(test_stack.amqp_uri) as connection:
         producer = connection.Producer(serializer="json")
         producer.publish(body, exchange=event_exchange(source), routing_key=event_type,
-                         declare=[event_exchange(source)], retry=True)
+                         declare=[event_exchange(source)], retry=True, **envelope(source, event_type, body))
     return body
 
 
@@ -684,7 +685,8 @@ def test_a_burst_of_joins_sends_each_mail_once(gateway, owner, mailbox, notifica
         producer = connection.Producer(serializer="json")
         exchange = event_exchange(events.MEMBER_JOINED[0])
         for body in bodies + bodies[:10]:  # ten of them twice
-            producer.publish(body, exchange=exchange, routing_key=events.MEMBER_JOINED[1], declare=[exchange])
+            producer.publish(body, exchange=exchange, routing_key=events.MEMBER_JOINED[1], declare=[exchange],
+                             **envelope(*events.MEMBER_JOINED, body))
     wait_until(lambda: len(mailbox.to(owner.email, contains="Burst %s" % tag)) >= 60, timeout=60,
                what="sixty burst mails")
     logged = wait_until(lambda: (lambda items: len(items) == 60 and all(d["status"] == "sent" for d in items)

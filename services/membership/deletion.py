@@ -1,5 +1,5 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
-from common import events, outbox, tombstones
+from common import events, metrics, outbox, tombstones
 from common.errors import DomainError
 from common.events import isoformat, utcnow
 from services.membership import domain, members
@@ -23,6 +23,7 @@ def request(store, request_deletion, org_id, actor, confirm_name):
     return status
 
 
+@metrics.PURGE_SECONDS.labels("membership").time()
 def purge(store, event):
     """Idempotent: a redelivered or re-driven request purges nothing twice and reports again.
 

@@ -5,7 +5,9 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.events import utcnow
+from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
@@ -36,6 +38,8 @@ class SuperuserBootstrap(DependencyProvider):
 
 class MembershipService:
     name = "membership"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
+    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(MembershipStore, "membership")
     security = SecurityProvider()

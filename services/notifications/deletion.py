@@ -6,7 +6,7 @@ that mail is final (sent, or failed after its retries); until then the organizat
 """
 import re
 
-from common import events, outbox, tombstones
+from common import events, metrics, outbox, tombstones
 from common.addresses import normalize_address, single_line
 from common.errors import DomainError
 from common.events import utcnow
@@ -74,6 +74,7 @@ def delete_everything(store, org_id):
     }
 
 
+@metrics.PURGE_SECONDS.labels("notifications").time()
 def purge(store, org_id):
     """Remembers the organization (digest) first, then deletes: a write that checked just before
     and landed just after sees the digest when it checks again, and scrubs (``scrub_if_purged``)."""

@@ -18,6 +18,8 @@ from datetime import timedelta
 
 from cryptography.fernet import InvalidToken
 
+from common import context as work  # the request and event id of the work in hand
+from common import metrics
 from common.events import utcnow
 from services.notifications import mail
 
@@ -62,7 +64,9 @@ def enqueue(store, org_id, kind, key, recipients, context, secret=False, lease_s
     for recipient in recipients:
         delivery_id = "%s:%s" % (key, recipient)
         log_doc = {"_id": delivery_id, "org_id": org_id, "kind": kind, "to": recipient, "subject": subject,
-                   "created_at": now}
+                   "created_at": now,
+                   # what caused it: the request (X-Request-ID) behind the event, and the event
+                   "request_id": work.request_id(), "event_id": work.event_id()}
         entry = dict(log_doc, text=text, html=html, sealed=bool(secret), attempts=0,
                      due_at=now + timedelta(seconds=lease_seconds), lease_id=uuid.uuid4().hex)
         if store.record_delivery(entry, log_doc):
@@ -103,6 +107,7 @@ def attempt(store, sender, policy, entry):
             outcome, reason = "permanent_failure", str(error)
         else:
             outcome, reason = "sent", None
+    metrics.MAIL.labels(outcome).inc()
     finished = utcnow()
     record = {"at": finished, "outcome": outcome, "error": reason, "next_attempt_at": None}
     if outcome == "sent":

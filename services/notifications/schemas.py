@@ -32,3 +32,5 @@ class DeliverySchema(Schema):
     last_error = fields.String(allow_none=True)
     created_at = Iso()
     sent_at = Iso(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    event_id = fields.String(allow_none=True)

@@ -11,7 +11,9 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.events import utcnow
+from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
@@ -39,6 +41,8 @@ class Mailer(DependencyProvider):
 
 class NotificationsService:
     name = "notifications"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
+    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(NotificationsStore, "notifications")
     mailer = Mailer()

@@ -3,7 +3,9 @@ from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 
 from common import bus, events
+from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.timers import configured_timer
 from common.validation import checked_rpc
@@ -17,6 +19,8 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 
 class OrgService:
     name = "org"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
+    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(OrgStore, "org")
     config = Config()

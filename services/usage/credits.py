@@ -17,7 +17,7 @@ import threading
 import time
 from datetime import timedelta
 
-from common import events, outbox
+from common import events, metrics, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
 from common.validation import bounded_moment, decode_sequence
@@ -160,6 +160,7 @@ def _append_locked(store, org_id, op_id, request, build):
             pending_events = list(pending_events) + [outbox.pending(
                 events.CREDITS_CHANGED, org_id, balance=entry["balance_after"], sequence=entry["seq"])]
         if store.insert_ledger_entry(entry, *pending_events):
+            metrics.LEDGER_WRITES.labels(entry.get("kind") or "unknown").inc()
             if len(_HEADS) >= _HEADS_MAX:
                 _HEADS.clear()
             _HEADS[org_id] = entry

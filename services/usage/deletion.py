@@ -1,5 +1,5 @@
 """The usage side of deleting an organization: purge everything, remember only a digest."""
-from common import events, outbox, tombstones
+from common import events, metrics, outbox, tombstones
 from common.events import utcnow
 from common.mongo import purge_delete
 from services.usage import credits, storage
@@ -15,6 +15,7 @@ def delete_everything(store, org_id):
     return removed
 
 
+@metrics.PURGE_SECONDS.labels("usage").time()
 def purge(store, org_id):
     """Idempotent. From now on writes for the organization are refused (404), never resurrected.
 

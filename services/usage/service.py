@@ -4,7 +4,9 @@ from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
 from common.errors import DomainError
+from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
@@ -19,6 +21,8 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 
 class UsageService:
     name = "usage"
+    context = RequestContext()  # the request and event id of each worker (common/context.py)
+    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(UsageStore, "usage")
     org = RpcProxy("org")

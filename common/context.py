@@ -1,0 +1,100 @@
+"""The request id (and event id) of the work in hand, one rule for every process.
+
+A request id ties an HTTP request to the RPC calls, events and mails it caused. The gateway takes a
+client's well-formed ``X-Request-ID`` or makes one; it travels in nameko RPC as context data
+(``request_id``, sent as the header ``nameko.request_id``, which nameko also forwards on calls one
+service makes to another), is stored with each outbox entry, and goes out as the event's AMQP
+``correlation_id``; an event handler takes it from there (``common.handlers``), so the events and
+mail a handler causes carry it too.
+
+Each nameko worker is its own greenlet and each gunicorn request its own thread, and both keep
+their own :mod:`contextvars`, so ``current()`` is the id of the work in hand wherever it is read:
+the outbox, the delivery log and the log formatter (``common.logs``) read it without threading it
+through every function.
+"""
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+from nameko.events import EventHandler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import Rpc
+
+log = logging.getLogger("orgplatform.worker")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: nameko context data keys (headers ``nameko.request_id``, ``nameko.event_id``)
+REQUEST_ID = "request_id"
+EVENT_ID = "event_id"
+# What a client may send: 1-128 visible characters of a conservative set, so an id is safe in a
+# log line, an AMQP short string and a header without escaping (UUIDs, ULIDs, trace ids all fit).
+_WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+
+_request_id = contextvars.ContextVar("request_id", default=None)
+_event_id = contextvars.ContextVar("event_id", default=None)
+
+
+def well_formed(value):
+    return isinstance(value, str) and _WELL_FORMED.fullmatch(value) is not None
+
+
+def new_request_id():
+    return str(uuid.uuid4())
+
+
+def request_id():
+    """The request id of the work in hand, or None (a timer, a sweep, start-up)."""
+    return _request_id.get()
+
+
+def event_id():
+    """The id of the event being handled, or None."""
+    return _event_id.get()
+
+
+def bind(request=None, event=None):
+    """Make ``request``/``event`` the ids of the work in hand; returns what :func:`unbind` takes."""
+    return _request_id.set(request), _event_id.set(event)
+
+
+def unbind(tokens):
+    request_token, event_token = tokens
+    _request_id.reset(request_token)
+    _event_id.reset(event_token)
+
+
+class RequestContext(DependencyProvider):
+    """Binds the worker's ``request_id``/``event_id`` context data while the worker runs, and logs
+    one line per RPC call or event handled (``entrypoint``, ``outcome``, ``duration_ms``): the
+    service side of a request's trace. Timers are not logged (they tick every second in tests).
+
+    Declared once on every service class (``context = RequestContext()``); nameko runs
+    ``worker_setup`` in the worker's own greenlet, right before the entrypoint method."""
+
+    def worker_setup(self, worker_ctx):
+        data = worker_ctx.data or {}
+        request = data.get(REQUEST_ID)
+        bind(request if well_formed(request) else None, data.get(EVENT_ID))
+        worker_ctx.orgplatform_started = time.monotonic()  # not in data: that travels on with every call
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        entrypoint = worker_ctx.entrypoint
+        if not isinstance(entrypoint, (Rpc, EventHandler)):
+            return
+        kind = "rpc" if isinstance(entrypoint, Rpc) else "event"
+        outcome = "ok"
+        if exc_info is not None:
+            outcome = "refused" if isinstance(exc_info[1], entrypoint.expected_exceptions) else "failed"
+        started = getattr(worker_ctx, "orgplatform_started", None) or time.monotonic()
+        log.info("%s %s.%s %s", kind, worker_ctx.service_name, entrypoint.method_name, outcome,
+                 extra={"entrypoint": "%s.%s" % (worker_ctx.service_name, entrypoint.method_name),
+                        "kind": kind, "outcome": outcome,
+                        "duration_ms": round((time.monotonic() - started) * 1000, 1)})
+
+    def worker_teardown(self, worker_ctx):
+        bind(None, None)
+
+    def get_dependency(self, worker_ctx):
+        return (worker_ctx.data or {}).get(REQUEST_ID)
