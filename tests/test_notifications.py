@@ -485,12 +485,13 @@ def test_smtp_down_too_long_marks_mail_failed(gateway, tap, team, mailbox, test_
     assert mailbox.to(address) == []
 
 
-def to_notifications(test_stack, event, body):
+def to_notifications(test_stack, event, body, headers=None):
     """Deliver an event to the notifications service's queue only (the other subscribers of the
     type never see this made-up organization)."""
     queue = queue_name(Subscription(event, "notifications", "on_" + event[1]))
     with Connection(test_stack.amqp_uri) as connection:
-        connection.Producer(serializer="json").publish(body, exchange="", routing_key=queue, retry=True)
+        connection.Producer(serializer="json").publish(body, exchange="", routing_key=queue, retry=True,
+                                                       headers=headers or {})
     return queue
 
 
@@ -705,3 +706,28 @@ def test_no_mail_was_ever_sent_twice(mailbox):
     ids = [str(m.message["X-Delivery-Id"]).strip() for m in mailbox.all()]
     assert ids and len(ids) == len(set(ids)), sorted(i for i in set(ids) if ids.count(i) > 1)
 
+
+def test_the_event_counters_show_a_retry_and_a_parking(test_stack, notifications_db):
+    """``orgplatform_events_total`` counts what reliable handlers do with a failure: a first
+    failure goes to the retry queue (``retried``), the last allowed one to the parking queue
+    (``parked``, with the attempts header at its limit)."""
+    from common.handlers import ATTEMPTS_HEADER, MAX_ATTEMPTS
+    from tests.test_observability import scrape, total
+    endpoint = "http://127.0.0.1:%d/metrics" % test_stack.metrics_ports["notifications"]
+
+    def count(outcome):
+        return total(scrape(endpoint), "orgplatform_events_total", outcome=outcome)
+    retried, parked = count("retried"), count("parked")
+    org_id = uuid.uuid4().hex  # unknown to the service: member_joined fails (no owner to mail)
+    for attempts in (0, MAX_ATTEMPTS - 1):
+        _, _, joined = make_event(events.MEMBER_JOINED, org_id, user_id=uuid.uuid4().hex,
+                                  email=unique_email("unmailable"), name="Nobody", role="member", via_invite=True,
+                                  is_owner=False)
+        queue = to_notifications(test_stack, events.MEMBER_JOINED, joined, headers={ATTEMPTS_HEADER: attempts})
+    wait_until(lambda: count("retried") > retried and count("parked") > parked, what="both counters to move")
+    assert waiting_on(test_stack, queue + ".parked") >= 1
+    # the retried one succeeds once the organization is known (nothing left retrying)
+    _, _, created = make_event(events.ORGANIZATION_CREATED, org_id, name="Counted Lab",
+                               owner_user_id=uuid.uuid4().hex, owner_email=unique_email("counted-owner"),
+                               owner_name="Olga Owner")
+    to_notifications(test_stack, events.ORGANIZATION_CREATED, created)
