@@ -12,7 +12,6 @@ the same size. The figure is the ratio of the two times.
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pymongo
@@ -53,17 +52,6 @@ def seed(dbs, org_id, owner_id):
     return batches, [account["_id"] for account in accounts]
 
 
-def insert_all(dbs, *seeds):
-    """One thread per database (FerretDB's guard serialises writes per database, not across them)."""
-    def fill(db):
-        for batches in seeds:
-            for collection, docs in batches[db]:
-                shapes.insert(dbs[db][collection], docs)
-    with ThreadPoolExecutor(len(dbs)) as pool:
-        for future in [pool.submit(fill, db) for db in dbs]:
-            future.result()
-
-
 def direct_delete(dbs, org_id, account_ids):
     """The floor: the same data removed with plain deletes per collection -- batched like the purges,
     because FerretDB refuses one delete of more than 32,766 documents (``common.mongo.DELETE_BATCH``)."""
@@ -87,7 +75,7 @@ def measure(inst, client):
     started = time.perf_counter()
     api_batches, _ = seed(dbs, api_org["organization"]["id"], api_org["user"]["id"])
     floor_batches, floor_accounts = seed(dbs, floor_org["organization"]["id"], floor_org["user"]["id"])
-    insert_all(dbs, api_batches, floor_batches)
+    shapes.insert_all(dbs, [api_batches, floor_batches])
     print("  seeded 2 x %s in %.1fs" % (", ".join("%d %s" % (v, k) for k, v in SIZES.items()),
                                          time.perf_counter() - started), flush=True)
 
@@ -98,7 +86,7 @@ def measure(inst, client):
     floor_seconds = time.perf_counter() - started
     ballast = client.signup("Deletion Bench C")  # takes the floor organization's place
     ballast_batches, _ = seed(dbs, ballast["organization"]["id"], ballast["user"]["id"])
-    insert_all(dbs, ballast_batches)
+    shapes.insert_all(dbs, [ballast_batches])
 
     org_id = api_org["organization"]["id"]
     started = time.perf_counter()

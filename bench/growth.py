@@ -15,7 +15,6 @@ or other organizations' data. Seeding writes the services' own shapes (``bench/s
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 
@@ -44,17 +43,6 @@ def _seed(dbs, org_id, owner_id, sizes, with_accounts):
     return {"membership": [("accounts", accounts), ("memberships", memberships)],
             "usage": [("ledger", ledger)],
             "notifications": [("deliveries", deliveries), ("delivery_attempts", attempts)]}
-
-
-def _insert_all(dbs, seeds):
-    def fill(db):
-        for batches in seeds:
-            for collection, docs in batches[db]:
-                if docs:
-                    shapes.insert(dbs[db][collection], docs)
-    with ThreadPoolExecutor(len(dbs)) as pool:
-        for future in [pool.submit(fill, db) for db in dbs]:
-            future.result()
 
 
 def _others(dbs, factor):
@@ -104,18 +92,18 @@ def measure(inst, client):
         client.wait(lambda: dbs["notifications"].organizations.find_one({"_id": org_id}),
                     "notifications to learn the org")
     started = time.perf_counter()
-    _insert_all(dbs, [_seed(dbs, t["organization"]["id"], t["user"]["id"], TARGET, True) for t in targets]
+    shapes.insert_all(dbs, [_seed(dbs, t["organization"]["id"], t["user"]["id"], TARGET, True) for t in targets]
                 + _others(dbs, 1))
     print("  seeded 2 targets and the 1x rest in %.0fs" % (time.perf_counter() - started), flush=True)
     first, second = targets
     before_other = _latencies(client, first["organization"]["id"], first["access_token"])
     started = time.perf_counter()
-    _insert_all(dbs, _others(dbs, 9))  # the rest grows to 10x
+    shapes.insert_all(dbs, _others(dbs, 9))  # the rest grows to 10x
     print("  the rest grown to 10x in %.0fs" % (time.perf_counter() - started), flush=True)
     after_other = _latencies(client, first["organization"]["id"], first["access_token"])
     before_same = _latencies(client, second["organization"]["id"], second["access_token"])
     started = time.perf_counter()
-    _insert_all(dbs, [_seed(dbs, second["organization"]["id"], second["user"]["id"],
+    shapes.insert_all(dbs, [_seed(dbs, second["organization"]["id"], second["user"]["id"],
                             {key: value * 9 for key, value in TARGET.items()}, True)])
     print("  the second target grown to 10x its history in %.0fs" % (time.perf_counter() - started), flush=True)
     after_same = _latencies(client, second["organization"]["id"], second["access_token"])

@@ -6,6 +6,7 @@ must be what the services would have written, numbering and page keys included, 
 measure a path production never takes.
 """
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from pymongo import ReturnDocument
@@ -20,6 +21,19 @@ PASSWORD_HASH = "$argon2id$v=19$m=1024,t=1,p=4$c2VlZGVk$c2VlZGVkaGFzaA"
 def insert(collection, docs):
     for start in range(0, len(docs), BATCH):
         collection.insert_many(docs[start:start + BATCH], ordered=False)
+
+
+def insert_all(dbs, seeds):
+    """``seeds``: ``{database: [(collection, docs)]}`` each; one thread per database (the embedded
+    database's front serialises writes per database, not across them)."""
+    def fill(db):
+        for batches in seeds:
+            for collection, docs in batches.get(db, ()):
+                if docs:
+                    insert(dbs[db][collection], docs)
+    with ThreadPoolExecutor(len(dbs)) as pool:
+        for future in [pool.submit(fill, db) for db in dbs]:
+            future.result()
 
 
 def reserve_ordinals(db, org_id, counter, count, collection="organizations", upsert=False):

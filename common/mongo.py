@@ -160,8 +160,9 @@ class Store:
                     self.db[collection].update_one({"_id": doc["_id"]}, {"$set": {
                         ordinal: number, pages.FIELD: pages.key(org_id, number)}})
                 top = first + len(docs) - 1
-            self.db[counters if order_by else "organizations"].update_one(
-                {"_id": org_id}, {"$max": {top_field: top}}, upsert=bool(order_by) and counters != "organizations")
+            # a counter collection of its own may not hold the organization yet; its copy must
+            self.db[counters].update_one({"_id": org_id}, {"$max": {top_field: top}},
+                                         upsert=counters != "organizations")
         self.db.migrations.update_one({"_id": marker}, {"$set": {"documents": sum(map(len, by_org.values()))}},
                                       upsert=True)
         return sum(map(len, by_org.values()))

@@ -1,7 +1,9 @@
 """Helpers for end-to-end tests: an HTTP client for the gateway, condition polling, the bus, the mail sink."""
+import contextlib
 import email
 import email.policy
 import os
+import socket
 import time
 import uuid
 
@@ -410,3 +412,37 @@ def assert_every_worker_answers(test_stack, path, token, status, code=None, mini
     assert not unexpected, "%d of %d answers were not %s %s: %r" % (len(unexpected), len(answers), status, code,
                                                                     unexpected[:3])
     return answers
+
+
+def free_port():
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def side_gateway(test_stack, label, component="gateway", **env):
+    """A second gateway (gunicorn, one worker) on a free port of its own, with ``env`` on top of the
+    test stack's settings (``component``: its broker user, None for the instance's admin); yields a
+    ``Gateway`` once it answers ``/healthz`` and stops it afterwards."""
+    from stack import stack
+    port = free_port()
+    settings = dict(test_stack.service_env(component), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
+                    **env)
+    name = "gateway-" + label
+    stack.spawn(name, [os.path.join(stack.VENV_BIN, "gunicorn"), "-c", os.path.join(stack.ROOT, "gateway",
+                                                                                 "gunicorn.conf.py"),
+                       "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, settings)
+    try:
+        side = Gateway("http://127.0.0.1:%d" % port)
+
+        def healthy():
+            try:
+                return requests.get(side.base_url + "/healthz", timeout=2).status_code == 200
+            except OSError:
+                return False
+        wait_until(healthy, timeout=60, interval=0.2, what="the %s gateway to start" % label)
+        yield side
+    finally:
+        stack.stop_pid_file(os.path.join(test_stack.run_dir, name + ".pid"))

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import threading
 import time
@@ -25,7 +24,7 @@ import uuid
 import pytest
 
 from stack import stack
-from tests.support import (SUMMARY, Mailbox, assert_error, invite, join, run_together, superuser_token,
+from tests.support import (SUMMARY, Mailbox, assert_error, free_port, invite, join, run_together, superuser_token,
                            unique_email, wait_until)
 
 #: the limited pair's settings. Windows of about a day, so a test hardly ever straddles two, and of an odd
@@ -44,12 +43,6 @@ LIMITS = {
     # what is measured is the membership service's queue
     "BULKHEAD_HASHING": "64",
 }
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def new_address():

@@ -9,17 +9,14 @@ token-less receipt link, and the owner is mailed when it completes.
 """
 import collections
 import contextlib
-import os
 import threading
 import uuid
 
 import pymongo
 import pytest
 
-from stack import stack
-from tests.support import Gateway, Mailbox, assert_error, join, superuser_token, unique_email, wait_until
+from tests.support import Mailbox, assert_error, join, side_gateway, superuser_token, unique_email, wait_until
 from tests.test_deletion import documents_mentioning
-from tests.test_security import free_port
 
 ROUNDS = 3
 
@@ -62,25 +59,8 @@ def unaware_gateway(test_stack):
     (``GATEWAY_FAULT_NO_DELETION_LIST``, tests only), like a gateway that missed the announcement:
     its requests reach the services whatever they heard, so what it answers about a deleted
     organization is the services' own answer."""
-    port = free_port()
-    env = dict(test_stack.service_env(), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
-               GATEWAY_FAULT_NO_DELETION_LIST="1")
-    stack.spawn("gateway-unaware", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
-                                    os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
-                                    "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
-    pid_file = os.path.join(test_stack.run_dir, "gateway-unaware.pid")
-    try:
-        other = Gateway("http://127.0.0.1:%d" % port)
-
-        def healthy():
-            try:
-                return other.get(other.base_url + "/healthz", timeout=2).status_code == 200
-            except OSError:
-                return False
-        wait_until(healthy, timeout=60, interval=0.2, what="the second gateway to start")
+    with side_gateway(test_stack, "unaware", component=None, GATEWAY_FAULT_NO_DELETION_LIST="1") as other:
         yield other
-    finally:
-        stack.stop_pid_file(pid_file)
 
 
 def deleted(gateway, receipt_url):

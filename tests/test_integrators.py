@@ -6,12 +6,10 @@ import uuid
 
 import pymongo
 import pytest
-import requests
 
 from stack import stack
-from tests.support import Gateway, assert_error, join, superuser_token, unique_email, wait_until
+from tests.support import assert_error, join, side_gateway, superuser_token, unique_email, wait_until
 from tests.test_deletion import documents_mentioning
-from tests.test_security import free_port
 
 PASSWORD = "correct horse battery"
 
@@ -237,25 +235,8 @@ def impatient_gateway(test_stack):
     membership service goes on and creates the account, the organization and their events (a sign-up
     takes 35-80 ms on the test stack; the request itself expires after the same 20 ms if nobody took
     it, hence a few tries)."""
-    port = free_port()
-    env = dict(test_stack.service_env("gateway"), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
-               RPC_TIMEOUT="0.02")
-    stack.spawn("gateway-impatient", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
-                                      os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
-                                      "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
-    pid_file = os.path.join(test_stack.run_dir, "gateway-impatient.pid")
-    try:
-        impatient = Gateway("http://127.0.0.1:%d" % port)
-
-        def healthy():
-            try:
-                return requests.get(impatient.base_url + "/healthz", timeout=2).status_code == 200
-            except OSError:
-                return False
-        wait_until(healthy, timeout=30, interval=0.2, what="the impatient gateway to start")
+    with side_gateway(test_stack, "impatient", RPC_TIMEOUT="0.02") as impatient:
         yield impatient
-    finally:
-        stack.stop_pid_file(pid_file)
 
 
 def test_a_sign_up_that_timed_out_is_retried_safely_with_its_key(gateway, impatient_gateway, tap):

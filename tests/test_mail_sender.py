@@ -3,7 +3,6 @@
 import email
 import email.policy
 import os
-import socket
 
 import pymongo
 import pytest
@@ -12,15 +11,9 @@ from aiosmtpd.controller import Controller
 from services.notifications import dispatch, mail, settings
 from services.notifications.store import NotificationsStore
 from stack.smtp_sink import SaveToDirectory
-from tests.support import Mail, wait_until
+from tests.support import Mail, free_port, wait_until
 
 SENDER = "no-reply@orgplatform.localhost"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Sink:

@@ -3,7 +3,6 @@
 (Request size limits and refresh-token reuse detection are covered in test_errors / test_accounts.)
 """
 import os
-import socket
 import time
 import uuid
 
@@ -12,8 +11,7 @@ import pytest
 
 from common.tokens import key_id
 from services.membership.keys import generate, load_private_key, public_pem, write_public
-from stack import stack
-from tests.support import assert_error, invite, unique_email, wait_until
+from tests.support import assert_error, invite, side_gateway, unique_email, wait_until
 from tests.tokens import forge, stranger_key
 
 ALLOWED_ORIGIN = "https://app.example.test"  # the test instance's CORS_ALLOWED_ORIGINS
@@ -154,39 +152,15 @@ def test_cors_preflight(gateway, owner):
 
 # -- (c) key rotation ------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def rotation_gateway(test_stack, tmp_path):
     """A second gateway that knows the current key and the next one (the middle of a rotation)."""
     new_private, new_public = str(tmp_path / "next-private.pem"), str(tmp_path / "next.pub.pem")
     generate(new_private)
     write_public(new_private, new_public)
-    port = free_port()
-    env = dict(test_stack.service_env("gateway"), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
-               JWT_PUBLIC_KEY_FILES="%s,%s" % (test_stack.public_key_file, new_public))
-    stack.spawn("gateway-rotation", [os.path.join(stack.VENV_BIN, "gunicorn"), "-c",
-                                     os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"),
-                                     "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, env)
-    pid_file = os.path.join(test_stack.run_dir, "gateway-rotation.pid")
-    try:
-        url = "http://127.0.0.1:%d" % port
-        from tests.support import Gateway
-        rotation = Gateway(url)
-
-        def healthy():
-            try:
-                return rotation.get(url + "/healthz", timeout=2).status_code == 200
-            except OSError:
-                return False
-        wait_until(healthy, timeout=30, interval=0.2, what="the rotation gateway to start")
+    with side_gateway(test_stack, "rotation",
+                      JWT_PUBLIC_KEY_FILES="%s,%s" % (test_stack.public_key_file, new_public)) as rotation:
         yield rotation, load_private_key(new_private)
-    finally:
-        stack.stop_pid_file(pid_file)
 
 
 def test_during_a_key_rotation_both_keys_are_accepted_and_no_other(gateway, test_stack, owner, rotation_gateway):

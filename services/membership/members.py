@@ -112,7 +112,7 @@ def list_members(store, org_id, limit=50, cursor=None, q=None):
     limit = max(1, min(int(limit or 50), MAX_PAGE))
     after = _decode_cursor(cursor) if cursor else None
     search = re.escape(q.strip()) if q and q.strip() else None
-    page = store.member_page(org_id, limit + 1, after, search)
+    page = store.member_page(org_id, limit + 1, after, search, organization)
     items = [member_view(m, organization) for m in page[:limit]]
     return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}
 

@@ -179,7 +179,7 @@ class MembershipStore(Store):
     def memberships_of(self, user_id):
         return list(self.db.memberships.find(dict(LIVE, user_id=user_id), HIDE).sort("joined_at", ASCENDING))
 
-    def member_page(self, org_id, limit, after=None, search=None):
+    def member_page(self, org_id, limit, after=None, search=None, organization=None):
         """Members in join order; ``after`` is the last ordinal seen. A page reads about one page
         key (``common/pages.py``); a search reads every member of the organization (a regex is
         pushed down nowhere) -- the one member read that grows with the organization."""
@@ -189,7 +189,9 @@ class MembershipStore(Store):
             if after is not None:
                 query["ordinal"] = {"$gt": after}
             return list(self.db.memberships.find(query, HIDE).sort("ordinal", ASCENDING).limit(limit))
-        top = (self.db.organizations.find_one({"_id": org_id}, {"joined": 1}) or {}).get("joined") or 0
+        if organization is None:  # the caller's copy, when it has just read it, holds the counter
+            organization = self.db.organizations.find_one({"_id": org_id}, {"joined": 1}) or {}
+        top = organization.get("joined") or 0
         return pages.oldest_first(lambda key: list(self.db.memberships.find(dict(LIVE, **{pages.FIELD: key}), HIDE)),
                                   org_id, top, limit, after)
 

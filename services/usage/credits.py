@@ -312,8 +312,8 @@ def ledger(store, org_id, limit=50, cursor=None):
     if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise _invalid("limit", "Must be between 1 and %d." % MAX_PAGE)
     before = decode_sequence(cursor) if cursor is not None else None
-    require_active(store, org_id)
-    head = store.ledger_head(org_id) or EMPTY_HEAD
+    organization = require_active(store, org_id)
+    head = store.ledger_head(org_id, organization) or EMPTY_HEAD  # its top page is in the copy just read
     page = store.ledger_page(org_id, limit + 1, before, top_seq=head["seq"])
     items = [present(entry) for entry in page[:limit]]
     next_cursor = str(page[limit - 1]["seq"]) if len(page) > limit else None

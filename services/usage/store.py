@@ -95,10 +95,12 @@ class UsageStore(Store):
     def _chain_page(self, collection, key):
         return list(self.db[collection].find({pages.FIELD: key}, HIDE))
 
-    def _chain_head(self, collection, org_id):
+    def _chain_head(self, collection, org_id, organization=None):
         """The newest entry of a chain: in its top page, or -- when the writer that moved the top
-        up has not inserted (yet, or ever) -- in the page below. Never more than two page reads."""
-        organization = self.db.organizations.find_one({"_id": org_id}, {self.CHAINS[collection]: 1}) or {}
+        up has not inserted (yet, or ever) -- in the page below. Never more than two page reads.
+        ``organization``: this service's copy, when the caller has just read it."""
+        if organization is None:
+            organization = self.db.organizations.find_one({"_id": org_id}, {self.CHAINS[collection]: 1}) or {}
         top = organization.get(self.CHAINS[collection]) or 0
         for page in (top, top - 1) if top > 0 else (0,):
             docs = self._chain_page(collection, pages.key_of_page(org_id, page))
@@ -118,8 +120,8 @@ class UsageStore(Store):
         except DuplicateKeyError:
             return False
 
-    def ledger_head(self, org_id):
-        return self._chain_head("ledger", org_id)
+    def ledger_head(self, org_id, organization=None):
+        return self._chain_head("ledger", org_id, organization)
 
     def ledger_entry(self, entry_id):
         return self.db.ledger.find_one({"_id": entry_id}, HIDE)
