@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from stack import stack
-from tests.test_security import free_port
+from tests.support import free_port
 
 README = os.path.join(stack.ROOT, "README.md")
 README_ORIGIN = "http://127.0.0.1:8080"

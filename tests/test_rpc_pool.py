@@ -12,9 +12,8 @@ from nameko.exceptions import RemoteError, RpcTimeout
 from common.errors import DomainError
 from gateway import rpc
 from gateway.app import create_app
-from tests.support import assert_error, wait_until
+from tests.support import assert_error, free_port, wait_until
 from tests.test_errors import FlaskAnswer
-from tests.test_security import free_port
 
 
 class StubProxy:
