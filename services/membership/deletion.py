@@ -2,7 +2,8 @@
 from common import events, metrics, outbox, tombstones
 from common.errors import DomainError
 from common.events import isoformat, utcnow
-from services.membership import domain, members
+from services.membership import members
+from services.membership.revocation import access_revoked
 from services.membership.invites import invite_view
 
 
@@ -19,7 +20,7 @@ def request(store, request_deletion, org_id, actor, confirm_name):
     # From the 202 on every membership call about it answers 410, and no login, refresh or switch
     # opens a session into it: mark our copy now rather than when the announcement arrives (the
     # purge does it again, idempotently). The request waits for this write.
-    store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    store.set_organization_status(org_id, "deleting", access_revoked(org_id))
     return status
 
 
@@ -31,7 +32,7 @@ def purge(store, event):
     accounts left without any organization are deleted; last-used pointers to it are cleared.
     """
     org_id = event["organization_id"]
-    store.set_organization_status(org_id, "deleting", domain.access_revoked(org_id))
+    store.set_organization_status(org_id, "deleting", access_revoked(org_id))
     # remembered before anything is deleted: a write that raced the purge then sees it and takes
     # itself back, and every later call answers 410 instead of 404
     tombstones.remember(store.db, org_id, utcnow())

@@ -6,7 +6,11 @@ from datetime import timedelta
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
-from services.membership import domain, members
+from services.membership import idempotency, members
+from services.membership.accounts import new_account, replayed_account
+from services.membership.ratelimit import check_signup_rate, rate_limit
+from services.membership.sessions import open_session
+from services.membership.validation import check_password, clean_person_name, normalize_email
 from services.membership.security import token_hash
 
 MAX_EMAILS = 100
@@ -30,7 +34,7 @@ def _normalized_emails(emails):
     normalized = []
     for index, email in enumerate(emails):
         try:
-            email = domain.normalize_email(email)
+            email = normalize_email(email)
         except DomainError:
             raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid email."]}})
         if email not in normalized:
@@ -130,7 +134,7 @@ def _create_invites(store, config, organization, org_id, actor, normalized, role
         items.append(invite)
     if new:
         window = int(config.get("INVITE_LIMIT_WINDOW") or 3600)
-        domain.rate_limit(store, [
+        rate_limit(store, [
             ("invite-inviter:" + _digest(actor.get("sub") or ""), int(config.get("INVITE_LIMIT_PER_INVITER") or 500)),
             ("invite-org:" + _digest(org_id), int(config.get("INVITE_LIMIT_PER_ORG") or 1000))],
             window, "too many invitations, try again later", amount=len(new), refund_refused=True)
@@ -199,20 +203,19 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
     If joining fails once the account exists (the last seat went to someone else a moment ago, the
     invite was used or revoked meanwhile), the account is deleted again: it would otherwise block
     the retry with 409 ``email_taken`` although the person never got in."""
-    email = domain.normalize_email(email)
-    name = domain.clean_person_name(name)
-    domain.check_password(password)
-    domain.check_signup_rate(store, config or {}, client_address)
-    from services.membership import idempotency
+    email = normalize_email(email)
+    name = clean_person_name(name)
+    check_password(password)
+    check_signup_rate(store, config or {}, client_address)
     ids, replayed = idempotency.claim(store, config or {}, "signup:" + email, idempotency_key,
                                       {"name": name, "invite": token_hash(token or "")},
                                       {"account_id": str(uuid.uuid4())})
     if replayed:
-        existing = domain.replayed_account(store, security, email, password, ids, idempotency_key)
+        existing = replayed_account(store, security, email, password, ids, idempotency_key)
         joined = _joined_by_invite(store, existing, token)
         if joined is not None:  # the first request got in: answer as it did
             org_id, membership, organization = joined
-            tokens = domain.open_session(store, security, existing, org_id, membership)
+            tokens = open_session(store, security, existing, org_id, membership)
             return dict(tokens, replayed=True, organization={
                 "id": org_id, "name": organization["name"], "role": membership["role"], "is_owner": False})
     invite, organization = _usable_invite(store, token)
@@ -222,7 +225,7 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
         raise DomainError("user_limit_reached", "the organization's plan has no free seat")
     if store.account_by_email(email):
         raise DomainError("email_taken", "an account with this email already exists")
-    account = domain.new_account(email, name, security.passwords.hash(password))
+    account = new_account(email, name, security.passwords.hash(password))
     account["_id"] = ids["account_id"]
     account["last_org_id"] = organization["_id"]
     if not store.insert_account(account):
@@ -266,6 +269,6 @@ def _join(store, security, invite, organization, account, limit):
         store.release_seat(org_id)
         raise DomainError("already_member", "you are already a member of this organization")
     store.set_account(account["_id"], {"last_org_id": org_id})
-    tokens = domain.open_session(store, security, account, org_id, membership)
+    tokens = open_session(store, security, account, org_id, membership)
     return dict(tokens, organization={"id": org_id, "name": organization["name"], "role": invite["role"],
                                       "is_owner": False})

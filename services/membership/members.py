@@ -11,7 +11,8 @@ from common import events, outbox
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
 from common.validation import decode_sequence
-from services.membership.domain import access_revoked, next_cutoff, now_seconds
+from services.membership import idempotency
+from services.membership.revocation import access_revoked, next_cutoff, now_seconds
 
 ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
 MAX_PAGE = 200
@@ -48,8 +49,6 @@ def record_new_organization(store, organization, account):
 def create_organization(store, create_org, user_id, name, config=None, idempotency_key=None):
     """With an ``Idempotency-Key``, a retry creates under the first request's id: the org service
     answers the organization it already created, and the membership is found again."""
-    from services.membership import idempotency
-
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
@@ -196,7 +195,7 @@ def transfer_ownership(store, org_id, actor, to_user_id):
                        to_user_email=target["email"], to_user_name=target["name"]))
     if updated is None:
         raise DomainError("conflict", "ownership changed meanwhile")
-    # after the owner is written (see domain.is_owner_of): both members' tokens state the owner flag
+    # after the owner is written (see sessions.is_owner_of): both members' tokens state the owner flag
     for user_id in (from_user_id, to_user_id):
         void_tokens(store, org_id, user_id)
     return {"owner_user_id": to_user_id, "previous_owner_user_id": from_user_id}

@@ -12,7 +12,7 @@ from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
-from services.membership import accounts, deletion, domain, invites, members
+from services.membership import accounts, deletion, invites, members, sessions, signup
 from services.membership.security import SecurityProvider
 from services.membership.store import MembershipStore
 
@@ -30,7 +30,7 @@ class SuperuserBootstrap(DependencyProvider):
     def start(self):
         config = self.container.config
         if config.get("SUPERUSER_EMAIL") and config.get("SUPERUSER_PASSWORD"):
-            domain.ensure_superuser(self._provider(StoreProvider).store,
+            accounts.ensure_superuser(self._provider(StoreProvider).store,
                                     self._provider(SecurityProvider).security,
                                     str(config["SUPERUSER_EMAIL"]), str(config["SUPERUSER_PASSWORD"]),
                                     config.get("SUPERUSER_NAME") or "Operator")
@@ -71,7 +71,7 @@ class MembershipService:
     # -- accounts and sessions ----------------------------------------------------------------
     @domain_rpc
     def signup(self, email, password, name, organization_name=None, client_address=None, idempotency_key=None):
-        return domain.signup(self.store, self.security, self._create_org, email, password, name,
+        return signup.signup(self.store, self.security, self._create_org, email, password, name,
                              organization_name, self.config, client_address, idempotency_key)
 
     @domain_rpc
@@ -81,24 +81,24 @@ class MembershipService:
 
     @domain_rpc
     def login(self, email, password, organization_id=None, client_address=None):
-        return domain.login(self.store, self.security, self.config, email, password, organization_id,
+        return sessions.login(self.store, self.security, self.config, email, password, organization_id,
                             client_address)
 
     @domain_rpc
     def refresh(self, refresh_token):
-        return domain.refresh(self.store, self.security, refresh_token)
+        return sessions.refresh(self.store, self.security, refresh_token)
 
     @domain_rpc
     def logout(self, session_id, user_id, org_id):
-        return domain.logout(self.store, session_id, user_id, org_id)
+        return sessions.logout(self.store, session_id, user_id, org_id)
 
     @domain_rpc
     def switch(self, session_id, user_id, organization_id):
-        return domain.switch(self.store, self.security, session_id, user_id, organization_id)
+        return sessions.switch(self.store, self.security, session_id, user_id, organization_id)
 
     @domain_rpc
     def change_password(self, session_id, user_id, current_password, new_password):
-        return domain.change_password(self.store, self.security, session_id, user_id, current_password,
+        return sessions.change_password(self.store, self.security, session_id, user_id, current_password,
                                       new_password, self.config)
 
     @domain_rpc
@@ -107,11 +107,11 @@ class MembershipService:
 
     @domain_rpc
     def check_access(self, claims):
-        return domain.check_access(self.store, claims)
+        return sessions.check_access(self.store, claims)
 
     @domain_rpc
     def me(self, user_id, org_id):
-        return domain.me(self.store, user_id, org_id)
+        return accounts.me(self.store, user_id, org_id)
 
     # -- organizations and members --------------------------------------------------------------
     @domain_rpc

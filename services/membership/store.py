@@ -312,7 +312,7 @@ class MembershipStore(Store):
         """Swap the refresh hash atomically; False if it is no longer a live session's current hash.
 
         The same write keeps the new pair sealed with the old token until ``grace_until`` (a
-        concurrent refresh with the old token answers that pair, see ``domain.refresh``)."""
+        concurrent refresh with the old token answers that pair, see ``sessions.refresh``)."""
         return self.db.sessions.update_one(
             {"refresh_hash": refresh_hash, "revoked_at": None, "expires_at": {"$gt": now}},
             {"$set": {"refresh_hash": new_hash, "expires_at": expires_at, "refreshed_at": now,
