@@ -9,13 +9,17 @@ import json
 import threading
 import time
 
+from contextlib import contextmanager
+from datetime import timedelta
+
 import pymongo
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from common.batching import SharedReads
 from common.config import database_name
+from common.events import utcnow
 from common import outbox, pages, tombstones
 from common.outbox import Outbox
 
@@ -113,12 +117,46 @@ class Store:
     def __init__(self, db, outbox=None):
         self.db = db
         self.outbox = outbox
-        self._purged = SharedReads(lambda org_id: tombstones.was_purged(self.db, org_id))
+        self._purged = SharedReads(self._read_purged)
 
     def was_purged(self, org_id):
         """Whether the organization was purged here (a late write for it must be refused); a burst
         of events for one organization asks the database once."""
         return org_id is not None and self._purged.submit(org_id)
+
+    def _read_purged(self, org_id):
+        return self.db[tombstones.COLLECTION].find_one({"_id": tombstones.digest(org_id)}, {"_id": 1}) is not None
+
+    def remember_purged(self, org_id):
+        """Record the organization's tombstone (its digest only); step 1 of ``common.purge``."""
+        self.db[tombstones.COLLECTION].update_one({"_id": tombstones.digest(org_id)},
+                                                  {"$setOnInsert": {"purged_at": utcnow()}}, upsert=True)
+
+    @contextmanager
+    def purge_lease(self, org_id, seconds=900):
+        """Yields True for the one purge of an organization allowed to run now in this service.
+
+        The lease (keyed by the digest, so no id is left behind) ends with the purge, or after
+        ``seconds`` if the process died, so a later request purges again."""
+        key, now = tombstones.digest(org_id), utcnow()
+        leases = self.db[tombstones.LEASES]
+        try:
+            leases.insert_one({"_id": key, "until": now + timedelta(seconds=seconds)})
+        except DuplicateKeyError:
+            taken = leases.find_one_and_update({"_id": key, "until": {"$lt": now}},
+                                               {"$set": {"until": now + timedelta(seconds=seconds)}})
+            if taken is None:
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            leases.delete_one({"_id": key})
+
+    def purge_organization(self, org_id):
+        """Step 3 of ``common.purge``: every document this service holds of the organization;
+        returns counts per collection. Each service's store defines it."""
+        raise NotImplementedError
 
     def take_back_if_purged(self, org_id, collection, doc_id):
         """After an upsert for ``org_id`` that checked ``was_purged`` first: a purge that ran in

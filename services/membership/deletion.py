@@ -1,7 +1,7 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
-from common import events, metrics, outbox, tombstones
+from common import purge as purge_protocol
 from common.errors import DomainError
-from common.events import isoformat, utcnow
+from common.events import isoformat
 from services.membership import members
 from services.membership.revocation import access_revoked
 from services.membership.invites import invite_view
@@ -24,26 +24,13 @@ def request(store, request_deletion, org_id, actor, confirm_name):
     return status
 
 
-@metrics.PURGE_SECONDS.labels("membership").time()
 def purge(store, event):
-    """Idempotent: a redelivered or re-driven request purges nothing twice and reports again.
-
-    Tokens die first (org-wide ``access_revoked``), then invites, memberships and sessions go;
-    accounts left without any organization are deleted; last-used pointers to it are cleared.
-    """
+    """Tokens die first (org-wide ``access_revoked``), then the purge protocol (``common.purge``)
+    deletes invites, memberships and sessions, accounts left without any organization, and clears
+    last-used pointers to it (``MembershipStore.purge_organization``)."""
     org_id = event["organization_id"]
     store.set_organization_status(org_id, "deleting", access_revoked(org_id))
-    # remembered before anything is deleted: a write that raced the purge then sees it and takes
-    # itself back, and every later call answers 410 instead of 404
-    tombstones.remember(store.db, org_id, utcnow())
-    with tombstones.purge_lease(store.db, org_id) as mine:
-        if not mine:
-            return None  # another purge of it runs right now and will report
-        tombstones.remember(store.db, org_id, utcnow())  # logins into it answer 410, not 403, afterwards
-        removed = store.purge_organization(org_id)
-        store.outbox.publish_entry(outbox.pending(events.organization_purged("membership"), org_id,
-                                                  service="membership", removed=removed))
-    return removed
+    return purge_protocol.purge(store, "membership", org_id)
 
 
 def export(store, org_id):

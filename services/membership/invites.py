@@ -42,7 +42,7 @@ def _normalized_emails(emails):
     return normalized
 
 
-def create_invites(store, config, org_id, actor, emails, role, idempotency_key=None):
+def create_invites(store, invite_tokens, config, org_id, actor, emails, role, idempotency_key=None):
     """Invite each (normalised, de-duplicated) email.
 
     A repeat is harmless, so that a client may retry a batch whose answer it did not get: an email
@@ -67,7 +67,7 @@ def create_invites(store, config, org_id, actor, emails, role, idempotency_key=N
         if replay is not None:
             return dict(replay, replayed=True)
     try:
-        result = _create_invites(store, config, organization, org_id, actor, normalized, role)
+        result = _create_invites(store, invite_tokens, config, organization, org_id, actor, normalized, role)
     except BaseException:
         if record is not None:
             store.release_invite_request(record)
@@ -102,7 +102,7 @@ def _claim_request(store, config, org_id, actor, key, request):
                       {"idempotency_key": ["Still in progress; retry shortly."]})
 
 
-def _create_invites(store, config, organization, org_id, actor, normalized, role):
+def _create_invites(store, invite_tokens, config, organization, org_id, actor, normalized, role):
     inviter = store.account(actor["sub"])
     inviter_name = inviter["name"] if inviter else "A platform operator"
     ttl = timedelta(days=float(config.get("INVITE_TTL_DAYS") or 14))
@@ -124,7 +124,7 @@ def _create_invites(store, config, organization, org_id, actor, normalized, role
             continue
         invite_id = uuid.uuid4().hex
         invite = {"_id": invite_id, "org_id": org_id, "email": email, "role": role,
-                  "token_hash": token_hash(store.invite_tokens.token(invite_id)), "status": "pending",
+                  "token_hash": token_hash(invite_tokens.token(invite_id)), "status": "pending",
                   "invited_by": actor["sub"], "created_at": now, "expires_at": now + ttl}
         # accept_url is filled in at publish time (InviteTokens): the token is never stored
         new.append((invite, [outbox.pending(

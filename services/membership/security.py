@@ -167,6 +167,23 @@ class Security:
         self.refresh_grace = refresh_grace
 
 
+class InviteTokensProvider(DependencyProvider):
+    """Injects the :class:`InviteTokens` built once from the service config, and has the store's
+    outbox add each invite's link to ``invite_created`` only when it is published (never stored)."""
+
+    def setup(self):
+        self.invite_tokens = InviteTokens.from_config(self.container.config)
+
+    def start(self):
+        from common.mongo import StoreProvider
+        for dependency in self.container.dependencies:
+            if isinstance(dependency, StoreProvider):
+                dependency.store.outbox.enrichers["invite_created"] = self.invite_tokens.with_accept_url
+
+    def get_dependency(self, worker_ctx):
+        return self.invite_tokens
+
+
 class InviteTokens:
     """Invite tokens are derived from the invite id with a server secret (HMAC-SHA256, 256 bits).
 

@@ -13,7 +13,7 @@ from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.membership import accounts, deletion, invites, members, sessions, signup
-from services.membership.security import SecurityProvider
+from services.membership.security import InviteTokensProvider, SecurityProvider
 from services.membership.store import MembershipStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -43,6 +43,7 @@ class MembershipService:
 
     store = StoreProvider(MembershipStore, "membership")
     security = SecurityProvider()
+    invite_tokens = InviteTokensProvider()
     org = RpcProxy("org")
     config = Config()
     bootstrap = SuperuserBootstrap()
@@ -142,7 +143,7 @@ class MembershipService:
     # -- invites ----------------------------------------------------------------------------
     @domain_rpc
     def create_invites(self, org_id, actor, emails, role, idempotency_key=None):
-        return invites.create_invites(self.store, self.config, org_id, actor, emails, role, idempotency_key)
+        return invites.create_invites(self.store, self.invite_tokens, self.config, org_id, actor, emails, role, idempotency_key)
 
     @domain_rpc
     def list_invites(self, org_id, actor):

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from common import outbox, pages
 from common.errors import DomainError
 from common.mongo import Store, is_ferretdb, purge_delete
-from services.membership.security import InviteTokens
 
 LIVE = {outbox.DELETE_AFTER: {"$ne": True}}
 HIDE = {outbox.FIELD: 0, outbox.COUNT: 0}
@@ -53,11 +52,6 @@ class MembershipStore(Store):
     def migrate(self):
         # memberships from before page keys: ordinals in join order (``joined`` counts them)
         self.backfill_page_keys("memberships", "joined", order_by="joined_at")
-
-    def configure(self, config):
-        """Invite links are added to ``invite_created`` only when it is published (see InviteTokens)."""
-        self.invite_tokens = InviteTokens.from_config(config)
-        self.outbox.enrichers["invite_created"] = self.invite_tokens.with_accept_url
 
     def _update_one_with_events(self, collection, query, update, events):
         result = self.db[collection].update_one(query, outbox.update_with_events(update, *events)
@@ -107,6 +101,8 @@ class MembershipStore(Store):
             {"$setOnInsert": {"name": name, "name_as_of": as_of, "owner_user_id": owner_user_id,
                               "member_count": 1, "joined": 0, "status": "active"}},
             upsert=True)
+        # a late (retried) creation racing the organization's purge must not resurrect it here
+        self.take_back_if_purged(org_id, "organizations", org_id)
 
     def organization(self, org_id):
         return self.db.organizations.find_one({"_id": org_id}, HIDE)

@@ -4,13 +4,10 @@ The confirmation mail must leave before the data that addresses it goes, so the 
 that mail is final (sent, or failed after its retries); until then the organization is marked
 ``purge_pending`` and the dispatcher timer finishes the job.
 """
-import re
-
-from common import events, metrics, outbox, tombstones
+from common import purge as purge_protocol
+from common import tombstones
 from common.addresses import normalize_address, single_line
 from common.errors import DomainError
-from common.events import utcnow
-from common.mongo import purge_delete
 from services.notifications import dispatch, settings
 from services.notifications.schemas import DeliverySchema
 
@@ -44,45 +41,22 @@ def require_live(store, org_id, ask_org):
 def mark_deleting(store, org_id):
     """From the announcement on, settings and the delivery log answer 410 (the purge may wait for
     the confirmation mail). Only marks a known organization: nothing is created for it."""
-    store.db.organizations.update_one({"_id": org_id}, {"$set": {"status": "deleting"}})
+    store.mark_deleting(org_id)
 
 
 def purge_when_mailed(store, org_id):
     """Purge now if the confirmation is final; returns the counts, or None if still waiting."""
     if store.unfinished(org_id, KIND):
-        store.db.organizations.update_one({"_id": org_id}, {"$set": {"purge_pending": True, "status": "deleting"}},
-                                          upsert=True)
+        store.mark_purge_pending(org_id)
         return None
     return purge(store, org_id)
 
 
-def delete_everything(store, org_id):
-    """Every document of the organization, by collection; also what a write racing the purge left."""
-    return {
-        "deliveries": purge_delete(store.db.deliveries, "org_id", [org_id]),
-        "delivery_attempts": purge_delete(store.db.delivery_attempts, "org_id", [org_id]),
-        "mail_queue": purge_delete(store.db.mail_queue, "org_id", [org_id]),
-        "members": purge_delete(store.db.members, "org_id", [org_id]),
-        "settings": purge_delete(store.db.settings, "_id", [org_id]),
-        "mail_decisions": store.db.mail_decisions.delete_many(
-            {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
-        # a retried mail's claims are named after its delivery, whose key may start with the org id
-        "delivery_claims": store.db.delivery_claims.delete_many(
-            {"_id": {"$regex": "^%s:" % re.escape(org_id)}}).deleted_count,
-        "organizations": purge_delete(store.db.organizations, "_id", [org_id]),
-        "delivery_counters": purge_delete(store.db.delivery_counters, "_id", [org_id]),
-    }
-
-
-@metrics.PURGE_SECONDS.labels("notifications").time()
 def purge(store, org_id):
-    """Remembers the organization (digest) first, then deletes: a write that checked just before
-    and landed just after sees the digest when it checks again, and scrubs (``scrub_if_purged``)."""
-    tombstones.remember(store.db, org_id, utcnow())
-    removed = delete_everything(store, org_id)
-    store.outbox.publish_entry(outbox.pending(events.organization_purged("notifications"), org_id,
-                                              service="notifications", removed=removed))
-    return removed
+    """The purge protocol (``common.purge``: tombstone, lease, delete, report) with notifications'
+    delete step (``NotificationsStore.purge_organization``). A write that checked just before and
+    landed just after sees the tombstone when it checks again, and scrubs (``scrub_if_purged``)."""
+    return purge_protocol.purge(store, "notifications", org_id)
 
 
 def scrub_if_purged(store, org_id):
@@ -90,7 +64,7 @@ def scrub_if_purged(store, org_id):
     events): if the organization was purged meanwhile, delete what the purge missed. True if so."""
     if org_id is None or not store.was_purged(org_id):
         return False
-    delete_everything(store, org_id)
+    store.purge_organization(org_id)
     return True
 
 
@@ -107,13 +81,12 @@ def completion_mail(store, event, lease_seconds):
 
 def purge_ready(store):
     """Finish purges that waited for their confirmation mail (run after each dispatch round)."""
-    for doc in store.db.organizations.find({"purge_pending": True}, {"_id": 1}).limit(100):
-        purge_when_mailed(store, doc["_id"])
+    for org_id in store.purge_pending_ids(limit=100):
+        purge_when_mailed(store, org_id)
 
 
 def export(store, org_id):
     """Settings and the whole delivery log (mail bodies excluded: they may hold invite links)."""
-    deliveries = list(store.db.deliveries.find({"org_id": org_id}, {"text": 0, "html": 0}).sort(
-        [("created_at", -1), ("_id", -1)]))
+    deliveries = store.deliveries_for_export(org_id)
     return {"settings": settings.get_settings(store, org_id),
             "deliveries": DeliverySchema(many=True).dump(settings.with_attempts(store, org_id, deliveries, whole_log=True))}

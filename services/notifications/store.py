@@ -24,7 +24,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common import pages
 from common.batching import GroupCommit, NewestWins, SharedReads
-from common.mongo import Store
+from common.mongo import Store, purge_delete
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,40 @@ class NotificationsStore(Store):
         except DuplicateKeyError:  # the org exists with a newer fact: the upsert could not match it
             pass
         self.take_back_if_purged(org_id, "organizations", org_id)
+
+    def mark_deleting(self, org_id):
+        """Only a known organization is marked: nothing is created for it."""
+        self.db.organizations.update_one({"_id": org_id}, {"$set": {"status": "deleting"}})
+
+    def mark_purge_pending(self, org_id):
+        """The purge waits for the confirmation mail; the dispatcher's timer finishes it."""
+        self.db.organizations.update_one({"_id": org_id}, {"$set": {"purge_pending": True, "status": "deleting"}},
+                                         upsert=True)
+
+    def purge_pending_ids(self, limit=100):
+        return [doc["_id"] for doc in self.db.organizations.find({"purge_pending": True}, {"_id": 1}).limit(limit)]
+
+    def purge_organization(self, org_id):
+        """Every document of the organization, by collection (``common.purge``'s delete step); also
+        what a write racing the purge left (``deletion.scrub_if_purged``)."""
+        prefix = {"_id": {"$regex": "^%s:" % re.escape(org_id)}}
+        return {
+            "deliveries": purge_delete(self.db.deliveries, "org_id", [org_id]),
+            "delivery_attempts": purge_delete(self.db.delivery_attempts, "org_id", [org_id]),
+            "mail_queue": purge_delete(self.db.mail_queue, "org_id", [org_id]),
+            "members": purge_delete(self.db.members, "org_id", [org_id]),
+            "settings": purge_delete(self.db.settings, "_id", [org_id]),
+            "mail_decisions": self.db.mail_decisions.delete_many(prefix).deleted_count,
+            # a retried mail's claims are named after its delivery, whose key may start with the org id
+            "delivery_claims": self.db.delivery_claims.delete_many(prefix).deleted_count,
+            "organizations": purge_delete(self.db.organizations, "_id", [org_id]),
+            "delivery_counters": purge_delete(self.db.delivery_counters, "_id", [org_id]),
+        }
+
+    def deliveries_for_export(self, org_id):
+        """The whole delivery log, newest first, without mail bodies (they may hold invite links)."""
+        return list(self.db.deliveries.find({"org_id": org_id}, {"text": 0, "html": 0}).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]))
 
     def set_fields(self, org_id, fields):
         self.db.organizations.update_one({"_id": org_id}, {"$set": fields})
@@ -375,8 +409,7 @@ class NotificationsStore(Store):
 
     def scrub(self, org_id):
         """Delete whatever a write that raced the purge left of ``org_id`` (the purge reported already)."""
-        from services.notifications import deletion  # the purge's collection list
-        return deletion.delete_everything(self, org_id)
+        return self.purge_organization(org_id)
 
     def unfinished(self, org_id, kind):
         return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0

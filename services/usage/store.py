@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError
 
 from common import outbox, pages
 from common.batching import READ_MODEL_LINGER, NewestWins
-from common.mongo import Store
+from common.mongo import Store, purge_delete
 
 HIDE = {outbox.FIELD: 0, outbox.COUNT: 0}
 
@@ -64,9 +64,6 @@ class UsageStore(Store):
     def organization(self, org_id):
         return self.db.organizations.find_one({"_id": org_id})
 
-    def set_status(self, org_id, status):
-        self.db.organizations.update_one({"_id": org_id}, {"$set": {"status": status}})
-
     def set_fact_if_newer(self, collection, org_id, values, as_of):
         """One document per fact; a fact older than the stored one is ignored (events may be reordered).
         Concurrent calls share their writes (a burst of joins is one update, see ``NewestWins``)."""
@@ -85,11 +82,21 @@ class UsageStore(Store):
     def fact(self, collection, org_id):
         return self.db[collection].find_one({"_id": org_id})
 
+    #: what the purge deletes, by the field naming the organization
+    PURGE_BY_ORG_FIELD = ("ledger", "grant_expiries", "storage_reports", "dataset_buckets")
+    PURGE_BY_ID = ("organizations", "plans", "member_counts")
+
+    def purge_organization(self, org_id):
+        """Every document of the organization, by collection (``common.purge``'s delete step); also
+        what a write that raced the purge left (``scrub``)."""
+        removed = {name: purge_delete(self.db[name], "org_id", [org_id]) for name in self.PURGE_BY_ORG_FIELD}
+        removed.update({name: purge_delete(self.db[name], "_id", [org_id]) for name in self.PURGE_BY_ID})
+        return removed
+
     def scrub(self, org_id):
         """Delete whatever a write that raced the purge left of ``org_id`` (no report: the purge
         itself reports); returns the counts."""
-        from services.usage import deletion  # the purge's collection lists
-        return deletion.delete_everything(self, org_id)
+        return self.purge_organization(org_id)
 
     # -- credit ledger ---------------------------------------------------------------------------
     def _chain_page(self, collection, key):

@@ -1,0 +1,104 @@
+"""A write racing each service's purge never resurrects the organization (issue 18, acceptance 2).
+
+Every service purges through ``common.purge`` (tombstone, lease, delete, report). The race is the
+one a real write can lose: the writer checked ``was_purged`` (False), the whole purge ran, then the
+write landed. The writer's own re-check after writing must find the tombstone and take the write
+back, so that nothing of the organization is left. Each service's real store runs on a scratch
+database of the test server and publishes its report on the test broker (seen by the tap).
+"""
+import uuid
+from datetime import datetime, timezone
+
+import pymongo
+import pytest
+
+from common import purge
+from common.errors import DomainError
+from common.mongo import Store
+from common.outbox import Outbox
+from services.membership.store import MembershipStore
+from services.notifications import settings
+from services.notifications.store import NotificationsStore
+from services.usage.store import UsageStore
+
+
+@pytest.fixture
+def scratch(test_stack):
+    client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
+    name = test_stack.db_prefix + "purge_race_%s" % uuid.uuid4().hex[:8]
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+def store_of(cls, db, test_stack, **config):
+    store = cls(db, Outbox(db, test_stack.amqp_uri))
+    store.configure(dict(config, PUBLIC_BASE_URL="http://127.0.0.1:1"))
+    store.ensure_indexes()
+    return store
+
+
+def mentioning(db, org_id):
+    """Every document of the scratch database that still names the organization."""
+    return [(name, doc) for name in db.list_collection_names() for doc in db[name].find() if org_id in repr(doc)]
+
+
+def race(store, service, org_id, tap, late_write):
+    """The writer checks, the purge runs to its report, then the late write lands."""
+    assert not store.was_purged(org_id)  # the writer's check, before the purge
+    removed = purge.purge(store, service, org_id)
+    assert removed is not None
+    tap.wait_for("organization_purged", organization_id=org_id, service=service)
+    late_write()
+    assert store.was_purged(org_id)
+    assert mentioning(store.db, org_id) == []
+
+
+def test_membership_purge_takes_back_a_late_organization_copy(scratch, test_stack, tap):
+    store = store_of(MembershipStore, scratch, test_stack)
+    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    store.insert_organization(org_id, "Lab", "owner-1", now)
+    # a retried creation of the same organization lands after the purge: taken back by the store
+    race(store, "membership", org_id, tap, lambda: store.insert_organization(org_id, "Lab", "owner-1", now))
+
+
+def test_notifications_purge_takes_back_late_settings(scratch, test_stack, tap):
+    store = store_of(NotificationsStore, scratch, test_stack)
+    org_id = str(uuid.uuid4())
+    store.put_settings(org_id, {"plan_email": "billing@example.org"})
+
+    def late_settings():
+        with pytest.raises(DomainError) as refused:
+            settings.put_settings(store, org_id, {"plan_email": "late@example.org"})
+        assert refused.value.code == "organization_gone"
+    race(store, "notifications", org_id, tap, late_settings)
+
+
+def test_notifications_purge_takes_back_a_late_fact(scratch, test_stack, tap):
+    store = store_of(NotificationsStore, scratch, test_stack)
+    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    store.set_if_newer(org_id, "name", {"name": "Lab"}, now)
+    race(store, "notifications", org_id, tap, lambda: store.set_if_newer(org_id, "name", {"name": "Late"}, now))
+
+
+def test_usage_purge_takes_back_a_late_organization_and_fact(scratch, test_stack, tap):
+    store = store_of(UsageStore, scratch, test_stack)
+    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    assert store.insert_organization(org_id, "Lab", now)
+
+    def late_writes():
+        assert store.insert_organization(org_id, "Lab", now) is False  # refused: taken back
+        store.set_fact_if_newer("member_counts", org_id, {"count": 3}, now)
+    race(store, "usage", org_id, tap, late_writes)
+
+
+def test_a_second_purge_of_the_same_organization_waits_for_the_lease(scratch):
+    """The lease: a purge running elsewhere makes a redelivered request return None (that one reports)."""
+    store = Store(scratch)
+    org_id = str(uuid.uuid4())
+    with store.purge_lease(org_id) as first:
+        assert first
+        with store.purge_lease(org_id) as second:
+            assert not second
+    with store.purge_lease(org_id) as again:
+        assert again
