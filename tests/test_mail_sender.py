@@ -8,7 +8,7 @@ import pymongo
 import pytest
 from aiosmtpd.controller import Controller
 
-from services.notifications import dispatch, mail, settings
+from services.notifications import dispatch, mail, preferences
 from services.notifications.store import NotificationsStore
 from stack.smtp_sink import SaveToDirectory
 from tests.support import Mail, free_port, wait_until
@@ -203,7 +203,7 @@ def test_permanent_refusal_fails_at_once_and_temporary_ones_are_retried(refusing
     dispatch.send_recorded(outbox_store, sender, policy, recorded)
 
     def by_recipient():
-        return {d["to"]: d for d in settings.list_deliveries(outbox_store, org_id, limit=50)["items"]}
+        return {d["to"]: d for d in preferences.list_deliveries(outbox_store, org_id, limit=50)["items"]}
 
     def final():  # what the dispatcher timer does, until no mail is queued any more
         dispatch.dispatch_due(outbox_store, sender, policy)

@@ -17,7 +17,7 @@ from common.errors import DomainError
 from common.mongo import Store
 from common.outbox import Outbox
 from services.membership.store import MembershipStore
-from services.notifications import settings
+from services.notifications import preferences
 from services.notifications.store import NotificationsStore
 from services.usage.store import UsageStore
 
@@ -69,7 +69,7 @@ def test_notifications_purge_takes_back_late_settings(scratch, test_stack, tap):
 
     def late_settings():
         with pytest.raises(DomainError) as refused:
-            settings.put_settings(store, org_id, {"plan_email": "late@example.org"})
+            preferences.put_settings(store, org_id, {"plan_email": "late@example.org"})
         assert refused.value.code == "organization_gone"
     race(store, "notifications", org_id, tap, late_settings)
 

@@ -8,7 +8,7 @@ from common import purge as purge_protocol
 from common import tombstones
 from common.addresses import normalize_address, single_line
 from common.errors import DomainError
-from services.notifications import dispatch, settings
+from services.notifications import dispatch, preferences
 from services.notifications.schemas import DeliverySchema
 
 KIND = "organization_deletion_requested"
@@ -88,5 +88,5 @@ def purge_ready(store):
 def export(store, org_id):
     """Settings and the whole delivery log (mail bodies excluded: they may hold invite links)."""
     deliveries = store.deliveries_for_export(org_id)
-    return {"settings": settings.get_settings(store, org_id),
-            "deliveries": DeliverySchema(many=True).dump(settings.with_attempts(store, org_id, deliveries, whole_log=True))}
+    return {"settings": preferences.get_settings(store, org_id),
+            "deliveries": DeliverySchema(many=True).dump(preferences.with_attempts(store, org_id, deliveries, whole_log=True))}

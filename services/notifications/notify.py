@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from common.addresses import normalize_address, single_line
 from common.events import isoformat, utcnow
-from services.notifications import dispatch, settings as settings_domain
+from services.notifications import dispatch, preferences
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Notifier:
         return queued
 
     def _settings(self, org_id):
-        return settings_domain.current(self.store, org_id)
+        return preferences.current(self.store, org_id)
 
 
 def _plan_view(plan):

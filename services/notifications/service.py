@@ -1,6 +1,6 @@
 """Notifications service entrypoints: settings, the delivery log, event handlers, timers.
 
-Domain logic lives in ``notify`` (events -> mail), ``settings`` (settings, delivery log) and
+Domain logic lives in ``notify`` (events -> mail), ``preferences`` (an organization's notification settings, the delivery log) and
 ``dispatch`` (the mail outbox); this module only wires them to nameko.
 """
 from datetime import timedelta
@@ -18,7 +18,7 @@ from common.mongo import StoreProvider
 from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
-from services.notifications import deletion, dispatch, notify, settings
+from services.notifications import deletion, dispatch, notify, preferences
 from services.notifications.mail import SmtpSender
 from services.notifications.store import NotificationsStore
 
@@ -77,17 +77,17 @@ class NotificationsService:
     @domain_rpc
     def get_settings(self, org_id):
         self._require_live(org_id)
-        return settings.get_settings(self.store, org_id)
+        return preferences.get_settings(self.store, org_id)
 
     @domain_rpc
     def put_settings(self, org_id, values):
         self._require_live(org_id)
-        return settings.put_settings(self.store, org_id, values)
+        return preferences.put_settings(self.store, org_id, values)
 
     @domain_rpc
     def list_deliveries(self, org_id, limit=50, cursor=None):
         self._require_live(org_id)
-        return settings.list_deliveries(self.store, org_id, limit, cursor)
+        return preferences.list_deliveries(self.store, org_id, limit, cursor)
 
     # -- events ----------------------------------------------------------------------------------
     @reliable_handler(events.ORGANIZATION_CREATED)

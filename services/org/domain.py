@@ -67,8 +67,7 @@ def rename(store, org_id, name):
     name = clean_name(name)
     _live(store, org_id)
     event = outbox.pending(events.ORGANIZATION_RENAMED, org_id, name=name)
-    doc = store.update_organization(org_id, {"status": "active"},
-                                    {"$set": {"name": name, "updated_at": utcnow()}}, event)
+    doc = store.rename_active(org_id, name, utcnow(), event)
     if doc is None:
         _live(store, org_id)  # raises the right error if it changed state meanwhile
         raise not_found("organization")
@@ -147,9 +146,7 @@ def set_plan(store, org_id, plan, changed_by):
     event = outbox.pending(events.PLAN_CHANGED, org_id, plan=PLAN.dump(new_plan),
                            old_plan=PLAN.dump(current.get("plan") or DEFAULT_PLAN))
     history = {"at": now, "by": changed_by, "plan": new_plan, "previous": current.get("plan")}
-    doc = store.update_organization(org_id, {"status": "active"},
-                                    {"$set": {"plan": new_plan, "updated_at": now}, "$push": {"plan_history": history}},
-                                    event)
+    doc = store.change_active_plan(org_id, new_plan, history, now, event)
     if doc is None:
         _live(store, org_id)
         raise not_found("organization")
@@ -190,8 +187,7 @@ def request_deletion(store, org_id, requested_by, confirm_name):
     deletion = {"requested_at": now, "requested_by": requested_by, "owner_id": (doc.get("owner") or {}).get("id"),
                 "completed_at": None, "services": dict({s: "pending" for s in PURGING_SERVICES}, org="pending"),
                 "receipt_hash": receipt_hash(receipt)}
-    updated = store.update_organization(org_id, {"status": "active"},
-                                        {"$set": {"status": "deleting", "deletion": deletion, "updated_at": now}}, event)
+    updated = store.start_deletion(org_id, deletion, now, event)
     if updated is None:  # a concurrent request won; only the winner's answer carries the receipt
         raise gone()
     return dict(deletion_status(updated), receipt=receipt)
@@ -244,10 +240,7 @@ def redrive_deletions(store, older_than_seconds, receipt_days=DEFAULT_RECEIPT_DA
         last = doc["deletion"].get("redriven_at") or doc["deletion"]["requested_at"]
         if now - last < timedelta(seconds=min(older_than_seconds * 2 ** redrives, MAX_REDRIVE_SECONDS)):
             continue
-        claimed = store.update_organization(
-            doc["_id"], {"status": "deleting",
-                         "deletion.redrives": redrives if "redrives" in doc["deletion"] else {"$exists": False}},
-            {"$set": {"deletion.redriven_at": now}, "$inc": {"deletion.redrives": 1}})
+        claimed = store.claim_redrive(doc["_id"], doc["deletion"].get("redrives"), now)
         if claimed is None:
             continue  # another replica re-drove it, or it finished meanwhile
         store.outbox.publish_entry(outbox.pending(

@@ -98,6 +98,32 @@ class OrgStore(Store):
             self.outbox.flush("organizations", org_id)
         return doc
 
+    def rename_active(self, org_id, name, at, *events):
+        """The new name, if the organization is still active; the new document or None."""
+        return self.update_organization(org_id, {"status": "active"}, {"$set": {"name": name, "updated_at": at}},
+                                        *events)
+
+    def change_active_plan(self, org_id, plan, history, at, *events):
+        """The new plan with its history entry, if the organization is still active."""
+        return self.update_organization(org_id, {"status": "active"},
+                                        {"$set": {"plan": plan, "updated_at": at}, "$push": {"plan_history": history}},
+                                        *events)
+
+    def start_deletion(self, org_id, deletion, at, *events):
+        """``active`` -> ``deleting`` with the deletion record; None if it was not active (a
+        concurrent request won)."""
+        return self.update_organization(org_id, {"status": "active"},
+                                        {"$set": {"status": "deleting", "deletion": deletion, "updated_at": at}},
+                                        *events)
+
+    def claim_redrive(self, org_id, redrives_seen, at):
+        """Claim one re-drive of a deletion for this replica: conditional on the re-drive count it
+        read (``None``: never re-driven), so of several replicas one wins; None if lost."""
+        return self.update_organization(
+            org_id, {"status": "deleting",
+                     "deletion.redrives": redrives_seen if redrives_seen is not None else {"$exists": False}},
+            {"$set": {"deletion.redriven_at": at}, "$inc": {"deletion.redrives": 1}})
+
     def mark_service_purged(self, org_id, service, removed, at):
         """Record one service's purge report (idempotent); returns the document or None."""
         doc = outbox.without_outbox(self.organizations.find_one_and_update(

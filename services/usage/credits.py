@@ -11,7 +11,6 @@ outbox and are published after the insert (or by the sweep after a crash). See d
 """
 import hashlib
 import logging
-import os
 import random
 import threading
 import time
@@ -111,8 +110,6 @@ def _append(store, org_id, op_id, request, build):
     if replayed:
         return entry, True
     refuse_if_purged(store, org_id)
-    if store.crash_after_ledger_write:  # fault injection (tests only): die before publishing
-        os._exit(1)
     store.outbox.publish_written("ledger", op_id, pending_events)  # a ledger entry is never updated
     return entry, False
 

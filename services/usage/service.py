@@ -12,6 +12,7 @@ from common.rpc import ask
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.usage import credits, deletion, storage
+from services.usage.faults import CrashAfterLedgerWrite
 from services.usage.store import UsageStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -27,6 +28,7 @@ class UsageService:
     store = StoreProvider(UsageStore, "usage")
     org = RpcProxy("org")
     config = Config()
+    faults = CrashAfterLedgerWrite()  # tests only: off unless USAGE_FAULT_CRASH_AFTER_LEDGER
 
     def _about(self, org_id, call):
         """Runs ``call()``, a domain call about ``org_id``. If it is a 404 because this service has not

@@ -48,9 +48,6 @@ class UsageStore(Store):
             self.backfill_page_keys(collection, top_field, ordinal="seq")
 
     def configure(self, config):
-        # fault injection for the crash-recovery test only: die right after the ledger insert
-        self.crash_after_ledger_write = str(config.get("USAGE_FAULT_CRASH_AFTER_LEDGER") or "") in (
-            "1", "true", "yes")
         self.storage_lease_seconds = float(config.get("USAGE_STORAGE_LEASE_SECONDS") or 60)
 
     # -- organizations (this service's copy, from events) -----------------------------------------

@@ -1,0 +1,100 @@
+"""One typed settings object per service, parsed once at start-up; defaults live only in config.yml.
+
+Why: ``config.get(X) or default`` scattered through the code repeated each default and let copies
+drift from ``config.yml`` (an operator name, a base URL, a timeout read by a service whose file had
+no such key). Now a service declares its settings once as a frozen dataclass whose field names are
+the lower-cased config keys and whose annotations are the types; :meth:`Settings.from_config` reads
+each key once and converts it. A key missing from the config is an error at start-up, not a silent
+default. ``Optional[...]`` fields take an empty value (``${ENV:}``) as None.
+
+``SettingsProvider(TheSettings)`` injects the object into a service's workers; other dependency
+providers and entrypoints of the same service reach it with :func:`settings_of` (parsed once per
+container, whichever asks first).
+"""
+import dataclasses
+import os
+import typing
+import weakref
+
+from nameko.extensions import DependencyProvider
+
+from common.config import load_config
+
+
+class SettingsError(Exception):
+    """A setting is missing from the config or has the wrong type (raised at start-up)."""
+
+
+def _convert(name, kind, raw):
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+    if raw is None and kind in (tuple, bool):  # an empty list, a switch left off
+        return kind()
+    if raw is None:
+        raise SettingsError(f"{name} has no value")
+    try:
+        if kind is bool:
+            return str(raw).strip().lower() not in ("0", "false", "no", "off", "")
+        if kind is tuple:  # comma-separated, blanks dropped
+            return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+        return kind(raw)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Base of every service's settings: what each service reads (metrics, its RPC timeout)."""
+
+    metrics_port: typing.Optional[int]
+    metrics_address: str
+    metrics_enabled: bool
+
+    #: the service's config.yml, for :meth:`from_file` (unit tests read the shipped defaults)
+    CONFIG_FILE: typing.ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, config):
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.upper()
+            if key not in config:
+                raise SettingsError(f"{key} is missing from the config (defaults live in config.yml)")
+            values[field.name] = _convert(key, hints[field.name], config[key])
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, **overrides):
+        """The settings the service's own config.yml gives (with ``overrides`` by key)."""
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cls.CONFIG_FILE)
+        return cls.from_config(dict(load_config(path), **overrides))
+
+
+_parsed = weakref.WeakKeyDictionary()
+
+
+def settings_of(container):
+    """The service's settings object, parsed from its config once per container."""
+    if container not in _parsed:
+        provider = next((dep for dep in container.dependencies if isinstance(dep, SettingsProvider)), None)
+        if provider is None:
+            raise SettingsError(f"{container.service_name} declares no SettingsProvider")
+        _parsed[container] = provider.settings_class.from_config(container.config)
+    return _parsed[container]
+
+
+class SettingsProvider(DependencyProvider):
+    """Injects the service's settings (parsed at setup: a bad config fails the start, not a request)."""
+
+    def __init__(self, settings_class):
+        self.settings_class = settings_class
+
+    def setup(self):
+        self.settings = settings_of(self.container)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings

@@ -1,0 +1,15 @@
+"""The org service's settings, typed, read once from ``config.yml`` (``common/settings.py``)."""
+import dataclasses
+
+from common.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class OrgSettings(Settings):
+    CONFIG_FILE = "services/org/config.yml"
+
+    amqp_uri: str
+    outbox_sweep_seconds: float
+    org_cache_seconds: float
+    deletion_redrive_seconds: float
+    deletion_receipt_days: float

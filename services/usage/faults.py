@@ -1,0 +1,25 @@
+"""Fault injection for the crash-recovery test only (``USAGE_FAULT_CRASH_AFTER_LEDGER``).
+
+Kept out of the domain and the store: when switched on, this dependency wraps the store's outbox
+so that the process dies right after a ledger entry is written and before its events are published
+-- the crash the ledger's repair timer must recover from (``tests/test_usage.py``).
+"""
+import os
+
+from nameko.extensions import DependencyProvider
+
+from common.mongo import StoreProvider
+
+
+class CrashAfterLedgerWrite(DependencyProvider):
+    def start(self):
+        if str(self.container.config.get("USAGE_FAULT_CRASH_AFTER_LEDGER") or "") not in ("1", "true", "yes"):
+            return
+        store = next(dep.store for dep in self.container.dependencies if isinstance(dep, StoreProvider))
+        publish_written = store.outbox.publish_written
+
+        def crash_before_publishing(collection, doc_id, entries):
+            if collection == "ledger":
+                os._exit(1)
+            return publish_written(collection, doc_id, entries)
+        store.outbox.publish_written = crash_before_publishing
