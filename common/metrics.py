@@ -20,6 +20,8 @@ from nameko.rpc import Rpc
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from common.settings import settings_of
+
 log = logging.getLogger(__name__)
 
 RPC_CALLS = Counter("orgplatform_rpc_calls_total", "RPC calls a service handled, by outcome "
@@ -98,22 +100,22 @@ class Metrics(DependencyProvider):
     """Serves ``/metrics`` on ``METRICS_PORT`` and counts every RPC call and event handled."""
 
     def setup(self):
-        config = self.container.config
+        settings = settings_of(self.container)
         self.service = self.container.service_name
-        port = str(config.get("METRICS_PORT") or "").strip()
+        port, address = settings.metrics_port, settings.metrics_address
         self.port = None
-        self.enabled = str(config.get("METRICS_ENABLED")).strip() not in ("0", "false", "")
+        self.enabled = settings.metrics_enabled
         if not port or not self.enabled:  # METRICS_ENABLED=0: only `make bench`, measuring the cost
             return
         try:
-            start_http_server(int(port), addr=str(config.get("METRICS_ADDRESS") or "127.0.0.1"))
+            start_http_server(port, addr=address)
         except OSError as error:
             log.warning("metrics port %s unavailable (%s): this process serves no metrics", port, error)
             return
-        self.port = int(port)
+        self.port = port
         self.backlogs = _Backlogs(self.service, self.container)
         REGISTRY.register(self.backlogs)
-        log.info("metrics on http://%s:%s/metrics", config.get("METRICS_ADDRESS") or "127.0.0.1", port)
+        log.info("metrics on http://%s:%s/metrics", address, port)
 
     def worker_setup(self, worker_ctx):
         worker_ctx.orgplatform_metrics_started = time.monotonic()

@@ -13,12 +13,11 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pymongo
-from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from common.batching import SharedReads
-from common.config import database_name
+from common.settings import settings_of
 from common.events import utcnow
 from common import outbox, pages, tombstones
 from common.outbox import Outbox
@@ -208,8 +207,8 @@ class Store:
     def migrate(self):
         """Hook: bring documents written by an older version into today's shape (after the indexes)."""
 
-    def configure(self, config):
-        """Hook for a store that needs settings from the service config."""
+    def configure(self, settings):
+        """Hook for a store that needs some of the service's settings (``common/settings.py``)."""
 
     def start(self):
         """Hook for a store that runs something in the background while the service runs."""
@@ -232,19 +231,17 @@ class Store:
 class StoreProvider(DependencyProvider):
     """Injects the service's store; the store publishes its outbox through the service's broker."""
 
-    def __init__(self, store_cls, default_database, startup_timeout=60):
+    def __init__(self, store_cls, startup_timeout=60):
         self.store_cls = store_cls
-        self.default_database = default_database
         self.startup_timeout = startup_timeout
         self.store = None
 
     def setup(self):
-        config = self.container.config
-        db = get_client(config.get("MONGO_URL", "mongodb://127.0.0.1:27017/"))[
-            database_name(config, self.default_database)]
-        outbox = Outbox(db, config[AMQP_URI_CONFIG_KEY])
+        settings = settings_of(self.container)
+        db = get_client(settings.mongo_url)[(settings.mongo_db_prefix or "") + settings.mongo_database]
+        outbox = Outbox(db, settings.amqp_uri)
         self.store = self.store_cls(db, outbox)
-        self.store.configure(config)
+        self.store.configure(settings)
         deadline = time.monotonic() + self.startup_timeout
         while True:  # the database may still be starting when the service does
             try:

@@ -9,9 +9,9 @@ import eventlet
 from common.errors import DomainError
 
 
-def ask(proxy, config, method, *args):
-    """``proxy.method(*args)``, or ``DomainError("service_unavailable")`` after ``RPC_TIMEOUT`` s."""
-    timeout = float(config.get("RPC_TIMEOUT") or 5)
+def ask(proxy, timeout, method, *args):
+    """``proxy.method(*args)``, or ``DomainError("service_unavailable")`` after ``timeout`` seconds
+    (the caller's ``RPC_TIMEOUT`` setting)."""
     unanswered = DomainError("service_unavailable", "%s service did not answer" % proxy.service_name)
     with eventlet.Timeout(timeout, unanswered):
         return getattr(proxy, method)(*args)

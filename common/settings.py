@@ -14,7 +14,6 @@ container, whichever asks first).
 import dataclasses
 import os
 import typing
-import weakref
 
 from nameko.extensions import DependencyProvider
 
@@ -47,8 +46,12 @@ def _convert(name, kind, raw):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every service's settings: what each service reads (metrics, its RPC timeout)."""
+    """Base of every service's settings: what every service reads (broker, database, metrics)."""
 
+    amqp_uri: str
+    mongo_url: str
+    mongo_db_prefix: typing.Optional[str]
+    mongo_database: str
     metrics_port: typing.Optional[int]
     metrics_address: str
     metrics_enabled: bool
@@ -68,23 +71,29 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, **overrides):
-        """The settings the service's own config.yml gives (with ``overrides`` by key)."""
+    def from_file(cls, env=None, **overrides):
+        """The settings the service's own config.yml gives under ``env`` (default: this process's
+        environment), with ``overrides`` by key -- what tests and tools compare a service with."""
         path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cls.CONFIG_FILE)
-        return cls.from_config(dict(load_config(path), **overrides))
-
-
-_parsed = weakref.WeakKeyDictionary()
+        saved = dict(os.environ)
+        try:
+            if env is not None:  # the YAML placeholders read os.environ
+                os.environ.clear()
+                os.environ.update(env)
+            config = load_config(path)
+        finally:
+            if env is not None:
+                os.environ.clear()
+                os.environ.update(saved)
+        return cls.from_config(dict(config, **overrides))
 
 
 def settings_of(container):
     """The service's settings object, parsed from its config once per container."""
-    if container not in _parsed:
-        provider = next((dep for dep in container.dependencies if isinstance(dep, SettingsProvider)), None)
-        if provider is None:
-            raise SettingsError(f"{container.service_name} declares no SettingsProvider")
-        _parsed[container] = provider.settings_class.from_config(container.config)
-    return _parsed[container]
+    provider = next((dep for dep in container.dependencies if isinstance(dep, SettingsProvider)), None)
+    if provider is None:
+        raise SettingsError(f"{container.service_name} declares no SettingsProvider")
+    return provider.load()
 
 
 class SettingsProvider(DependencyProvider):
@@ -92,9 +101,15 @@ class SettingsProvider(DependencyProvider):
 
     def __init__(self, settings_class):
         self.settings_class = settings_class
+        self.settings = None
+
+    def load(self):
+        if self.settings is None:
+            self.settings = self.settings_class.from_config(self.container.config)
+        return self.settings
 
     def setup(self):
-        self.settings = settings_of(self.container)
+        self.load()
 
     def get_dependency(self, worker_ctx):
         return self.settings

@@ -15,6 +15,8 @@ import time
 from eventlet import Timeout
 from nameko.timer import Timer
 
+from common.settings import settings_of
+
 #: the largest share of the time a timer may spend working
 MAX_DUTY = 0.1
 
@@ -25,15 +27,16 @@ def next_delay(interval, took, max_duty=MAX_DUTY):
 
 
 class ConfiguredTimer(Timer):
-    """``@configured_timer("OUTBOX_SWEEP_SECONDS", 5)``: interval read from the config at start-up."""
+    """``@configured_timer("outbox_sweep_seconds")``: the interval is that field of the service's
+    settings (``common/settings.py``), read at start-up."""
 
-    def __init__(self, config_key, default, **kwargs):
-        self.config_key = config_key
-        super().__init__(interval=default, **kwargs)
+    def __init__(self, setting, **kwargs):
+        self.setting = setting
+        super().__init__(interval=None, **kwargs)
 
     def setup(self):
         super().setup()
-        self.interval = float(self.container.config.get(self.config_key) or self.interval)
+        self.interval = float(getattr(settings_of(self.container), self.setting))
 
     def _run(self):
         delay = 0 if self.eager else self.interval

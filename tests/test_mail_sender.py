@@ -9,6 +9,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from services.notifications import dispatch, mail, preferences
+from services.notifications.settings import NotificationsSettings
 from services.notifications.store import NotificationsStore
 from stack.smtp_sink import SaveToDirectory
 from tests.support import Mail, free_port, wait_until
@@ -178,7 +179,6 @@ def outbox_store(test_stack):
     client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
     name = "%ssender_%s" % (test_stack.db_prefix, os.urandom(4).hex())
     store = NotificationsStore(client[name])
-    store.configure({"MAIL_SECRET_KEY": "test-only"})
     store.ensure_indexes()
     yield store
     client.drop_database(name)
@@ -197,16 +197,17 @@ def test_permanent_refusal_fails_at_once_and_temporary_ones_are_retried(refusing
     org_id = "org-%s" % os.urandom(4).hex()
     context = {"org_name": "Reply Lab", "org_url": "http://x.test/o", "settings_url": "http://x.test/s",
                "member_name": "Rita", "member_email": "rita@example.test", "role": "member", "via_invite": True}
+    outgoing = dispatch.Outgoing(sender, policy)
     recorded = dispatch.enqueue(outbox_store, org_id, "member_joined", "event-1:member_joined",
-                                [rejected, greylisted, busy], context, lease_seconds=policy.lease_seconds)
+                                [rejected, greylisted, busy], context, policy.lease_seconds)
     assert len(recorded) == 3
-    dispatch.send_recorded(outbox_store, sender, policy, recorded)
+    dispatch.send_recorded(outbox_store, outgoing, recorded)
 
     def by_recipient():
         return {d["to"]: d for d in preferences.list_deliveries(outbox_store, org_id, limit=50)["items"]}
 
     def final():  # what the dispatcher timer does, until no mail is queued any more
-        dispatch.dispatch_due(outbox_store, sender, policy)
+        dispatch.dispatch_due(outbox_store, outgoing)
         view = by_recipient()
         return len(view) == 3 and all(d["status"] != "queued" for d in view.values()) and view
     view = wait_until(final, timeout=20, what="every mail final")
@@ -230,6 +231,6 @@ def test_backoff_doubles_from_the_base_up_to_the_cap():
     """The policy the outbox waits by between attempts (the e2e outage test checks the real gaps)."""
     policy = dispatch.DispatchPolicy(base_seconds=30, max_seconds=3600, max_attempts=8)
     assert [policy.backoff(n) for n in range(1, 10)] == [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
-    configured = dispatch.DispatchPolicy.from_config({"MAIL_RETRY_BASE_SECONDS": "0.5", "MAIL_RETRY_MAX_SECONDS": "2",
-                                             "MAIL_MAX_ATTEMPTS": "6"})
+    configured = dispatch.DispatchPolicy.from_settings(NotificationsSettings.from_file(
+        MAIL_RETRY_BASE_SECONDS="0.5", MAIL_RETRY_MAX_SECONDS="2", MAIL_MAX_ATTEMPTS="6"))
     assert [configured.backoff(n) for n in range(1, 6)] == [0.5, 1, 2, 2, 2] and configured.max_attempts == 6

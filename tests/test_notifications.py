@@ -16,6 +16,7 @@ from common.envelope import envelope
 from common.events import make_event
 from common.topology import Subscription, event_exchange, queue_name
 from services.notifications import dispatch
+from services.notifications.settings import NotificationsSettings
 from stack import stack
 from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
 
@@ -468,7 +469,7 @@ def test_smtp_down_too_long_marks_mail_failed(gateway, tap, team, mailbox, test_
         invite(gateway, tap, admin, address)
         [failed] = wait_until(lambda: [d for d in deliveries(gateway, admin, to=address) if d["status"] == "failed"],
                               timeout=40, what="delivery given up")
-        policy = dispatch.DispatchPolicy.from_config(test_stack.service_env())  # what the service runs with
+        policy = dispatch.DispatchPolicy.from_settings(NotificationsSettings.from_file(test_stack.service_env()))  # what the service runs with
         assert failed["attempts"] == policy.max_attempts == len(failed["attempt_log"])
         assert "refused" in failed["last_error"].lower() and failed["sent_at"] is None
         # each retry waited at least the policy's backoff (base, 2*base, ... capped); 0.8: clock slack

@@ -19,6 +19,7 @@ from common.outbox import Outbox
 from services.membership.store import MembershipStore
 from services.notifications import preferences
 from services.notifications.store import NotificationsStore
+from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
 
 
@@ -31,9 +32,10 @@ def scratch(test_stack):
     client.close()
 
 
-def store_of(cls, db, test_stack, **config):
+def store_of(cls, db, test_stack, settings=None):
     store = cls(db, Outbox(db, test_stack.amqp_uri))
-    store.configure(dict(config, PUBLIC_BASE_URL="http://127.0.0.1:1"))
+    if settings is not None:
+        store.configure(settings)
     store.ensure_indexes()
     return store
 
@@ -82,7 +84,7 @@ def test_notifications_purge_takes_back_a_late_fact(scratch, test_stack, tap):
 
 
 def test_usage_purge_takes_back_a_late_organization_and_fact(scratch, test_stack, tap):
-    store = store_of(UsageStore, scratch, test_stack)
+    store = store_of(UsageStore, scratch, test_stack, UsageSettings.from_file())
     org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
     assert store.insert_organization(org_id, "Lab", now)
 

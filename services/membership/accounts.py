@@ -74,11 +74,11 @@ def ensure_superuser(store, security, email, password, name):
     return account["_id"]
 
 
-def delete_account(store, security, user_id, password, config=None):
+def delete_account(store, security, user_id, password, settings=None):
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
-    counted = ratelimit.check_login_rate(store, config or {}, account["email"], None)
+    counted = ratelimit.check_login_rate(store, settings, account["email"], None)
     if not security.passwords.verify(account["password_hash"], password or ""):
         raise DomainError("validation_failed", "invalid input", {"password": ["Wrong password."]})
     ratelimit.login_succeeded(counted, account["email"])

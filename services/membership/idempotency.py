@@ -26,12 +26,12 @@ def reused_with_other_parameters():
                        {"Idempotency-Key": ["Already used with different parameters."]})
 
 
-def claim(store, config, scope, key, parameters, fresh_ids):
+def claim(store, settings, scope, key, parameters, fresh_ids):
     """``(ids, replayed)``: ``fresh_ids`` the first time a key is seen in ``scope``, else the ids the
     first request recorded. Without a key nothing is recorded."""
     if key is None:
         return fresh_ids, False
-    ttl = timedelta(seconds=float(config.get("IDEMPOTENCY_SECONDS") or 86400))
+    ttl = timedelta(seconds=settings.idempotency_seconds)
     record_id = _digest("%s\0%s" % (scope, key))
     fingerprint = _digest(json.dumps(parameters, sort_keys=True))
     for _ in range(3):

@@ -42,7 +42,7 @@ def _normalized_emails(emails):
     return normalized
 
 
-def create_invites(store, invite_tokens, config, org_id, actor, emails, role, idempotency_key=None):
+def create_invites(store, invite_tokens, settings, org_id, actor, emails, role, idempotency_key=None):
     """Invite each (normalised, de-duplicated) email.
 
     A repeat is harmless, so that a client may retry a batch whose answer it did not get: an email
@@ -63,11 +63,11 @@ def create_invites(store, invite_tokens, config, org_id, actor, emails, role, id
     request = {"emails": sorted(normalized), "role": role}
     record = None
     if idempotency_key is not None:
-        record, replay = _claim_request(store, config, org_id, actor, idempotency_key, request)
+        record, replay = _claim_request(store, settings, org_id, actor, idempotency_key, request)
         if replay is not None:
             return dict(replay, replayed=True)
     try:
-        result = _create_invites(store, invite_tokens, config, organization, org_id, actor, normalized, role)
+        result = _create_invites(store, invite_tokens, settings, organization, org_id, actor, normalized, role)
     except BaseException:
         if record is not None:
             store.release_invite_request(record)
@@ -77,12 +77,12 @@ def create_invites(store, invite_tokens, config, org_id, actor, emails, role, id
     return result
 
 
-def _claim_request(store, config, org_id, actor, key, request):
+def _claim_request(store, settings, org_id, actor, key, request):
     """``(record id, None)`` for a new key (claimed), ``(None, first answer)`` for a replay."""
     if not isinstance(key, str) or not 1 <= len(key) <= 200:
         raise DomainError("validation_failed", "invalid input", {"idempotency_key": ["Must be 1-200 characters."]})
     now = utcnow()
-    ttl = float(config.get("INVITE_IDEMPOTENCY_SECONDS") or 86400)
+    ttl = settings.invite_idempotency_seconds
     record_id = _digest(org_id, actor.get("sub") or "", key)
     existing = store.claim_invite_request({
         "_id": record_id, "org_id": org_id, "request": request, "state": "running", "claimed_at": now,
@@ -95,17 +95,17 @@ def _claim_request(store, config, org_id, actor, key, request):
     if existing["state"] == "done":
         return None, existing["response"]
     # still running: the first request is being answered right now -- unless its worker died
-    lease = 2 * float(config.get("RPC_TIMEOUT") or 5)
+    lease = 2 * settings.rpc_timeout
     if store.take_over_invite_request(record_id, now - timedelta(seconds=lease), now):
         return record_id, None
     raise DomainError("conflict", "a request with this idempotency key is still in progress",
                       {"idempotency_key": ["Still in progress; retry shortly."]})
 
 
-def _create_invites(store, invite_tokens, config, organization, org_id, actor, normalized, role):
+def _create_invites(store, invite_tokens, settings, organization, org_id, actor, normalized, role):
     inviter = store.account(actor["sub"])
     inviter_name = inviter["name"] if inviter else "A platform operator"
-    ttl = timedelta(days=float(config.get("INVITE_TTL_DAYS") or 14))
+    ttl = timedelta(days=settings.invite_ttl_days)
     now = utcnow()
     member_emails = store.members_with_emails(org_id, normalized)
     pending = {}
@@ -133,10 +133,10 @@ def _create_invites(store, invite_tokens, config, organization, org_id, actor, n
             organization_name=organization["name"])]))
         items.append(invite)
     if new:
-        window = int(config.get("INVITE_LIMIT_WINDOW") or 3600)
+        window = settings.invite_limit_window
         rate_limit(store, [
-            ("invite-inviter:" + _digest(actor.get("sub") or ""), int(config.get("INVITE_LIMIT_PER_INVITER") or 500)),
-            ("invite-org:" + _digest(org_id), int(config.get("INVITE_LIMIT_PER_ORG") or 1000))],
+            ("invite-inviter:" + _digest(actor.get("sub") or ""), settings.invite_limit_per_inviter),
+            ("invite-org:" + _digest(org_id), settings.invite_limit_per_org)],
             window, "too many invitations, try again later", amount=len(new), refund_refused=True)
     store.revoke_invites(replaced, {"status": "revoked", "revoked_at": now, "revoked_reason": "replaced"})
     store.insert_invites(new)
@@ -196,7 +196,7 @@ def accept(store, security, plan_limit, token, user_id):
     return _join(store, security, invite, organization, account, plan_limit(organization["_id"]))
 
 
-def signup_with_invite(store, security, plan_limit, email, password, name, token, config=None,
+def signup_with_invite(store, security, plan_limit, email, password, name, token, settings=None,
                        client_address=None, idempotency_key=None):
     """Create the account directly in the inviting organization (the invite must be for this email).
 
@@ -206,8 +206,8 @@ def signup_with_invite(store, security, plan_limit, email, password, name, token
     email = normalize_email(email)
     name = clean_person_name(name)
     check_password(password)
-    check_signup_rate(store, config or {}, client_address)
-    ids, replayed = idempotency.claim(store, config or {}, "signup:" + email, idempotency_key,
+    check_signup_rate(store, settings, client_address)
+    ids, replayed = idempotency.claim(store, settings, "signup:" + email, idempotency_key,
                                       {"name": name, "invite": token_hash(token or "")},
                                       {"account_id": str(uuid.uuid4())})
     if replayed:

@@ -46,13 +46,13 @@ def record_new_organization(store, organization, account):
     return membership
 
 
-def create_organization(store, create_org, user_id, name, config=None, idempotency_key=None):
+def create_organization(store, create_org, user_id, name, settings=None, idempotency_key=None):
     """With an ``Idempotency-Key``, a retry creates under the first request's id: the org service
     answers the organization it already created, and the membership is found again."""
     account = store.account(user_id)
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
-    ids, replayed = idempotency.claim(store, config or {}, "organization:" + user_id, idempotency_key,
+    ids, replayed = idempotency.claim(store, settings, "organization:" + user_id, idempotency_key,
                                       {"name": name}, {"org_id": str(uuid.uuid4())})
     organization = create_remote_organization(create_org, name, account, ids["org_id"])
     record_new_organization(store, organization, account)

@@ -42,16 +42,16 @@ def rate_limit(store, counters, window, message, amount=1, refund_refused=False)
     return counted
 
 
-def check_login_rate(store, config, email, client_address):
+def check_login_rate(store, settings, email, client_address):
     """Per address first, then per email. An attempt the address limit refuses does not count
     against the email: otherwise anyone could lock a victim out for free, from an address that is
     itself already refused."""
     limits = []
     if client_address:
-        limits.append(("addr:" + client_address, int(config.get("LOGIN_LIMIT_PER_ADDRESS") or 60)))
+        limits.append(("addr:" + client_address, settings.login_limit_per_address))
     if email:
-        limits.append(("email:" + email, int(config.get("LOGIN_LIMIT_PER_EMAIL") or 10)))
-    return rate_limit(store, limits, int(config.get("LOGIN_LIMIT_WINDOW") or 60),
+        limits.append(("email:" + email, settings.login_limit_per_email))
+    return rate_limit(store, limits, settings.login_limit_window,
                       "too many login attempts, try again later")
 
 
@@ -62,10 +62,10 @@ def login_succeeded(counted, email):
         counted.refund("email:" + email)
 
 
-def check_signup_rate(store, config, client_address):
+def check_signup_rate(store, settings, client_address):
     """Every sign-up costs a password hash (and may store an account): bounded per address."""
     if not client_address:
         return None
     return rate_limit(store, [("signup-addr:" + client_address,
-                               int(config.get("SIGNUP_LIMIT_PER_ADDRESS") or 20))],
-                      int(config.get("SIGNUP_LIMIT_WINDOW") or 600), "too many sign-ups, try again later")
+                               settings.signup_limit_per_address)],
+                      settings.signup_limit_window, "too many sign-ups, try again later")

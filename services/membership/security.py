@@ -27,6 +27,7 @@ from eventlet.semaphore import Semaphore
 from nameko.extensions import DependencyProvider
 
 from common.errors import DomainError
+from common.settings import settings_of
 from common.tokens import key_id
 from services.membership.keys import load_private_key, public_pem
 
@@ -141,19 +142,16 @@ def unseal_for(refresh_token, sealed):
 
 
 class SecurityProvider(DependencyProvider):
-    """Injects ``Security(passwords, tokens)`` built once from the service config."""
+    """Injects ``Security(passwords, tokens)`` built once from the service's settings."""
 
     def setup(self):
-        config = self.container.config
-        retired = [p.strip() for p in str(config.get("JWT_RETIRED_KEY_FILES") or "").split(",") if p.strip()]
+        settings = settings_of(self.container)
         self.security = Security(
-            Passwords(config.get("ARGON2_TIME_COST", 3), config.get("ARGON2_MEMORY_KIB", 65536),
-                      config.get("ARGON2_CONCURRENCY"), config.get("ARGON2_QUEUE"),
-                      config.get("ARGON2_QUEUE_WAIT")),
-            TokenIssuer(config["JWT_PRIVATE_KEY_FILE"], retired, config.get("JWT_ISSUER", "orgplatform"),
-                        config.get("ACCESS_TOKEN_TTL", 900)),
-            int(config.get("REFRESH_TOKEN_TTL", 2592000)),
-            float(config.get("REFRESH_REUSE_GRACE_SECONDS", 10)))
+            Passwords(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_concurrency,
+                      settings.argon2_queue, settings.argon2_queue_wait),
+            TokenIssuer(settings.jwt_private_key_file, list(settings.jwt_retired_key_files), settings.jwt_issuer,
+                        settings.access_token_ttl),
+            settings.refresh_token_ttl, settings.refresh_reuse_grace_seconds)
 
     def get_dependency(self, worker_ctx):
         return self.security
@@ -168,11 +166,11 @@ class Security:
 
 
 class InviteTokensProvider(DependencyProvider):
-    """Injects the :class:`InviteTokens` built once from the service config, and has the store's
+    """Injects the :class:`InviteTokens` built once from the service's settings, and has the store's
     outbox add each invite's link to ``invite_created`` only when it is published (never stored)."""
 
     def setup(self):
-        self.invite_tokens = InviteTokens.from_config(self.container.config)
+        self.invite_tokens = InviteTokens.from_settings(settings_of(self.container))
 
     def start(self):
         from common.mongo import StoreProvider
@@ -196,14 +194,14 @@ class InviteTokens:
         self.public_base_url = public_base_url.rstrip("/")
 
     @classmethod
-    def from_config(cls, config):
-        secret = config.get("INVITE_TOKEN_SECRET")
+    def from_settings(cls, settings):
+        secret = settings.invite_token_secret
         if secret:
             secret = str(secret).encode()
         else:  # derive from the signing key so a default install needs no extra secret
-            with open(config["JWT_PRIVATE_KEY_FILE"], "rb") as handle:
+            with open(settings.jwt_private_key_file, "rb") as handle:
                 secret = hashlib.sha256(b"orgplatform-invites\x00" + handle.read()).digest()
-        return cls(secret, str(config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080"))
+        return cls(secret, settings.public_base_url)
 
     def token(self, invite_id):
         digest = hmac.new(self.secret, invite_id.encode(), hashlib.sha256).digest()

@@ -1,5 +1,4 @@
 """Membership service entrypoints: accounts, sessions and tokens, memberships, invites."""
-from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
@@ -10,10 +9,12 @@ from common.handlers import reliable_handler
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.settings import SettingsProvider, settings_of
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.membership import accounts, deletion, invites, members, sessions, signup
 from services.membership.security import InviteTokensProvider, SecurityProvider
+from services.membership.settings import MembershipSettings
 from services.membership.store import MembershipStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -28,12 +29,10 @@ class SuperuserBootstrap(DependencyProvider):
         return next(dep for dep in self.container.dependencies if isinstance(dep, cls))
 
     def start(self):
-        config = self.container.config
-        if config.get("SUPERUSER_EMAIL") and config.get("SUPERUSER_PASSWORD"):
-            accounts.ensure_superuser(self._provider(StoreProvider).store,
-                                    self._provider(SecurityProvider).security,
-                                    str(config["SUPERUSER_EMAIL"]), str(config["SUPERUSER_PASSWORD"]),
-                                    config.get("SUPERUSER_NAME") or "Operator")
+        settings = settings_of(self.container)
+        if settings.superuser_email and settings.superuser_password:
+            accounts.ensure_superuser(self._provider(StoreProvider).store, self._provider(SecurityProvider).security,
+                                      settings.superuser_email, settings.superuser_password, settings.superuser_name)
 
 
 class MembershipService:
@@ -41,15 +40,15 @@ class MembershipService:
     context = RequestContext()  # the request and event id of each worker (common/context.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
-    store = StoreProvider(MembershipStore, "membership")
+    store = StoreProvider(MembershipStore)
     security = SecurityProvider()
     invite_tokens = InviteTokensProvider()
     org = RpcProxy("org")
-    config = Config()
+    settings = SettingsProvider(MembershipSettings)
     bootstrap = SuperuserBootstrap()
 
     def _ask_org(self, method, *args):
-        return ask(self.org, self.config, method, *args)
+        return ask(self.org, self.settings.rpc_timeout, method, *args)
 
     def _create_org(self, org_id, name, owner):
         return self._ask_org("create_organization", org_id, name, owner)
@@ -73,16 +72,16 @@ class MembershipService:
     @domain_rpc
     def signup(self, email, password, name, organization_name=None, client_address=None, idempotency_key=None):
         return signup.signup(self.store, self.security, self._create_org, email, password, name,
-                             organization_name, self.config, client_address, idempotency_key)
+                             organization_name, self.settings, client_address, idempotency_key)
 
     @domain_rpc
     def signup_with_invite(self, email, password, name, invite_token, client_address=None, idempotency_key=None):
         return invites.signup_with_invite(self.store, self.security, self._plan_limit, email, password, name,
-                                          invite_token, self.config, client_address, idempotency_key)
+                                          invite_token, self.settings, client_address, idempotency_key)
 
     @domain_rpc
     def login(self, email, password, organization_id=None, client_address=None):
-        return sessions.login(self.store, self.security, self.config, email, password, organization_id,
+        return sessions.login(self.store, self.security, self.settings, email, password, organization_id,
                             client_address)
 
     @domain_rpc
@@ -100,11 +99,11 @@ class MembershipService:
     @domain_rpc
     def change_password(self, session_id, user_id, current_password, new_password):
         return sessions.change_password(self.store, self.security, session_id, user_id, current_password,
-                                      new_password, self.config)
+                                      new_password, self.settings)
 
     @domain_rpc
     def delete_account(self, user_id, password):
-        return accounts.delete_account(self.store, self.security, user_id, password, self.config)
+        return accounts.delete_account(self.store, self.security, user_id, password, self.settings)
 
     @domain_rpc
     def check_access(self, claims):
@@ -117,7 +116,7 @@ class MembershipService:
     # -- organizations and members --------------------------------------------------------------
     @domain_rpc
     def create_organization(self, user_id, name, idempotency_key=None):
-        return members.create_organization(self.store, self._create_org, user_id, name, self.config,
+        return members.create_organization(self.store, self._create_org, user_id, name, self.settings,
                                            idempotency_key)
 
     @domain_rpc
@@ -143,7 +142,7 @@ class MembershipService:
     # -- invites ----------------------------------------------------------------------------
     @domain_rpc
     def create_invites(self, org_id, actor, emails, role, idempotency_key=None):
-        return invites.create_invites(self.store, self.invite_tokens, self.config, org_id, actor, emails, role, idempotency_key)
+        return invites.create_invites(self.store, self.invite_tokens, self.settings, org_id, actor, emails, role, idempotency_key)
 
     @domain_rpc
     def list_invites(self, org_id, actor):
@@ -179,11 +178,11 @@ class MembershipService:
     def on_organization_renamed(self, event):
         members.on_organization_renamed(self.store, events.load_event(events.ORGANIZATION_RENAMED, event))
 
-    @configured_timer("OUTBOX_SWEEP_SECONDS", 5)
+    @configured_timer("outbox_sweep_seconds")
     def sweep_outbox(self):
         self.store.outbox.sweep(MembershipStore.OUTBOX_COLLECTIONS)
 
-    @configured_timer("LOGIN_LIMIT_WINDOW", 60)
+    @configured_timer("login_limit_window")
     def forget_login_attempts(self):
         self.store.forget_attempts(utcnow())
         self.store.forget_idempotency_keys(utcnow())

@@ -65,13 +65,13 @@ def revoke_session(store, session_id, user_id, org_id):
     return store.revoke_session(session_id, utcnow(), access_revoked(org_id, user_id, session_id))
 
 
-def login(store, security, config, email, password, organization_id=None, client_address=None):
+def login(store, security, settings, email, password, organization_id=None, client_address=None):
     """Same answer for an unknown email and a wrong password, after the same amount of work."""
     try:
         email = normalize_email(email)
     except DomainError:
         email = None
-    counted = check_login_rate(store, config, email, client_address)
+    counted = check_login_rate(store, settings, email, client_address)
     account = store.account_by_email(email) if email else None
     if not security.passwords.verify(account["password_hash"] if account else None, password or ""):
         raise DomainError("invalid_credentials", "email or password is wrong")
@@ -180,7 +180,7 @@ def logout(store, session_id, user_id, org_id):
     return {"logged_out": True}
 
 
-def change_password(store, security, session_id, user_id, current_password, new_password, config=None):
+def change_password(store, security, session_id, user_id, current_password, new_password, settings=None):
     """Every session of the account ends; the caller gets a fresh one in the same organization.
 
     Each try of ``current_password`` counts against the per-email login limit: a stolen access
@@ -189,7 +189,7 @@ def change_password(store, security, session_id, user_id, current_password, new_
     if account is None:
         raise DomainError("invalid_token", "account no longer exists")
     check_password(new_password, "new_password")
-    counted = check_login_rate(store, config or {}, account["email"], None)
+    counted = check_login_rate(store, settings, account["email"], None)
     if not security.passwords.verify(account["password_hash"], current_password or ""):
         raise DomainError("validation_failed", "invalid input", {"current_password": ["Wrong password."]})
     login_succeeded(counted, account["email"])

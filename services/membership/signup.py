@@ -13,7 +13,7 @@ from services.membership.sessions import open_session
 from services.membership.validation import check_password, clean_person_name, normalize_email
 
 
-def signup(store, security, create_org, email, password, name, organization_name=None, config=None,
+def signup(store, security, create_org, email, password, name, organization_name=None, settings=None,
            client_address=None, idempotency_key=None):
     """Create an account, and with ``organization_name`` an organization it owns.
 
@@ -27,8 +27,8 @@ def signup(store, security, create_org, email, password, name, organization_name
     email = normalize_email(email)
     name = clean_person_name(name)
     check_password(password)
-    check_signup_rate(store, config or {}, client_address)
-    ids, replayed = idempotency.claim(store, config or {}, "signup:" + email, idempotency_key,
+    check_signup_rate(store, settings, client_address)
+    ids, replayed = idempotency.claim(store, settings, "signup:" + email, idempotency_key,
                                       {"name": name, "organization_name": organization_name},
                                       {"account_id": str(uuid.uuid4()), "org_id": str(uuid.uuid4())})
     account = replayed_account(store, security, email, password, ids, idempotency_key)

@@ -76,7 +76,7 @@ def completion_mail(store, event, lease_seconds):
                "requested_at": event.get("requested_at") or "", "completed_at": event.get("completed_at") or ""}
     return dispatch.enqueue(store, tombstones.digest(event["organization_id"]), COMPLETED_KIND,
                             "%s:%s" % (event["event_id"], COMPLETED_KIND), recipients, context,
-                            lease_seconds=lease_seconds)
+                            lease_seconds)
 
 
 def purge_ready(store):

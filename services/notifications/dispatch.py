@@ -38,27 +38,34 @@ class DispatchPolicy:
         self.lease_seconds = float(lease_seconds)
 
     @classmethod
-    def from_config(cls, config):
-        return cls(base_seconds=config.get("MAIL_RETRY_BASE_SECONDS") or 30,
-                   max_seconds=config.get("MAIL_RETRY_MAX_SECONDS") or 3600,
-                   max_attempts=config.get("MAIL_MAX_ATTEMPTS") or 8,
-                   lease_seconds=config.get("MAIL_LEASE_SECONDS") or 120)
+    def from_settings(cls, settings):
+        return cls(base_seconds=settings.mail_retry_base_seconds, max_seconds=settings.mail_retry_max_seconds,
+                   max_attempts=settings.mail_max_attempts, lease_seconds=settings.mail_lease_seconds)
 
     def backoff(self, attempts):
         """Delay before attempt ``attempts + 1``: base, 2*base, 4*base, ... capped."""
         return min(self.base_seconds * 2 ** (attempts - 1), self.max_seconds)
 
 
-def enqueue(store, org_id, kind, key, recipients, context, secret=False, lease_seconds=120.0):
+class Outgoing:
+    """What sending needs besides the store, built once per process (the service's ``Mailer``):
+    the SMTP sender, the retry policy and the cipher sealing bodies that hold a secret."""
+
+    def __init__(self, sender, policy, cipher=None):
+        self.sender, self.policy, self.cipher = sender, policy, cipher
+
+
+def enqueue(store, org_id, kind, key, recipients, context, lease_seconds, cipher=None):
     """Record one mail per recipient (idempotent by ``key``), leased to the caller for
     ``lease_seconds``; returns the queue entries now recorded by us, for :func:`send_recorded`.
 
-    ``secret``: the body holds a secret (an invite link), so it is stored encrypted."""
+    ``cipher``: the body holds a secret (an invite link), so it is stored sealed with it."""
     if not recipients:
         return []
     subject, text, html = mail.render(kind, context)
+    secret = cipher is not None
     if secret:
-        text, html = seal(store, text), seal(store, html)
+        text, html = seal(cipher, text), seal(cipher, html)
     now = utcnow()
     created = []
     for recipient in recipients:
@@ -74,26 +81,27 @@ def enqueue(store, org_id, kind, key, recipients, context, secret=False, lease_s
     return created
 
 
-def seal(store, text):
-    return store.cipher.encrypt(text.encode("utf-8")).decode("ascii")
+def seal(cipher, text):
+    return cipher.encrypt(text.encode("utf-8")).decode("ascii")
 
 
-def unseal(store, token):
+def unseal(cipher, token):
     try:
-        return store.cipher.decrypt(token.encode("ascii")).decode("utf-8")
+        return cipher.decrypt(token.encode("ascii")).decode("utf-8")
     except InvalidToken:
         raise ValueError("stored mail cannot be decrypted (MAIL_SECRET_KEY changed?)")
 
 
-def attempt(store, sender, policy, entry):
+def attempt(store, outgoing, entry):
     """One attempt at a queued mail whose lease we hold; returns its status (queued, sent,
     failed), or None if this attempt was recorded by someone else meanwhile (lease ran out)."""
+    sender, policy = outgoing.sender, outgoing.policy
     delivery_id = entry["_id"]
     attempts = entry.get("attempts", 0) + 1
     try:
         text, html = entry["text"], entry["html"]
         if entry.get("sealed"):
-            text, html = unseal(store, text), unseal(store, html)
+            text, html = unseal(outgoing.cipher, text), unseal(outgoing.cipher, html)
         message = mail.compose(sender.sender, entry["to"], entry["subject"], text, html, delivery_id)
     except Exception as error:  # composing is deterministic: another attempt would fail the same way
         message, outcome, reason = None, "permanent_failure", "cannot be composed: %s: %s" % (
@@ -126,36 +134,36 @@ def attempt(store, sender, policy, entry):
     return record["status"]
 
 
-def send_recorded(store, sender, policy, entries):
+def send_recorded(store, outgoing, entries):
     """Send the mail just recorded (and leased) by this handler."""
     for entry in entries:
         try:
-            attempt(store, sender, policy, entry)
+            attempt(store, outgoing, entry)
         except Exception:  # recorded already: the dispatcher sends it once the lease expires
             log.exception("delivery %s could not be attempted", entry["_id"])
 
 
-def deliver(store, sender, policy, delivery_id):
+def deliver(store, outgoing, delivery_id):
     """Claim one due queue entry and make one attempt; returns its status or None if not ours."""
-    entry = store.claim_delivery(delivery_id, utcnow(), policy.lease_seconds)
+    entry = store.claim_delivery(delivery_id, utcnow(), outgoing.policy.lease_seconds)
     if entry is None:
         return None
     # a crash may have come between the entry and the log entry: the log must show this mail
     store.ensure_logged({key: entry[key] for key in ("_id", "org_id", "kind", "to", "subject", "created_at",
                                                      "ordinal", "pk") if key in entry})
-    status = attempt(store, sender, policy, entry)
+    status = attempt(store, outgoing, entry)
     if store.was_purged(entry["org_id"]):  # the attempt raced the organization's purge
         store.scrub(entry["org_id"])
     return status
 
 
-def dispatch_due(store, sender, policy, limit=50):
+def dispatch_due(store, outgoing, limit=50):
     """What the dispatcher timer runs: retries whose backoff is over, and mail a crash left leased
     past its lease. Scans only ``mail_queue`` (unfinished mail)."""
     entries = store.due_queue(utcnow(), limit)
     for entry in entries:
         try:
-            deliver(store, sender, policy, entry["_id"])
+            deliver(store, outgoing, entry["_id"])
         except Exception:  # the next tick tries again
             log.exception("delivery %s could not be attempted", entry["_id"])
     return len(entries)

@@ -155,13 +155,11 @@ class SmtpSender:
         self._idle_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config):
-        return cls(host=config.get("SMTP_HOST") or "127.0.0.1", port=config.get("SMTP_PORT") or 25,
-                   tls=str(config.get("SMTP_TLS") or "none"), username=config.get("SMTP_USERNAME"),
-                   password=config.get("SMTP_PASSWORD"), timeout=config.get("SMTP_TIMEOUT_SECONDS") or 10,
-                   sender=str(config.get("MAIL_FROM") or "no-reply@localhost"),
-                   pool_size=config.get("SMTP_POOL_SIZE") or 4,
-                   idle_seconds=config.get("SMTP_IDLE_SECONDS") or 30)
+    def from_settings(cls, settings):
+        return cls(host=settings.smtp_host, port=settings.smtp_port, tls=settings.smtp_tls,
+                   username=settings.smtp_username, password=settings.smtp_password,
+                   timeout=settings.smtp_timeout_seconds, sender=settings.mail_from,
+                   pool_size=settings.smtp_pool_size, idle_seconds=settings.smtp_idle_seconds)
 
     def _connect(self):
         if self.tls == "ssl":

@@ -31,10 +31,11 @@ def parse_time(value):
 
 
 class Notifier:
-    def __init__(self, store, base_url="http://127.0.0.1:8080", lease_seconds=120.0):
+    def __init__(self, store, base_url, lease_seconds, cipher):
         self.store = store
         self.base_url = str(base_url).rstrip("/")
         self.lease_seconds = lease_seconds
+        self.cipher = cipher
         self.recorded = []  # the mail this notifier recorded, leased to it
 
     # -- addressing ----------------------------------------------------------------------------
@@ -70,7 +71,8 @@ class Notifier:
         return [doc.get("email") for doc in self.store.admins(org_id) if doc.get("email")]
 
     def _queue(self, org_id, kind, key, recipients, context, secret=False):
-        created = dispatch.enqueue(self.store, org_id, kind, key, recipients, context, secret, self.lease_seconds)
+        created = dispatch.enqueue(self.store, org_id, kind, key, recipients, context, self.lease_seconds,
+                                   self.cipher if secret else None)
         self.recorded += created
         return created
 

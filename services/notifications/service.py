@@ -5,7 +5,6 @@ Domain logic lives in ``notify`` (events -> mail), ``preferences`` (an organizat
 """
 from datetime import timedelta
 
-from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
@@ -16,10 +15,13 @@ from common.handlers import reliable_handler
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.settings import SettingsProvider, settings_of
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.notifications import deletion, dispatch, notify, preferences
+from services.notifications.cipher import mail_cipher
 from services.notifications.mail import SmtpSender
+from services.notifications.settings import NotificationsSettings
 from services.notifications.store import NotificationsStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -28,15 +30,16 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 
 
 class Mailer(DependencyProvider):
-    """The SMTP sender and the retry policy, built once from the config."""
+    """The SMTP sender, the retry policy and the body cipher (``dispatch.Outgoing``), built once
+    from the service's settings."""
 
     def setup(self):
-        config = self.container.config
-        self.sender = SmtpSender.from_config(config)
-        self.policy = dispatch.DispatchPolicy.from_config(config)
+        settings = settings_of(self.container)
+        self.outgoing = dispatch.Outgoing(SmtpSender.from_settings(settings),
+                                          dispatch.DispatchPolicy.from_settings(settings), mail_cipher(settings))
 
     def get_dependency(self, worker_ctx):
-        return self
+        return self.outgoing
 
 
 class NotificationsService:
@@ -44,17 +47,17 @@ class NotificationsService:
     context = RequestContext()  # the request and event id of each worker (common/context.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
-    store = StoreProvider(NotificationsStore, "notifications")
+    store = StoreProvider(NotificationsStore)
     mailer = Mailer()
-    config = Config()
+    settings = SettingsProvider(NotificationsSettings)
     org = RpcProxy("org")
 
     def _require_live(self, org_id):
-        deletion.require_live(self.store, org_id, lambda *question: ask(self.org, self.config, *question))
+        deletion.require_live(self.store, org_id, lambda *question: ask(self.org, self.settings.rpc_timeout, *question))
 
     def _notifier(self):
-        return notify.Notifier(self.store, self.config.get("PUBLIC_BASE_URL") or "http://127.0.0.1:8080",
-                               self.mailer.policy.lease_seconds)
+        return notify.Notifier(self.store, self.settings.public_base_url,
+                               self.mailer.policy.lease_seconds, self.mailer.cipher)
 
     def _handle(self, event_type, method, body):
         """Apply the event (recording its mail first, leased to us), then send that mail right away."""
@@ -65,7 +68,7 @@ class NotificationsService:
         try:
             getattr(notifier, method)(event)
         finally:  # what was recorded is sent even if the handler fails afterwards (and is retried)
-            dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
+            dispatch.send_recorded(self.store, self.mailer, notifier.recorded)
             # the purge may have run while this event was handled: what it missed goes now
             deletion.scrub_if_purged(self.store, event.get("organization_id"))
 
@@ -115,7 +118,7 @@ class NotificationsService:
         here and goes once it is final (see ``dispatch.EPHEMERAL_KINDS``)."""
         event = events.load_event(events.ORGANIZATION_DELETED, event)
         recorded = deletion.completion_mail(self.store, event, self.mailer.policy.lease_seconds)
-        dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, recorded)
+        dispatch.send_recorded(self.store, self.mailer, recorded)
 
     @domain_rpc
     def export(self, org_id):
@@ -158,19 +161,19 @@ class NotificationsService:
         self._handle(events.AI_JOB_COMPLETED, "ai_job_completed", event)
 
     # -- timers ----------------------------------------------------------------------------------
-    @configured_timer("MAIL_DISPATCH_INTERVAL_SECONDS", 5)
+    @configured_timer("mail_dispatch_interval_seconds")
     def dispatch_mail(self):
         """Sends what is due: retries after backoff, and mail a crash left recorded but unsent."""
-        dispatch.dispatch_due(self.store, self.mailer.sender, self.mailer.policy)
+        dispatch.dispatch_due(self.store, self.mailer)
         deletion.purge_ready(self.store)
 
-    @configured_timer("REMINDER_INTERVAL_SECONDS", 60)
+    @configured_timer("reminder_interval_seconds")
     def plan_reminders(self):
         self.store.forget_claims(utcnow() - timedelta(days=1))
         notifier = self._notifier()
         try:
             notifier.send_reminders()
         finally:
-            dispatch.send_recorded(self.store, self.mailer.sender, self.mailer.policy, notifier.recorded)
+            dispatch.send_recorded(self.store, self.mailer, notifier.recorded)
             for org_id in {entry["org_id"] for entry in notifier.recorded}:  # a reminder that raced a purge
                 deletion.scrub_if_purged(self.store, org_id)

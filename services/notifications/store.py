@@ -10,14 +10,10 @@ handlers share one command per step -- one ``insert`` for all their delivery rec
 that grow with every mail (deliveries, attempts, members) are only ever inserted into on that path
 (see "deliveries" below for why).
 """
-import base64
-import hashlib
 import logging
 import re
 import uuid
 from datetime import timedelta
-
-from cryptography.fernet import Fernet
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -27,26 +23,6 @@ from common.batching import GroupCommit, NewestWins, SharedReads
 from common.mongo import Store, purge_delete
 
 log = logging.getLogger(__name__)
-
-
-def mail_cipher(config):
-    """Encrypts mail bodies that carry a secret (an invite's accept link) while they are stored.
-
-    ``MAIL_SECRET_KEY`` (any string) is the key; without it the key is derived from the signing key
-    file when this process can read it, else from a built-in constant (then the link is only
-    obfuscated at rest -- set MAIL_SECRET_KEY in production)."""
-    secret = config.get("MAIL_SECRET_KEY")
-    if secret:
-        material = str(secret).encode()
-    else:
-        try:
-            with open(str(config.get("JWT_PRIVATE_KEY_FILE") or ""), "rb") as handle:
-                material = handle.read()
-        except OSError:
-            log.warning("MAIL_SECRET_KEY is not set: invite links in queued mail are only obfuscated")
-            material = b"orgplatform-default"
-    key = hashlib.sha256(b"orgplatform-mail\x00" + material).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
 
 
 class NotificationsStore(Store):
@@ -70,9 +46,6 @@ class NotificationsStore(Store):
         self._facts = NewestWins(self._write_fact)
         self._records = GroupCommit(self._flush_records)
         self._outcomes = GroupCommit(self._flush_outcomes)
-
-    def configure(self, config):
-        self.cipher = mail_cipher(config)
 
     def migrate(self):
         """Deliveries from before page keys get ordinals in creation order; their attempts the

@@ -159,7 +159,6 @@ PURGING_SERVICES = ("membership", "notifications", "usage")
 #: the deletion receipt: 256 random bits, base64url (43 characters); only its SHA-256 is stored
 RECEIPT_BYTES = 32
 RECEIPT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
-DEFAULT_RECEIPT_DAYS = 7
 
 
 def receipt_hash(receipt):
@@ -193,7 +192,7 @@ def request_deletion(store, org_id, requested_by, confirm_name):
     return dict(deletion_status(updated), receipt=receipt)
 
 
-def on_service_purged(store, event, receipt_days=DEFAULT_RECEIPT_DAYS):
+def on_service_purged(store, event, receipt_days):
     """A service reports its purge; when all have, the organization shrinks to its tombstone."""
     doc = store.mark_service_purged(event["organization_id"], event["service"], event["removed"],
                                     event["occurred_at"])
@@ -201,7 +200,7 @@ def on_service_purged(store, event, receipt_days=DEFAULT_RECEIPT_DAYS):
         finish_deletion(store, doc, receipt_days)
 
 
-def finish_deletion(store, doc, receipt_days=DEFAULT_RECEIPT_DAYS):
+def finish_deletion(store, doc, receipt_days):
     now = utcnow()
     deletion = dict(doc["deletion"], completed_at=now, services=dict(doc["deletion"]["services"], org="purged"))
     tombstone = {"_id": doc["_id"], "status": "deleted", "created_at": doc["created_at"], "deleted_at": now,
@@ -223,7 +222,7 @@ def finish_deletion(store, doc, receipt_days=DEFAULT_RECEIPT_DAYS):
 MAX_REDRIVE_SECONDS = 3600
 
 
-def redrive_deletions(store, older_than_seconds, receipt_days=DEFAULT_RECEIPT_DAYS):
+def redrive_deletions(store, older_than_seconds, receipt_days):
     """Announce again deletions some service has not reported yet (purges are idempotent).
 
     With exponential backoff per deletion (``older_than_seconds`` x 2^n, at most an hour): a big

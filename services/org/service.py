@@ -1,5 +1,4 @@
 """Org service entrypoints: organizations, plans and the overview read model."""
-from nameko.dependency_providers import Config
 from nameko.rpc import rpc
 
 from common import bus, events
@@ -7,9 +6,11 @@ from common.context import RequestContext
 from common.handlers import reliable_handler
 from common.metrics import Metrics
 from common.mongo import StoreProvider
+from common.settings import SettingsProvider
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.org import domain
+from services.org.settings import OrgSettings
 from services.org.store import OrgStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -22,8 +23,8 @@ class OrgService:
     context = RequestContext()  # the request and event id of each worker (common/context.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
-    store = StoreProvider(OrgStore, "org")
-    config = Config()
+    store = StoreProvider(OrgStore)
+    settings = SettingsProvider(OrgSettings)
 
     @rpc
     def ping(self):
@@ -58,7 +59,7 @@ class OrgService:
         return domain.get_deletion_by_receipt(self.store, receipt)
 
     def _receipt_days(self):
-        return float(self.config.get("DELETION_RECEIPT_DAYS") or domain.DEFAULT_RECEIPT_DAYS)
+        return self.settings.deletion_receipt_days
 
     @domain_rpc
     def export(self, org_id):
@@ -79,9 +80,9 @@ class OrgService:
         domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event),
                                  self._receipt_days())
 
-    @configured_timer("DELETION_REDRIVE_SECONDS", 30)
+    @configured_timer("deletion_redrive_seconds")
     def redrive_deletions(self):
-        domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30),
+        domain.redrive_deletions(self.store, self.settings.deletion_redrive_seconds,
                                  self._receipt_days())
 
     @reliable_handler(events.MEMBER_JOINED)
@@ -104,6 +105,6 @@ class OrgService:
     def on_credits_changed(self, event):
         domain.on_credits_changed(self.store, events.load_event(events.CREDITS_CHANGED, event))
 
-    @configured_timer("OUTBOX_SWEEP_SECONDS", 5)
+    @configured_timer("outbox_sweep_seconds")
     def sweep_outbox(self):
         self.store.outbox.sweep(OrgStore.OUTBOX_COLLECTIONS)

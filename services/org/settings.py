@@ -8,7 +8,6 @@ from common.settings import Settings
 class OrgSettings(Settings):
     CONFIG_FILE = "services/org/config.yml"
 
-    amqp_uri: str
     outbox_sweep_seconds: float
     org_cache_seconds: float
     deletion_redrive_seconds: float

@@ -31,9 +31,9 @@ class OrgStore(Store):
         super().__init__(db, outbox)
         self._read_model = NewestWins(self._write_read_model, linger=READ_MODEL_LINGER)
 
-    def configure(self, config):
-        self.cache = OrganizationCache(max_age=float(config.get("ORG_CACHE_SECONDS") or 30))
-        self._listener = invalidation_listener(config["AMQP_URI"], self.cache)
+    def configure(self, settings):
+        self.cache = OrganizationCache(max_age=settings.org_cache_seconds)
+        self._listener = invalidation_listener(settings.amqp_uri, self.cache)
 
     def start(self):
         if self._listener is not None:

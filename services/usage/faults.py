@@ -9,11 +9,12 @@ import os
 from nameko.extensions import DependencyProvider
 
 from common.mongo import StoreProvider
+from common.settings import settings_of
 
 
 class CrashAfterLedgerWrite(DependencyProvider):
     def start(self):
-        if str(self.container.config.get("USAGE_FAULT_CRASH_AFTER_LEDGER") or "") not in ("1", "true", "yes"):
+        if not settings_of(self.container).usage_fault_crash_after_ledger:
             return
         store = next(dep.store for dep in self.container.dependencies if isinstance(dep, StoreProvider))
         publish_written = store.outbox.publish_written

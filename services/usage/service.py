@@ -1,5 +1,4 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
-from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy, rpc
 
 from common import bus, events
@@ -9,10 +8,12 @@ from common.handlers import reliable_handler
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.settings import SettingsProvider
 from common.timers import configured_timer
 from common.validation import checked_rpc
 from services.usage import credits, deletion, storage
 from services.usage.faults import CrashAfterLedgerWrite
+from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -25,9 +26,9 @@ class UsageService:
     context = RequestContext()  # the request and event id of each worker (common/context.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
-    store = StoreProvider(UsageStore, "usage")
+    store = StoreProvider(UsageStore)
     org = RpcProxy("org")
-    config = Config()
+    settings = SettingsProvider(UsageSettings)
     faults = CrashAfterLedgerWrite()  # tests only: off unless USAGE_FAULT_CRASH_AFTER_LEDGER
 
     def _about(self, org_id, call):
@@ -38,7 +39,7 @@ class UsageService:
             return call()
         except DomainError as error:
             if error.code != "not_found" or not storage.learn_organization(
-                    self.store, org_id, lambda *question: ask(self.org, self.config, *question)):
+                    self.store, org_id, lambda *question: ask(self.org, self.settings.rpc_timeout, *question)):
                 raise
         return call()
 
@@ -108,11 +109,11 @@ class UsageService:
         return self._about(org_id, lambda: deletion.export(self.store, org_id))
 
     # -- housekeeping (every replica runs these; each step is idempotent) ---------------------
-    @configured_timer("USAGE_EXPIRY_SECONDS", 30)
+    @configured_timer("usage_expiry_seconds")
     def expire_grants(self):
         credits.expire_due(self.store)
 
-    @configured_timer("USAGE_REPAIR_SECONDS", 5)
+    @configured_timer("usage_repair_seconds")
     def repair(self):
         self.store.outbox.sweep(UsageStore.OUTBOX_COLLECTIONS)
         storage.repair_stale(self.store)

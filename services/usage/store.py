@@ -47,8 +47,8 @@ class UsageStore(Store):
         for collection, top_field in self.CHAINS.items():
             self.backfill_page_keys(collection, top_field, ordinal="seq")
 
-    def configure(self, config):
-        self.storage_lease_seconds = float(config.get("USAGE_STORAGE_LEASE_SECONDS") or 60)
+    def configure(self, settings):
+        self.storage_lease_seconds = settings.usage_storage_lease_seconds
 
     # -- organizations (this service's copy, from events) -----------------------------------------
     def insert_organization(self, org_id, name, created_at):

@@ -11,7 +11,8 @@ class ScriptedTimer(ConfiguredTimer):
     """The real scheduling loop; each tick "works" for the next scripted duration."""
 
     def __init__(self, interval, durations):
-        super().__init__("UNUSED", interval)
+        super().__init__("unused")
+        self.interval = interval  # what setup() would read from the service's settings
         self.durations = list(durations)
         self.starts = []
 
