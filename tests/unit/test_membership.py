@@ -4,50 +4,15 @@ import pytest
 from common.addresses import normalize_address
 from common.errors import DomainError
 from common.events import utcnow
-from services.membership import accounts, invites, members, ratelimit, revocation, sessions, signup, validation
+from services.membership import accounts, invites, members, ratelimit, revocation, sessions, validation
+from tests.unit.conftest import PASSWORD
 
-PASSWORD = "correct horse battery"
-
-
-def org_service(org_id, name, owner):
-    """What the org service answers ``create_organization`` with (the fields sign-up reads)."""
-    return {"id": org_id, "name": name, "created_at": utcnow(), "owner": owner}
 
 
 def code(call, *args, **kwargs):
     with pytest.raises(DomainError) as raised:
         call(*args, **kwargs)
     return raised.value.code
-
-
-@pytest.fixture
-def world(members_store, security, membership_settings, invite_tokens):
-    """An owner with an organization, and helpers to add people to it through invites."""
-    class World:
-        store, settings = members_store, membership_settings
-        limit = None
-
-        def signup(self, email, organization_name=None):
-            return signup.signup(members_store, security, org_service, email, PASSWORD, email.split("@")[0],
-                                 organization_name, membership_settings)
-
-        def invite(self, actor, emails, role="member"):
-            return invites.create_invites(members_store, invite_tokens, membership_settings, self.org_id, actor,
-                                          emails, role)
-
-        def join(self, email, role="member"):
-            """A new account through an invite; returns its access claims' shape (actor)."""
-            item = next(i for i in self.invite(self.owner, [email], role)["items"] if i["email"] == email)
-            token = invite_tokens.token(item["id"])
-            answer = invites.signup_with_invite(members_store, security, lambda org_id: self.limit, email,
-                                                PASSWORD, email.split("@")[0], token, membership_settings)
-            return {"sub": answer["user"]["id"]}
-
-    world = World()
-    first = world.signup("owner@example.org", "Lab")
-    world.org_id = first["organization"]["id"]
-    world.owner = {"sub": first["user"]["id"]}
-    return world
 
 
 # -- validation and sign-up --------------------------------------------------------------------

@@ -3,7 +3,6 @@ import pytest
 
 from common.errors import DomainError
 from services.membership import deletion, idempotency
-from tests.unit.test_membership import world  # noqa: F401 -- the shared organization fixture
 
 
 def test_a_key_hands_back_the_first_requests_ids_and_refuses_other_parameters(members_store, membership_settings):
@@ -17,7 +16,7 @@ def test_a_key_hands_back_the_first_requests_ids_and_refuses_other_parameters(me
     assert idempotency.claim(members_store, membership_settings, "signup:a", None, {}, {"id": "y"}) == ({"id": "y"}, False)
 
 
-def test_only_the_owner_or_a_holder_of_the_right_may_request_deletion(world):  # noqa: F811
+def test_only_the_owner_or_a_holder_of_the_right_may_request_deletion(world):
     member = world.join("mia@example.org")
     asked = []
 
@@ -32,7 +31,7 @@ def test_only_the_owner_or_a_holder_of_the_right_may_request_deletion(world):  #
     assert "access_revoked" in world.store.outbox.types()  # every token of it dies at once
 
 
-def test_the_membership_purge_voids_tokens_before_the_protocol_deletes(world):  # noqa: F811
+def test_the_membership_purge_voids_tokens_before_the_protocol_deletes(world):
     world.join("mia@example.org")
     deletion.purge(world.store, {"organization_id": world.org_id})
     assert world.store.was_purged(world.org_id) and world.store.membership(world.org_id, world.owner["sub"]) is None
