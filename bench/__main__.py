@@ -19,7 +19,7 @@ from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability", "signups",
+PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability", "signups",
          "slow_connections")
 
 
@@ -73,6 +73,12 @@ def main(argv=None):
                 _, found = throughput.overview_figures(inst, client, org_id, token)
             figures += found
             figures.extend(throughput.auth_overhead(inst, org_id, token))
+        if "edge" in parts:
+            print("[1c] the gateway's own cost: /healthz vs a bare Flask app", flush=True)
+            figures.append(throughput.healthz_vs_bare_flask(inst))
+        if "tail" in parts:
+            print("[1d] tail latency at 16 and 64 connections", flush=True)
+            figures.extend(throughput.tail_latency(inst, org_id, token))
         if "console" in parts:
             print("[1b] console overview page vs the API overview", flush=True)
             figures.append(console_bench.measure(inst.gateway_url, owner["user"]["email"], "bench password 123",

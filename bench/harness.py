@@ -4,6 +4,7 @@ The bench runs on an isolated instance (``TEST_INSTANCE=bench``, ports offset by
 ``orgplatform-bench``, databases ``bench_*``) so a running dev or test stack is untouched. Every
 figure is a ratio of two measurements taken here, in the same run, on the same machine.
 """
+import json
 import os
 import re
 import shutil
@@ -107,16 +108,27 @@ def ensure_wrk():
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True)
 
 
-def wrk(url, token=None, seconds=SECONDS, connections=CONNECTIONS):
+def wrk(url, token=None, seconds=SECONDS, connections=CONNECTIONS, method="GET", body=None):
     """Requests per second of ``GET url`` (127.0.0.1 only); fails if any answer was not 2xx."""
+    return wrk_run(url, token, seconds, connections, method, body)["rate"]
+
+
+def wrk_run(url, token=None, seconds=SECONDS, connections=CONNECTIONS, method="GET", body=None):
+    """``{"rate": requests/s, "p50_ms", "p99_ms"}`` of ``method url`` (a JSON ``body``, the same for
+    every request) from ``connections`` connections; fails if any answer was not 2xx."""
     assert url.startswith("http://127.0.0.1:"), url
     os.makedirs(BENCH_DIR, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=BENCH_DIR, delete=False) as script:
         if token:
             script.write('wrk.headers["Authorization"] = "Bearer %s"\n' % token)
+        if method != "GET":
+            script.write('wrk.method = "%s"\n' % method)
+        if body is not None:
+            script.write('wrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n'
+                         % json.dumps(json.dumps(body)))
     try:
         result = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % max(1, round(seconds)),
-                                 "--timeout", "10s", "-s", script.name, url],
+                                 "--timeout", "10s", "--latency", "-s", script.name, url],
                                 capture_output=True, text=True, check=True)
     finally:
         os.unlink(script.name)
@@ -125,7 +137,14 @@ def wrk(url, token=None, seconds=SECONDS, connections=CONNECTIONS):
     errors = re.search(r"Socket errors: .*", out)
     if bad or (errors and re.search(r"timeout [1-9]", errors.group(0))):
         raise RuntimeError("wrk against %s saw failures:\n%s" % (url, out))
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _percentile(out, "50"), "p99_ms": _percentile(out, "99")}
+
+
+def _percentile(out, which):
+    """wrk's ``--latency`` line, e.g. ``99%  12.34ms``, in milliseconds."""
+    value, unit = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % which, out, re.M).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
 def interleaved(targets, rounds=3, seconds=SECONDS, connections=CONNECTIONS):

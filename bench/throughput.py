@@ -13,7 +13,7 @@ check costs, and what a second org-service instance adds.
 import os
 import time
 
-from bench.harness import Figure, interleaved, warm, wrk
+from bench.harness import Figure, interleaved, warm, wrk, wrk_run
 from stack import stack
 
 
@@ -30,7 +30,7 @@ def overview_figures(inst, client, org_id, token):
     return rates, [
         Figure("overview_vs_one_hop", rates["overview"] / rates["one_hop"], ">= 0.8",
                "(%.0f vs %.0f req/s)" % (rates["overview"], rates["one_hop"])),
-        Figure("overview_vs_healthz", rates["overview"] / rates["healthz"], None,
+        Figure("overview_vs_healthz", rates["overview"] / rates["healthz"], ">= 0.5",
                "(%.0f vs %.0f req/s)" % (rates["overview"], rates["healthz"])),
     ]
 
@@ -80,3 +80,60 @@ def scale_out(inst, org_id, token):
         stack.stop_pid_file(replica)
     return Figure("scale_out", two / one, None,
                   "(2 org instances %.0f vs 1: %.0f req/s, %d cores for everything)" % (two, one, os.cpu_count()))
+
+
+def healthz_vs_bare_flask(inst):
+    """The gateway's fixed per-request cost: its ``/healthz`` on gunicorn's private port (no nginx)
+    against ``bench/bare_app.py`` run by a gunicorn of the same worker class, workers, threads and
+    keep-alive, measured in alternating rounds."""
+    import runpy
+    import socket
+
+    with socket.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = inst.service_env("gateway")
+    settings = runpy.run_path(os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"))  # reads GATEWAY_* too
+    workers, threads = str(env.get("GATEWAY_WORKERS") or settings["workers"]), str(
+        env.get("GATEWAY_THREADS") or settings["threads"])
+    stack.spawn("bare-flask", [os.path.join(stack.VENV_BIN, "gunicorn"), "--bind", "127.0.0.1:%d" % port,
+                               "--worker-class", "gthread", "--workers", workers, "--threads", threads,
+                               "--keep-alive", str(settings["keepalive"]), "bench.bare_app:create_app()"],
+                inst.run_dir, inst.log_dir, dict(os.environ))
+    pid_file = os.path.join(inst.run_dir, "bare-flask.pid")
+    try:
+        bare = "http://127.0.0.1:%d/healthz" % port
+        stack.wait_for(lambda: _answers(bare), "the bare Flask app")
+        targets = {"gateway": (inst.upstream_url + "/healthz", None), "bare": (bare, None)}
+        for url, _ in targets.values():
+            warm(url, None)
+        rates = interleaved(targets)
+    finally:
+        stack.stop_pid_file(pid_file)
+    return Figure("healthz_vs_bare_flask", rates["gateway"] / rates["bare"], ">= 0.9",
+                  "(%.0f vs %.0f req/s, gunicorn %s workers x %s threads, no proxy)"
+                  % (rates["gateway"], rates["bare"], workers, threads))
+
+
+def _answers(url):
+    import requests
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def tail_latency(inst, org_id, token, seconds=5):
+    """p50 and p99 of the overview and of a write (rename) at 16 and 64 connections, through the proxy;
+    the figure is p99 / p50 (goal <= 5: a slow tail is at most five typical requests)."""
+    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    figures = []
+    for label, method, body in (("overview", "GET", None), ("rename", "PATCH", {"name": "Tail Latency Lab"})):
+        for connections in (16, 64):
+            run = wrk_run(url, token, seconds, connections, method, body)
+            print("  %s at %d connections: %.0f req/s, p50 %.1f ms, p99 %.1f ms"
+                  % (label, connections, run["rate"], run["p50_ms"], run["p99_ms"]), flush=True)
+            figures.append(Figure("%s_p99_over_p50_c%d" % (label, connections), run["p99_ms"] / run["p50_ms"],
+                                  "<= 5", "(p50 %.1f ms, p99 %.1f ms, %.0f req/s)"
+                                  % (run["p50_ms"], run["p99_ms"], run["rate"])))
+    return figures

@@ -65,6 +65,9 @@ BROADCAST_QUEUES = {"gateway": "gateway-revocations", "org": "org-cache"}
 #: the gateway's revocation list listens to these (``gateway/revocations.py``)
 GATEWAY_SUBSCRIPTIONS = {"membership": ("access_revoked",), "org": ("organization_deletion_requested",)}
 ORG_CACHE_EXCHANGE = "org.cache"
+#: who listens to the org service's change broadcasts: its own replicas (services/org/cache.py) and
+#: the gateway's overview read model (gateway/readmodel.py); only the org service publishes them
+ORG_CACHE_LISTENERS = ("org", "gateway")
 
 
 def reply_name(component):
@@ -141,6 +144,7 @@ def permissions(component):
         read += [re.escape("%s.events" % source) for source in sorted(subscribed)]
     if component == "org":
         write.append(re.escape(ORG_CACHE_EXCHANGE))
+    if component in ORG_CACHE_LISTENERS:
         read.append(re.escape(ORG_CACHE_EXCHANGE))
     return {"configure": _alternatives(queues), "write": _alternatives(write + queues),
             "read": _alternatives(read + queues)}
@@ -155,8 +159,9 @@ def topic_permissions(component):
         return []
     own_reply = r"reply\.%s\.%s" % (re.escape(reply_name(component)), UUID)
     rows = []
-    if component == "org":  # invalidations carry routing key "" (see common.topology.ORG_CACHE_EXCHANGE)
-        rows.append({"exchange": ORG_CACHE_EXCHANGE, "write": "^$", "read": "^$"})
+    if component in ORG_CACHE_LISTENERS:  # invalidations carry routing key "" (common.topology.ORG_CACHE_EXCHANGE)
+        rows.append({"exchange": ORG_CACHE_EXCHANGE, "write": "^$" if component == "org" else NOTHING,
+                     "read": "^$"})
     if component == "gateway":
         rpc_write = _calls_pattern(GATEWAY_CALLS)
         rpc_read = [own_reply]

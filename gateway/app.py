@@ -15,6 +15,7 @@ from gateway.console import register_console
 from gateway.deletions import GoneOrganizations
 from gateway import asyncapi, metrics, requestid
 from gateway.edge import Bulkheads, trusted_networks
+from gateway.readmodel import OverviewCache, shared_stamps
 from gateway.revocations import RevocationList, revocation_listener
 from gateway.routes import api, register_health
 from gateway.routes.bench import enabled as bench_routes_enabled, register_bench
@@ -59,10 +60,13 @@ def create_app(config=None):
     revocations = RevocationList(lambda claims: pool.call("membership", "check_access", claims))
     gone = GoneOrganizations(enabled=str(config.get("GATEWAY_FAULT_NO_DELETION_LIST") or "").strip().lower()
                              not in ("1", "true", "yes"))
-    # one listener feeds both: the revocation list and the organizations being deleted
-    consumer = revocation_listener(config["AMQP_URI"], revocations, gone.add)
+    overviews = OverviewCache(shared_stamps(), max_age=float(config["OVERVIEW_CACHE_SECONDS"]),
+                              observe=metrics.observe_overview)
+    # one listener feeds all three: the revocation list, the organizations being deleted, the overviews
+    consumer = revocation_listener(config["AMQP_URI"], revocations, gone.add, overviews)
     consumer.start()
     app.extensions["gone_organizations"] = gone
+    app.extensions["overviews"] = overviews
     app.extensions["rpc"] = pool
     app.extensions["bulkheads"] = Bulkheads(config)
     app.extensions["trusted_proxies"] = trusted_networks(config.get("FORWARDED_ALLOW_IPS"))

@@ -27,6 +27,13 @@ limit_request_fields = 32768
 forwarded_allow_ips = _gateway["FORWARDED_ALLOW_IPS"]
 
 
+def on_starting(server):
+    """Before the workers fork: the overview change stamps they share (gateway/readmodel.py)."""
+    from gateway import readmodel
+
+    readmodel.share_between_workers()
+
+
 def child_exit(server, worker):
     """A worker that exited no longer counts in the multiprocess metrics' live gauges (gateway/metrics.py)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -33,9 +33,16 @@ REVOCATION_ENTRIES = Gauge("gateway_revocation_list_entries", "Revoked sessions 
 LISTENER_CONNECTED = Gauge("gateway_revocation_listener_connected", "1 while a worker's revocation listener "
                            "is connected to the broker, else 0 (one series per live worker: pid)",
                            multiprocess_mode="liveall")
+OVERVIEW_READS = Counter("gateway_overview_reads_total", "Organization overviews answered, by where the answer "
+                         "came from (hit: the worker's memory; miss: the org service)", ["outcome"])
 
 
 _enabled = True
+
+
+def observe_overview(hit):
+    if _enabled:
+        OVERVIEW_READS.labels("hit" if hit else "miss").inc()
 
 
 def observe_rpc(service, method, outcome, seconds):

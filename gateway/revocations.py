@@ -31,7 +31,7 @@ import time
 
 from common import events
 from common.broadcast import BroadcastListener
-from common.topology import event_exchange
+from common.topology import ORG_CACHE_EXCHANGE, event_exchange
 
 #: tokens issued this close before a (re)connect are re-checked too (clock skew between hosts)
 CLOCK_MARGIN = 5.0
@@ -123,10 +123,15 @@ class RevocationList:
             self._checked = {k: v for k, v in self._checked.items() if v[1] > now}
 
 
-def revocation_listener(amqp_uri, revocations, on_deletion=None):
+def revocation_listener(amqp_uri, revocations, on_deletion=None, overviews=None):
     """The gateway process's listener: ``access_revoked`` and ``organization_deletion_requested``
-    (which also goes to ``on_deletion(org_id)``: the list of organizations answering 410)."""
+    (which also goes to ``on_deletion(org_id)``: the list of organizations answering 410) and, with
+    ``overviews`` (``gateway/readmodel.py``), the org service's change broadcasts (``org.cache``).
+    One queue and one thread for all of them; every (dis)connect reaches each."""
     revoked, deletion = events.ACCESS_REVOKED, events.ORGANIZATION_DELETION_REQUESTED
+    bindings = [(event_exchange(revoked[0]), revoked[1]), (event_exchange(deletion[0]), deletion[1])]
+    if overviews is not None:
+        bindings.append((ORG_CACHE_EXCHANGE, ""))
 
     def on_message(routing_key, body):
         if routing_key == deletion[1]:
@@ -135,9 +140,19 @@ def revocation_listener(amqp_uri, revocations, on_deletion=None):
             revocations.apply({"organization_id": event["organization_id"], "not_before": time.time()})
             if on_deletion is not None:
                 on_deletion(event["organization_id"])
-        else:
+        elif routing_key == revoked[1]:
             revocations.apply(events.load_event(revoked, body))
+        elif overviews is not None and isinstance(body, dict) and isinstance(body.get("organization_id"), str):
+            overviews.changed(body["organization_id"])
 
-    return BroadcastListener(amqp_uri, "gateway-revocations",
-                             [(event_exchange(revoked[0]), revoked[1]), (event_exchange(deletion[0]), deletion[1])],
-                             on_message, revocations.connected, revocations.disconnected)
+    def on_connected(at):
+        revocations.connected(at)
+        if overviews is not None:
+            overviews.connected(at)
+
+    def on_disconnected():
+        revocations.disconnected()
+        if overviews is not None:
+            overviews.disconnected()
+
+    return BroadcastListener(amqp_uri, "gateway-revocations", bindings, on_message, on_connected, on_disconnected)

@@ -1,5 +1,6 @@
 """Organizations: create, list, overview, rename, plan."""
 import json
+from contextlib import contextmanager
 
 from flask import Response, current_app, g, url_for
 
@@ -26,20 +27,34 @@ def list_organizations():
 @api.route("/organizations/<org_id>", "GET", MEMBER, "Organization overview", "organizations",
            response=s.OrganizationOverviewSchema, errors=("410",))
 def get_organization(org_id):
-    return rpc("org", "get_overview", org_id)
+    """Answered from the gateway's memory while nothing changed (`gateway/readmodel.py`): a write
+    through any worker of the same gateway host is seen by the next read, whichever worker serves it."""
+    return current_app.extensions["overviews"].read(org_id, lambda: rpc("org", "get_overview", org_id))
+
+
+@contextmanager
+def changing_overview(org_id):
+    """Around a write the overview shows: its copies are dropped before the answer leaves (also when
+    the call failed or timed out: the write may have happened all the same)."""
+    try:
+        yield
+    finally:
+        current_app.extensions["overviews"].changed(org_id)
 
 
 @api.route("/organizations/<org_id>", "PATCH", ADMIN, "Rename the organization", "organizations",
            body=s.RenameOrganizationRequest, response=s.OrganizationOverviewSchema, errors=("410",))
 def rename_organization(org_id, body):
-    return rpc("org", "rename", org_id, body["name"])
+    with changing_overview(org_id):
+        return rpc("org", "rename", org_id, body["name"])
 
 
 @api.route("/organizations/<org_id>/plan", "PUT", SUPERUSER, "Set the plan (platform operators)", "organizations",
            body=s.PlanRequest, response=s.OrganizationOverviewSchema, errors=("410",))
 def set_plan(org_id, body):
     plan = dict(body, paid_until=isoformat(body["paid_until"]) if body["paid_until"] else None)
-    return rpc("org", "set_plan", org_id, plan, g.claims["sub"])
+    with changing_overview(org_id):
+        return rpc("org", "set_plan", org_id, plan, g.claims["sub"])
 
 
 @api.route("/organizations/<org_id>", "DELETE", ADMIN,
@@ -52,7 +67,8 @@ def delete_organization(org_id, body):
     `status` is `deleted`. `confirm_name` must equal the current name (else 422)."""
     # This process refuses the organization at once; the others learn it from the announcement
     # (gateway/deletions.py).
-    status = rpc("membership", "request_org_deletion", org_id, actor(), body["confirm_name"])
+    with changing_overview(org_id):
+        status = rpc("membership", "request_org_deletion", org_id, actor(), body["confirm_name"])
     current_app.extensions["gone_organizations"].add(org_id)
     receipt_url = url_for("api.get_get_deletion_by_receipt", receipt=status.pop("receipt"))
     return dict(status, receipt_url=receipt_url), {"Location": receipt_url}
