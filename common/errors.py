@@ -63,5 +63,6 @@ def not_found(what="resource"):
     return DomainError("not_found", "%s not found" % what)
 
 
-def validation_failed(field, message):
-    return DomainError("validation_failed", "invalid input", {field: [message]})
+def gone():
+    """410 for an organization being deleted or deleted (its tombstone answers like its deletion)."""
+    return DomainError("organization_gone", "organization is deleted or being deleted")

@@ -12,7 +12,13 @@ from datetime import datetime, timezone
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 ROLES = ("member", "dataset_manager", "admin")
+#: what a role may do grows with its rank (the gateway's route check, the membership service's)
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 PLAN_NAMES = ("personal", "team", "power", "team_trial", "power_trial", "custom")
+#: the plan of an organization nobody has set one for (every limit open)
+DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None, "paid_until": None}
+#: who is mailed when an AI job completes (an organization's notification setting)
+AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
 
 # (source service, event type) -- the exchange is "<source>.events", the routing key the type.
 ORGANIZATION_CREATED = ("org", "organization_created")
@@ -49,11 +55,20 @@ class EventSchema(Schema):
         "description": "null only for account_deleted"})
 
 
+class Iso(fields.String):
+    """A moment as ISO 8601 UTC text: a datetime is written with :func:`isoformat`, text (a moment
+    that arrived in an event) is kept as it is; loading validates text like any string field."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return isoformat(value) if isinstance(value, datetime) else value
+
+
 class PlanSchema(Schema):
+    """A plan: validates it in events, and is how every service presents one (org, usage)."""
     name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
     included_users = fields.Integer(allow_none=True, required=True)
     included_storage_bytes = fields.Integer(allow_none=True, required=True)
-    paid_until = fields.String(allow_none=True, required=True)
+    paid_until = Iso(allow_none=True, required=True)
 
 
 class OrganizationCreated(EventSchema):

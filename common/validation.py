@@ -10,16 +10,13 @@ Each rule here closes a way that well-formed JSON could still crash a request wi
   only aware moments inside :data:`EARLIEST` .. :data:`LATEST` after conversion to UTC.
 * **Cursors.** A cursor is opaque to clients but is decoded by the service: every tampered shape
   (other JSON, wrong length, wrong types, out-of-range numbers) must be a 422 on ``cursor``, never a
-  ``TypeError`` or a BSON ``OverflowError``. :func:`encode_position` / :func:`decode_position` are
-  the (moment, id) cursors of the member and delivery lists, :func:`decode_sequence` the ledger's.
+  ``TypeError`` or a BSON ``OverflowError``. :func:`encode_sequence` / :func:`decode_sequence` are the one
+  cursor of every list (a position in the organization's sequence).
 
 Everything raises ``DomainError("validation_failed")`` with details naming the field.
 """
-import base64
-import binascii
 import functools
 import inspect
-import json
 import re
 from datetime import datetime, timezone
 
@@ -35,8 +32,6 @@ LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 INT64_MAX = 2 ** 63 - 1
 TEXT_MESSAGE = "Must be valid Unicode text (no lone surrogates, no NUL characters)."
 CURSOR_MESSAGE = "Not a valid cursor."
-MAX_CURSOR = 500
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]*")
 _SEQUENCE = re.compile(r"[1-9][0-9]{0,18}")
 
 
@@ -166,35 +161,10 @@ def bounded_moment(value, field, earliest=EARLIEST, latest=LATEST):
 
 # -- cursors -----------------------------------------------------------------------------------
 
-def encode_position(moment, identifier):
-    """A cursor for lists ordered by (moment, id): urlsafe base64 of ``[iso moment, id]``."""
-    raw = json.dumps([moment.isoformat(), identifier]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_position(cursor, field="cursor"):
-    """``(aware UTC datetime, id)`` from :func:`encode_position`'s cursor; any other shape is a 422."""
-    if not isinstance(cursor, str) or len(cursor) > MAX_CURSOR or not _CURSOR_CHARS.fullmatch(cursor):
-        raise invalid(field, CURSOR_MESSAGE)
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error, RecursionError):
-        raise invalid(field, CURSOR_MESSAGE)
-    if (not isinstance(decoded, list) or len(decoded) != 2 or not isinstance(decoded[0], str)
-            or not is_text(decoded[1]) or not decoded[1]):
-        raise invalid(field, CURSOR_MESSAGE)
-    moment_text, identifier = decoded
-    try:
-        moment = datetime.fromisoformat(moment_text.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid(field, CURSOR_MESSAGE)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # as stored: Mongo dates are UTC
-    try:
-        moment = bounded_moment(moment, field)
-    except DomainError:
-        raise invalid(field, CURSOR_MESSAGE)
-    return moment, identifier
+def encode_sequence(number):
+    """The one cursor shape of every list (members, deliveries, the ledger): the last item's
+    position in its organization's sequence (``common/pages.py``), written as a decimal integer."""
+    return str(number)
 
 
 def decode_sequence(cursor, field="cursor"):

@@ -15,11 +15,11 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 
 from common.errors import STATUS_BY_CODE, DomainError
+from common.events import ROLE_RANK
 from common.validation import require_text_everywhere
 from gateway.edge import CLASSES as BULKHEAD_CLASSES
 from gateway.schemas import ErrorSchema
 
-ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
 #: access rules: who may call an operation
 PUBLIC, USER, MEMBER, DATASET_MANAGER, ADMIN, OWNER, SUPERUSER = (
     "public", "user", "member", "dataset_manager", "admin", "owner", "superuser")

@@ -4,7 +4,7 @@ import re
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from common.errors import DomainError
-from common.events import PLAN_NAMES, ROLES
+from common.events import AI_JOB_RECIPIENTS, PLAN_NAMES, ROLES
 from common.validation import EARLIEST, LATEST, bounded_moment
 
 INVITE_STATUSES = ("pending", "accepted", "revoked")
@@ -373,7 +373,6 @@ def _one_address(value):
         raise ValidationError("Must be one plain email address (no display name, no list), or null.")
 
 
-AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
 
 
 class NotificationSettingsRequest(Strict):

@@ -14,6 +14,7 @@ from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_te
 from nameko.exceptions import RemoteError
 from werkzeug.exceptions import HTTPException
 
+from common import events
 from common.errors import DomainError
 from gateway.console.calls import call, gather, require
 from gateway.console.session import COOKIE, Session
@@ -30,11 +31,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 ROLES = (("member", "Member"), ("dataset_manager", "Dataset manager"), ("admin", "Admin"))
 ROLE_LABEL = dict(ROLES)
-ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
-AI_JOB_RECIPIENTS = (("initiator", "The person who started the job"),
-                     ("initiator_and_admins", "The person who started it and every admin"),
-                     ("admins", "Every admin"))
-PLAN_NAMES = ("personal", "team", "power", "team_trial", "power_trial", "custom")
+_RECIPIENT_LABELS = {"initiator": "The person who started the job",
+                     "initiator_and_admins": "The person who started it and every admin", "admins": "Every admin"}
+AI_JOB_RECIPIENTS = tuple((mode, _RECIPIENT_LABELS[mode]) for mode in events.AI_JOB_RECIPIENTS)
+ROLE_RANK, PLAN_NAMES = events.ROLE_RANK, events.PLAN_NAMES
 PAID_UNTIL_WARNING_DAYS = 42  # the plan reminder mail's window (six weeks)
 SESSION_ENDED = "Your session has ended. Please log in again."
 PAGE_SIZE = 20

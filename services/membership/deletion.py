@@ -1,5 +1,6 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
 from common import purge as purge_protocol
+from common.organizations import require_active
 from common.errors import DomainError
 from common.events import isoformat
 from services.membership import members
@@ -9,7 +10,7 @@ from services.membership.invites import invite_view
 
 def request(store, request_deletion, org_id, actor, confirm_name):
     """The owner, or an admin holding ``can_delete_organization``, may delete the organization."""
-    organization = members.live_organization(store, org_id)
+    organization = require_active(store, org_id)
     membership = store.membership(org_id, actor["sub"])
     is_owner = organization.get("owner_user_id") == actor["sub"]
     allowed = membership is not None and (is_owner or (
@@ -34,7 +35,7 @@ def purge(store, event):
 
 
 def export(store, org_id):
-    organization = members.live_organization(store, org_id)
+    organization = require_active(store, org_id)
     accounts = store.accounts(m["user_id"] for m in store.org_memberships(org_id))
     return {
         "members": [dict(members.member_view(m, organization),

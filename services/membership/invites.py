@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 from common import events, outbox
+from common.organizations import require_active
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
 from services.membership import idempotency, members
@@ -55,9 +56,9 @@ def create_invites(store, invite_tokens, settings, org_id, actor, emails, role, 
     invites, one insert, one update), so 100 emails answer well within the RPC timeout; the mails
     go out asynchronously from the outbox.
     """
-    organization = members.live_organization(store, org_id)
+    organization = require_active(store, org_id)
     members.require_role(store, org_id, actor, "admin")
-    if role not in members.ROLE_RANK:
+    if role not in events.ROLE_RANK:
         raise DomainError("validation_failed", "invalid input", {"role": ["Not a valid role."]})
     normalized = _normalized_emails(emails)
     request = {"emails": sorted(normalized), "role": role}
@@ -144,14 +145,14 @@ def _create_invites(store, invite_tokens, settings, organization, org_id, actor,
 
 
 def list_invites(store, org_id, actor):
-    members.live_organization(store, org_id)
+    require_active(store, org_id)
     members.require_role(store, org_id, actor, "admin")
     now = utcnow()
     return {"items": [invite_view(i) for i in store.pending_invites(org_id) if i["expires_at"] > now]}
 
 
 def revoke_invite(store, org_id, actor, invite_id):
-    members.live_organization(store, org_id)
+    require_active(store, org_id)
     members.require_role(store, org_id, actor, "admin")
     invite = store.set_invite_status(invite_id, "pending", {"status": "revoked", "revoked_at": utcnow()},
                                      org_id=org_id)

@@ -9,12 +9,12 @@ import uuid
 
 from common import events, outbox
 from common.errors import DomainError, not_found
-from common.events import isoformat, utcnow
-from common.validation import decode_sequence
+from common.organizations import require_active
+from common.events import ROLE_RANK, isoformat, utcnow
+from common.validation import decode_sequence, encode_sequence
 from services.membership import idempotency
 from services.membership.revocation import access_revoked, next_cutoff, now_seconds
 
-ROLE_RANK = {"member": 1, "dataset_manager": 2, "admin": 3}
 MAX_PAGE = 200
 #: compare-and-set attempts when a member is changed concurrently
 CHANGE_ATTEMPTS = 5
@@ -66,18 +66,6 @@ def list_organizations(store, user_id):
              "is_owner": orgs.get(m["org_id"], {}).get("owner_user_id") == user_id} for m in memberships]
 
 
-def live_organization(store, org_id):
-    """The organization if it is active: 404 if unknown, 410 while it is being deleted and after."""
-    organization = store.organization(org_id)
-    if organization is None:
-        if store.was_purged(org_id):  # deleted: its tombstone answers 410, like while deleting
-            raise DomainError("organization_gone", "organization is deleted or being deleted")
-        raise not_found("organization")
-    if organization.get("status") != "active":
-        raise DomainError("organization_gone", "organization is deleted or being deleted")
-    return organization
-
-
 def require_role(store, org_id, actor, minimum):
     """Check the actor's *current* role (the token's may be seconds old); superusers pass."""
     if actor.get("su"):
@@ -96,30 +84,20 @@ def member_view(membership, organization):
             "joined_at": isoformat(membership["joined_at"])}
 
 
-def _encode_cursor(membership):
-    """The last member's join number (``common/pages.py``): pages follow join order."""
-    return str(membership["ordinal"])
-
-
-def _decode_cursor(cursor):
-    """The page position a client sent back; any tampered shape is a 422 on ``cursor``."""
-    return decode_sequence(cursor)
-
-
 def list_members(store, org_id, limit=50, cursor=None, q=None):
-    organization = live_organization(store, org_id)
+    organization = require_active(store, org_id)
     limit = max(1, min(int(limit or 50), MAX_PAGE))
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_sequence(cursor) if cursor else None  # pages follow join order
     search = re.escape(q.strip()) if q and q.strip() else None
     page = store.member_page(org_id, limit + 1, after, search, organization)
     items = [member_view(m, organization) for m in page[:limit]]
-    return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}
+    return {"items": items, "next_cursor": encode_sequence(page[limit - 1]["ordinal"]) if len(page) > limit else None}
 
 
 def change_member(store, org_id, actor, user_id, role=None, can_delete_organization=None):
     """Role and deletion right. The deletion right belongs to admins: a demotion clears it (else
     it would silently come back with a later promotion) and a non-admin cannot be given it."""
-    organization = live_organization(store, org_id)
+    organization = require_active(store, org_id)
     require_role(store, org_id, actor, "admin")
     is_owner = organization.get("owner_user_id") == user_id
     if can_delete_organization is not None and organization.get("owner_user_id") != actor["sub"]:
@@ -154,7 +132,7 @@ def change_member(store, org_id, actor, user_id, role=None, can_delete_organizat
 
 def remove_member(store, org_id, actor, user_id):
     """An admin removes a member, or a member leaves; never the owner."""
-    organization = live_organization(store, org_id)
+    organization = require_active(store, org_id)
     leaving = actor["sub"] == user_id
     if not leaving:
         require_role(store, org_id, actor, "admin")
@@ -180,7 +158,7 @@ def remove_member(store, org_id, actor, user_id):
 
 
 def transfer_ownership(store, org_id, actor, to_user_id):
-    organization = live_organization(store, org_id)
+    organization = require_active(store, org_id)
     from_user_id = actor["sub"]
     if organization.get("owner_user_id") != from_user_id:
         raise DomainError("forbidden", "only the owner may transfer ownership")

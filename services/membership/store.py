@@ -13,7 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from concurrent.futures import ThreadPoolExecutor
 
 from common import outbox, pages
-from common.errors import DomainError
+from common.errors import gone
 from common.mongo import Store, is_ferretdb, purge_delete
 
 LIVE = {outbox.DELETE_AFTER: {"$ne": True}}
@@ -148,7 +148,7 @@ class MembershipStore(Store):
         write outlives a purge, and answers 410."""
         if self.organization_gone(doc["org_id"]):
             self.db[collection].delete_one({"_id": doc["_id"]})
-            raise DomainError("organization_gone", "organization is deleted or being deleted")
+            raise gone()
 
     def _next_ordinal(self, org_id):
         """The next join number of the organization (``joined`` only grows: a member who leaves

@@ -7,7 +7,7 @@ that mail is final (sent, or failed after its retries); until then the organizat
 from common import purge as purge_protocol
 from common import tombstones
 from common.addresses import normalize_address, single_line
-from common.errors import DomainError
+from common.errors import gone
 from services.notifications import dispatch, preferences
 from services.notifications.schemas import DeliverySchema
 
@@ -17,10 +17,6 @@ KIND = "organization_deletion_requested"
 #: the completion mail: its queue and log entries name the organization by digest only, and its log
 #: entry and attempts are deleted once it is final (nothing of the organization may remain)
 COMPLETED_KIND = dispatch.EPHEMERAL_KINDS[0]
-
-
-def gone():
-    return DomainError("organization_gone", "organization is deleted or being deleted")
 
 
 def require_live(store, org_id, ask_org):

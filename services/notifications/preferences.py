@@ -1,12 +1,12 @@
 """Per-organization notification settings and the delivery log as the API shows them."""
 from common.addresses import normalize_address
-from common.errors import DomainError
+from common.events import AI_JOB_RECIPIENTS
+from common.errors import DomainError, gone
 from common import pages
-from common.validation import decode_sequence
+from common.validation import decode_sequence, encode_sequence
 from services.notifications.dispatch import delivery_view
 from services.notifications.schemas import DeliverySchema, SettingsSchema
 
-AI_JOB_RECIPIENTS = ("initiator", "initiator_and_admins", "admins")
 DEFAULTS = {"plan_email": None, "new_user_email": None, "ai_job_recipients": "initiator"}
 FIELDS = tuple(DEFAULTS)
 MAX_PAGE = 200
@@ -47,20 +47,11 @@ def put_settings(store, org_id, values):
         raise DomainError("validation_failed", "invalid input", errors)
     store.put_settings(org_id, clean)
     if store.take_back_if_purged(org_id, "settings", org_id):  # the purge ran since the caller's check
-        raise DomainError("organization_gone", "organization is deleted or being deleted")
+        raise gone()
     return get_settings(store, org_id)
 
 
 _DELIVERIES = DeliverySchema(many=True)  # built once: a schema costs more to build than to dump a page
-
-
-def _encode_cursor(doc):
-    """The last entry's ordinal (``common/pages.py``): the log pages newest first."""
-    return str(doc["ordinal"])
-
-
-def _decode_cursor(cursor):
-    return decode_sequence(cursor)
 
 
 def with_attempts(store, org_id, log_docs, whole_log=False):
@@ -74,7 +65,7 @@ def with_attempts(store, org_id, log_docs, whole_log=False):
 
 def list_deliveries(store, org_id, limit=50, cursor=None):
     limit = max(1, min(int(limit or 50), MAX_PAGE))
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_sequence(cursor) if cursor else None  # the log pages newest first
     page = store.delivery_page(org_id, limit + 1, after)
     items = _DELIVERIES.dump(with_attempts(store, org_id, page[:limit]))
-    return {"items": items, "next_cursor": _encode_cursor(page[limit - 1]) if len(page) > limit else None}
+    return {"items": items, "next_cursor": encode_sequence(page[limit - 1]["ordinal"]) if len(page) > limit else None}

@@ -1,12 +1,7 @@
 """How the notifications service presents its documents over RPC (ISO dates, contract names)."""
 from marshmallow import Schema, fields
 
-from common.events import isoformat
-
-
-class Iso(fields.Field):
-    def _serialize(self, value, attr, obj, **kwargs):
-        return isoformat(value)
+from common.events import Iso
 
 
 class SettingsSchema(Schema):

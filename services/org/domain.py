@@ -5,13 +5,12 @@ import secrets
 from datetime import timedelta
 
 from common import events, outbox
-from common.errors import DomainError, not_found
+from common.errors import DomainError, gone, not_found
 from common.events import isoformat, utcnow
 from common.validation import bounded_moment
-from services.org.schemas import OwnerSchema, PlanSchema
+from common.events import DEFAULT_PLAN, PlanSchema
+from services.org.schemas import OwnerSchema
 
-DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None,
-                "paid_until": None}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PLAN, OWNER = PlanSchema(), OwnerSchema()  # marshmallow schemas are reusable; building one per call is not free
 
@@ -25,13 +24,6 @@ def clean_name(name):
         raise DomainError("validation_failed", "invalid input",
                           {"name": ["Must be 1-100 characters without control characters."]})
     return name
-
-
-def gone():
-    """410 for an organization being deleted *or* deleted: from the deletion's 202 on, its tombstone
-    answers every request the same way (only its deletion status stays readable); 404 is kept for ids
-    that never were an organization."""
-    return DomainError("organization_gone", "organization is deleted or being deleted")
 
 
 def _live(store, org_id, cached=False):

@@ -17,9 +17,10 @@ import time
 from datetime import timedelta
 
 from common import events, metrics, outbox
-from common.errors import DomainError, not_found
+from common.errors import DomainError, gone, not_found
+from common.organizations import require_active
 from common.events import isoformat, utcnow
-from common.validation import bounded_moment, decode_sequence
+from common.validation import bounded_moment, decode_sequence, encode_sequence
 from services.usage.schemas import LedgerEntrySchema
 
 log = logging.getLogger(__name__)
@@ -66,22 +67,6 @@ def _text(value, field, maximum, required=True):
 
 def _parse_time(value, field):
     return bounded_moment(value, field)
-
-
-def gone():
-    return DomainError("organization_gone", "organization is deleted or being deleted")
-
-
-def require_active(store, org_id):
-    """404 for an organization this service never heard of, 410 for one being deleted or purged."""
-    organization = store.organization(org_id)
-    if organization is None:
-        if store.was_purged(org_id):
-            raise gone()
-        raise not_found("organization")
-    if organization.get("status") != "active":
-        raise gone()
-    return organization
 
 
 def refuse_if_purged(store, org_id):
@@ -313,5 +298,5 @@ def ledger(store, org_id, limit=50, cursor=None):
     head = store.ledger_head(org_id, organization) or EMPTY_HEAD  # its top page is in the copy just read
     page = store.ledger_page(org_id, limit + 1, before, top_seq=head["seq"])
     items = [present(entry) for entry in page[:limit]]
-    next_cursor = str(page[limit - 1]["seq"]) if len(page) > limit else None
+    next_cursor = encode_sequence(page[limit - 1]["seq"]) if len(page) > limit else None
     return {"balance": head["balance_after"], "items": items, "next_cursor": next_cursor}

@@ -1,5 +1,6 @@
 """The usage side of deleting an organization: purge everything, remember only a digest."""
 from common import purge as purge_protocol
+from common.organizations import require_active
 from services.usage import credits, storage
 
 def purge(store, org_id):
@@ -10,7 +11,7 @@ def purge(store, org_id):
 
 def export(store, org_id):
     """The storage report (every dataset), the whole credit ledger and the reservations."""
-    credits.require_active(store, org_id)
+    require_active(store, org_id)
     datasets = sorted((item for bucket in store.buckets(org_id) for item in bucket["datasets"].values()),
                       key=lambda item: item["id"])
     ledger = [credits.present(entry) for entry in store.ledger_entries(org_id)]

@@ -1,12 +1,7 @@
 """How the usage service presents its documents over RPC (ISO dates, contract field names)."""
 from marshmallow import Schema, fields
 
-from common.events import isoformat
-
-
-class Iso(fields.Field):
-    def _serialize(self, value, attr, obj, **kwargs):
-        return isoformat(value)
+from common.events import Iso
 
 
 class LedgerEntrySchema(Schema):
@@ -25,9 +20,3 @@ class LedgerEntrySchema(Schema):
     expires_at = Iso(allow_none=True)
     created_at = Iso()
 
-
-class PlanSchema(Schema):
-    name = fields.String()
-    included_users = fields.Integer(allow_none=True)
-    included_storage_bytes = fields.Integer(allow_none=True)
-    paid_until = fields.String(allow_none=True)

@@ -18,9 +18,9 @@ from datetime import timedelta
 
 from common import events, outbox
 from common.errors import DomainError
-from common.events import isoformat, utcnow
-from services.usage.credits import refuse_if_purged, require_active
-from services.usage.schemas import PlanSchema
+from common.events import DEFAULT_PLAN, PlanSchema, isoformat, utcnow
+from common.organizations import require_active
+from services.usage.credits import refuse_if_purged
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,9 @@ def summary(store, org_id):
 
 # -- this service's copy of organization facts (from events) and the usage summary ---------------
 
-DEFAULT_PLAN = {"name": "custom", "included_users": None, "included_storage_bytes": None, "paid_until": None}
+
+
+_PLAN = PlanSchema()  # one instance: building a marshmallow schema costs more than a dump
 
 
 def learn_organization(store, org_id, ask_org):
@@ -227,5 +229,5 @@ def usage(store, org_id, balance):
                         exceeded=included is not None and storage["used_bytes"] > included),
         "members": {"count": members, "included": plan.get("included_users")},
         "credits": {"balance": balance},
-        "plan": PlanSchema().dump(plan),
+        "plan": _PLAN.dump(plan),
     }
