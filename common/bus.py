@@ -13,7 +13,7 @@ doing:
   a component may publish only the ``<service>.<method>`` calls it makes (:data:`GATEWAY_CALLS`,
   :data:`SERVICE_CALLS`) and replies, and bind only its own RPC queue and its own reply keys; on
   ``<source>.events`` only the source itself may publish, only its own event types, and a
-  subscriber may bind only the event types it handles (:data:`common.topology.SUBSCRIPTIONS`).
+  subscriber may bind only the event types it handles (:func:`common.topology.subscriptions`).
 
 The ``admin`` component (topology declaration, tests' taps, operators) keeps full rights on its
 vhost. This module imports only the standard library (and nameko lazily in
@@ -107,9 +107,9 @@ def _event_types(source):
 
 def _subscribed(service):
     """{source: sorted event types} a service handles."""
-    from common.topology import SUBSCRIPTIONS
+    from common.topology import subscriptions
     subscribed = {}
-    for subscription in SUBSCRIPTIONS:
+    for subscription in subscriptions():
         if subscription.service == service:
             source, event_type = subscription.event
             subscribed.setdefault(source, set()).add(event_type)
@@ -251,25 +251,7 @@ def least_privilege():
     global _applied
     if _applied:
         return
-    import uuid
+    from common.nameko_private import declare_no_rpc_exchange  # nameko at call time: stdlib-only import
 
-    from kombu import Exchange, Queue
-    from nameko import rpc
-    from nameko.constants import RPC_EXCHANGE_CONFIG_KEY
-
-    def get_rpc_exchange(config):
-        return Exchange(config.get(RPC_EXCHANGE_CONFIG_KEY, RPC_EXCHANGE), durable=True, type="topic",
-                        no_declare=True)
-
-    def setup(self):
-        reply_uuid = uuid.uuid4()
-        service_name = self.container.service_name
-        self.routing_key = "reply.%s.%s" % (service_name, reply_uuid)
-        self.queue = Queue(rpc.RPC_REPLY_QUEUE_TEMPLATE.format(service_name, reply_uuid),
-                           exchange=rpc.get_rpc_exchange(self.container.config), routing_key=self.routing_key,
-                           queue_arguments={"x-expires": rpc.RPC_REPLY_QUEUE_TTL})
-        self.queue_consumer.register_provider(self)
-
-    rpc.get_rpc_exchange = get_rpc_exchange
-    rpc.ReplyListener.setup = setup
+    declare_no_rpc_exchange(RPC_EXCHANGE)
     _applied = True

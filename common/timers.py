@@ -10,11 +10,7 @@ These timers instead let at least ``interval`` pass between the starts of two ti
 timer busy at most ``MAX_DUTY`` of the time: after a tick that took ``d`` seconds the next one
 waits at least ``d * (1 - MAX_DUTY) / MAX_DUTY``. Cheap ticks keep their interval.
 """
-import time
-
-from eventlet import Timeout
-from nameko.timer import Timer
-
+from common.nameko_private import PacedTimer
 from common.settings import settings_of
 
 #: the largest share of the time a timer may spend working
@@ -26,7 +22,7 @@ def next_delay(interval, took, max_duty=MAX_DUTY):
     return max(interval - took, took * (1 - max_duty) / max_duty)
 
 
-class ConfiguredTimer(Timer):
+class ConfiguredTimer(PacedTimer):
     """``@configured_timer("outbox_sweep_seconds")``: the interval is that field of the service's
     settings (``common/settings.py``), read at start-up."""
 
@@ -38,17 +34,8 @@ class ConfiguredTimer(Timer):
         super().setup()
         self.interval = float(getattr(settings_of(self.container), self.setting))
 
-    def _run(self):
-        delay = 0 if self.eager else self.interval
-        while True:
-            with Timeout(delay, exception=False):  # stop() ends the wait early
-                self.should_stop.wait()
-                break
-            started = time.monotonic()
-            self.handle_timer_tick()
-            self.worker_complete.wait()
-            self.worker_complete.reset()
-            delay = next_delay(self.interval, time.monotonic() - started)
+    def next_delay(self, took):
+        return next_delay(self.interval, took)
 
 
 configured_timer = ConfiguredTimer.decorator

@@ -17,6 +17,9 @@ This is also the one place exchanges are declared (the RPC exchange, the event e
 retry exchanges, ``org.cache``): components run with broker users that may not declare any
 (``common/bus.py``), so this runs first, as the instance's admin user.
 """
+import functools
+import importlib
+import inspect
 import sys
 import time
 from collections import namedtuple
@@ -24,42 +27,34 @@ from collections import namedtuple
 from kombu import Connection, Exchange, Queue
 
 from common import bus, events
+from common.nameko_private import event_queue_name
 
 Subscription = namedtuple("Subscription", "event service method")
 
-#: Every (event, subscribing service, handler method). A test checks this against the services.
-SUBSCRIPTIONS = [
-    # usage: its copy of each organization's plan, seat count and state; the overview's usage sections
-    Subscription(events.ORGANIZATION_CREATED, "usage", "on_organization_created"),
-    Subscription(events.PLAN_CHANGED, "usage", "on_plan_changed"),
-    Subscription(events.MEMBER_JOINED, "usage", "on_member_joined"),
-    Subscription(events.MEMBER_LEFT, "usage", "on_member_left"),
-    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "usage", "on_organization_deletion_requested"),
-    Subscription(events.STORAGE_UPDATED, "org", "on_storage_updated"),
-    Subscription(events.CREDITS_CHANGED, "org", "on_credits_changed"),
-    Subscription(events.ORGANIZATION_RENAMED, "membership", "on_organization_renamed"),
-    Subscription(events.MEMBER_JOINED, "org", "on_member_joined"),
-    Subscription(events.MEMBER_LEFT, "org", "on_member_left"),
-    Subscription(events.OWNERSHIP_TRANSFERRED, "org", "on_ownership_transferred"),
-    # notifications: its copy of who to mail, and the mail of CONTRACT §4
-    Subscription(events.ORGANIZATION_CREATED, "notifications", "on_organization_created"),
-    Subscription(events.ORGANIZATION_RENAMED, "notifications", "on_organization_renamed"),
-    Subscription(events.PLAN_CHANGED, "notifications", "on_plan_changed"),
-    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "notifications", "on_organization_deletion_requested"),
-    Subscription(events.ORGANIZATION_DELETED, "notifications", "on_organization_deleted"),
-    Subscription(events.MEMBER_JOINED, "notifications", "on_member_joined"),
-    Subscription(events.MEMBER_LEFT, "notifications", "on_member_left"),
-    Subscription(events.MEMBER_ROLE_CHANGED, "notifications", "on_member_role_changed"),
-    Subscription(events.OWNERSHIP_TRANSFERRED, "notifications", "on_ownership_transferred"),
-    Subscription(events.INVITE_CREATED, "notifications", "on_invite_created"),
-    Subscription(events.STORAGE_UPDATED, "notifications", "on_storage_updated"),
-    Subscription(events.AI_JOB_COMPLETED, "notifications", "on_ai_job_completed"),
-    Subscription(events.ACCOUNT_DELETED, "notifications", "on_account_deleted"),
-    Subscription(events.organization_purged("membership"), "org", "on_membership_purged"),
-    Subscription(events.organization_purged("notifications"), "org", "on_notifications_purged"),
-    Subscription(events.organization_purged("usage"), "org", "on_usage_purged"),
-    Subscription(events.ORGANIZATION_DELETION_REQUESTED, "membership", "on_organization_deletion_requested"),
-]
+#: The services whose event handlers are the subscriber queues, imported only when the list is
+#: needed (declaring the topology, provisioning broker users): ``common`` imports no service.
+SERVICE_CLASSES = ("services.org.service:OrgService", "services.membership.service:MembershipService",
+                   "services.notifications.service:NotificationsService", "services.usage.service:UsageService")
+
+
+@functools.lru_cache(maxsize=1)
+def subscriptions():
+    """Every (event, subscribing service, handler method), read off the services' event handlers --
+    the one list, so a handler added to a service is declared and permitted without a second edit."""
+    from nameko.events import EventHandler
+    from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+
+    found = set()
+    for path in SERVICE_CLASSES:
+        module, name = path.split(":")
+        service = getattr(importlib.import_module(module), name)
+        for method_name, method in inspect.getmembers(service, inspect.isfunction):
+            for entrypoint in getattr(method, ENTRYPOINT_EXTENSIONS_ATTR, ()):
+                if isinstance(entrypoint, EventHandler):
+                    found.add(Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
+                                           method_name))
+    return tuple(sorted(found))
+
 
 EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})
 
@@ -84,7 +79,7 @@ def retry_exchange(service):
 
 def queue_name(subscription):
     source, event_type = subscription.event
-    return "evt-%s-%s--%s.%s" % (source, event_type, subscription.service, subscription.method)
+    return event_queue_name(source, event_type, subscription.service, subscription.method)
 
 
 def subscriber_queues(subscription):
@@ -114,15 +109,15 @@ def _replace_if_other_type(connection, exchange):
         exchange(connection.channel()).declare()
 
 
-def declare(amqp_uri, subscriptions=None):
-    """Declare every event exchange and every subscriber queue (idempotent)."""
+def declare(amqp_uri, only=None):
+    """Declare every event exchange and every subscriber queue (``only``: those subscriptions; idempotent)."""
     with Connection(amqp_uri, connect_timeout=10) as connection:
         _replace_if_other_type(connection, ORG_CACHE_EXCHANGE)
         channel = connection.channel()
         RPC_EXCHANGE(channel).declare()
         for source in EVENT_SOURCES:
             event_exchange(source)(channel).declare()
-        for subscription in subscriptions or SUBSCRIPTIONS:
+        for subscription in only or subscriptions():
             for queue in subscriber_queues(subscription):
                 queue(channel).declare()
         channel.close()
@@ -159,7 +154,7 @@ def main(argv):
     if "--users" in argv[1:]:
         provision_users(amqp_uri, os.environ)
     declare(amqp_uri)
-    print("declared %d exchanges and %d subscriber queues" % (len(EVENT_SOURCES), len(SUBSCRIPTIONS)))
+    print("declared %d exchanges and %d subscriber queues" % (len(EVENT_SOURCES), len(subscriptions())))
 
 
 if __name__ == "__main__":

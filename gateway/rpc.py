@@ -26,6 +26,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from common import context
 from common.errors import DomainError
+from common.nameko_private import standalone_parts
 from gateway import metrics
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,11 @@ class _PooledProxy:
         self.standalone.start()
 
     def call(self, service, method, args, kwargs):
-        shared = self.standalone._worker_ctx
+        shared, reply_listener = standalone_parts(self.standalone)
         request_id = context.request_id()
         worker_ctx = WorkerContext(shared.container, None, shared.entrypoint,
                                    data={context.REQUEST_ID: request_id} if request_id else None)
-        proxy = ServiceProxy(worker_ctx, service, self.standalone._reply_listener,
+        proxy = ServiceProxy(worker_ctx, service, reply_listener,
                              expiration=self.timeout, retry=True, retry_policy=_PUBLISH_RETRY)
         return getattr(proxy, method)(*args, **kwargs)
 

@@ -360,11 +360,6 @@ class LogoutResponse(Open):
     logged_out = fields.Boolean(required=True)
 
 
-class HealthSchema(Open):
-    status = fields.String(required=True)
-    checks = fields.Dict()
-
-
 # -- notifications ---------------------------------------------------------------------------
 
 def _one_address(value):

@@ -148,7 +148,7 @@ def basic_get(test_stack, component, queue_name):
 
 
 def some_queue_of(service):
-    return next(topology.queue_name(s) for s in topology.SUBSCRIPTIONS if s.service == service)
+    return next(topology.queue_name(s) for s in topology.subscriptions() if s.service == service)
 
 
 @pytest.mark.parametrize("thief, victim", [("usage", "membership"), ("gateway", "org"), ("org", "usage"),

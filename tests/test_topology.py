@@ -1,6 +1,8 @@
 """The bus topology declared up front matches what the services subscribe to."""
 import copy
+import glob
 import inspect
+import os
 import uuid
 from urllib.parse import quote
 
@@ -28,6 +30,14 @@ def declared_handlers():
                     yield service, method_name, entrypoint
 
 
+def test_every_service_is_inspected_for_the_topology():
+    """Every ``services/*/service.py`` class is one the topology reads its subscriptions from."""
+    listed = {path.split(":")[0] for path in topology.SERVICE_CLASSES}
+    on_disk = {"services.%s.service" % os.path.basename(os.path.dirname(path))
+               for path in glob.glob(os.path.join(stack.ROOT, "services", "*", "service.py"))}
+    assert listed == on_disk
+
+
 def test_every_event_handler_is_in_the_topology_and_reliable():
     found = set()
     for service, method_name, entrypoint in declared_handlers():
@@ -35,11 +45,11 @@ def test_every_event_handler_is_in_the_topology_and_reliable():
             service.name, method_name)
         found.add(topology.Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
                                         method_name))
-    assert found == set(topology.SUBSCRIPTIONS)
+    assert found == set(topology.subscriptions()) and len(found) >= 28
 
 
 def test_queue_names_match_what_nameko_declares():
-    for subscription in topology.SUBSCRIPTIONS:
+    for subscription in topology.subscriptions():
         main, retry, parked = topology.subscriber_queues(subscription)
         source, event_type = subscription.event
         assert main.name == "evt-%s-%s--%s.%s" % (source, event_type, subscription.service, subscription.method)
@@ -71,7 +81,7 @@ def test_declaration_creates_every_durable_subscriber_queue_on_the_broker(scratc
     for source in topology.EVENT_SOURCES:
         exchange = exchanges["%s.events" % source]
         assert exchange["type"] == "topic" and exchange["durable"] and not exchange["auto_delete"], exchange
-    for subscription in topology.SUBSCRIPTIONS:
+    for subscription in topology.subscriptions():
         main, retry, parked = topology.subscriber_queues(subscription)
         for queue in (main, retry, parked):
             assert queue.name in queues, "%s not declared" % queue.name

@@ -40,7 +40,6 @@ SUBJECTS = {
     "organization_deletion_requested": "{{ org_name }} is being deleted",
     "organization_deleted": "{{ org_name }} has been deleted",
 }
-KINDS = tuple(SUBJECTS)
 
 _text = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, undefined=StrictUndefined,
                     keep_trailing_newline=True)

@@ -25,7 +25,6 @@ from services.usage.schemas import LedgerEntrySchema
 
 log = logging.getLogger(__name__)
 
-KINDS = ("grant", "reservation", "settlement", "refund", "expiry")
 MAX_AMOUNT = 10 ** 15
 MAX_KEY = 200
 MAX_ATTEMPTS = 400
