@@ -5,12 +5,14 @@ mail CONTRACT §4 asks for.
 Every handler is idempotent: facts are applied only if newer (``*_as_of`` = the event's
 ``occurred_at``), and mail is queued under a key made of the event id and the mail kind, so a
 redelivered event finds its mail already recorded. The mail a Notifier records is leased to it
-and collected in ``recorded``, for the service to send right away -- also when the handler fails
-after recording (the dispatcher timer would send it only once the lease expires).
+and collected in ``recorded`` -- its one output, which the service sends right away, also when the
+handler fails after recording (the dispatcher timer would send it only once the lease expires).
+:data:`HANDLERS` says which method applies which event.
 """
 import logging
 from datetime import datetime, timedelta
 
+from common import events
 from common.addresses import normalize_address, single_line
 from common.events import isoformat, utcnow
 from services.notifications import dispatch, preferences
@@ -74,7 +76,6 @@ class Notifier:
         created = dispatch.enqueue(self.store, org_id, kind, key, recipients, context, self.lease_seconds,
                                    self.cipher if secret else None)
         self.recorded += created
-        return created
 
     # -- organization facts ----------------------------------------------------------------------
     def organization_created(self, event):
@@ -86,11 +87,9 @@ class Notifier:
                                                       "owner_name": event.get("owner_name")}, as_of)
         if event.get("plan"):
             self._apply_plan(org_id, event["plan"], as_of)
-        return []
 
     def organization_renamed(self, event):
         self.store.set_if_newer(event["organization_id"], "name", {"name": event["name"]}, event["occurred_at"])
-        return []
 
     def _apply_plan(self, org_id, plan, as_of):
         plan = dict(plan, paid_until=parse_time(plan.get("paid_until")))
@@ -105,16 +104,16 @@ class Notifier:
         old_plan = event.get("old_plan") or before.get("plan")
         new_plan = event["plan"]
         recipients = self._addresses(self._settings(org_id)["plan_email"] or org["owner_email"])
-        queued = self._queue(org_id, "plan_changed", "%s:plan_changed" % event["event_id"], recipients,
+        self._queue(org_id, "plan_changed", "%s:plan_changed" % event["event_id"], recipients,
                              self._context(org, old_plan=_plan_view(old_plan), new_plan=_plan_view(new_plan)))
-        return queued + self._check_limits(org_id, event["event_id"])
+        self._check_limits(org_id, event["event_id"])
 
     def organization_deletion_requested(self, event):
         org_id = event["organization_id"]
         org = self._org(org_id, required=False)
         org.setdefault("name", event["name"])
         recipients = self._addresses(org.get("owner_email") or event.get("owner_email"))
-        return self._queue(org_id, "organization_deletion_requested",
+        self._queue(org_id, "organization_deletion_requested",
                            "%s:organization_deletion_requested" % event["event_id"], recipients,
                            self._context(org, org_name=event["name"]))
 
@@ -128,33 +127,31 @@ class Notifier:
                                                       "owner_name": event["name"]}, as_of)
         if event.get("member_count") is not None:
             self.store.set_if_newer(org_id, "members", {"member_count": event["member_count"]}, as_of)
-        queued, org = [], None
+        org = None
         if not event.get("is_owner"):  # the founder joining their own new organization is no news
             org = self._org(org_id)  # read after the facts above were applied
             recipients = self._addresses(self._settings(org_id)["new_user_email"] or org["owner_email"])
-            queued = self._queue(org_id, "member_joined", "%s:member_joined" % event["event_id"], recipients,
+            self._queue(org_id, "member_joined", "%s:member_joined" % event["event_id"], recipients,
                                  self._context(org, member_name=event["name"], member_email=event["email"],
                                                role=event["role"], via_invite=event["via_invite"]))
-        return queued + self._check_limits(org_id, event["event_id"], org)
+        self._check_limits(org_id, event["event_id"], org)
 
     def member_left(self, event):
         org_id, as_of = event["organization_id"], event["occurred_at"]
         self.store.put_member(org_id, event["user_id"], {"left": True}, as_of)
         if event.get("member_count") is not None:
             self.store.set_if_newer(org_id, "members", {"member_count": event["member_count"]}, as_of)
-        return self._check_limits(org_id, event["event_id"])
+        self._check_limits(org_id, event["event_id"])
 
     def member_role_changed(self, event):
         self.store.put_member(event["organization_id"], event["user_id"], {"role": event["role"]},
                               event["occurred_at"])
-        return []
 
     def ownership_transferred(self, event):
         fields = {"owner_user_id": event["to_user_id"]}
         if event.get("to_user_email"):
             fields.update(owner_email=event["to_user_email"], owner_name=event.get("to_user_name"))
         self.store.set_if_newer(event["organization_id"], "owner", fields, event["occurred_at"])
-        return []
 
     def invite_created(self, event):
         org_id = event["organization_id"]
@@ -163,7 +160,7 @@ class Notifier:
             org = dict(org, name=event["organization_name"])
         recipients = self._addresses(event["email"])
         expires_at = parse_time(event["expires_at"])
-        return self._queue(org_id, "invite", "%s:invite" % event["event_id"], recipients,
+        self._queue(org_id, "invite", "%s:invite" % event["event_id"], recipients,
                            self._context(org, inviter_name=event["inviter_name"], role=event["role"],
                                          accept_url=event["accept_url"], expires_at=_human(expires_at)),
                            secret=True)  # the accept link is a bearer secret: stored encrypted
@@ -172,7 +169,7 @@ class Notifier:
     def storage_updated(self, event):
         org_id = event["organization_id"]
         self.store.set_if_newer(org_id, "storage", {"storage_used": event["used_bytes"]}, event["occurred_at"])
-        return self._check_limits(org_id, event["event_id"])
+        self._check_limits(org_id, event["event_id"])
 
     def ai_job_completed(self, event):
         org_id = event["organization_id"]
@@ -188,7 +185,7 @@ class Notifier:
                 candidates.append(initiator["email"])
         if mode in ("admins", "initiator_and_admins"):
             candidates += self._admin_emails(org_id)
-        return self._queue(org_id, "ai_job_completed", "%s:ai_job_completed" % event["event_id"],
+        self._queue(org_id, "ai_job_completed", "%s:ai_job_completed" % event["event_id"],
                            self._addresses(*candidates),
                            self._context(org, job_id=event["job_id"], job_type=event["job_type"],
                                          outcome=event["outcome"], credits=event["credits"],
@@ -206,9 +203,8 @@ class Notifier:
         ``org``: the organization as read after this event's facts were applied, if the caller has it."""
         org = org or self.store.organization(org_id)
         if org is None:
-            return []
+            return
         plan = org.get("plan") or {}
-        queued = []
         for kind, flag, used, included, unit in (
                 ("storage_limit_exceeded", "storage_exceeded", org.get("storage_used"),
                  plan.get("included_storage_bytes"), "bytes"),
@@ -227,33 +223,30 @@ class Notifier:
             recipients = self._addresses(self._settings(org_id)["plan_email"] or org["owner_email"])
             key = "%s:%s:%s" % (org_id, kind, org.get(armed_by) or "first")
             recipients = self.store.decide_once(key, recipients)  # a settings change meanwhile: no new mail
-            queued += self._queue(org_id, kind, key, recipients,
+            self._queue(org_id, kind, key, recipients,
                                   self._context(org, used=used, included=included, over=used - included,
                                                 unit=unit, used_text=_amount(used, unit),
                                                 included_text=_amount(included, unit),
                                                 over_text=_amount(used - included, unit)))
-        return queued
 
     # -- plan reminders --------------------------------------------------------------------------
     def send_reminders(self, now=None):
         """What the reminder timer runs: 6 weeks before ``paid_until``, and once it has passed."""
         now = now or utcnow()
-        queued = []
         for org in self.store.reminders_due(now):
             paid_until = (org.get("plan") or {}).get("paid_until")
             if paid_until is None or org.get("reminder_for") != paid_until:
                 continue
             try:
-                queued += self._remind(org, paid_until, now)
+                self._remind(org, paid_until, now)
             except Exception:
                 log.exception("plan reminder for %s failed; next tick retries", org["_id"])
-        return queued
 
     def _remind(self, org, paid_until, now):
         org_id = org["_id"]
         stage = "plan_expired" if now >= paid_until else "plan_expiring"
         if not org.get("owner_email"):
-            return []
+            return
         plan_email = self._settings(org_id)["plan_email"]
         recipients = self._addresses(plan_email) if plan_email else self._addresses(
             org["owner_email"], *self._admin_emails(org_id))
@@ -261,16 +254,31 @@ class Notifier:
         # and restarts; the conditional update then moves the schedule on exactly once.
         key = "%s:%s:%s" % (org_id, stage, isoformat(paid_until))
         plan = dict(org["plan"], paid_until=isoformat(paid_until))
-        queued = self._queue(org_id, stage, key, recipients,
+        self._queue(org_id, stage, key, recipients,
                              self._context(org, plan=_plan_view(plan), paid_until_date=_human(paid_until),
                                            expired=stage == "plan_expired"))
         next_due = paid_until if stage == "plan_expiring" else None
         self.store.advance_reminder(org_id, paid_until, org["reminder_due_at"], next_due)
-        return queued
 
     def _settings(self, org_id):
         return preferences.current(self.store, org_id)
 
+
+
+#: which Notifier method applies which event; the service's handlers dispatch through this table
+HANDLERS = {
+    events.ORGANIZATION_CREATED: Notifier.organization_created,
+    events.ORGANIZATION_RENAMED: Notifier.organization_renamed,
+    events.PLAN_CHANGED: Notifier.plan_changed,
+    events.ORGANIZATION_DELETION_REQUESTED: Notifier.organization_deletion_requested,
+    events.MEMBER_JOINED: Notifier.member_joined,
+    events.MEMBER_LEFT: Notifier.member_left,
+    events.MEMBER_ROLE_CHANGED: Notifier.member_role_changed,
+    events.OWNERSHIP_TRANSFERRED: Notifier.ownership_transferred,
+    events.INVITE_CREATED: Notifier.invite_created,
+    events.STORAGE_UPDATED: Notifier.storage_updated,
+    events.AI_JOB_COMPLETED: Notifier.ai_job_completed,
+}
 
 def _plan_view(plan):
     plan = dict(plan or {})

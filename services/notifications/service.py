@@ -59,14 +59,15 @@ class NotificationsService:
         return notify.Notifier(self.store, self.settings.public_base_url,
                                self.mailer.policy.lease_seconds, self.mailer.cipher)
 
-    def _handle(self, event_type, method, body):
-        """Apply the event (recording its mail first, leased to us), then send that mail right away."""
+    def _handle(self, event_type, body):
+        """Apply the event (``notify.HANDLERS``; its mail recorded first, leased to us), then send
+        what the notifier recorded right away."""
         event = events.load_event(event_type, body)
         if self.store.was_purged(event.get("organization_id")):
             return  # a late event for a deleted organization must not bring it back
         notifier = self._notifier()
         try:
-            getattr(notifier, method)(event)
+            notify.HANDLERS[event_type](notifier, event)
         finally:  # what was recorded is sent even if the handler fails afterwards (and is retried)
             dispatch.send_recorded(self.store, self.mailer, notifier.recorded)
             # the purge may have run while this event was handled: what it missed goes now
@@ -95,21 +96,21 @@ class NotificationsService:
     # -- events ----------------------------------------------------------------------------------
     @reliable_handler(events.ORGANIZATION_CREATED)
     def on_organization_created(self, event):
-        self._handle(events.ORGANIZATION_CREATED, "organization_created", event)
+        self._handle(events.ORGANIZATION_CREATED, event)
 
     @reliable_handler(events.ORGANIZATION_RENAMED)
     def on_organization_renamed(self, event):
-        self._handle(events.ORGANIZATION_RENAMED, "organization_renamed", event)
+        self._handle(events.ORGANIZATION_RENAMED, event)
 
     @reliable_handler(events.PLAN_CHANGED)
     def on_plan_changed(self, event):
-        self._handle(events.PLAN_CHANGED, "plan_changed", event)
+        self._handle(events.PLAN_CHANGED, event)
 
     @reliable_handler(events.ORGANIZATION_DELETION_REQUESTED)
     def on_organization_deletion_requested(self, event):
         """Confirm to the owner first; purge once that mail is final (maybe on a later timer tick)."""
         deletion.mark_deleting(self.store, event["organization_id"])
-        self._handle(events.ORGANIZATION_DELETION_REQUESTED, "organization_deletion_requested", event)
+        self._handle(events.ORGANIZATION_DELETION_REQUESTED, event)
         deletion.purge_when_mailed(self.store, event["organization_id"])
 
     @reliable_handler(events.ORGANIZATION_DELETED)
@@ -127,11 +128,11 @@ class NotificationsService:
 
     @reliable_handler(events.MEMBER_JOINED)
     def on_member_joined(self, event):
-        self._handle(events.MEMBER_JOINED, "member_joined", event)
+        self._handle(events.MEMBER_JOINED, event)
 
     @reliable_handler(events.MEMBER_LEFT)
     def on_member_left(self, event):
-        self._handle(events.MEMBER_LEFT, "member_left", event)
+        self._handle(events.MEMBER_LEFT, event)
 
     @reliable_handler(events.ACCOUNT_DELETED)
     def on_account_deleted(self, event):
@@ -142,23 +143,23 @@ class NotificationsService:
 
     @reliable_handler(events.MEMBER_ROLE_CHANGED)
     def on_member_role_changed(self, event):
-        self._handle(events.MEMBER_ROLE_CHANGED, "member_role_changed", event)
+        self._handle(events.MEMBER_ROLE_CHANGED, event)
 
     @reliable_handler(events.OWNERSHIP_TRANSFERRED)
     def on_ownership_transferred(self, event):
-        self._handle(events.OWNERSHIP_TRANSFERRED, "ownership_transferred", event)
+        self._handle(events.OWNERSHIP_TRANSFERRED, event)
 
     @reliable_handler(events.INVITE_CREATED)
     def on_invite_created(self, event):
-        self._handle(events.INVITE_CREATED, "invite_created", event)
+        self._handle(events.INVITE_CREATED, event)
 
     @reliable_handler(events.STORAGE_UPDATED)
     def on_storage_updated(self, event):
-        self._handle(events.STORAGE_UPDATED, "storage_updated", event)
+        self._handle(events.STORAGE_UPDATED, event)
 
     @reliable_handler(events.AI_JOB_COMPLETED)
     def on_ai_job_completed(self, event):
-        self._handle(events.AI_JOB_COMPLETED, "ai_job_completed", event)
+        self._handle(events.AI_JOB_COMPLETED, event)
 
     # -- timers ----------------------------------------------------------------------------------
     @configured_timer("mail_dispatch_interval_seconds")

@@ -111,3 +111,10 @@ def test_settings_refuse_lists_and_unknown_fields(notifications_store, org):
         preferences.put_settings(notifications_store, org, {"plan_email": "a@example.org, b@example.org",
                                                             "colour": "red", "ai_job_recipients": "everyone"})
     assert set(refused.value.details) == {"plan_email", "colour", "ai_job_recipients"}
+
+
+def test_every_event_the_service_hands_to_the_notifier_has_one_entry_in_the_table():
+    from common import topology
+    handled = {s.event for s in topology.subscriptions() if s.service == "notifications"}
+    own_handlers = {events.ORGANIZATION_DELETED, events.ACCOUNT_DELETED}  # the service applies these itself
+    assert set(notify.HANDLERS) == handled - own_handlers
