@@ -46,17 +46,9 @@ def _convert(name, kind, raw):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every service's settings: what every service reads (broker, database, metrics)."""
+    """Base of every settings class (the gateway's and the services'): reading and typing."""
 
-    amqp_uri: str
-    mongo_url: str
-    mongo_db_prefix: typing.Optional[str]
-    mongo_database: str
-    metrics_port: typing.Optional[int]
-    metrics_address: str
-    metrics_enabled: bool
-
-    #: the service's config.yml, for :meth:`from_file` (unit tests read the shipped defaults)
+    #: the component's config.yml, for :meth:`from_file` (unit tests read the shipped defaults)
     CONFIG_FILE: typing.ClassVar[str] = ""
 
     @classmethod
@@ -86,6 +78,19 @@ class Settings:
                 os.environ.clear()
                 os.environ.update(saved)
         return cls.from_config(dict(config, **overrides))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings(Settings):
+    """What every service reads (broker, database, metrics)."""
+
+    amqp_uri: str
+    mongo_url: str
+    mongo_db_prefix: typing.Optional[str]
+    mongo_database: str
+    metrics_port: typing.Optional[int]
+    metrics_address: str
+    metrics_enabled: bool
 
 
 def settings_of(container):

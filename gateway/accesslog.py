@@ -14,7 +14,6 @@ line with its fields (``method``, ``path``, ``status``, ``bytes``, ``duration_ms
 ``request_id``) besides the redacted ``message``.
 """
 import logging
-import os
 import re
 import traceback
 from urllib.parse import unquote_plus
@@ -22,9 +21,8 @@ from urllib.parse import unquote_plus
 from gunicorn.glogging import Logger
 
 from common import logs
-from common.config import load_config
+from gateway.settings import GatewaySettings
 
-_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yml")
 
 _INVITE_TOKEN = re.compile(r"(/(?:invites|deletions)/)[^/?#\s]+")  # invite tokens, deletion receipts
 # a query string: after "?" up to a fragment, a space (the request line's " HTTP/1.1") or the end
@@ -63,8 +61,8 @@ def redact(text):
 class RedactingLogger(Logger):
     def setup(self, cfg):
         super().setup(cfg)
-        config = load_config(_CONFIG_FILE)
-        formatter = logs.formatter("gateway", config.get("LOG_FORMAT"))
+        settings = GatewaySettings.from_file()
+        formatter = logs.formatter("gateway", settings.log_format)
         for log in (self.error_log, self.access_log):
             log.propagate = False  # their own handlers write them; the root's would write them again
             for handler in log.handlers:
@@ -77,7 +75,7 @@ class RedactingLogger(Logger):
         handler.setFormatter(formatter)
         handler._orgplatform = True
         root.addHandler(handler)
-        root.setLevel(str(config.get("LOG_LEVEL") or "INFO").upper())
+        root.setLevel(settings.log_level.upper())
         for noisy in ("kombu", "amqp"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -19,10 +19,10 @@ from contextlib import contextmanager
 
 from common.errors import DomainError
 
-#: route class -> (config variable of its size per worker, error code when full)
+#: route class -> (the setting holding its size per worker, error code when full)
 CLASSES = {
-    "hashing": ("BULKHEAD_HASHING", "service_unavailable"),
-    "export": ("BULKHEAD_EXPORT", "rate_limited"),
+    "hashing": ("bulkhead_hashing", "service_unavailable"),
+    "export": ("bulkhead_export", "rate_limited"),
 }
 RETRY_AFTER_SECONDS = 1
 
@@ -60,8 +60,8 @@ def client_address(environ, headers, networks):
 class Bulkheads:
     """One bounded semaphore per route class, per worker process."""
 
-    def __init__(self, config):
-        self.sizes = {name: int(config.get(variable) or 1) for name, (variable, _) in CLASSES.items()}
+    def __init__(self, settings):
+        self.sizes = {name: getattr(settings, setting) for name, (setting, _) in CLASSES.items()}
         self._slots = {name: threading.BoundedSemaphore(size) for name, size in self.sizes.items()}
 
     @contextmanager

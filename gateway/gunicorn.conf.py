@@ -1,7 +1,7 @@
 """gunicorn settings; the app is created in each worker after fork, so no RPC connection crosses a fork."""
 import os
 
-from common.config import load_config
+from gateway.settings import GatewaySettings
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
@@ -20,11 +20,11 @@ limit_request_line = 0
 # nginx in front bounds request lines and each header line to MAX_URL_BYTES + 1 KiB (at most 4 such
 # lines beyond 4 KiB) and answers in the error shape; gunicorn's own smaller limits (8190 bytes a
 # field, 100 fields) would answer what nginx let through with HTML 431/400, so they sit above nginx's.
-_gateway = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yml"))
-limit_request_field_size = int(_gateway["MAX_URL_BYTES"]) + 2048
+_gateway = GatewaySettings.from_file()
+limit_request_field_size = _gateway.max_url_bytes + 2048
 limit_request_fields = 32768
 # who may set X-Forwarded-Proto (and, read by the app, X-Real-IP): the proxy only (gateway/edge.py)
-forwarded_allow_ips = _gateway["FORWARDED_ALLOW_IPS"]
+forwarded_allow_ips = _gateway.forwarded_allow_ips
 
 
 def on_starting(server):
@@ -32,6 +32,13 @@ def on_starting(server):
     from gateway import readmodel
 
     readmodel.share_between_workers()
+
+
+def post_worker_init(worker):
+    """After the fork, with the app loaded: start the worker's bus listener (gateway/listener.py)."""
+    from gateway import listener
+
+    listener.start(worker.wsgi)
 
 
 def child_exit(server, worker):

@@ -19,8 +19,8 @@ def one_hop():
     return jsonify({"answer": rpc("org", "ping")})
 
 
-def enabled(config):
-    return str(config.get("BENCH_ROUTES") or "").strip().lower() in ("1", "true", "yes")
+def enabled(settings):
+    return settings.bench_routes
 
 
 def register_bench(app):

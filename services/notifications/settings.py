@@ -2,11 +2,11 @@
 import dataclasses
 from typing import Optional
 
-from common.settings import Settings
+from common.settings import ServiceSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class NotificationsSettings(Settings):
+class NotificationsSettings(ServiceSettings):
     CONFIG_FILE = "services/notifications/config.yml"
 
     rpc_timeout: float

@@ -1,11 +1,11 @@
 """The org service's settings, typed, read once from ``config.yml`` (``common/settings.py``)."""
 import dataclasses
 
-from common.settings import Settings
+from common.settings import ServiceSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class OrgSettings(Settings):
+class OrgSettings(ServiceSettings):
     CONFIG_FILE = "services/org/config.yml"
 
     outbox_sweep_seconds: float

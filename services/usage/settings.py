@@ -1,11 +1,11 @@
 """The usage service's settings, typed, read once from ``config.yml`` (``common/settings.py``)."""
 import dataclasses
 
-from common.settings import Settings
+from common.settings import ServiceSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class UsageSettings(Settings):
+class UsageSettings(ServiceSettings):
     CONFIG_FILE = "services/usage/config.yml"
 
     rpc_timeout: float
