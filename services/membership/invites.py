@@ -12,15 +12,17 @@ from services.membership.accounts import new_account, replayed_account
 from services.membership.ratelimit import check_signup_rate, rate_limit
 from services.membership.sessions import open_session
 from services.membership.validation import check_password, clean_person_name, normalize_email
+from services.membership.schemas import InviteSchema
 from services.membership.security import token_hash
 
 MAX_EMAILS = 100
 
 
+_INVITE = InviteSchema()  # one instance: building a marshmallow schema costs more than a dump
+
+
 def invite_view(invite):
-    return {"id": invite["_id"], "email": invite["email"], "role": invite["role"], "status": invite["status"],
-            "invited_by": invite["invited_by"], "created_at": isoformat(invite["created_at"]),
-            "expires_at": isoformat(invite["expires_at"])}
+    return _INVITE.dump(invite)
 
 
 def _digest(*parts):

@@ -10,9 +10,10 @@ import uuid
 from common import events, outbox
 from common.errors import DomainError, not_found
 from common.organizations import require_active
-from common.events import ROLE_RANK, isoformat, utcnow
+from common.events import ROLE_RANK, utcnow
 from common.validation import decode_sequence, encode_sequence
 from services.membership import idempotency
+from services.membership.schemas import MemberSchema
 from services.membership.revocation import access_revoked, next_cutoff, now_seconds
 
 MAX_PAGE = 200
@@ -76,12 +77,13 @@ def require_role(store, org_id, actor, minimum):
     return membership
 
 
+_MEMBER = MemberSchema()  # one instance: building a marshmallow schema costs more than a dump
+
+
 def member_view(membership, organization):
     is_owner = organization.get("owner_user_id") == membership["user_id"]
-    return {"user_id": membership["user_id"], "email": membership["email"], "name": membership["name"],
-            "role": membership["role"], "is_owner": is_owner,
-            "can_delete_organization": is_owner or bool(membership.get("can_delete_organization")),
-            "joined_at": isoformat(membership["joined_at"])}
+    return _MEMBER.dump(dict(membership, is_owner=is_owner,
+                             can_delete_organization=is_owner or bool(membership.get("can_delete_organization"))))
 
 
 def list_members(store, org_id, limit=50, cursor=None, q=None):
