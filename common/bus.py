@@ -13,7 +13,7 @@ doing:
   a component may publish only the ``<service>.<method>`` calls it makes (:data:`GATEWAY_CALLS`,
   :data:`SERVICE_CALLS`) and replies, and bind only its own RPC queue and its own reply keys; on
   ``<source>.events`` only the source itself may publish, only its own event types, and a
-  subscriber may bind only the event types it handles (:func:`common.topology.subscriptions`).
+  subscriber may bind only the event types it handles (:func:`common.subscriptions.subscriptions`).
 
 The ``admin`` component (topology declaration, tests' taps, operators) keeps full rights on its
 vhost. This module imports only the standard library (and nameko lazily in
@@ -107,7 +107,7 @@ def _event_types(source):
 
 def _subscribed(service):
     """{source: sorted event types} a service handles."""
-    from common.topology import subscriptions
+    from common.subscriptions import subscriptions
     subscribed = {}
     for subscription in subscriptions():
         if subscription.service == service:

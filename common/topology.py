@@ -17,44 +17,14 @@ This is also the one place exchanges are declared (the RPC exchange, the event e
 retry exchanges, ``org.cache``): components run with broker users that may not declare any
 (``common/bus.py``), so this runs first, as the instance's admin user.
 """
-import functools
-import importlib
-import inspect
 import sys
 import time
-from collections import namedtuple
 
 from kombu import Connection, Exchange, Queue
 
 from common import bus, events
 from common.nameko_private import event_queue_name
-
-Subscription = namedtuple("Subscription", "event service method")
-
-#: The services whose event handlers are the subscriber queues, imported only when the list is
-#: needed (declaring the topology, provisioning broker users): ``common`` imports no service.
-SERVICE_CLASSES = ("services.org.service:OrgService", "services.membership.service:MembershipService",
-                   "services.notifications.service:NotificationsService", "services.usage.service:UsageService")
-
-
-@functools.lru_cache(maxsize=1)
-def subscriptions():
-    """Every (event, subscribing service, handler method), read off the services' event handlers --
-    the one list, so a handler added to a service is declared and permitted without a second edit."""
-    from nameko.events import EventHandler
-    from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
-
-    found = set()
-    for path in SERVICE_CLASSES:
-        module, name = path.split(":")
-        service = getattr(importlib.import_module(module), name)
-        for method_name, method in inspect.getmembers(service, inspect.isfunction):
-            for entrypoint in getattr(method, ENTRYPOINT_EXTENSIONS_ATTR, ()):
-                if isinstance(entrypoint, EventHandler):
-                    found.add(Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
-                                           method_name))
-    return tuple(sorted(found))
-
+from common.subscriptions import subscriptions
 
 EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})
 

@@ -15,7 +15,7 @@ import pytest
 from amqp.exceptions import AccessRefused
 from kombu import Connection, Exchange, Producer, Queue
 
-from common import bus, events, topology
+from common import bus, events, subscriptions, topology
 from stack import stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_nobody_but_org_can_announce_an_organization_deletion(gateway, test_stac
     refused(lambda: publish(test_stack, forger, topology.event_exchange("org"),
                             events.ORGANIZATION_DELETION_REQUESTED[1], deletion_event(owner.org_id)))
     # nor by naming a subscriber's queue on the default exchange (which would bypass every exchange)
-    membership_queue = topology.queue_name(topology.Subscription(
+    membership_queue = topology.queue_name(subscriptions.Subscription(
         events.ORGANIZATION_DELETION_REQUESTED, "membership", "on_organization_deletion_requested"))
     refused(lambda: publish(test_stack, forger, "", membership_queue, deletion_event(owner.org_id)))
     assert_organization_intact(gateway, owner)

@@ -10,7 +10,7 @@ import pytest
 
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 
-from common import topology
+from common import subscriptions, topology
 from common.handlers import ReliableEventHandler
 from nameko.events import EventHandler
 from services.membership.service import MembershipService
@@ -32,7 +32,7 @@ def declared_handlers():
 
 def test_every_service_is_inspected_for_the_topology():
     """Every ``services/*/service.py`` class is one the topology reads its subscriptions from."""
-    listed = {path.split(":")[0] for path in topology.SERVICE_CLASSES}
+    listed = {path.split(":")[0] for path in subscriptions.SERVICE_CLASSES}
     on_disk = {"services.%s.service" % os.path.basename(os.path.dirname(path))
                for path in glob.glob(os.path.join(stack.ROOT, "services", "*", "service.py"))}
     assert listed == on_disk
@@ -43,7 +43,7 @@ def test_every_event_handler_is_in_the_topology_and_reliable():
     for service, method_name, entrypoint in declared_handlers():
         assert isinstance(entrypoint, ReliableEventHandler), "%s.%s must use reliable_handler" % (
             service.name, method_name)
-        found.add(topology.Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
+        found.add(subscriptions.Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
                                         method_name))
     assert found == set(topology.subscriptions()) and len(found) >= 28
 

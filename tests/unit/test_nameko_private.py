@@ -8,7 +8,7 @@ from nameko.events import EventHandler
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.timer import Timer
 
-from common import nameko_private, topology
+from common import nameko_private, subscriptions, topology
 from common.timers import ConfiguredTimer
 
 
@@ -20,7 +20,7 @@ def test_our_event_queue_names_are_the_ones_nameko_declares():
     assert '"evt-{}-{}--{}.{}".format(self.source_service,' in inspect.getsource(EventHandler.setup)
     assert nameko_private.event_queue_name("org", "plan_changed", "usage", "on_plan_changed") == \
         "evt-org-plan_changed--usage.on_plan_changed"
-    subscription = topology.Subscription(("org", "plan_changed"), "usage", "on_plan_changed")
+    subscription = subscriptions.Subscription(("org", "plan_changed"), "usage", "on_plan_changed")
     assert topology.queue_name(subscription) == "evt-org-plan_changed--usage.on_plan_changed"
 
 
