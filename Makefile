@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test clients mail logs bench soak clean
+.PHONY: up down status test lint clients mail logs bench soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ down: ## stop what `make up` started
 status: ## show each part
 	@$(PYTHON) -m stack.stack status
 
-test: $(STAMP) ## start what tests need (own vhost, databases, ports) and run pytest
+test: $(STAMP) ## lint, unit tests (no broker, no database), then the integration suite on its own stack
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests/unit
 	@# the console's browser tests drive Debian's Chromium with Playwright (its own browser download is not used)
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff (rules in pyproject.toml)
+	$(PY) -m ruff check .
 
 # Generated clients and the OpenAPI linter (tests/clients/): their own Python environment, the
 # openapi-generator CLI jar from Maven Central and @redocly/cli from npm, all pinned, under .venv/clients

@@ -93,6 +93,13 @@ class ServiceSettings(Settings):
     metrics_enabled: bool
 
 
+def declare(name, config_file, base=ServiceSettings, **fields):
+    """A frozen settings dataclass ``name`` with ``fields`` (field name -> type) added to ``base``'s,
+    read from ``config_file`` (relative to the repository)."""
+    return dataclasses.make_dataclass(name, list(fields.items()), bases=(base,), frozen=True,
+                                      namespace={"CONFIG_FILE": config_file})
+
+
 def settings_of(container):
     """The service's settings object, parsed from its config once per container."""
     provider = next((dep for dep in container.dependencies if isinstance(dep, SettingsProvider)), None)

@@ -4,7 +4,9 @@ Infrastructure (RabbitMQ, the MongoDB-compatible server) is reused when somethin
 on its port and started otherwise -- then also stopped at the end.
 """
 import os
+import uuid
 
+import pymongo
 import pytest
 
 from stack import stack
@@ -26,6 +28,16 @@ def test_stack():
 @pytest.fixture(scope="session")
 def gateway(test_stack):
     return Gateway(test_stack.gateway_url)
+
+
+@pytest.fixture
+def scratch(test_stack):
+    """A database of its own on the test server, for a service's real store (dropped afterwards)."""
+    client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
+    name = f"{test_stack.db_prefix}scratch_{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
 
 
 @pytest.fixture

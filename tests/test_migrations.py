@@ -1,25 +1,13 @@
 """Documents written before page keys (``common/pages.py``) get them at start-up (``Store.migrate``):
 an upgraded installation's ledger, member list and delivery log read as before, new writes follow
 the old ones, and the migration runs once per database."""
-import uuid
 from datetime import datetime, timedelta, timezone
 
-import pymongo
-import pytest
 
 from common import pages
 from services.membership.store import MembershipStore
 from services.notifications.store import NotificationsStore
 from services.usage.store import UsageStore
-
-
-@pytest.fixture
-def scratch(test_stack):
-    client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
-    name = test_stack.db_prefix + "migration_%s" % uuid.uuid4().hex[:8]
-    yield client[name]
-    client.drop_database(name)
-    client.close()
 
 
 def test_a_ledger_from_before_page_keys_reads_and_appends_after_the_migration(scratch):

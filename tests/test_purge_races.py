@@ -9,7 +9,6 @@ database of the test server and publishes its report on the test broker (seen by
 import uuid
 from datetime import datetime, timezone
 
-import pymongo
 import pytest
 
 from common import purge
@@ -21,15 +20,6 @@ from services.notifications import preferences
 from services.notifications.store import NotificationsStore
 from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
-
-
-@pytest.fixture
-def scratch(test_stack):
-    client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
-    name = test_stack.db_prefix + "purge_race_%s" % uuid.uuid4().hex[:8]
-    yield client[name]
-    client.drop_database(name)
-    client.close()
 
 
 def store_of(cls, db, test_stack, settings=None):

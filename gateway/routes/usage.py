@@ -29,6 +29,8 @@ def _key(body):
 @api.route("/organizations/<org_id>/usage", "GET", MEMBER, "Storage, seats and credit balance", "usage",
            response=s.UsageSchema, errors=("410",))
 def get_usage(org_id):
+    """Any member: what the plan includes and how much of it is used is no admin secret (the
+    console's overview shows it to everyone in the organization)."""
     return rpc("usage", "get_usage", org_id)
 
 

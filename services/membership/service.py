@@ -2,24 +2,18 @@
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
-from common import bus, events
+from common import events
 from common.events import utcnow
-from common.context import RequestContext
 from common.handlers import reliable_handler
-from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.service import Service, domain_rpc
 from common.settings import SettingsProvider, settings_of
 from common.timers import configured_timer
-from common.validation import checked_rpc
 from services.membership import accounts, deletion, invites, members, sessions, signup
 from services.membership.security import InviteTokensProvider, SecurityProvider
 from services.membership.settings import MembershipSettings
 from services.membership.store import MembershipStore
-
-bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
-
-domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class SuperuserBootstrap(DependencyProvider):
@@ -35,10 +29,8 @@ class SuperuserBootstrap(DependencyProvider):
                                       settings.superuser_email, settings.superuser_password, settings.superuser_name)
 
 
-class MembershipService:
+class MembershipService(Service):
     name = "membership"
-    context = RequestContext()  # the request and event id of each worker (common/context.py)
-    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(MembershipStore)
     security = SecurityProvider()

@@ -8,25 +8,19 @@ from datetime import timedelta
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
-from common import bus, events
+from common import events
 from common.events import utcnow
-from common.context import RequestContext
 from common.handlers import reliable_handler
-from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.service import Service, domain_rpc
 from common.settings import SettingsProvider, settings_of
 from common.timers import configured_timer
-from common.validation import checked_rpc
 from services.notifications import deletion, dispatch, notify, preferences
 from services.notifications.cipher import mail_cipher
 from services.notifications.mail import SmtpSender
 from services.notifications.settings import NotificationsSettings
 from services.notifications.store import NotificationsStore
-
-bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
-
-domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
 
 
 class Mailer(DependencyProvider):
@@ -42,10 +36,8 @@ class Mailer(DependencyProvider):
         return self.outgoing
 
 
-class NotificationsService:
+class NotificationsService(Service):
     name = "notifications"
-    context = RequestContext()  # the request and event id of each worker (common/context.py)
-    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(NotificationsStore)
     mailer = Mailer()

@@ -1,27 +1,19 @@
 """Org service entrypoints: organizations, plans and the overview read model."""
 from nameko.rpc import rpc
 
-from common import bus, events
-from common.context import RequestContext
+from common import events
 from common.handlers import reliable_handler
-from common.metrics import Metrics
 from common.mongo import StoreProvider
+from common.service import Service, domain_rpc
 from common.settings import SettingsProvider
 from common.timers import configured_timer
-from common.validation import checked_rpc
 from services.org import domain
 from services.org.settings import OrgSettings
 from services.org.store import OrgStore
 
-bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
-
-
-class OrgService:
+class OrgService(Service):
     name = "org"
-    context = RequestContext()  # the request and event id of each worker (common/context.py)
-    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(OrgStore)
     settings = SettingsProvider(OrgSettings)

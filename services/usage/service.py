@@ -1,30 +1,22 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
 from nameko.rpc import RpcProxy, rpc
 
-from common import bus, events
+from common import events
 from common.errors import DomainError
-from common.context import RequestContext
 from common.handlers import reliable_handler
-from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
+from common.service import Service, domain_rpc
 from common.settings import SettingsProvider
 from common.timers import configured_timer
-from common.validation import checked_rpc
 from services.usage import credits, deletion, storage
 from services.usage.faults import CrashAfterLedgerWrite
 from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
 
-bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
 
-domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicode text (common.validation)
-
-
-class UsageService:
+class UsageService(Service):
     name = "usage"
-    context = RequestContext()  # the request and event id of each worker (common/context.py)
-    metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(UsageStore)
     org = RpcProxy("org")

@@ -1,15 +1,7 @@
 """The usage service's settings, typed, read once from ``config.yml`` (``common/settings.py``)."""
-import dataclasses
+from common import settings
 
-from common.settings import ServiceSettings
-
-
-@dataclasses.dataclass(frozen=True)
-class UsageSettings(ServiceSettings):
-    CONFIG_FILE = "services/usage/config.yml"
-
-    rpc_timeout: float
-    usage_expiry_seconds: float
-    usage_repair_seconds: float
-    usage_storage_lease_seconds: float
-    usage_fault_crash_after_ledger: bool
+UsageSettings = settings.declare(
+    "UsageSettings", "services/usage/config.yml",
+    rpc_timeout=float, usage_expiry_seconds=float, usage_repair_seconds=float, usage_storage_lease_seconds=float,
+    usage_fault_crash_after_ledger=bool)

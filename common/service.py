@@ -1,0 +1,22 @@
+"""What every service class starts from.
+
+Importing this makes the process's nameko declare no exchange and name its replies after the
+service (``common/bus.py``). :class:`Service` carries the dependencies every service has -- the
+request and event id of each worker (``common/context.py``) and ``/metrics`` on ``METRICS_PORT``
+(``common/metrics.py``); a service adds its store, its settings and its own providers. It has no
+entrypoint, so ``nameko run`` never takes it for a service.
+"""
+from common import bus
+from common.context import RequestContext
+from common.metrics import Metrics
+from common.validation import checked_rpc
+
+bus.least_privilege()
+
+#: ``@rpc`` for calls whose DomainError is an answer, not a failure; arguments must be Unicode text
+domain_rpc = checked_rpc
+
+
+class Service:
+    context = RequestContext()
+    metrics = Metrics()
