@@ -34,10 +34,15 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+_SECURITY_ITEMS = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS.items())
 # CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed, X-Request-ID"
 CORS_MAX_AGE = 600
+
+
+def _called_as_is(func):
+    return func
 
 
 def error_response(code, message, details=None, status=None, headers=None):
@@ -47,8 +52,11 @@ def error_response(code, message, details=None, status=None, headers=None):
 
 def create_app(config=None):
     least_privilege()  # the gateway's broker user declares no exchange and reads only its own replies
-    config = config or load_config(CONFIG_FILE)
+    # ``config`` (tests) overrides config.yml, which holds every default
+    config = dict(load_config(CONFIG_FILE), **(config or {}))
     app = Flask(__name__)
+    # no view or hook is a coroutine: skip Flask's check of every hook and view on every request
+    app.ensure_sync = _called_as_is
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("MAX_REQUEST_BYTES") or 1048576)
     max_url_bytes = int(config.get("MAX_URL_BYTES") or 16384)
     app.json.sort_keys = False
@@ -128,8 +136,9 @@ def create_app(config=None):
 
     @app.after_request
     def headers(response):
-        for name, value in SECURITY_HEADERS.items():  # the console's pages set their own CSP and caching
-            response.headers.setdefault(name, value)
+        # those the answer lacks (the console's pages set their own CSP, caching and referrer policy)
+        present = {name.lower() for name in response.headers.keys()}
+        response.headers.extend([(name, value) for lower, name, value in _SECURITY_ITEMS if lower not in present])
         origin = request.headers.get("Origin")
         if allowed_origins:
             response.vary.add("Origin")  # answers differ per origin: caches must keep them apart
