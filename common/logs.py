@@ -12,6 +12,7 @@ The services use :func:`formatter` from their ``LOGGING`` configuration (``"()":
 common.logs.formatter``); the gateway's gunicorn logger (``gateway.accesslog``) uses it for
 gunicorn's error and access logs and the app's own loggers.
 """
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -25,6 +26,19 @@ FORMATS = ("json", "text")
 def _timestamp(record):
     moment = datetime.fromtimestamp(record.created, timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_line(service, logger, level, message, fields):
+    """One JSON record the way :class:`JsonLines` writes it, built without the ``logging`` machinery:
+    for the gateway's access log, written once per request (``gateway/accesslog.py``)."""
+    record = {"timestamp": _timestamp_now(), "level": level, "service": service, "logger": logger,
+              "message": message}
+    record.update(fields)
+    return json.dumps(record, ensure_ascii=True, default=str)
+
+
+def _timestamp_now():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonLines(JsonFormatter):

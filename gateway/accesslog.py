@@ -13,8 +13,12 @@ through ``common.logs``: one JSON object per line (``LOG_FORMAT=text`` for a ter
 line with its fields (``method``, ``path``, ``status``, ``bytes``, ``duration_ms``, ``remote``,
 ``request_id``) besides the redacted ``message``.
 """
+import atexit
 import logging
+import os
 import re
+import threading
+import time
 import traceback
 from urllib.parse import unquote_plus
 
@@ -58,6 +62,42 @@ def redact(text):
     return _QUERY.sub(lambda match: match.group(1) + _redact_pairs(match.group(2)), text)
 
 
+class BufferedLines:
+    """Access lines collected by the request threads and written by one thread every ``interval``
+    seconds: a write and flush per request cost about as much as the rest of a ``/healthz`` answer.
+    A worker flushes what is left when it exits (``worker_exit`` in ``gunicorn.conf.py``, and
+    ``atexit``); a worker killed outright loses at most ``interval`` seconds of lines (nginx keeps
+    its own access log)."""
+
+    def __init__(self, stream, interval=0.2):
+        self._stream, self._interval = stream, interval
+        self._lines, self._lock = [], threading.Lock()
+        self._pid = None  # the process whose flusher runs (threads do not survive gunicorn's fork)
+        atexit.register(self.flush)
+
+    def write(self, line):
+        with self._lock:
+            self._lines.append(line)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="access-log", daemon=True).start()
+
+    def _run(self):
+        while True:
+            time.sleep(self._interval)
+            self.flush()
+
+    def flush(self):
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # the stream is closed (shutdown): nothing left to write to
+                pass
+
+
 class RedactingLogger(Logger):
     def setup(self, cfg):
         super().setup(cfg)
@@ -78,9 +118,43 @@ class RedactingLogger(Logger):
         root.setLevel(settings.log_level.upper())
         for noisy in ("kombu", "amqp"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # JSON access lines skip the logging machinery and are written in batches (BufferedLines)
+        stream = next((h.stream for h in self.access_log.handlers if hasattr(h, "stream")), None)
+        json_format = settings.log_format.strip().lower() == "json"
+        self._json_lines = BufferedLines(stream) if json_format and stream is not None else None
+
+    def flush_access(self):
+        if self._json_lines is not None:
+            self._json_lines.flush()
+
+    def _json_access_line(self, resp, req, environ, request_time):
+        """The access record with the fields of the logging path, from the few atoms the format
+        uses (gunicorn's ``atoms()`` builds every header's atom, then each would be redacted)."""
+        method = environ.get("REQUEST_METHOD") or "-"
+        sent = getattr(resp, "sent", None)
+        milliseconds = request_time.total_seconds() * 1000
+        path, query = redact(environ.get("PATH_INFO") or ""), redact_query(environ.get("QUERY_STRING") or "")
+        atoms = {"h": environ.get("REMOTE_ADDR") or "-", "m": method, "U": path, "q": query,
+                 "r": redact("%s %s %s" % (method, environ.get("RAW_URI"), environ.get("SERVER_PROTOCOL"))),
+                 "s": resp.status_code, "b": str(sent) if sent is not None else "-", "M": int(milliseconds)}
+        try:
+            message = self.cfg.access_log_format % atoms
+        except (KeyError, TypeError, ValueError):  # a format with other atoms: gunicorn's full set
+            message = self.cfg.access_log_format % self.atoms_wrapper_class(
+                self.atoms(resp, req, environ, request_time))
+        request_id = next((value for name, value in resp.headers if name.lower() == "x-request-id"), None)
+        return logs.json_line("gateway", self.access_log.name, "INFO", message, {
+            "method": method, "path": path, "query": query or None, "status": resp.status_code, "bytes": sent,
+            "duration_ms": round(milliseconds, 1), "remote": atoms["h"], "request_id": request_id})
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
+            return
+        if self._json_lines is not None:
+            try:
+                self._json_lines.write(self._json_access_line(resp, req, environ, request_time))
+            except Exception:
+                self.error(traceback.format_exc())
             return
         atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
         try:

@@ -21,11 +21,17 @@ from gateway.rpc import RpcPool
 from gateway.settings import GatewaySettings
 
 
+def _called_as_is(func):
+    return func
+
+
 def create_app(overrides=None):
     """The gateway app: ``gateway/config.yml`` with ``overrides`` (by key, e.g. a test's broker)."""
     least_privilege()  # the gateway's broker user declares no exchange and reads only its own replies
     settings = GatewaySettings.from_file(**(overrides or {}))
     app = Flask(__name__)
+    # no view or hook is a coroutine: skip Flask's check of every hook and view on every request
+    app.ensure_sync = _called_as_is
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False
     app.extensions["settings"] = settings

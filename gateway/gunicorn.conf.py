@@ -41,6 +41,13 @@ def post_worker_init(worker):
     listener.start(worker.wsgi)
 
 
+def worker_exit(server, worker):
+    """The worker's access lines still in its buffer (gateway/accesslog.py) go out before it does."""
+    flush = getattr(server.log, "flush_access", None)
+    if flush is not None:
+        flush()
+
+
 def child_exit(server, worker):
     """A worker that exited no longer counts in the multiprocess metrics' live gauges (gateway/metrics.py)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

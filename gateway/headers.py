@@ -13,6 +13,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+_SECURITY_ITEMS = tuple((name.lower(), name, value) for name, value in SECURITY_HEADERS.items())
 # CORS (only for CORS_ALLOWED_ORIGINS): bearer tokens, no cookies, so no Allow-Credentials
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 CORS_EXPOSE_HEADERS = "Location, Retry-After, Idempotent-Replayed, X-Request-ID"
@@ -31,8 +32,9 @@ def init_app(app, settings):
 
     @app.after_request
     def headers(response):
-        for name, value in SECURITY_HEADERS.items():  # the console's pages set their own CSP and caching
-            response.headers.setdefault(name, value)
+        # those the answer lacks (the console's pages set their own CSP, caching and referrer policy)
+        present = {name.lower() for name in response.headers.keys()}
+        response.headers.extend([(name, value) for lower, name, value in _SECURITY_ITEMS if lower not in present])
         origin = request.headers.get("Origin")
         if allowed_origins:
             response.vary.add("Origin")  # answers differ per origin: caches must keep them apart

@@ -78,17 +78,27 @@ def init_app(app, revocations, enabled=True):
     def start_clock():
         g.metrics_started = time.perf_counter()
 
+    answered = {}  # (route, method, status) -> (requests counter, latency histogram): labels() once each
+    gauges = {}  # the gauges' last values: set (a write to the shared file) only when one changes
+
     @app.after_request
     def count(response):
-        route, method = _route(), request.method
-        REQUESTS.labels(route, method, str(response.status_code)).inc()
+        key = (_route(), request.method, response.status_code)
+        series = answered.get(key)
+        if series is None:
+            route, method, status = key
+            series = answered[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method))
+        series[0].inc()
         started = g.get("metrics_started")
         if started is not None:
-            LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            series[1].observe(time.perf_counter() - started)
         if response.status_code == 429:
-            RATE_LIMITED.labels(route).inc()
-        REVOCATION_ENTRIES.set(revocations.size())
-        LISTENER_CONNECTED.set(1 if revocations.trusted_since is not None else 0)
+            RATE_LIMITED.labels(key[0]).inc()
+        for gauge, value in ((REVOCATION_ENTRIES, revocations.size()),
+                             (LISTENER_CONNECTED, 1 if revocations.trusted_since is not None else 0)):
+            if gauges.get(gauge) != value:
+                gauges[gauge] = value
+                gauge.set(value)
         return response
 
     @app.get(PATH)
