@@ -10,7 +10,7 @@ import pymongo
 import pytest
 
 from stack import stack
-from tests.support import SUMMARY, EventTap, Gateway
+from tests.support import SUMMARY, EventTap, Gateway, new_team, superuser_token
 
 # The generated clients' journeys need the tools `make clients` installs (CLIENT_TOOLS names them):
 # `make test` leaves them out instead of reporting them skipped.
@@ -28,6 +28,21 @@ def test_stack():
 @pytest.fixture(scope="session")
 def gateway(test_stack):
     return Gateway(test_stack.gateway_url)
+
+
+@pytest.fixture
+def su(gateway):
+    """The operator's access token, reused while it is valid (``tests.support.superuser_token``: every
+    login counts against the per-email limit)."""
+    return superuser_token(gateway)
+
+
+@pytest.fixture
+def team(gateway, tap):
+    """An organization with an owner, an admin, a dataset manager and a member, plus an outsider
+    (the admin of another organization). Modules that need more (a service to have seen them all)
+    wrap :func:`tests.support.new_team` in a ``team`` of their own."""
+    return new_team(gateway, tap, "Team Lab")
 
 
 @pytest.fixture

@@ -249,6 +249,17 @@ def invite(gateway, tap, admin, email, role="member", org_id=None):
     return event["accept_url"].rsplit("/", 1)[1], invite_id
 
 
+def new_team(gateway, tap, organization_name, owner_email=None):
+    """An organization with an owner, an admin, a dataset manager and a member, plus an outsider
+    (the admin of another organization): ``{"owner": Account, "admin": ..., "outsider": ...}``."""
+    owner = gateway.signup(organization_name=organization_name, name="Olivia Owner", email=owner_email)
+    members = {"owner": owner}
+    for role in ("admin", "dataset_manager", "member"):
+        members[role] = join(gateway, tap, owner, role, name=f"{role} person")
+    members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
+    return members
+
+
 def join(gateway, tap, admin, role, name=None, org_id=None):
     """A new account that signed up through an invite with ``role``."""
     email = unique_email(role)

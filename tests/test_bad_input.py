@@ -12,12 +12,7 @@ import uuid
 import pytest
 
 from common import events
-from tests.support import Mailbox, assert_error, join, superuser_token, unique_email, wait_until
-
-
-@pytest.fixture(scope="module")
-def su(gateway):
-    return superuser_token(gateway)
+from tests.support import Mailbox, assert_error, join, unique_email, wait_until
 
 
 def b64(raw):

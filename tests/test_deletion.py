@@ -10,13 +10,8 @@ import pymongo
 import pytest
 
 from stack import stack
-from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
+from tests.support import Mailbox, assert_error, invite, join, unique_email, wait_until
 
-
-
-@pytest.fixture(scope="module")
-def su_token(gateway):
-    return superuser_token(gateway)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def snapshot(client, test_stack, org_id):
                   documents_mentioning(client, test_stack, org_id))
 
 
-def populate(gateway, tap, su_token, name, shared_member=None):
+def populate(gateway, tap, su, name, shared_member=None):
     """An organization with data in every service: members (one also in another organization),
     pending invites, notification settings and deliveries, a storage report, a ledger with a
     settled and an open reservation."""
@@ -60,16 +55,16 @@ def populate(gateway, tap, su_token, name, shared_member=None):
     assert gateway.request("PUT", "/organizations/%s/notifications" % org, owner.token, json={
         "plan_email": "billing-%s@example.test" % uuid.uuid4().hex[:6], "new_user_email": None,
         "ai_job_recipients": "initiator_and_admins"}).status_code == 200
-    assert gateway.request("PUT", "/organizations/%s/plan" % org, su_token, json={
+    assert gateway.request("PUT", "/organizations/%s/plan" % org, su, json={
         "name": "team", "included_users": 50, "included_storage_bytes": 10 ** 12,
         "paid_until": None}).status_code == 200
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su_token).status_code == 200,
+    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su).status_code == 200,
                what="usage service to know the organization")
     assert gateway.post("/organizations/%s/storage-reports" % org, {
         "datasets": [{"dataset_id": "ds-%d" % i, "bytes": 1000 * i} for i in range(1, 6)], "complete": True},
-        su_token).status_code in (200, 201)
+        su).status_code in (200, 201)
     assert gateway.post("/organizations/%s/credits/grants" % org, {
-        "amount": 100_000, "idempotency_key": uuid.uuid4().hex}, su_token).status_code == 201
+        "amount": 100_000, "idempotency_key": uuid.uuid4().hex}, su).status_code == 201
     reservations = []
     for _ in range(2):
         response = gateway.post("/organizations/%s/credits/reservations" % org, {
@@ -78,7 +73,7 @@ def populate(gateway, tap, su_token, name, shared_member=None):
         assert response.status_code == 201, response.text
         reservations.append(response.json()["entry"]["id"])
     settled = gateway.post("/organizations/%s/credits/reservations/%s/settle" % (org, reservations[0]),
-                           {"outcome": "succeeded"}, su_token)
+                           {"outcome": "succeeded"}, su)
     assert settled.status_code in (200, 201), settled.text
     return {"owner": owner, "admin": admin, "manager": manager, "org": org}
 
@@ -101,11 +96,11 @@ def deletion_status(gateway, org_id, token):
 
 
 @pytest.mark.slow
-def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su_token, client, test_stack):
+def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, test_stack):
     mailbox = Mailbox(test_stack.mail_dir)
     shared = gateway.signup(organization_name="Home of the shared member", name="Sharon Shared")
-    doomed = populate(gateway, tap, su_token, "Doomed Lab", shared_member=shared)
-    twin = populate(gateway, tap, su_token, "Twin Lab")
+    doomed = populate(gateway, tap, su, "Doomed Lab", shared_member=shared)
+    twin = populate(gateway, tap, su, "Twin Lab")
     org = doomed["org"]
 
     # export: everything every service holds, without secrets
@@ -148,11 +143,11 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su_token, clie
         wait_until(lambda: gateway.get("/me", doomed[member].token).status_code == 401, timeout=1.0,
                    what="%s token revoked" % member)
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
-        deletion_status(gateway, org, su_token)), timeout=60, what="deletion to complete")
+        deletion_status(gateway, org, su)), timeout=60, what="deletion to complete")
     assert status["services"] == {"org": "purged", "membership": "purged", "notifications": "purged",
                                   "usage": "purged"}
     assert status["completed_at"] >= status["requested_at"]
-    assert_error(gateway.get(path, su_token), 410, "organization_gone")  # the tombstone answers
+    assert_error(gateway.get(path, su), 410, "organization_gone")  # the tombstone answers
 
     # the owner was told at the request, before the notifications service forgot them, and again
     # at completion (that mail, addressed from the organization_deleted event, is the last trace)
@@ -184,34 +179,34 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su_token, clie
 
 
 @pytest.mark.slow
-def test_deletion_completes_after_a_stopped_service_returns(gateway, tap, su_token, client, test_stack):
+def test_deletion_completes_after_a_stopped_service_returns(gateway, tap, su, client, test_stack):
     owner = gateway.signup(organization_name="Patient Lab")
     org = owner.org_id
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su_token).status_code == 200,
+    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su).status_code == 200,
                what="usage service to know the organization")
     stack.stop_pid_file(stack._pid_file(test_stack, "usage"), sig=9)
     accepted = gateway.delete("/organizations/%s" % org, {"confirm_name": "Patient Lab"}, owner.token)
     assert accepted.status_code == 202, accepted.text
     status = wait_until(lambda: (lambda s: s if s["services"]["membership"] == "purged"
                                  and s["services"]["notifications"] == "purged" else None)(
-        deletion_status(gateway, org, su_token)), timeout=30, what="the running services to purge")
+        deletion_status(gateway, org, su)), timeout=30, what="the running services to purge")
     assert status["status"] == "deleting" and status["services"]["usage"] == "pending"
 
     stack.up(test_stack, quiet=True)  # what `make up` does
-    wait_until(lambda: deletion_status(gateway, org, su_token)["status"] == "deleted", timeout=60,
+    wait_until(lambda: deletion_status(gateway, org, su)["status"] == "deleted", timeout=60,
                what="deletion to complete after usage returned")
     assert [coll for _, coll, _ in documents_mentioning(client, test_stack, org)] == ["organizations"]
 
 
-def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, owner, su_token):
+def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, owner, su):
     other = gateway.signup()
     assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, other.token), 404, "not_found")
-    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, su_token), 404, "not_found")  # none yet
+    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, su), 404, "not_found")  # none yet
     assert_error(gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "x"}), 401)
 
 
 @pytest.mark.slow
-def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, client, test_stack, su_token):
+def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, client, test_stack, su):
     """70,000 ledger entries: more than FerretDB can remove in one delete (it binds every matched id
     as a parameter: SQLite refuses more than 32,766, PostgreSQL more than 65,535). On PostgreSQL the
     front deletes them in one SQL statement (``stack/ferretdb/purge.go``), elsewhere the purge works
@@ -229,6 +224,6 @@ def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, cl
     assert gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "Big Lab"},
                           owner.token).status_code == 202
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
-        deletion_status(gateway, owner.org_id, su_token)), timeout=120, what="the deletion to complete")
+        deletion_status(gateway, owner.org_id, su)), timeout=120, what="the deletion to complete")
     assert status["services"]["usage"] == "purged"
     assert usage.ledger.count_documents({"org_id": owner.org_id}) == 0

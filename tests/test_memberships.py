@@ -14,18 +14,6 @@ from tests.support import (Account, Mailbox, assert_error, assert_every_worker_a
                            run_together, service_config, superuser_token, unique_email, wait_until)
 
 
-@pytest.fixture
-def team(gateway, tap):
-    """An organization with an owner, an admin, a dataset manager and a member, plus an outsider
-    (the admin of another organization)."""
-    owner = gateway.signup(organization_name="Team Lab", name="Olivia Owner")
-    members = {"owner": owner}
-    for role in ("admin", "dataset_manager", "member"):
-        members[role] = join(gateway, tap, owner, role, name="%s person" % role)
-    members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
-    return members
-
-
 def org_path(team, suffix=""):
     return "/organizations/%s%s" % (team["owner"].org_id, suffix)
 

@@ -14,11 +14,12 @@ from kombu import Connection
 from common import events, pages
 from common.envelope import envelope
 from common.events import make_event
-from common.topology import Subscription, event_exchange, queue_name
+from common.subscriptions import Subscription
+from common.topology import event_exchange, queue_name
 from services.notifications import dispatch
 from services.notifications.settings import NotificationsSettings
 from stack import stack
-from tests.support import Mailbox, assert_error, invite, join, superuser_token, unique_email, wait_until
+from tests.support import Mailbox, assert_error, invite, join, new_team, superuser_token, unique_email, wait_until
 
 MAIL_TIMEOUT = 20
 
@@ -96,12 +97,8 @@ def known_to_notifications(notifications_db, org_id, user_ids=()):
 @pytest.fixture
 def team(gateway, tap, notifications_db, mailbox):
     """An organization with owner, admin, dataset manager and member, plus another org's admin."""
-    owner = gateway.signup(organization_name="Notif Lab %s" % uuid.uuid4().hex[:6], name="Olivia Owner",
-                           email=unique_email("owner"))
-    members = {"owner": owner}
-    for role in ("admin", "dataset_manager", "member"):
-        members[role] = join(gateway, tap, owner, role, name="%s person" % role)
-    members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
+    members = new_team(gateway, tap, f"Notif Lab {uuid.uuid4().hex[:6]}", unique_email("owner"))
+    owner = members["owner"]
     wait_until(lambda: known_to_notifications(notifications_db, owner.org_id,
                                               [members[r].user_id for r in ("admin", "dataset_manager", "member")]),
                what="notifications to know the team")

@@ -10,12 +10,7 @@ import pymongo
 import pytest
 
 from stack import stack
-from tests.support import assert_error, join, superuser_token, wait_until
-
-
-@pytest.fixture(scope="module")
-def su(gateway):
-    return superuser_token(gateway)
+from tests.support import assert_error, new_team, wait_until
 
 
 def known(gateway, org_id, token):
@@ -26,11 +21,9 @@ def known(gateway, org_id, token):
 
 @pytest.fixture
 def team(gateway, tap, su):
-    owner = gateway.signup(organization_name="Usage Lab %s" % uuid.uuid4().hex[:6], name="Olivia Owner")
-    members = {"owner": owner}
-    for role in ("admin", "dataset_manager", "member"):
-        members[role] = join(gateway, tap, owner, role)
-    members["outsider"] = gateway.signup(organization_name="Other Lab", name="Oscar Outsider")
+    """The shared team, once the usage service knows both organizations and counts the four members."""
+    members = new_team(gateway, tap, f"Usage Lab {uuid.uuid4().hex[:6]}")
+    owner = members["owner"]
     known(gateway, owner.org_id, su)
     known(gateway, members["outsider"].org_id, su)
     # the seat count follows member_joined events: let the usage service see all four joins first
