@@ -1,6 +1,7 @@
 """A write racing each service's purge never resurrects the organization (issue 18, acceptance 2).
 
-Every service purges through ``common.purge`` (tombstone, lease, delete, report). The race is the
+Membership, notifications and usage purge through ``common.purge`` (tombstone, lease, delete,
+report); the org service's part is the tombstone it shrinks the organization to. The race is the
 one a real write can lose: the writer checked ``was_purged`` (False), the whole purge ran, then the
 write landed. The writer's own re-check after writing must find the tombstone and take the write
 back, so that nothing of the organization is left. Each service's real store runs on a scratch
@@ -18,6 +19,8 @@ from common.outbox import Outbox
 from services.membership.store import MembershipStore
 from services.notifications import preferences
 from services.notifications.store import NotificationsStore
+from services.org import domain as org_domain
+from services.org.store import OrgStore
 from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
 
@@ -82,6 +85,23 @@ def test_usage_purge_takes_back_a_late_organization_and_fact(scratch, test_stack
         assert store.insert_organization(org_id, "Lab", now) is False  # refused: taken back
         store.set_fact_if_newer("member_counts", org_id, {"count": 3}, now)
     race(store, "usage", org_id, tap, late_writes)
+
+
+def test_org_tombstone_takes_no_late_fact(scratch, test_stack, tap):
+    """The org service's part: once every service reported, the organization is its tombstone; a
+    usage fact still in flight (storage, credits) lands on it and changes nothing."""
+    store = store_of(OrgStore, scratch, test_stack)
+    org_id = str(uuid.uuid4())
+    org_domain.create_organization(store, org_id, "Lab", {"id": "u1", "name": "Olga", "email": "olga@example.org"})
+    org_domain.request_deletion(store, org_id, "u1", "Lab")
+    for service in org_domain.PURGING_SERVICES:
+        store.mark_service_purged(org_id, service, {"things": 1}, datetime.now(timezone.utc))
+    org_domain.finish_deletion(store, store.get_organization(org_id), 7)
+    tap.wait_for("organization_purged", organization_id=org_id, service="org")
+    tombstone = store.get_organization(org_id)
+    store.apply_read_model(org_id, "storage", {"used_bytes": 5, "datasets": 1}, "seq:99999999999999999999")
+    assert store.get_organization(org_id) == tombstone and tombstone["status"] == "deleted"
+    assert "storage" not in tombstone and "name" not in tombstone
 
 
 def test_a_second_purge_of_the_same_organization_waits_for_the_lease(scratch):
