@@ -13,6 +13,7 @@ container, whichever asks first).
 """
 import dataclasses
 import os
+import types
 import typing
 
 from nameko.extensions import DependencyProvider
@@ -25,7 +26,7 @@ class SettingsError(Exception):
 
 
 def _convert(name, kind, raw):
-    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
     if optional:
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if raw is None or (isinstance(raw, str) and not raw.strip()):
