@@ -69,8 +69,8 @@ def measure(inst, client):
     api_org, floor_org = client.signup("Deletion Bench A"), client.signup("Deletion Bench B")
     for signup in (api_org, floor_org):  # every service knows both organizations before seeding
         org_id = signup["organization"]["id"]
-        client.wait(lambda: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
-        client.wait(lambda: (dbs["notifications"].organizations.find_one({"_id": org_id}) or {}).get("owner_email"),
+        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
+        client.wait(lambda org_id=org_id: (dbs["notifications"].organizations.find_one({"_id": org_id}) or {}).get("owner_email"),
                     "notifications to learn the org")
     started = time.perf_counter()
     api_batches, _ = seed(dbs, api_org["organization"]["id"], api_org["user"]["id"])

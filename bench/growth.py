@@ -88,8 +88,8 @@ def measure(inst, client):
     targets = [client.signup("Growth Bench %d" % n) for n in (1, 2)]
     for signup in targets:  # every service knows both organizations before seeding
         org_id = signup["organization"]["id"]
-        client.wait(lambda: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
-        client.wait(lambda: dbs["notifications"].organizations.find_one({"_id": org_id}),
+        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
+        client.wait(lambda org_id=org_id: dbs["notifications"].organizations.find_one({"_id": org_id}),
                     "notifications to learn the org")
     started = time.perf_counter()
     shapes.insert_all(dbs, [_seed(dbs, t["organization"]["id"], t["user"]["id"], TARGET, True) for t in targets]

@@ -148,7 +148,7 @@ class NewestWins(GroupCommit):
 
     def _flush_newest(self, items):
         newest = {}  # key -> index of the item that decides: the newest, the first of equals
-        for index, (key, fields, as_of) in enumerate(items):
+        for index, (key, _fields, as_of) in enumerate(items):
             if key not in newest or as_of > items[newest[key]][2]:
                 newest[key] = index
         results = []

@@ -94,7 +94,7 @@ def checked_rpc(method):
             # the database is restarting or unreachable: "try again", like a service that does not
             # answer (a pooled connection to a restarted server fails at once, not after a timeout)
             raise DomainError("service_unavailable", "the database is unavailable, try again shortly",
-                              {"retry_after": 1})
+                              {"retry_after": 1}) from None
 
     entry.__signature__ = signature
     return _ReplyTolerantRpc.decorator(expected_exceptions=DomainError)(entry)
@@ -144,7 +144,7 @@ def bounded_moment(value, field, earliest=EARLIEST, latest=LATEST):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise invalid(field, "Not a valid datetime.")
+            raise invalid(field, "Not a valid datetime.") from None
     else:
         raise invalid(field, "Not a valid datetime.")
     if moment.tzinfo is None or moment.utcoffset() is None:
@@ -153,7 +153,7 @@ def bounded_moment(value, field, earliest=EARLIEST, latest=LATEST):
     try:
         moment = moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
-        raise invalid(field, message)
+        raise invalid(field, message) from None
     if not earliest <= moment <= latest:
         raise invalid(field, message)
     return moment

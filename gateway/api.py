@@ -162,7 +162,7 @@ def parse_body(schema):
         try:
             data = request.get_json(silent=True)
         except RecursionError:
-            raise DomainError("malformed_request", "request body is nested too deeply")
+            raise DomainError("malformed_request", "request body is nested too deeply") from None
         if data is None:
             raise DomainError("invalid_json", "request body is not valid JSON")
     if not isinstance(data, dict):
@@ -189,7 +189,7 @@ def load(schema, data):
     try:
         return schema_instance(schema).load(data)
     except ValidationError as error:
-        raise DomainError("validation_failed", "invalid input", error.messages)
+        raise DomainError("validation_failed", "invalid input", error.messages) from error
 
 
 #: the operations' groups, in the document's order

@@ -108,7 +108,7 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise DomainError("invalid_token", "access token is malformed")
+            raise DomainError("invalid_token", "access token is malformed") from None
         if header.get("alg") not in ALGORITHMS:
             raise DomainError("invalid_token", "access token algorithm not accepted")
         key = self.keyring.get(header.get("kid"))
@@ -118,8 +118,8 @@ class TokenVerifier:
             claims = jwt.decode(token, key, algorithms=ALGORITHMS, issuer=self.issuer,
                                 options={"require": REQUIRED_CLAIMS + ["iss"]})
         except jwt.ExpiredSignatureError:
-            raise DomainError("token_expired", "access token has expired")
+            raise DomainError("token_expired", "access token has expired") from None
         except jwt.PyJWTError:
-            raise DomainError("invalid_token", "access token is invalid")
+            raise DomainError("invalid_token", "access token is invalid") from None
         return claims
 

@@ -69,7 +69,7 @@ class BoundedDateTime(fields.AwareDateTime):
         try:
             return bounded_moment(moment, attr or "value")
         except DomainError as error:
-            raise ValidationError(next(iter(error.details.values()))[0])
+            raise ValidationError(next(iter(error.details.values()))[0]) from error
 
 
 class ErrorBodySchema(Open):

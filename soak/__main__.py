@@ -134,7 +134,7 @@ def check_deletions(lanes):
 
 def ledger_of(lane, org):
     """``(problems, balance)`` of one organization's ledger read through the API as the superuser."""
-    entries, cursor, problems = [], None, []
+    entries, cursor, problems, balance = [], None, [], None
     while True:
         params = {"limit": 200}
         if cursor:
@@ -144,7 +144,8 @@ def ledger_of(lane, org):
         if response is None:
             return ["ledger unreadable"], None
         page = response.json()
-        balance = page["balance"] if cursor is None else balance
+        if cursor is None:  # the first page's balance: later pages may see newer entries
+            balance = page["balance"]
         entries += page["items"]
         cursor = page["next_cursor"]
         if not cursor:

@@ -731,9 +731,9 @@ def wait_services(inst, services=SERVICES, timeout=60):
                 except (RpcTimeout, UnknownService):
                     if not is_running(inst, service):
                         raise RuntimeError("service %s exited; see %s" % (
-                            service, os.path.join(inst.log_dir, service + ".log")))
+                            service, os.path.join(inst.log_dir, service + ".log"))) from None
                     if time.monotonic() > deadline:
-                        raise RuntimeError("service %s did not answer ping within %ss" % (service, timeout))
+                        raise RuntimeError("service %s did not answer ping within %ss" % (service, timeout)) from None
                     time.sleep(0.2)
 
 

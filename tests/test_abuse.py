@@ -382,7 +382,7 @@ def test_signups_that_lose_the_last_seat_leave_no_account_behind(gateway, tap, o
             if not (answer.status == 503 and "bulkhead" in answer.body["error"]["details"]):
                 break
             shed_at = time.monotonic()
-            wait_until(lambda: time.monotonic() - shed_at >= float(answer.headers["Retry-After"]), timeout=10,
+            wait_until(lambda shed_at=shed_at, answer=answer: time.monotonic() - shed_at >= float(answer.headers["Retry-After"]), timeout=10,
                        interval=0.05, what="Retry-After")
         results[index] = answer
 

@@ -76,7 +76,7 @@ def test_nobody_but_org_can_announce_an_organization_deletion(gateway, test_stac
 
 def test_the_gateway_publishes_on_no_event_exchange(test_stack):
     for source in topology.EVENT_SOURCES:
-        refused(lambda: publish(test_stack, "gateway", topology.event_exchange(source), "organization_purged",
+        refused(lambda source=source: publish(test_stack, "gateway", topology.event_exchange(source), "organization_purged",
                                 {"organization_id": str(uuid.uuid4())}))
 
 
@@ -84,7 +84,7 @@ def test_the_gateway_publishes_on_no_event_exchange(test_stack):
 def test_a_service_publishes_only_its_own_exchange_and_event_types(test_stack, service):
     for source in topology.EVENT_SOURCES:
         if source != service:
-            refused(lambda: publish(test_stack, service, topology.event_exchange(source), "organization_purged",
+            refused(lambda source=source: publish(test_stack, service, topology.event_exchange(source), "organization_purged",
                                     {"organization_id": str(uuid.uuid4())}))
     # on its own exchange only the event types it owns (topic permission): org cannot say member_joined
     own = {t for s, t in events.SCHEMAS if s == service}
@@ -95,7 +95,7 @@ def test_a_service_publishes_only_its_own_exchange_and_event_types(test_stack, s
 
 def test_only_org_broadcasts_cache_invalidations(test_stack):
     for component in ("gateway", "membership", "usage"):
-        refused(lambda: publish(test_stack, component, topology.ORG_CACHE_EXCHANGE, "",
+        refused(lambda component=component: publish(test_stack, component, topology.ORG_CACHE_EXCHANGE, "",
                                 {"organization_id": str(uuid.uuid4())}))
 
 
@@ -197,8 +197,8 @@ def test_no_component_can_declare_or_delete_an_exchange(test_stack, component):
             Exchange(name, type="topic", durable=True)(connection.channel()).declare()
 
     for name in (bus.RPC_EXCHANGE, "org.events", "%s.events" % component):
-        refused(lambda: delete(name))
-        refused(lambda: redeclare(name))
+        refused(lambda name=name: delete(name))
+        refused(lambda name=name: redeclare(name))
 
 
 def test_processes_get_their_own_user_and_nobody_is_guest(test_stack):
@@ -278,5 +278,5 @@ def test_no_component_can_route_forged_calls_into_the_rpc_exchange_through_anoth
                             {"args": [], "kwargs": {}}))
     # the direct retry exchanges take any routing key, so nobody may read (bind from) them
     for service in bus.SERVICES:
-        refused(lambda: exchange_bind(test_stack, service, bus.RPC_EXCHANGE, bus.retry_exchange(service),
+        refused(lambda service=service: exchange_bind(test_stack, service, bus.RPC_EXCHANGE, bus.retry_exchange(service),
                                       "usage.grant_credits"))

@@ -140,7 +140,7 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
 
     # every token of the organization dies at once; superusers see 410 while it runs
     for member in ("owner", "admin", "manager"):
-        wait_until(lambda: gateway.get("/me", doomed[member].token).status_code == 401, timeout=1.0,
+        wait_until(lambda member=member: gateway.get("/me", doomed[member].token).status_code == 401, timeout=1.0,
                    what="%s token revoked" % member)
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
         deletion_status(gateway, org, su)), timeout=60, what="deletion to complete")

@@ -47,7 +47,7 @@ def assert_only_the_tombstone(client, test_stack, org_id, name=None):
         wait_until(lambda: not found.append(leftovers(client, test_stack, org_id)) and not found[-1], timeout=30,
                    what="nothing but the tombstone of %s" % org_id)
     except AssertionError:
-        raise AssertionError("left of %s besides its tombstone: %r" % (org_id, found[-1]))
+        raise AssertionError("left of %s besides its tombstone: %r" % (org_id, found[-1])) from None
     assert [db for db, _, _ in documents_mentioning(client, test_stack, org_id)] == [test_stack.db_prefix + "org"]
     if name is not None:
         assert documents_mentioning(client, test_stack, name) == []

@@ -188,7 +188,7 @@ def big_organization(gateway, owner, datasets=10000):
     for start in range(0, datasets, 2000):  # partial reports (upserts): one would exceed MAX_REQUEST_BYTES
         report = {"datasets": items[start:start + 2000], "complete": False}
         # on a busy machine one may exceed the RPC timeout (503); an upsert can simply be sent again
-        wait_until(lambda: gateway.post("/organizations/%s/storage-reports" % owner.org_id, report,
+        wait_until(lambda report=report: gateway.post("/organizations/%s/storage-reports" % owner.org_id, report,
                                         superuser_token(gateway), timeout=60).status_code == 201,
                    timeout=60, interval=0.5, what="a storage report accepted")
     path = gateway.api + "/organizations/%s/export" % owner.org_id

@@ -283,7 +283,7 @@ def test_a_person_in_no_organization_deletes_their_account(gateway, tap, test_st
     assert event["email"] == person.email and event["organization_id"] is None
     # every session ends at once: both tokens, both refresh tokens, and the password
     for token in (person.token, login["access_token"]):
-        wait_until(lambda: gateway.get("/me", token).status_code == 401, timeout=2, what="the token to die")
+        wait_until(lambda token=token: gateway.get("/me", token).status_code == 401, timeout=2, what="the token to die")
     for refresh in (person.refresh_token, login["refresh_token"]):
         assert_error(gateway.post("/auth/refresh", {"refresh_token": refresh}), 401)
     assert_error(gateway.post("/auth/login", {"email": person.email, "password": PASSWORD}), 401)

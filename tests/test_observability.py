@@ -170,7 +170,7 @@ def test_one_signups_request_id_through_logs_events_and_the_mail_it_caused(gatew
     wait_until(lambda: traced("membership", entrypoint="membership.signup_with_invite", outcome="ok"), timeout=10,
                what="the sign-up call in the membership log")
     for service in ("org", "notifications"):
-        wait_until(lambda: [line for line in traced(service, kind="event", outcome="ok")
+        wait_until(lambda service=service: [line for line in traced(service, kind="event", outcome="ok")
                             if line.get("event_id") == joined["event_id"]], timeout=20,
                    what="member_joined handled in the %s log" % service)
 

@@ -56,7 +56,7 @@ def runnable(block, base_url, tmp_path, mail_dir):
 def recorded_calls(calls_dir):
     calls = []
     for n in range(1, int(open(os.path.join(calls_dir, "count")).read()) + 1):
-        read = lambda suffix: open(os.path.join(calls_dir, "%d.%s" % (n, suffix)), "rb").read()  # noqa: E731
+        read = lambda suffix, n=n: open(os.path.join(calls_dir, "%d.%s" % (n, suffix)), "rb").read()  # noqa: E731
         args = read("args").decode().split("\0")[:-1]
         status_line = read("head").decode("latin-1").split("\r\n", 1)[0]
         method = next((a[2:] for a in args if a.startswith("-X")), "GET")

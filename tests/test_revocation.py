@@ -70,7 +70,7 @@ def test_password_change_ends_every_session(gateway, test_stack, owner):
                                               "new_password": "a new long password"}, owner.token)
     assert changed.status_code == 200, changed.text
     for token in (owner.token, other["access_token"]):
-        wait_until(lambda: rejected(gateway, token), timeout=WITHIN, what="token from before the password change")
+        wait_until(lambda token=token: rejected(gateway, token), timeout=WITHIN, what="token from before the password change")
         rejected_by_every_worker(test_stack, token)
     assert_error(gateway.post("/auth/refresh", {"refresh_token": other["refresh_token"]}), 401, "invalid_token")
     assert gateway.get("/me", changed.json()["access_token"]).status_code == 200

@@ -221,7 +221,7 @@ def test_concurrent_storage_reports_add_up(gateway, owner, su):
             body = {"datasets": [{"dataset_id": "%s-%d-%d" % (label, n, i), "bytes": 1000 * n + i} for i in range(3)],
                     "complete": False}
             # 409 is the documented answer while another report is being applied: try again
-            answers[label].append(wait_until(lambda: (lambda r: r if r.status_code != 409 else None)(
+            answers[label].append(wait_until(lambda body=body: (lambda r: r if r.status_code != 409 else None)(
                 gateway.post(url, body, su)), timeout=30, what="report %s-%d accepted" % (label, n)))
     threads = [threading.Thread(target=reporter, args=(label,)) for label in answers]
     for thread in threads:

@@ -39,7 +39,7 @@ def _normalized_emails(emails):
         try:
             email = normalize_email(email)
         except DomainError:
-            raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid email."]}})
+            raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid email."]}}) from None
         if email not in normalized:
             normalized.append(email)
     return normalized

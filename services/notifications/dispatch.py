@@ -89,7 +89,7 @@ def unseal(cipher, token):
     try:
         return cipher.decrypt(token.encode("ascii")).decode("utf-8")
     except InvalidToken:
-        raise ValueError("stored mail cannot be decrypted (MAIL_SECRET_KEY changed?)")
+        raise ValueError("stored mail cannot be decrypted (MAIL_SECRET_KEY changed?)") from None
 
 
 def attempt(store, outgoing, entry):

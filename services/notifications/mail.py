@@ -221,16 +221,16 @@ class SmtpSender:
             except smtplib.SMTPRecipientsRefused as error:
                 _discard(client)
                 code, reply = next(iter(error.recipients.values()))
-                raise _by_code(code, reply)
+                raise _by_code(code, reply) from error
             except smtplib.SMTPResponseException as error:  # sender refused, data error, auth, ...
                 _discard(client)
-                raise _by_code(error.smtp_code, error.smtp_error)
+                raise _by_code(error.smtp_code, error.smtp_error) from error
             except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError) as error:
                 _discard(client)
-                raise TemporaryFailure("%s: %s" % (type(error).__name__, error))
+                raise TemporaryFailure("%s: %s" % (type(error).__name__, error)) from error
             except smtplib.SMTPException as error:
                 _discard(client)
-                raise PermanentFailure("%s: %s" % (type(error).__name__, error))
+                raise PermanentFailure("%s: %s" % (type(error).__name__, error)) from error
             except BaseException:
                 _discard(client)
                 raise

@@ -95,7 +95,7 @@ step("invited one person")
 
 # 3. Retry-After: the per-email login limit answers 429 with it
 throwaway = "nobody-%s@example.com" % uuid.uuid4().hex[:8]
-for attempt in range(30):
+for attempt in range(30):  # noqa: B007 -- the count is reported after the loop
     error = refused(auth.login_with_http_info, pkg.LoginRequest(email=throwaway, password="wrong one"))
     if error.status == 429:
         break
