@@ -56,7 +56,7 @@ class _Backlogs:
     def _store(self):
         """The service's store (``common.mongo.StoreProvider``), found among its dependencies."""
         return next((dep.store for dep in self.container.dependencies
-                     if getattr(dep, "store", None) is not None and hasattr(dep.store, "db")), None)
+                     if getattr(dep, "store", None) is not None and hasattr(dep.store, "outbox_backlog")), None)
 
     def collect(self):
         store = self._store()
@@ -69,15 +69,7 @@ class _Backlogs:
                                        "in the outbox (0 when none waits)", labels=["service"])
         families = [outbox_count, outbox_age]
         try:
-            pending, oldest = 0, None
-            for collection in getattr(store, "OUTBOX_COLLECTIONS", ()):
-                for doc in store.db[collection].find({"_outbox_n": {"$gt": 0}}, {"_outbox": 1}).limit(1000):
-                    pending += 1
-                    for entry in (doc.get("_outbox") or {}).values():
-                        queued = entry.get("queued_at")
-                        if queued is not None:
-                            queued = queued if queued.tzinfo else queued.replace(tzinfo=timezone.utc)
-                            oldest = queued if oldest is None else min(oldest, queued)
+            pending, oldest = store.outbox_backlog()
             outbox_count.add_metric([self.service], pending)
             age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
             outbox_age.add_metric([self.service], max(age, 0.0))
@@ -86,9 +78,9 @@ class _Backlogs:
                                           "(being sent, or waiting for a retry)")
                 retrying = GaugeMetricFamily("orgplatform_mail_retry_backlog", "Queued mail that failed at "
                                              "least once and waits for its next attempt")
-                queue = store.db.mail_queue
-                depth.add_metric([], queue.count_documents({}))
-                retrying.add_metric([], queue.count_documents({"attempts": {"$gt": 0}}))
+                queued, retried = store.mail_queue_depth()
+                depth.add_metric([], queued)
+                retrying.add_metric([], retried)
                 families += [depth, retrying]
         except Exception:  # the database may be down; the scrape still answers the counters
             log.warning("could not read backlogs for metrics", exc_info=True)

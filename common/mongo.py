@@ -10,7 +10,7 @@ import threading
 import time
 
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pymongo
 from nameko.extensions import DependencyProvider
@@ -156,6 +156,20 @@ class Store:
         """Step 3 of ``common.purge``: every document this service holds of the organization;
         returns counts per collection. Each service's store defines it."""
         raise NotImplementedError
+
+    def outbox_backlog(self, limit=1000):
+        """``(documents holding unpublished events, the oldest such event's queued_at or None)``,
+        for the metrics scrape; at most ``limit`` documents read per collection."""
+        pending, oldest = 0, None
+        for collection in self.OUTBOX_COLLECTIONS:
+            for doc in self.db[collection].find({outbox.COUNT: {"$gt": 0}}, {outbox.FIELD: 1}).limit(limit):
+                pending += 1
+                for entry in (doc.get(outbox.FIELD) or {}).values():
+                    queued = entry.get("queued_at")
+                    if queued is not None:
+                        queued = queued if queued.tzinfo else queued.replace(tzinfo=timezone.utc)
+                        oldest = queued if oldest is None else min(oldest, queued)
+        return pending, oldest
 
     def take_back_if_purged(self, org_id, collection, doc_id):
         """After an upsert for ``org_id`` that checked ``was_purged`` first: a purge that ran in

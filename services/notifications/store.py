@@ -384,6 +384,11 @@ class NotificationsStore(Store):
         """Delete whatever a write that raced the purge left of ``org_id`` (the purge reported already)."""
         return self.purge_organization(org_id)
 
+    def mail_queue_depth(self):
+        """``(mail not final yet, of those the ones that failed at least once)``, for the metrics scrape."""
+        return (self.db.mail_queue.count_documents({}),
+                self.db.mail_queue.count_documents({"attempts": {"$gt": 0}}))
+
     def unfinished(self, org_id, kind):
         return self.db.mail_queue.count_documents({"org_id": org_id, "kind": kind}, limit=1) > 0
 
