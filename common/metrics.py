@@ -20,7 +20,7 @@ from nameko.rpc import Rpc
 from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from common.settings import settings_of
+from common.settings_provider import settings_of
 
 log = logging.getLogger(__name__)
 

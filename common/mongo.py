@@ -17,7 +17,7 @@ from nameko.extensions import DependencyProvider
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from common.batching import SharedReads
-from common.settings import settings_of
+from common.settings_provider import settings_of
 from common.events import utcnow
 from common import outbox, pages, tombstones
 from common.outbox import Outbox

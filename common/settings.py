@@ -7,16 +7,13 @@ the lower-cased config keys and whose annotations are the types; :meth:`Settings
 each key once and converts it. A key missing from the config is an error at start-up, not a silent
 default. ``Optional[...]`` fields take an empty value (``${ENV:}``) as None.
 
-``SettingsProvider(TheSettings)`` injects the object into a service's workers; other dependency
-providers and entrypoints of the same service reach it with :func:`settings_of` (parsed once per
-container, whichever asks first).
+Services inject theirs with ``common.settings_provider.SettingsProvider``; this module imports
+no nameko (the gateway and gunicorn's config read their settings through it too).
 """
 import dataclasses
 import os
 import types
 import typing
-
-from nameko.extensions import DependencyProvider
 
 from common.config import load_config
 
@@ -99,30 +96,3 @@ def declare(name, config_file, base=ServiceSettings, **fields):
     read from ``config_file`` (relative to the repository)."""
     return dataclasses.make_dataclass(name, list(fields.items()), bases=(base,), frozen=True,
                                       namespace={"CONFIG_FILE": config_file})
-
-
-def settings_of(container):
-    """The service's settings object, parsed from its config once per container."""
-    provider = next((dep for dep in container.dependencies if isinstance(dep, SettingsProvider)), None)
-    if provider is None:
-        raise SettingsError(f"{container.service_name} declares no SettingsProvider")
-    return provider.load()
-
-
-class SettingsProvider(DependencyProvider):
-    """Injects the service's settings (parsed at setup: a bad config fails the start, not a request)."""
-
-    def __init__(self, settings_class):
-        self.settings_class = settings_class
-        self.settings = None
-
-    def load(self):
-        if self.settings is None:
-            self.settings = self.settings_class.from_config(self.container.config)
-        return self.settings
-
-    def setup(self):
-        self.load()
-
-    def get_dependency(self, worker_ctx):
-        return self.settings

@@ -11,7 +11,7 @@ timer busy at most ``MAX_DUTY`` of the time: after a tick that took ``d`` second
 waits at least ``d * (1 - MAX_DUTY) / MAX_DUTY``. Cheap ticks keep their interval.
 """
 from common.nameko_private import PacedTimer
-from common.settings import settings_of
+from common.settings_provider import settings_of
 
 #: the largest share of the time a timer may spend working
 MAX_DUTY = 0.1

@@ -27,7 +27,7 @@ from eventlet.semaphore import Semaphore
 from nameko.extensions import DependencyProvider
 
 from common.errors import DomainError
-from common.settings import settings_of
+from common.settings_provider import settings_of
 from common.tokens import key_id
 from services.membership.keys import load_private_key, public_pem
 

@@ -8,7 +8,7 @@ from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.service import Service, domain_rpc
-from common.settings import SettingsProvider, settings_of
+from common.settings_provider import SettingsProvider, settings_of
 from common.timers import configured_timer
 from services.membership import accounts, deletion, invites, members, sessions, signup
 from services.membership.security import InviteTokensProvider, SecurityProvider

@@ -14,7 +14,7 @@ from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.service import Service, domain_rpc
-from common.settings import SettingsProvider, settings_of
+from common.settings_provider import SettingsProvider, settings_of
 from common.timers import configured_timer
 from services.notifications import deletion, dispatch, notify, preferences
 from services.notifications.cipher import mail_cipher

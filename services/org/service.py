@@ -5,7 +5,7 @@ from common import events
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.service import Service, domain_rpc
-from common.settings import SettingsProvider
+from common.settings_provider import SettingsProvider
 from common.timers import configured_timer
 from services.org import domain
 from services.org.settings import OrgSettings

@@ -9,7 +9,7 @@ import os
 from nameko.extensions import DependencyProvider
 
 from common.mongo import StoreProvider
-from common.settings import settings_of
+from common.settings_provider import settings_of
 
 
 class CrashAfterLedgerWrite(DependencyProvider):

@@ -7,7 +7,7 @@ from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
 from common.service import Service, domain_rpc
-from common.settings import SettingsProvider
+from common.settings_provider import SettingsProvider
 from common.timers import configured_timer
 from services.usage import credits, deletion, storage
 from services.usage.faults import CrashAfterLedgerWrite
