@@ -13,14 +13,22 @@ import sys
 import time
 import warnings
 
-from bench import harness  # sets the bench instance's environment before anything reads it
-from bench import abuse, deletion, growth, mail, memory, observability, throughput
+from bench import (
+    abuse,
+    deletion,
+    growth,
+    harness,  # sets the bench instance's environment before anything reads it
+    mail,
+    memory,
+    observability,
+    throughput,
+)
 from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability", "signups",
-         "slow_connections")
+PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability",
+         "signups", "slow_connections")
 
 
 def machine():
@@ -32,8 +40,8 @@ def machine():
     import os
     with open("/proc/meminfo") as handle:
         mem_gb = int(handle.readline().split()[1]) / 1024 / 1024
-    return "%d cores %s, %.0f GB RAM, Linux %s, Python %s" % (os.cpu_count(), model, mem_gb, platform.release(),
-                                                             platform.python_version())
+    return (f"{os.cpu_count()} cores {model}, {mem_gb:.0f} GB RAM, Linux {platform.release()}, Python "
+            f"{platform.python_version()}")
 
 
 def main(argv=None):
@@ -46,19 +54,19 @@ def main(argv=None):
     logging.getLogger("amqp").setLevel(logging.ERROR)
 
     harness.ensure_wrk()
-    print("machine: %s" % machine(), flush=True)
+    print(f"machine: {machine()}", flush=True)
     began = time.monotonic()
     bench_stack = BenchStack()
     figures = []
     try:
         inst = bench_stack.start()
-        print("bench instance up at %s (%.0fs)" % (inst.gateway_url, time.monotonic() - began), flush=True)
+        print(f"bench instance up at {inst.gateway_url} ({time.monotonic() - began:.0f}s)", flush=True)
         client = Client(inst)
         owner = client.signup("Overview Bench")
         org_id, token = owner["organization"]["id"], owner["access_token"]
-        client.wait(lambda: client.call("GET", "/organizations/%s" % org_id, token), "the overview")
+        client.wait(lambda: client.call("GET", f"/organizations/{org_id}", token), "the overview")
         # warm: every process has its pools, proxies and caches before the idle memory snapshot
-        for url, tok in ((inst.gateway_url + "/api/v1/organizations/%s" % org_id, token),
+        for url, tok in ((inst.gateway_url + f"/api/v1/organizations/{org_id}", token),
                          (inst.gateway_url + "/api/v1/_bench/one-hop", token), (inst.gateway_url + "/healthz", None)):
             harness.warm(url, tok, seconds=2)
         for _ in range(3):  # and the account paths every part uses (sign-up, the operator's login)
@@ -93,10 +101,10 @@ def main(argv=None):
                 result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300,
                                               threads=8, scratch_db=inst.db_prefix + "scratch_ledger")
             if result["failures"]:
-                raise RuntimeError("%d reservations failed" % result["failures"])
+                raise RuntimeError(f'{result["failures"]} reservations failed')
             figures.append(Figure("ledger_vs_insert", result["ledger_vs_insert"], ">= 0.25",
-                                  "(%.0f reservations/s vs %.0f inserts/s)" % (result["ledger_rate"],
-                                                                               result["insert_rate"])))
+                                  f'({result["ledger_rate"]:.0f} reservations/s vs {result["insert_rate"]:.0f} '
+                                  'inserts/s)'))
         if "growth" in parts:
             print("[3b/7] growth: one organization's pages with 10x data elsewhere and 10x its own", flush=True)
             figures.extend(growth.measure(inst, client))
@@ -123,7 +131,7 @@ def main(argv=None):
         figures += memory.figures(idle, after)
     finally:
         bench_stack.stop()
-    print("\nbench finished in %.0fs on %s" % (time.monotonic() - began, machine()))
+    print(f"\nbench finished in {time.monotonic() - began:.0f}s on {machine()}")
     for figure in figures:
         print(figure.line())
     missed = [figure.name for figure in figures if not figure.ok]

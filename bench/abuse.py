@@ -2,7 +2,8 @@
 
 * ``healthz_p99_under_signups``: 40 clients post sign-ups for an already-registered email (each
   costs a production password hash, nothing is stored) one after the other, a refused one after
-  its ``Retry-After``, while one client measures ``/healthz``. The membership service runs with production hashing (argon2id,
+  its ``Retry-After``, while one client measures ``/healthz``. The membership service runs with production hashing
+  (argon2id,
   64 MiB, 3 passes) for this figure: the bench instance otherwise hashes cheaply, like the tests.
 * ``healthz_p99_slow_connections``: 200 connections each send one header line per second and
   never finish their request (a connection nginx drops is opened again), while one client
@@ -168,7 +169,7 @@ def _measure_healthz(inst, seconds):
     time.sleep(seconds)  # the measurement window
     probe.stop()
     if set(probe.statuses) != {200}:
-        raise RuntimeError("/healthz answered %r" % sorted(set(map(str, probe.statuses))))
+        raise RuntimeError(f"/healthz answered {sorted(set(map(str, probe.statuses)))!r}")
     return probe
 
 
@@ -184,10 +185,10 @@ def healthz_under_signups(inst, client, seconds=SECONDS):
         finally:
             answered = storm.stop()
     value = p99(probe.samples) * 1000
-    return Figure("healthz_p99_under_signups", value, "<= %d" % GOAL_MS,
-                  "(ms; %d /healthz, median %.1f ms; %d sign-up clients, answers %s)" % (
-                      len(probe.samples), sorted(probe.samples)[len(probe.samples) // 2] * 1000, SIGNUP_CLIENTS,
-                      ", ".join("%s x %s" % (n, s) for s, n in sorted(answered.items(), key=str))))
+    median = sorted(probe.samples)[len(probe.samples) // 2] * 1000
+    return Figure("healthz_p99_under_signups", value, f"<= {GOAL_MS}",
+                  f"(ms; {len(probe.samples)} /healthz, median {median:.1f} ms; {SIGNUP_CLIENTS} sign-up clients, "
+                  f"answers {', '.join(f'{n} x {s}' for s, n in sorted(answered.items(), key=str))})")
 
 
 def healthz_with_slow_connections(inst, seconds=SECONDS):
@@ -201,7 +202,7 @@ def healthz_with_slow_connections(inst, seconds=SECONDS):
     finally:
         attack.stop()
     value = p99(probe.samples) * 1000
-    return Figure("healthz_p99_slow_connections", value, "<= %d" % GOAL_MS,
-                  "(ms; %d /healthz, median %.1f ms; %d slow connections, %d reopened)" % (
-                      len(probe.samples), sorted(probe.samples)[len(probe.samples) // 2] * 1000, SLOW_CONNECTIONS,
-                      attack.reopened))
+    return Figure("healthz_p99_slow_connections", value, f"<= {GOAL_MS}",
+                  f"(ms; {len(probe.samples)} /healthz, median "
+                  f"{sorted(probe.samples)[len(probe.samples) // 2] * 1000:.1f} ms; {SLOW_CONNECTIONS} slow "
+                  f"connections, {attack.reopened} reopened)")

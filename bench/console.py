@@ -30,7 +30,7 @@ def console_session(base_url, email, password):
     answer = session.post(base_url + "/login", data={"email": email, "password": password, "csrf_token": csrf},
                           headers={"Origin": base_url}, timeout=30)
     if "/orgs/" not in answer.url:
-        raise RuntimeError("console login failed: %s" % answer.url)
+        raise RuntimeError(f"console login failed: {answer.url}")
     return session
 
 
@@ -41,14 +41,14 @@ def latencies(session, url, count, headers=None):
         answer = session.get(url, headers=headers, timeout=30)
         found.append(time.perf_counter() - started)
         if answer.status_code != 200:
-            raise RuntimeError("GET %s -> %d" % (url, answer.status_code))
+            raise RuntimeError(f"GET {url} -> {answer.status_code}")
     return found
 
 
 def measure(base_url, email, password, org_id, token):
     page = console_session(base_url, email, password)
     api = requests.Session()
-    page_url, api_url = base_url + "/orgs/%s" % org_id, base_url + "/api/v1/organizations/%s" % org_id
+    page_url, api_url = base_url + f"/orgs/{org_id}", base_url + f"/api/v1/organizations/{org_id}"
     bearer = {"Authorization": "Bearer " + token}
     latencies(page, page_url, 20)  # warm: pools, proxies, caches
     latencies(api, api_url, 20, bearer)
@@ -58,12 +58,12 @@ def measure(base_url, email, password, org_id, token):
         api_times += latencies(api, api_url, PER_ROUND, bearer)
     console_ms, api_ms = statistics.median(console_times) * 1000, statistics.median(api_times) * 1000
     return Figure("console_overview_vs_api", console_ms / api_ms, "<= 1.5",
-                  "(median %.1f ms vs %.1f ms, %d requests each)" % (console_ms, api_ms, len(api_times)))
+                  f"(median {console_ms:.1f} ms vs {api_ms:.1f} ms, {len(api_times)} requests each)")
 
 
 def main(base_url):
     password = "bench password 123"
-    email = "bench-console-%s@example.test" % uuid.uuid4().hex[:12]
+    email = f"bench-console-{uuid.uuid4().hex[:12]}@example.test"
     owner = requests.post(base_url + "/api/v1/auth/signup", json={
         "email": email, "password": password, "name": "Console Bench", "organization_name": "Console Bench"},
         timeout=30).json()

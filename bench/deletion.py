@@ -33,7 +33,7 @@ def seed(dbs, org_id, owner_id):
     now = utcnow()
     tag = org_id[:8]
     accounts, memberships = shapes.members(dbs["membership"], org_id, SIZES["members"], tag)
-    invites = [{"_id": uuid.uuid4().hex, "org_id": org_id, "email": "i%d-%s@example.test" % (index, tag),
+    invites = [{"_id": uuid.uuid4().hex, "org_id": org_id, "email": f"i{index}-{tag}@example.test",
                 "role": "member", "token_hash": uuid.uuid4().hex + uuid.uuid4().hex, "status": "pending",
                 "invited_by": owner_id, "created_at": now, "expires_at": now + timedelta(days=14)}
                for index in range(SIZES["invites"])]
@@ -56,7 +56,8 @@ def direct_delete(dbs, org_id, account_ids):
     """The floor: the same data removed with plain deletes per collection -- batched like the purges,
     because FerretDB refuses one delete of more than 32,766 documents (``common.mongo.DELETE_BATCH``)."""
     for db, collection in (("membership", "invites"), ("membership", "memberships"), ("usage", "storage_reports"),
-                           ("usage", "ledger"), ("notifications", "deliveries"), ("notifications", "delivery_attempts")):
+                           ("usage", "ledger"), ("notifications", "deliveries"),
+                           ("notifications", "delivery_attempts")):
         delete_in_batches(dbs[db][collection], {"org_id": org_id})
     for start in range(0, len(account_ids), DELETE_BATCH):
         dbs["membership"].accounts.delete_many({"_id": {"$in": account_ids[start:start + DELETE_BATCH]}})
@@ -69,14 +70,16 @@ def measure(inst, client):
     api_org, floor_org = client.signup("Deletion Bench A"), client.signup("Deletion Bench B")
     for signup in (api_org, floor_org):  # every service knows both organizations before seeding
         org_id = signup["organization"]["id"]
-        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
-        client.wait(lambda org_id=org_id: (dbs["notifications"].organizations.find_one({"_id": org_id}) or {}).get("owner_email"),
+        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the "
+                                                                                                "org")
+        client.wait(lambda org_id=org_id: (dbs["notifications"].organizations.find_one({"_id": org_id}) or {})
+                    .get("owner_email"),
                     "notifications to learn the org")
     started = time.perf_counter()
     api_batches, _ = seed(dbs, api_org["organization"]["id"], api_org["user"]["id"])
     floor_batches, floor_accounts = seed(dbs, floor_org["organization"]["id"], floor_org["user"]["id"])
     shapes.insert_all(dbs, [api_batches, floor_batches])
-    print("  seeded 2 x %s in %.1fs" % (", ".join("%d %s" % (v, k) for k, v in SIZES.items()),
+    print("  seeded 2 x {} in {:.1f}s".format(", ".join(f"{v} {k}" for k, v in SIZES.items()),
                                          time.perf_counter() - started), flush=True)
 
     # The floor first, while the other organization's data is there too: on FerretDB a delete costs
@@ -90,10 +93,10 @@ def measure(inst, client):
 
     org_id = api_org["organization"]["id"]
     started = time.perf_counter()
-    client.call("DELETE", "/organizations/%s" % org_id, api_org["access_token"], expect=(202,),
+    client.call("DELETE", f"/organizations/{org_id}", api_org["access_token"], expect=(202,),
                 json={"confirm_name": "Deletion Bench A"})
     # polled twice a second: finer polling would only load the stack it measures
-    client.wait(lambda: client.call("GET", "/organizations/%s/deletion" % org_id, superuser)["status"] == "deleted",
+    client.wait(lambda: client.call("GET", f"/organizations/{org_id}/deletion", superuser)["status"] == "deleted",
                 "the deletion to complete", timeout=300, interval=0.5)
     api_seconds = time.perf_counter() - started
 
@@ -102,8 +105,8 @@ def measure(inst, client):
         ("usage", "storage_reports"), ("notifications", "deliveries")))
     mongo.close()
     if left:
-        raise RuntimeError("%d documents of the deleted organization are left" % left)
+        raise RuntimeError(f"{left} documents of the deleted organization are left")
     return [Figure("delete_vs_delete_many", api_seconds / floor_seconds, "<= 2.0",
-                   "(DELETE -> deleted %.2fs vs delete_many %.2fs)" % (api_seconds, floor_seconds)),
+                   f"(DELETE -> deleted {api_seconds:.2f}s vs delete_many {floor_seconds:.2f}s)"),
             Figure("purge_seconds", api_seconds, "<= 10" if not os.environ.get("BENCH_SMALL") else None,
-                   "(%s, DELETE to deleted)" % ", ".join("%d %s" % (v, k) for k, v in SIZES.items()))]
+                   "({}, DELETE to deleted)".format(", ".join(f"{v} {k}" for k, v in SIZES.items())))]

@@ -58,7 +58,7 @@ def _others(dbs, factor):
 def _latencies(client, org_id, token, requests=REQUESTS, quantile=0.5):
     """Milliseconds per operation at ``quantile`` (the median unless asked), ``requests``
     sequential calls each after a warm-up."""
-    base = "/organizations/%s" % org_id
+    base = f"/organizations/{org_id}"
     calls = {
         "members_page": lambda: client.call("GET", base + "/members?limit=50", token),
         "credits_page": lambda: client.call("GET", base + "/credits?limit=50", token),
@@ -85,27 +85,28 @@ def _latencies(client, org_id, token, requests=REQUESTS, quantile=0.5):
 def measure(inst, client):
     mongo = pymongo.MongoClient(inst.mongo_url, tz_aware=True)
     dbs = {name: mongo[inst.db_prefix + name] for name in ("membership", "usage", "notifications")}
-    targets = [client.signup("Growth Bench %d" % n) for n in (1, 2)]
+    targets = [client.signup(f"Growth Bench {n}") for n in (1, 2)]
     for signup in targets:  # every service knows both organizations before seeding
         org_id = signup["organization"]["id"]
-        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the org")
+        client.wait(lambda org_id=org_id: dbs["usage"].organizations.find_one({"_id": org_id}), "usage to learn the "
+                                                                                                "org")
         client.wait(lambda org_id=org_id: dbs["notifications"].organizations.find_one({"_id": org_id}),
                     "notifications to learn the org")
     started = time.perf_counter()
     shapes.insert_all(dbs, [_seed(dbs, t["organization"]["id"], t["user"]["id"], TARGET, True) for t in targets]
                 + _others(dbs, 1))
-    print("  seeded 2 targets and the 1x rest in %.0fs" % (time.perf_counter() - started), flush=True)
+    print(f"  seeded 2 targets and the 1x rest in {time.perf_counter() - started:.0f}s", flush=True)
     first, second = targets
     before_other = _latencies(client, first["organization"]["id"], first["access_token"])
     started = time.perf_counter()
     shapes.insert_all(dbs, _others(dbs, 9))  # the rest grows to 10x
-    print("  the rest grown to 10x in %.0fs" % (time.perf_counter() - started), flush=True)
+    print(f"  the rest grown to 10x in {time.perf_counter() - started:.0f}s", flush=True)
     after_other = _latencies(client, first["organization"]["id"], first["access_token"])
     before_same = _latencies(client, second["organization"]["id"], second["access_token"])
     started = time.perf_counter()
     shapes.insert_all(dbs, [_seed(dbs, second["organization"]["id"], second["user"]["id"],
                             {key: value * 9 for key, value in TARGET.items()}, True)])
-    print("  the second target grown to 10x its history in %.0fs" % (time.perf_counter() - started), flush=True)
+    print(f"  the second target grown to 10x its history in {time.perf_counter() - started:.0f}s", flush=True)
     after_same = _latencies(client, second["organization"]["id"], second["access_token"])
     # capacity: the largest organization with everything else at 10x, 200 calls per operation
     capacity = {q: _latencies(client, second["organization"]["id"], second["access_token"], 200, q)
@@ -114,16 +115,16 @@ def measure(inst, client):
         ("memberships", "membership", "memberships"), ("ledger entries", "usage", "ledger"),
         ("deliveries", "notifications", "deliveries"))}
     mongo.close()
-    print("  capacity: the organization has %s; the database %s" % (
-        ", ".join("%d %s" % (TARGET[key] * 10, key) for key in TARGET),
-        ", ".join("%d %s" % (count, name) for name, count in sizes.items())), flush=True)
+    print("  capacity: the organization has {}; the database {}".format(
+        ", ".join(f"{TARGET[key] * 10} {key}" for key in TARGET),
+        ", ".join(f"{count} {name}" for name, count in sizes.items())), flush=True)
     figures = []
     for kind, before, after in (("other", before_other, after_other), ("same", before_same, after_same)):
         for name in OPERATIONS:
-            figures.append(Figure("growth_10x_%s:%s" % (kind, name), after[name] / before[name],
+            figures.append(Figure(f"growth_10x_{kind}:{name}", after[name] / before[name],
                                   "<= 1.5" if not SMALL else None,
-                                  "(%.1f ms -> %.1f ms)" % (before[name], after[name])))
+                                  f"({before[name]:.1f} ms -> {after[name]:.1f} ms)"))
     for name in OPERATIONS:
-        figures.append(Figure("capacity_p99_ms:%s" % name, capacity[0.99][name], None,
-                              "(p50 %.1f ms, 200 sequential calls)" % capacity[0.5][name]))
+        figures.append(Figure(f"capacity_p99_ms:{name}", capacity[0.99][name], None,
+                              f"(p50 {capacity[0.5][name]:.1f} ms, 200 sequential calls)"))
     return figures

@@ -43,9 +43,9 @@ class Figure:
         return self.value >= float(limit) if op == ">=" else self.value <= float(limit)
 
     def line(self):
-        goal = "goal %s" % self.goal if self.goal else "no goal"
+        goal = f"goal {self.goal}" if self.goal else "no goal"
         verdict = "" if not self.goal else (", met" if self.ok else ", MISSED")
-        return "%s: %.3f (%s%s)%s" % (self.name, self.value, goal, verdict, "  " + self.note if self.note else "")
+        return f'{self.name}: {self.value:.3f} ({goal}{verdict}){("  " + self.note if self.note else "")}'
 
 
 # -- the instance ------------------------------------------------------------------------------
@@ -75,12 +75,12 @@ class Client:
         headers = {"Authorization": "Bearer " + token} if token else {}
         response = self.http.request(method, self.api + path, headers=headers, timeout=30, **kw)
         if response.status_code not in expect:
-            raise RuntimeError("%s %s -> %d %s" % (method, path, response.status_code, response.text[:300]))
+            raise RuntimeError(f"{method} {path} -> {response.status_code} {response.text[:300]}")
         return response.json() if response.content else None
 
     def signup(self, org_name=None):
-        body = {"email": "bench-%s@example.test" % uuid.uuid4().hex[:12], "password": "bench password 123",
-                "name": "Bench Owner", "organization_name": org_name or "Bench %s" % uuid.uuid4().hex[:8]}
+        body = {"email": f"bench-{uuid.uuid4().hex[:12]}@example.test", "password": "bench password 123",
+                "name": "Bench Owner", "organization_name": org_name or f"Bench {uuid.uuid4().hex[:8]}"}
         return self.call("POST", "/auth/signup", json=body, expect=(201,))
 
     def superuser_token(self):
@@ -95,7 +95,7 @@ class Client:
             if value:
                 return value
             time.sleep(interval)
-        raise RuntimeError("timed out after %ss waiting for %s" % (timeout, what))
+        raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- HTTP load: wrk ------------------------------------------------------------------------------
@@ -120,14 +120,14 @@ def wrk_run(url, token=None, seconds=SECONDS, connections=CONNECTIONS, method="G
     os.makedirs(BENCH_DIR, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", dir=BENCH_DIR, delete=False) as script:
         if token:
-            script.write('wrk.headers["Authorization"] = "Bearer %s"\n' % token)
+            script.write(f"wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n")
         if method != "GET":
-            script.write('wrk.method = "%s"\n' % method)
+            script.write(f"wrk.method = \"{method}\"\n")
         if body is not None:
-            script.write('wrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n'
-                         % json.dumps(json.dumps(body)))
+            script.write("wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = "
+                         f"{json.dumps(json.dumps(body))}\n")
     try:
-        result = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % max(1, round(seconds)),
+        result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                                  "--timeout", "10s", "--latency", "-s", script.name, url],
                                 capture_output=True, text=True, check=True)
     finally:
@@ -136,14 +136,14 @@ def wrk_run(url, token=None, seconds=SECONDS, connections=CONNECTIONS, method="G
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: .*", out)
     if bad or (errors and re.search(r"timeout [1-9]", errors.group(0))):
-        raise RuntimeError("wrk against %s saw failures:\n%s" % (url, out))
+        raise RuntimeError(f"wrk against {url} saw failures:\n{out}")
     return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _percentile(out, "50"), "p99_ms": _percentile(out, "99")}
 
 
 def _percentile(out, which):
     """wrk's ``--latency`` line, e.g. ``99%  12.34ms``, in milliseconds."""
-    value, unit = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)\s*$" % which, out, re.M).groups()
+    value, unit = re.search(f"^\\s*{which}%\\s+([\\d.]+)(us|ms|s)\\s*$", out, re.M).groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 

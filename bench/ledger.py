@@ -53,11 +53,11 @@ def _run_threads(count, threads, work):
 def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger"):
     """Reservations/s through ``api`` vs. inserts/s of the same documents; returns a dict of the rates."""
     signup = requests.post(api + "/auth/signup", json={
-        "email": "bench-%s@example.test" % uuid.uuid4().hex[:10], "password": "bench password 123",
-        "name": "Bench", "organization_name": "Bench %s" % uuid.uuid4().hex[:6]}, timeout=15)
+        "email": f"bench-{uuid.uuid4().hex[:10]}@example.test", "password": "bench password 123",
+        "name": "Bench", "organization_name": f"Bench {uuid.uuid4().hex[:6]}"}, timeout=15)
     signup.raise_for_status()
     owner, org_id = signup.json()["access_token"], signup.json()["organization"]["id"]
-    org = api + "/organizations/%s" % org_id
+    org = api + f"/organizations/{org_id}"
     deadline = time.monotonic() + 30  # the usage service learns the organization from an event
     while requests.get(org + "/usage", headers={"Authorization": "Bearer " + superuser}, timeout=15).status_code != 200:
         if time.monotonic() > deadline:
@@ -74,7 +74,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
         http = getattr(session, "http", None) or requests.Session()
         session.http = http
         response = http.post(org + "/credits/reservations", json={
-            "amount": 1000, "job_id": "bench-%d" % index, "job_type": "bench", "idempotency_key": "bench-%d" % index},
+            "amount": 1000, "job_id": f"bench-{index}", "job_type": "bench", "idempotency_key": f"bench-{index}"},
             headers={"Authorization": "Bearer " + owner}, timeout=30)
         if response.status_code != 201:
             failures.append(response.status_code)
@@ -87,7 +87,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
 
     def insert(index):
         scratch.entries.insert_one(dict(template, _id=uuid.uuid4().hex, org_id=org_id, seq=index + 2,
-                                        idempotency_key="bench-%d" % index))
+                                        idempotency_key=f"bench-{index}"))
     insert_seconds = _run_threads(n, threads, insert)
     client.drop_database(scratch_db)
     client.close()
@@ -108,10 +108,10 @@ def main(argv=None):
     if not email or not password:
         sys.exit("set SUPERUSER_EMAIL and SUPERUSER_PASSWORD")
     result = measure(api, mongo_url, _login(api, email, password), args.n, args.threads)
-    print("reservations: %d in %.2fs (%d threads, %d failed)" % (args.n, result["ledger_seconds"], args.threads,
-                                                                 result["failures"]))
-    print("ledger: %.1f/s  insert: %.1f/s  ledger_vs_insert: %.3f" % (result["ledger_rate"], result["insert_rate"],
-                                                                       result["ledger_vs_insert"]))
+    print(f'reservations: {args.n} in {result["ledger_seconds"]:.2f}s ({args.threads} threads, {result["failures"]} '
+          'failed)')
+    print(f'ledger: {result["ledger_rate"]:.1f}/s  insert: {result["insert_rate"]:.1f}/s  ledger_vs_insert: '
+          f'{result["ledger_vs_insert"]:.3f}')
     return 0 if not result["failures"] else 1
 
 

@@ -46,8 +46,8 @@ def measure(inst, client):
     bodies = []
     for index in range(COUNT):
         _, _, body = events.make_event(
-            events.MEMBER_JOINED, org_id, user_id=str(uuid.uuid4()), email="member-%d@example.test" % index,
-            name="Member %d" % index, role="member", via_invite=True, is_owner=False, member_count=index + 2)
+            events.MEMBER_JOINED, org_id, user_id=str(uuid.uuid4()), email=f"member-{index}@example.test",
+            name=f"Member {index}", role="member", via_invite=True, is_owner=False, member_count=index + 2)
         bodies.append(body)
 
     before = _mail_files(inst.mail_dir)
@@ -77,12 +77,11 @@ def measure(inst, client):
             smtp.send_message(message, from_addr=sender, to_addrs=[owner_email])
     finished, sent = _wait_for_files(inst.mail_dir, before, COUNT, timeout=60)
     if sent < COUNT:
-        raise RuntimeError("the sink received only %d of %d mails sent with smtplib" % (sent, COUNT))
+        raise RuntimeError(f"the sink received only {sent} of {COUNT} mails sent with smtplib")
     baseline_seconds = finished - started
     if arrived < COUNT:  # bounded wait: the ratio is then a lower bound (and misses the goal)
         return Figure("mail_fanout_vs_smtplib", service_seconds / baseline_seconds, "<= 2.0",
-                      "(LOWER BOUND: only %d of %d mails after %.0fs through events vs %.2fs bare smtplib)"
-                      % (arrived, COUNT, service_seconds, baseline_seconds))
+                      f"(LOWER BOUND: only {arrived} of {COUNT} mails after {service_seconds:.0f}s through events vs "
+                      f"{baseline_seconds:.2f}s bare smtplib)")
     return Figure("mail_fanout_vs_smtplib", service_seconds / baseline_seconds, "<= 2.0",
-                  "(%d mails: %.2fs through events vs %.2fs bare smtplib)" % (COUNT, service_seconds,
-                                                                              baseline_seconds))
+                  f"({COUNT} mails: {service_seconds:.2f}s through events vs {baseline_seconds:.2f}s bare smtplib)")

@@ -13,7 +13,7 @@ GROWTH = 0.10
 
 
 def rss_mb(pid):
-    with open("/proc/%d/status" % pid) as handle:
+    with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
@@ -32,13 +32,13 @@ def processes(inst):
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open("/proc/%s/stat" % entry) as handle:
+                with open(f"/proc/{entry}/stat") as handle:
                     if int(handle.read().rsplit(")", 1)[1].split()[1]) == master:
                         workers.append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue
     for index, pid in enumerate(sorted(workers), 1):
-        found["gateway-worker-%d" % index] = pid
+        found[f"gateway-worker-{index}"] = pid
     return found
 
 
@@ -51,11 +51,11 @@ def figures(idle, after):
     for name, (pid, before) in idle.items():
         now = after.get(name)
         if now is None or now[0] != pid:
-            rows.append("%s restarted during the run" % name)
+            rows.append(f"{name} restarted during the run")
             growth = float("inf")
             continue
         peak = max(peak, now[1])
         growth = max(growth, (now[1] - before) / before)
-        rows.append("%s %.0f -> %.0f MB" % (name, before, now[1]))
+        rows.append(f"{name} {before:.0f} -> {now[1]:.0f} MB")
     print("  memory (VmRSS, warm idle -> after the run): " + "; ".join(rows), flush=True)
-    return [Figure("max_rss_mb", peak, "<= %g" % LIMIT_MB), Figure("max_rss_growth", growth, "<= %g" % GROWTH)]
+    return [Figure("max_rss_mb", peak, f"<= {LIMIT_MB:g}"), Figure("max_rss_growth", growth, f"<= {GROWTH:g}")]

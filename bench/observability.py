@@ -41,19 +41,19 @@ def _restart(inst, settings):
 
 
 def measure(inst, client, org_id, token, rounds=2):
-    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    url = inst.gateway_url + f"/api/v1/organizations/{org_id}"
     rates = {"on": [], "off": []}
     try:
         for _ in range(rounds):
             for mode in ("on", "off"):
                 _restart(inst, OFF if mode == "off" else None)
-                client.wait(lambda: client.call("GET", "/organizations/%s" % org_id, token), "the overview")
+                client.wait(lambda: client.call("GET", f"/organizations/{org_id}", token), "the overview")
                 warm(url, token, seconds=2)
                 rates[mode] += [wrk(url, token) for _ in range(2)]
     finally:
         _restart(inst, None)  # leave the instance as it was for the parts after this one
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
-    print("  overview req/s with metrics and JSON logs: %s; without: %s" % (
-        ", ".join("%.0f" % r for r in rates["on"]), ", ".join("%.0f" % r for r in rates["off"])), flush=True)
+    print("  overview req/s with metrics and JSON logs: {}; without: {}".format(
+        ", ".join(f"{r:.0f}" for r in rates["on"]), ", ".join(f"{r:.0f}" for r in rates["off"])), flush=True)
     return Figure("observability_on_vs_off", on / off, ">= 0.95",
-                  "(%.0f vs %.0f req/s: metrics + JSON logs on vs off)" % (on, off))
+                  f"({on:.0f} vs {off:.0f} req/s: metrics + JSON logs on vs off)")

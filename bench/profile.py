@@ -26,7 +26,7 @@ class Profiler:
     def __enter__(self):
         os.makedirs(BENCH_DIR, exist_ok=True)
         for name, pid in self.pids.items():
-            out = os.path.join(BENCH_DIR, "profile-%s-%s.txt" % (self.label, name))
+            out = os.path.join(BENCH_DIR, f"profile-{self.label}-{name}.txt")
             self.running[name] = (out, subprocess.Popen(
                 [py_spy(), "record", "--format", "raw", "--nonblocking", "--rate", "200", "--subprocesses",
                  "--output", out, "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
@@ -40,10 +40,10 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 process.kill()
             if os.path.exists(out):
-                print(summarise("%s/%s" % (self.label, name), out, self.top), flush=True)
+                print(summarise(f"{self.label}/{name}", out, self.top), flush=True)
             else:
-                print("  profile %s/%s: py-spy wrote nothing (%s)" % (
-                    self.label, name, process.stderr.read().decode(errors="replace").strip()[-300:]))
+                print(f'  profile {self.label}/{name}: py-spy wrote nothing '
+                      f'({process.stderr.read().decode(errors="replace").strip()[-300:]})')
 
 
 def summarise(title, path, top):
@@ -62,11 +62,11 @@ def summarise(title, path, top):
             own[_short(frames[-1])] += count
             for frame in set(_short(f) for f in frames):
                 inclusive[frame] += count
-    rows = ["  profile %s: %d samples (idle waits included)" % (title, total)]
-    rows.append("    self:      " + "; ".join("%s %.0f%%" % (f, 100.0 * c / total) for f, c in own.most_common(top)))
+    rows = [f"  profile {title}: {total} samples (idle waits included)"]
+    rows.append("    self:      " + "; ".join(f"{f} {100.0 * c / total:.0f}%" for f, c in own.most_common(top)))
     ours = [(f, c) for f, c in inclusive.most_common() if any(part in f for part in (
         "services/", "gateway/", "common/"))][:top]
-    rows.append("    inclusive: " + "; ".join("%s %.0f%%" % (f, 100.0 * c / total) for f, c in ours))
+    rows.append("    inclusive: " + "; ".join(f"{f} {100.0 * c / total:.0f}%" for f, c in ours))
     return "\n".join(rows)
 
 
@@ -78,4 +78,4 @@ def _short(frame):
     for marker in ("/site-packages/", stack.ROOT + "/"):
         if marker in path:
             path = path.split(marker, 1)[1]
-    return "%s (%s)" % (name, path)
+    return f"{name} ({path})"

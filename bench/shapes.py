@@ -51,14 +51,14 @@ def members(membership_db, org_id, count, tag, with_accounts=True):
     accounts, memberships = [], []
     for index in range(count):
         user_id = str(uuid.uuid4())
-        email = "m%d-%s@example.test" % (index, tag)
+        email = f"m{index}-{tag}@example.test"
         ordinal = first + index
         if with_accounts:
-            accounts.append({"_id": user_id, "email": email, "name": "Member %d" % index,
+            accounts.append({"_id": user_id, "email": email, "name": f"Member {index}",
                              "password_hash": PASSWORD_HASH, "is_superuser": False, "last_org_id": org_id,
                              "tokens_not_before": 0.0, "created_at": now})
-        memberships.append({"_id": "%s:%s" % (org_id, user_id), "org_id": org_id, "user_id": user_id,
-                            "email": email, "name": "Member %d" % index, "role": "member",
+        memberships.append({"_id": f"{org_id}:{user_id}", "org_id": org_id, "user_id": user_id,
+                            "email": email, "name": f"Member {index}", "role": "member",
                             "can_delete_organization": False, "tokens_not_before": 0.0,
                             "joined_at": now + timedelta(microseconds=index), "ordinal": ordinal,
                             pages.FIELD: pages.key(org_id, ordinal)})
@@ -71,7 +71,7 @@ def ledger(usage_db, org_id, count, actor, first_seq=1):
     now = utcnow()
     entries = [{"_id": uuid.uuid4().hex[:32], "org_id": org_id, "seq": seq, pages.FIELD: pages.key(org_id, seq),
                 "kind": "grant", "amount": 1000, "actor": actor, "reference": None,
-                "idempotency_key": "seed-%d" % seq, "comment": None, "expires_at": None, "lots": {},
+                "idempotency_key": f"seed-{seq}", "comment": None, "expires_at": None, "lots": {},
                 "request": {"op": "grant", "amount": 1000, "comment": None, "expires_at": None},
                 "created_at": now, "balance_after": seq * 1000}
                for seq in range(first_seq, first_seq + count)]
@@ -99,12 +99,12 @@ def deliveries(notifications_db, org_id, count, tag):
     logs, attempts = [], []
     for index in range(count):
         ordinal = first + index
-        delivery_id = "%s:member_joined:owner-%s@example.test" % (uuid.uuid4().hex, tag)
+        delivery_id = f"{uuid.uuid4().hex}:member_joined:owner-{tag}@example.test"
         key = pages.key(org_id, ordinal)
         logs.append({"_id": delivery_id, "org_id": org_id, "kind": "member_joined",
-                     "to": "owner-%s@example.test" % tag, "subject": "Member %d joined" % index, "created_at": now,
+                     "to": f"owner-{tag}@example.test", "subject": f"Member {index} joined", "created_at": now,
                      "ordinal": ordinal, pages.FIELD: key})
-        attempts.append({"_id": "%s#1" % delivery_id, "delivery_id": delivery_id, "org_id": org_id, "n": 1,
+        attempts.append({"_id": f"{delivery_id}#1", "delivery_id": delivery_id, "org_id": org_id, "n": 1,
                          "at": now, "outcome": "sent", "error": None, "status": "sent", "next_attempt_at": None,
                          pages.FIELD: key})
     return logs, attempts

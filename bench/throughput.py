@@ -19,19 +19,19 @@ from stack import stack
 
 def overview_figures(inst, client, org_id, token):
     base = inst.gateway_url
-    targets = {"overview": (base + "/api/v1/organizations/%s" % org_id, token),
+    targets = {"overview": (base + f"/api/v1/organizations/{org_id}", token),
                "one_hop": (base + "/api/v1/_bench/one-hop", token),
                "healthz": (base + "/healthz", None)}
     for url, tok in targets.values():
         warm(url, tok)
     rates = interleaved(targets)
-    print("  throughput (req/s, %s): %s" % ("median of 3", ", ".join("%s %.0f" % kv for kv in rates.items())),
+    print(f'  throughput (req/s, {"median of 3"}): {", ".join("{} {:.0f}".format(*kv) for kv in rates.items())}',
           flush=True)
     return rates, [
         Figure("overview_vs_one_hop", rates["overview"] / rates["one_hop"], ">= 0.8",
-               "(%.0f vs %.0f req/s)" % (rates["overview"], rates["one_hop"])),
+               f'({rates["overview"]:.0f} vs {rates["one_hop"]:.0f} req/s)'),
         Figure("overview_vs_healthz", rates["overview"] / rates["healthz"], ">= 0.5",
-               "(%.0f vs %.0f req/s)" % (rates["overview"], rates["healthz"])),
+               f'({rates["overview"]:.0f} vs {rates["healthz"]:.0f} req/s)'),
     ]
 
 
@@ -47,7 +47,7 @@ def auth_overhead(inst, org_id, token):
     revocations.connected(time.time() - 3600)  # as in a gateway whose consumer is connected
     # a little history in the list, as a live gateway has
     for index in range(200):
-        revocations.apply({"session_id": "s%d" % index, "not_before": time.time()})
+        revocations.apply({"session_id": f"s{index}", "not_before": time.time()})
     issuer = inst.service_env().get("JWT_ISSUER", "orgplatform")
     keyring = KeyRing([inst.public_key_file])
 
@@ -59,18 +59,18 @@ def auth_overhead(inst, org_id, token):
         return (time.perf_counter() - started) / runs
     steady = seconds_per_verify(TokenVerifier(keyring, issuer, revocations))
     first_sight = seconds_per_verify(TokenVerifier(keyring, issuer, revocations, remember=0), runs=1000)
-    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    url = inst.gateway_url + f"/api/v1/organizations/{org_id}"
     single = sorted(wrk(url, token, connections=1) for _ in range(3))[1]
     per_request = 1.0 / single
     return [Figure("auth_overhead", steady / per_request, "<= 0.05",
-                   "(verify %.1f us of a %.2f ms overview; token seen before)" % (steady * 1e6, per_request * 1e3)),
+                   f"(verify {steady * 1e6:.1f} us of a {per_request * 1e3:.2f} ms overview; token seen before)"),
             Figure("auth_first_sight", first_sight / per_request, None,
-                   "(full signature check %.0f us, once per token and gateway worker)" % (first_sight * 1e6))]
+                   f"(full signature check {first_sight * 1e6:.0f} us, once per token and gateway worker)")]
 
 
 def scale_out(inst, org_id, token):
     """The same load with one org-service process, then with a second one beside it."""
-    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    url = inst.gateway_url + f"/api/v1/organizations/{org_id}"
     one = sorted(wrk(url, token) for _ in range(3))[1]
     replica = stack.start_replica(inst, "org", "org-2")
     try:
@@ -79,7 +79,7 @@ def scale_out(inst, org_id, token):
     finally:
         stack.stop_pid_file(replica)
     return Figure("scale_out", two / one, None,
-                  "(2 org instances %.0f vs 1: %.0f req/s, %d cores for everything)" % (two, one, os.cpu_count()))
+                  f"(2 org instances {two:.0f} vs 1: {one:.0f} req/s, {os.cpu_count()} cores for everything)")
 
 
 def healthz_vs_bare_flask(inst):
@@ -96,13 +96,13 @@ def healthz_vs_bare_flask(inst):
     settings = runpy.run_path(os.path.join(stack.ROOT, "gateway", "gunicorn.conf.py"))  # reads GATEWAY_* too
     workers, threads = str(env.get("GATEWAY_WORKERS") or settings["workers"]), str(
         env.get("GATEWAY_THREADS") or settings["threads"])
-    stack.spawn("bare-flask", [os.path.join(stack.VENV_BIN, "gunicorn"), "--bind", "127.0.0.1:%d" % port,
+    stack.spawn("bare-flask", [os.path.join(stack.VENV_BIN, "gunicorn"), "--bind", f"127.0.0.1:{port}",
                                "--worker-class", "gthread", "--workers", workers, "--threads", threads,
                                "--keep-alive", str(settings["keepalive"]), "bench.bare_app:create_app()"],
                 inst.run_dir, inst.log_dir, dict(os.environ))
     pid_file = os.path.join(inst.run_dir, "bare-flask.pid")
     try:
-        bare = "http://127.0.0.1:%d/healthz" % port
+        bare = f"http://127.0.0.1:{port}/healthz"
         stack.wait_for(lambda: _answers(bare), "the bare Flask app")
         targets = {"gateway": (inst.upstream_url + "/healthz", None), "bare": (bare, None)}
         for url, _ in targets.values():
@@ -111,8 +111,8 @@ def healthz_vs_bare_flask(inst):
     finally:
         stack.stop_pid_file(pid_file)
     return Figure("healthz_vs_bare_flask", rates["gateway"] / rates["bare"], ">= 0.9",
-                  "(%.0f vs %.0f req/s, gunicorn %s workers x %s threads, no proxy)"
-                  % (rates["gateway"], rates["bare"], workers, threads))
+                  f'({rates["gateway"]:.0f} vs {rates["bare"]:.0f} req/s, gunicorn {workers} workers x {threads} '
+                  'threads, no proxy)')
 
 
 def _answers(url):
@@ -126,14 +126,14 @@ def _answers(url):
 def tail_latency(inst, org_id, token, seconds=5):
     """p50 and p99 of the overview and of a write (rename) at 16 and 64 connections, through the proxy;
     the figure is p99 / p50 (goal <= 5: a slow tail is at most five typical requests)."""
-    url = inst.gateway_url + "/api/v1/organizations/%s" % org_id
+    url = inst.gateway_url + f"/api/v1/organizations/{org_id}"
     figures = []
     for label, method, body in (("overview", "GET", None), ("rename", "PATCH", {"name": "Tail Latency Lab"})):
         for connections in (16, 64):
             run = wrk_run(url, token, seconds, connections, method, body)
-            print("  %s at %d connections: %.0f req/s, p50 %.1f ms, p99 %.1f ms"
-                  % (label, connections, run["rate"], run["p50_ms"], run["p99_ms"]), flush=True)
-            figures.append(Figure("%s_p99_over_p50_c%d" % (label, connections), run["p99_ms"] / run["p50_ms"],
-                                  "<= 5", "(p50 %.1f ms, p99 %.1f ms, %.0f req/s)"
-                                  % (run["p50_ms"], run["p99_ms"], run["rate"])))
+            print(f'  {label} at {connections} connections: {run["rate"]:.0f} req/s, p50 {run["p50_ms"]:.1f} ms, p99 '
+                  f'{run["p99_ms"]:.1f} ms', flush=True)
+            figures.append(Figure(f"{label}_p99_over_p50_c{connections}", run["p99_ms"] / run["p50_ms"],
+                                  "<= 5", f'(p50 {run["p50_ms"]:.1f} ms, p99 {run["p99_ms"]:.1f} ms, {run["rate"]:.0f} '
+                                          'req/s)'))
     return figures

@@ -37,7 +37,7 @@ def _field_schema(field):
     elif isinstance(field, fields.String):
         schema = {"type": "string"}
     else:  # a new field type must be described here before an event may use it
-        raise TypeError("no AsyncAPI mapping for %s" % type(field).__name__)
+        raise TypeError(f"no AsyncAPI mapping for {type(field).__name__}")
     for validator in field.validators:
         if isinstance(validator, validate.OneOf):
             schema["enum"] = list(validator.choices)
@@ -64,7 +64,7 @@ def _object_schema(schema):
 
 
 def _channel_id(source, event_type):
-    return "%s.%s" % (source, event_type)
+    return f"{source}.{event_type}"
 
 
 def headers_schema():
@@ -72,8 +72,7 @@ def headers_schema():
     properties = {
         envelope.CE_PREFIX + "specversion": {"type": "string", "const": envelope.SPECVERSION},
         envelope.CE_PREFIX + "id": {"type": "string", "description": "the event id (= payload event_id)"},
-        envelope.CE_PREFIX + "source": {"type": "string", "description": "%s<source service>"
-                                        % envelope.SOURCE_PREFIX},
+        envelope.CE_PREFIX + "source": {"type": "string", "description": f"{envelope.SOURCE_PREFIX}<source service>"},
         envelope.CE_PREFIX + "type": {"type": "string", "description": "the event type (= routing key)"},
         envelope.CE_PREFIX + "time": {"type": "string", "format": "date-time",
                                       "description": "= payload occurred_at"},
@@ -100,26 +99,26 @@ def document():
             "contentType": "application/json",
             "description": ENVELOPE_DESCRIPTION,
             "headers": {"$ref": "#/components/schemas/CloudEventsHeaders"},
-            "payload": {"$ref": "#/components/schemas/%s" % schema_name},
+            "payload": {"$ref": f"#/components/schemas/{schema_name}"},
             "bindings": {"amqp": {"messageType": event_type, "bindingVersion": AMQP_BINDING_VERSION}},
         })
         channel_id = _channel_id(source, event_type)
         channels[channel_id] = {
             "address": event_type,
-            "title": "%s on %s" % (event_type, envelope.source_uri(source)),
-            "description": "Routing key `%s` on the topic exchange `%s.events`." % (event_type, source),
-            "messages": {event_type: {"$ref": "#/components/messages/%s" % event_type}},
+            "title": f"{event_type} on {envelope.source_uri(source)}",
+            "description": f"Routing key `{event_type}` on the topic exchange `{source}.events`.",
+            "messages": {event_type: {"$ref": f"#/components/messages/{event_type}"}},
             "bindings": {"amqp": {
                 "is": "routingKey",
-                "exchange": {"name": "%s.events" % source, "type": "topic", "durable": True, "autoDelete": False},
+                "exchange": {"name": f"{source}.events", "type": "topic", "durable": True, "autoDelete": False},
                 "bindingVersion": AMQP_BINDING_VERSION,
             }},
         }
-        operations["receive.%s" % channel_id] = {
+        operations[f"receive.{channel_id}"] = {
             "action": "receive",
-            "channel": {"$ref": "#/channels/%s" % channel_id},
-            "messages": [{"$ref": "#/channels/%s/messages/%s" % (channel_id, event_type)}],
-            "summary": "Subscribe to %s from %s" % (event_type, source),
+            "channel": {"$ref": f"#/channels/{channel_id}"},
+            "messages": [{"$ref": f"#/channels/{channel_id}/messages/{event_type}"}],
+            "summary": f"Subscribe to {event_type} from {source}",
         }
     schemas["CloudEventsHeaders"] = headers_schema()
     return {

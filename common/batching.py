@@ -18,7 +18,6 @@ import copy
 import threading
 import time
 
-
 #: How long a lone write to a read model (a fact that events restate, like a member count) waits for
 #: others: a burst of events trickling in is then a few updates instead of one each, and the fact
 #: shows at most this much later.
@@ -94,12 +93,12 @@ class GroupCommit:
         try:
             results = self._flush([slot.item for slot in batch])
             if len(results) != len(batch):
-                raise RuntimeError("flush returned %d results for %d items" % (len(results), len(batch)))
+                raise RuntimeError(f"flush returned {len(results)} results for {len(batch)} items")
         except Exception as error:  # every caller of this batch sees the failure
             results = [error] * len(batch)
         except BaseException as error:  # the leader itself is being killed: release everyone first
-            results, interrupted = [RuntimeError("batch interrupted: %r" % error)] * len(batch), error
-        for slot, result in zip(batch, results):
+            results, interrupted = [RuntimeError(f"batch interrupted: {error!r}")] * len(batch), error
+        for slot, result in zip(batch, results, strict=False):
             slot.result = result
             slot.done.set()
         with self._lock:
@@ -139,7 +138,8 @@ class NewestWins(GroupCommit):
     Items are ``(key, fields, as_of)``. Of the items of one flush with the same key, one whose
     fields a newer item sets too is dropped: whatever the stored fact, the newer item decides the
     outcome for both. Of equally new items the first is written; the stored fact refuses the others
-    anyway (only a strictly newer fact replaces one). ``write(key, fields, as_of)`` writes the others; its result is theirs (a
+    anyway (only a strictly newer fact replaces one). ``write(key, fields, as_of)`` writes the others; its result is
+    theirs (a
     dropped item gets None). A burst of events that each restate a counter is then one update."""
 
     def __init__(self, write, max_batch=500, linger=0.0):

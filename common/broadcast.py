@@ -7,7 +7,6 @@ for it; the owner is told about every (dis)connect (``on_connected`` / ``on_disc
 must treat the time in between as a gap in what it knows.
 """
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -47,7 +46,7 @@ class BroadcastListener(threading.Thread):
                 with Connection(self.amqp_uri, heartbeat=10, connect_timeout=5) as connection:
                     channel = connection.channel()
                     (first_exchange, first_key), rest = self.bindings[0], self.bindings[1:]
-                    queue = Queue("%s-%s" % (self.name, uuid.uuid4().hex), exchange=first_exchange,
+                    queue = Queue(f"{self.name}-{uuid.uuid4().hex}", exchange=first_exchange,
                                   routing_key=first_key, exclusive=True, auto_delete=True, durable=False,
                                   channel=channel)
                     # the exchanges exist (common.topology declares them): a component may not
@@ -63,7 +62,7 @@ class BroadcastListener(threading.Thread):
                         while not self._stop.is_set():
                             try:
                                 connection.drain_events(timeout=1)
-                            except socket.timeout:
+                            except TimeoutError:
                                 connection.heartbeat_check()
             except Exception as error:
                 self.on_disconnected()

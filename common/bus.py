@@ -81,22 +81,22 @@ def reply_key(component, reply_uuid):
     bind: a service that saw the gateway's reply key in a request could bind a queue of its own to
     it and read the gateway's replies from every other service (tokens among them). With the
     component in the key, the topic read permission allows a component only its own replies."""
-    return "reply.%s.%s" % (reply_name(component), reply_uuid)
+    return f"reply.{reply_name(component)}.{reply_uuid}"
 
 
 def retry_exchange(service):
     """The direct exchange a service's failed events go through to its retry and parking queues
     (``common.handlers``): publishing to the default exchange would need write on ``amq.default``,
     which reaches every queue by name and would bypass every topic permission."""
-    return "%s.retry" % service
+    return f"{service}.retry"
 
 
 def _alternatives(patterns):
-    return "^(%s)$" % "|".join(patterns) if patterns else NOTHING
+    return f'^({"|".join(patterns)})$' if patterns else NOTHING
 
 
 def _calls_pattern(calls):
-    return [r"%s\.(%s)" % (re.escape(service), "|".join(re.escape(m) for m in sorted(methods)))
+    return [f'{re.escape(service)}\\.({"|".join(re.escape(m) for m in sorted(methods))})'
             for service, methods in sorted(calls.items())]
 
 
@@ -119,11 +119,11 @@ def _subscribed(service):
 def own_queues(component):
     """Regexes of the queues a component declares and consumes (and binds, which needs write)."""
     reply = re.escape(reply_name(component))
-    queues = [r"rpc\.reply-%s-%s" % (reply, UUID)]
+    queues = [f"rpc\\.reply-{reply}-{UUID}"]
     if component in SERVICES:
-        queues += [r"rpc-%s" % re.escape(component), r"evt-[a-z]+-[a-z_]+--%s\.[a-z_]+" % re.escape(component)]
+        queues += [f"rpc-{re.escape(component)}", f"evt-[a-z]+-[a-z_]+--{re.escape(component)}\\.[a-z_]+"]
     if component in BROADCAST_QUEUES:
-        queues.append(r"%s-%s" % (re.escape(BROADCAST_QUEUES[component]), HEX32))
+        queues.append(f"{re.escape(BROADCAST_QUEUES[component])}-{HEX32}")
     return queues
 
 
@@ -135,13 +135,13 @@ def permissions(component):
     write = [re.escape(RPC_EXCHANGE)]
     read = [re.escape(RPC_EXCHANGE)]
     if component == "gateway":
-        read += [re.escape("%s.events" % source) for source in sorted(GATEWAY_SUBSCRIPTIONS)]
+        read += [re.escape(f"{source}.events") for source in sorted(GATEWAY_SUBSCRIPTIONS)]
     else:
-        write.append(re.escape("%s.events" % component))
+        write.append(re.escape(f"{component}.events"))
         subscribed = _subscribed(component)
         if subscribed:
             write.append(re.escape(retry_exchange(component)))
-        read += [re.escape("%s.events" % source) for source in sorted(subscribed)]
+        read += [re.escape(f"{source}.events") for source in sorted(subscribed)]
     if component == "org":
         write.append(re.escape(ORG_CACHE_EXCHANGE))
     if component in ORG_CACHE_LISTENERS:
@@ -157,7 +157,7 @@ def topic_permissions(component):
     every topic exchange the component can write or read is listed.)"""
     if component == ADMIN:
         return []
-    own_reply = r"reply\.%s\.%s" % (re.escape(reply_name(component)), UUID)
+    own_reply = f"reply\\.{re.escape(reply_name(component))}\\.{UUID}"
     rows = []
     if component in ORG_CACHE_LISTENERS:  # invalidations carry routing key "" (common.topology.ORG_CACHE_EXCHANGE)
         rows.append({"exchange": ORG_CACHE_EXCHANGE, "write": "^$" if component == "org" else NOTHING,
@@ -169,15 +169,15 @@ def topic_permissions(component):
     else:
         # replies go to whoever asked: components' reply keys, or a bare uuid from a client that
         # does not apply least_privilege() (an operator's nameko shell, the tests' admin proxies)
-        rpc_write = _calls_pattern(SERVICE_CALLS.get(component, {})) + [r"reply\.[a-z_]+\.%s" % UUID, UUID]
-        rpc_read = [r"%s\.\*" % re.escape(component), own_reply]
+        rpc_write = _calls_pattern(SERVICE_CALLS.get(component, {})) + [f"reply\\.[a-z_]+\\.{UUID}", UUID]
+        rpc_read = [f"{re.escape(component)}\\.\\*", own_reply]
         subscribed = _subscribed(component)
     rows.append({"exchange": RPC_EXCHANGE, "write": _alternatives(rpc_write), "read": _alternatives(rpc_read)})
     sources = set(subscribed) | ({component} if component in SERVICES else set())
     for source in sorted(sources):
         write = [re.escape(t) for t in _event_types(source)] if source == component else []
         read = [re.escape(t) for t in subscribed.get(source, ())]
-        rows.append({"exchange": "%s.events" % source, "write": _alternatives(write),
+        rows.append({"exchange": f"{source}.events", "write": _alternatives(write),
                      "read": _alternatives(read)})
     return rows
 
@@ -195,7 +195,7 @@ class Management:
         request = urllib.request.Request(
             self.base_url + path, method=method, data=json.dumps(body).encode() if body is not None else None,
             headers={"content-type": "application/json", "authorization": "Basic " + base64.b64encode(
-                ("%s:%s" % (self.user, self.password)).encode()).decode()})
+                (f"{self.user}:{self.password}").encode()).decode()})
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             data = response.read()
             return json.loads(data) if data else None
@@ -212,25 +212,25 @@ def provision(management, vhost, users):
     a broker, so callers name them per instance (several stacks share one broker). A re-run resets
     passwords and permissions to what this call says and drops topic permissions no longer listed.
     """
-    management("PUT", "/api/vhosts/%s" % quote(vhost), {})
+    management("PUT", f"/api/vhosts/{quote(vhost)}", {})
     for component, (username, password) in sorted(users.items()):
         tags = "management" if component == ADMIN else ""
-        management("PUT", "/api/users/%s" % quote(username), {"password": password, "tags": tags})
-        management("PUT", "/api/permissions/%s/%s" % (quote(vhost), quote(username)), permissions(component))
+        management("PUT", f"/api/users/{quote(username)}", {"password": password, "tags": tags})
+        management("PUT", f"/api/permissions/{quote(vhost)}/{quote(username)}", permissions(component))
         wanted = topic_permissions(component)
         for row in wanted:
-            management("PUT", "/api/topic-permissions/%s/%s" % (quote(vhost), quote(username)), row)
+            management("PUT", f"/api/topic-permissions/{quote(vhost)}/{quote(username)}", row)
         try:
-            existing = management("GET", "/api/topic-permissions/%s/%s" % (quote(vhost), quote(username))) or []
+            existing = management("GET", f"/api/topic-permissions/{quote(vhost)}/{quote(username)}") or []
         except urllib.error.HTTPError as error:
             if error.code != 404:
                 raise
             existing = []
         if any(row["exchange"] not in {w["exchange"] for w in wanted} for row in existing):
             # the API deletes a user's topic permissions on a vhost only all at once: re-add ours
-            management("DELETE", "/api/topic-permissions/%s/%s" % (quote(vhost), quote(username)))
+            management("DELETE", f"/api/topic-permissions/{quote(vhost)}/{quote(username)}")
             for row in wanted:
-                management("PUT", "/api/topic-permissions/%s/%s" % (quote(vhost), quote(username)), row)
+                management("PUT", f"/api/topic-permissions/{quote(vhost)}/{quote(username)}", row)
 
 
 # -- making nameko live with it ------------------------------------------------------------------

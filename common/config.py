@@ -17,4 +17,4 @@ def load_config(path):
 
 def database_name(config, default):
     """A service's database: ``MONGO_DB_PREFIX`` lets tests and the dev stack share one server."""
-    return "%s%s" % (config.get("MONGO_DB_PREFIX") or "", config.get("MONGO_DATABASE") or default)
+    return f'{config.get("MONGO_DB_PREFIX") or ""}{config.get("MONGO_DATABASE") or default}'

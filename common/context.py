@@ -93,7 +93,7 @@ class RequestContext(DependencyProvider):
             outcome = "refused" if isinstance(exc_info[1], entrypoint.expected_exceptions) else "failed"
         started = getattr(worker_ctx, "orgplatform_started", None) or time.monotonic()
         log.info("%s %s.%s %s", kind, worker_ctx.service_name, entrypoint.method_name, outcome,
-                 extra={"entrypoint": "%s.%s" % (worker_ctx.service_name, entrypoint.method_name),
+                 extra={"entrypoint": f"{worker_ctx.service_name}.{entrypoint.method_name}",
                         "kind": kind, "outcome": outcome,
                         "duration_ms": round((time.monotonic() - started) * 1000, 1)})
 

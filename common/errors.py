@@ -45,7 +45,7 @@ class DomainError(Exception):
 
     def __init__(self, code, message, details=None):
         if code not in STATUS_BY_CODE:
-            raise ValueError("unknown error code %r" % code)
+            raise ValueError(f"unknown error code {code!r}")
         super().__init__(code, message, details or {})
         self.code = code
         self.message = message
@@ -56,11 +56,11 @@ class DomainError(Exception):
         return STATUS_BY_CODE[self.code]
 
     def __str__(self):
-        return "%s: %s" % (self.code, self.message)
+        return f"{self.code}: {self.message}"
 
 
 def not_found(what="resource"):
-    return DomainError("not_found", "%s not found" % what)
+    return DomainError("not_found", f"{what} not found")
 
 
 def gone():

@@ -7,7 +7,7 @@ against the schema below, so a malformed event never leaves a service.
 """
 import functools
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
@@ -179,7 +179,8 @@ class AiJobCompleted(EventSchema):
     initiator_user_id = fields.String(required=True)
     outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed")))
     credits = fields.Integer(required=True, metadata={
-        "description": "milli-credits (1 credit = 1000) reserved for the job: spent if it succeeded, refunded if it failed"})
+        "description": "milli-credits (1 credit = 1000) reserved for the job: spent if it succeeded, refunded if it "
+                       "failed"})
 
 
 class OrganizationPurged(EventSchema):
@@ -209,7 +210,7 @@ for _service in ("org", "membership", "notifications", "usage"):
 
 
 def utcnow():
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def isoformat(moment):
@@ -217,8 +218,8 @@ def isoformat(moment):
     if moment is None:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def make_event(event, organization_id=None, **payload):
@@ -237,7 +238,7 @@ def load_event(event, body):
     return _schema(event).load(body)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(event):
     """One schema instance per event type: marshmallow schemas are reusable, and building one per
     event was most of the cost of reading an event (profiled in the mail fan-out benchmark)."""

@@ -22,9 +22,9 @@ from nameko.events import SERVICE_POOL, EventHandler
 
 from common import context
 from common.bus import retry_exchange
-from common.metrics import count_event
 from common.envelope import PROPERTIES
 from common.errors import DomainError
+from common.metrics import count_event
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class ReliableEventHandler(EventHandler):
             log.exception("could not hand failed event to %s; requeueing", target)
             self._settle(self.queue_consumer.requeue_message, message)
             return
-        count_event(self.container.service_name, self.method_name, "parked" if target.endswith(".parked") else "retried")
+        outcome = "parked" if target.endswith(".parked") else "retried"
+        count_event(self.container.service_name, self.method_name, outcome)
         self._settle(self.queue_consumer.ack_message, message)
 
 

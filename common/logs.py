@@ -14,7 +14,7 @@ gunicorn's error and access logs and the app's own loggers.
 """
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -24,7 +24,7 @@ FORMATS = ("json", "text")
 
 
 def _timestamp(record):
-    moment = datetime.fromtimestamp(record.created, timezone.utc)
+    moment = datetime.fromtimestamp(record.created, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -38,7 +38,7 @@ def json_line(service, logger, level, message, fields):
 
 
 def _timestamp_now():
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JsonLines(JsonFormatter):
@@ -76,6 +76,6 @@ def formatter(service, style):
     so a typo in ``LOG_FORMAT`` fails at start instead of silently changing the format)."""
     style = str(style).strip().lower()
     if style not in FORMATS:
-        raise ValueError("LOG_FORMAT must be one of %s, not %r" % (", ".join(FORMATS), style))
+        raise ValueError(f'LOG_FORMAT must be one of {", ".join(FORMATS)}, not {style!r}')
     logging.captureWarnings(True)  # warnings become log lines in the same format, not bare stderr text
     return JsonLines(service) if style == "json" else TextLines(service)

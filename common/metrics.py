@@ -12,7 +12,7 @@ A second replica on the same machine finds its port taken: it logs that and serv
 """
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
@@ -71,7 +71,7 @@ class _Backlogs:
         try:
             pending, oldest = store.outbox_backlog()
             outbox_count.add_metric([self.service], pending)
-            age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
+            age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
             outbox_age.add_metric([self.service], max(age, 0.0))
             if self.service == "notifications":
                 depth = GaugeMetricFamily("orgplatform_mail_queue_depth", "Mail recorded and not final yet "

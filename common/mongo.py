@@ -8,19 +8,18 @@ import functools
 import json
 import threading
 import time
-
 from contextlib import contextmanager
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 import pymongo
 from nameko.extensions import DependencyProvider
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from common.batching import SharedReads
-from common.settings_provider import settings_of
-from common.events import utcnow
 from common import outbox, pages, tombstones
+from common.batching import SharedReads
+from common.events import utcnow
 from common.outbox import Outbox
+from common.settings_provider import settings_of
 
 _clients = {}
 _clients_lock = threading.Lock()
@@ -43,7 +42,7 @@ def is_ferretdb(db):
     return _server_is_ferretdb(db.client)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _server_is_ferretdb(client):
     return "ferretdbVersion" in client.admin.command("buildInfo")
 
@@ -167,7 +166,7 @@ class Store:
                 for entry in (doc.get(outbox.FIELD) or {}).values():
                     queued = entry.get("queued_at")
                     if queued is not None:
-                        queued = queued if queued.tzinfo else queued.replace(tzinfo=timezone.utc)
+                        queued = queued if queued.tzinfo else queued.replace(tzinfo=UTC)
                         oldest = queued if oldest is None else min(oldest, queued)
         return pending, oldest
 
@@ -188,7 +187,7 @@ class Store:
         the top *page* in ``organizations.<top_field>``; counted lists get ordinals in ``order_by``
         order after the organization's current counter (``<counters>.<top_field>``), which then
         holds the highest ordinal."""
-        marker = "pages:%s" % collection
+        marker = f"pages:{collection}"
         if self.db.migrations.find_one({"_id": marker}) is not None:
             return 0
         projection = {"org_id": 1, ordinal: 1}

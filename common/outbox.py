@@ -55,7 +55,7 @@ def pending(event, organization_id=None, **payload):
 
 def queue_fields(*entries):
     """Fields to ``$set`` (or insert) that queue ``entries``; pair with :func:`count_increment`."""
-    return {"%s.%s" % (FIELD, entry["body"]["event_id"]): entry for entry in entries}
+    return {f'{FIELD}.{entry["body"]["event_id"]}': entry for entry in entries}
 
 
 def new_document_fields(*entries):
@@ -103,7 +103,7 @@ class Outbox:
             return 0
         for entry in sorted(entries, key=lambda item: item["body"]["occurred_at"]):
             self.publish_entry(entry)
-        unset = {"%s.%s" % (FIELD, entry["body"]["event_id"]): "" for entry in entries}
+        unset = {f'{FIELD}.{entry["body"]["event_id"]}': "" for entry in entries}
         self.db[collection].update_one({"_id": doc_id}, {"$unset": unset, "$inc": {COUNT: -len(entries)}})
         return len(entries)
 
@@ -132,7 +132,7 @@ class Outbox:
         for event_id, entry in sorted((doc.get(FIELD) or {}).items(),
                                       key=lambda item: item[1]["body"]["occurred_at"]):
             self.publish_entry(entry)
-            key = "%s.%s" % (FIELD, event_id)
+            key = f"{FIELD}.{event_id}"
             self.db[collection].update_one({"_id": doc["_id"], key: {"$exists": True}},
                                            {"$unset": {key: ""}, "$inc": {COUNT: -1}})
             published += 1

@@ -30,11 +30,11 @@ def number(ordinal):
 
 
 def key(org_id, ordinal):
-    return "%s/%d" % (org_id, number(ordinal))
+    return f"{org_id}/{number(ordinal)}"
 
 
 def key_of_page(org_id, page):
-    return "%s/%d" % (org_id, page)
+    return f"{org_id}/{page}"
 
 
 def starts_page(ordinal):

@@ -12,6 +12,6 @@ from common.errors import DomainError
 def ask(proxy, timeout, method, *args):
     """``proxy.method(*args)``, or ``DomainError("service_unavailable")`` after ``timeout`` seconds
     (the caller's ``RPC_TIMEOUT`` setting)."""
-    unanswered = DomainError("service_unavailable", "%s service did not answer" % proxy.service_name)
+    unanswered = DomainError("service_unavailable", f"{proxy.service_name} service did not answer")
     with eventlet.Timeout(timeout, unanswered):
         return getattr(proxy, method)(*args)

@@ -84,9 +84,9 @@ class ServiceSettings(Settings):
 
     amqp_uri: str
     mongo_url: str
-    mongo_db_prefix: typing.Optional[str]
+    mongo_db_prefix: str | None
     mongo_database: str
-    metrics_port: typing.Optional[int]
+    metrics_port: int | None
     metrics_address: str
     metrics_enabled: bool
 

@@ -12,4 +12,4 @@ LEASES = "purge_leases"
 
 
 def digest(org_id):
-    return hashlib.sha256(("orgplatform-purged\x00%s" % org_id).encode()).hexdigest()
+    return hashlib.sha256((f"orgplatform-purged\x00{org_id}").encode()).hexdigest()

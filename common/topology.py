@@ -30,7 +30,7 @@ EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})
 
 
 def event_exchange(source):
-    return Exchange("%s.events" % source, type="topic", durable=True, delivery_mode=2,
+    return Exchange(f"{source}.events", type="topic", durable=True, delivery_mode=2,
                     auto_delete=False)
 
 
@@ -101,9 +101,9 @@ def provision_users(amqp_uri, environ):
     url = urlsplit(amqp_uri)
     vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
     management = bus.Management(environ["RABBIT_MANAGEMENT_URL"], unquote(url.username), unquote(url.password))
-    missing = [c for c in bus.COMPONENTS if not environ.get("RABBIT_%s_PASSWORD" % c.upper())]
+    missing = [c for c in bus.COMPONENTS if not environ.get(f"RABBIT_{c.upper()}_PASSWORD")]
     if missing:
-        raise SystemExit("no password for %s (RABBIT_<COMPONENT>_PASSWORD)" % ", ".join(missing))
+        raise SystemExit(f'no password for {", ".join(missing)} (RABBIT_<COMPONENT>_PASSWORD)')
     deadline = time.monotonic() + 120  # "healthy" means the node answers, the management API comes later
     while True:
         try:
@@ -113,8 +113,8 @@ def provision_users(amqp_uri, environ):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    bus.provision(management, vhost, {c: (c, environ["RABBIT_%s_PASSWORD" % c.upper()]) for c in bus.COMPONENTS})
-    print("broker users of %s provisioned on vhost %s" % (", ".join(bus.COMPONENTS), vhost))
+    bus.provision(management, vhost, {c: (c, environ[f"RABBIT_{c.upper()}_PASSWORD"]) for c in bus.COMPONENTS})
+    print(f'broker users of {", ".join(bus.COMPONENTS)} provisioned on vhost {vhost}')
 
 
 def main(argv):
@@ -124,7 +124,7 @@ def main(argv):
     if "--users" in argv[1:]:
         provision_users(amqp_uri, os.environ)
     declare(amqp_uri)
-    print("declared %d exchanges and %d subscriber queues" % (len(EVENT_SOURCES), len(subscriptions())))
+    print(f"declared {len(EVENT_SOURCES)} exchanges and {len(subscriptions())} subscriber queues")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Everything raises ``DomainError("validation_failed")`` with details naming the f
 import functools
 import inspect
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pymongo.errors import ConnectionFailure
 
@@ -27,8 +27,8 @@ from common.errors import DomainError
 # lone surrogates (no UTF-8 for them) and NUL (PostgreSQL, under the embedded FerretDB, stores no
 # U+0000 in text: a query holding one failed with a 500)
 _SURROGATE = re.compile("[\ud800-\udfff\x00]")
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 INT64_MAX = 2 ** 63 - 1
 TEXT_MESSAGE = "Must be valid Unicode text (no lone surrogates, no NUL characters)."
 CURSOR_MESSAGE = "Not a valid cursor."
@@ -149,9 +149,9 @@ def bounded_moment(value, field, earliest=EARLIEST, latest=LATEST):
         raise invalid(field, "Not a valid datetime.")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise invalid(field, "Must include a timezone.")
-    message = "Must be between %s and %s." % (earliest.isoformat(), latest.isoformat())
+    message = f"Must be between {earliest.isoformat()} and {latest.isoformat()}."
     try:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     except (OverflowError, ValueError):
         raise invalid(field, message) from None
     if not earliest <= moment <= latest:

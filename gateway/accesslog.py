@@ -27,7 +27,6 @@ from gunicorn.glogging import Logger
 from common import logs
 from gateway.settings import GatewaySettings
 
-
 _INVITE_TOKEN = re.compile(r"(/(?:invites|deletions)/)[^/?#\s]+")  # invite tokens, deletion receipts
 # a query string: after "?" up to a fragment, a space (the request line's " HTTP/1.1") or the end
 _QUERY = re.compile(r"(\?)([^#\s]*)")
@@ -135,7 +134,7 @@ class RedactingLogger(Logger):
         milliseconds = request_time.total_seconds() * 1000
         path, query = redact(environ.get("PATH_INFO") or ""), redact_query(environ.get("QUERY_STRING") or "")
         atoms = {"h": environ.get("REMOTE_ADDR") or "-", "m": method, "U": path, "q": query,
-                 "r": redact("%s %s %s" % (method, environ.get("RAW_URI"), environ.get("SERVER_PROTOCOL"))),
+                 "r": redact(f'{method} {environ.get("RAW_URI")} {environ.get("SERVER_PROTOCOL")}'),
                  "s": resp.status_code, "b": str(sent) if sent is not None else "-", "M": int(milliseconds)}
         try:
             message = self.cfg.access_log_format % atoms

@@ -70,14 +70,14 @@ class Api:
         validated here) and its service answers ``replayed: true`` when it repeats a first answer;
         ``success_headers``: headers the success answer carries (documented)."""
         if bulkhead is not None and bulkhead not in BULKHEAD_CLASSES:
-            raise ValueError("unknown bulkhead class %r" % bulkhead)
+            raise ValueError(f"unknown bulkhead class {bulkhead!r}")
 
         def decorate(view):
             operation = Operation(rule, method, access, summary, tag, body, query, response, status, errors, view,
                                   org_rule, bulkhead, {"headers": tuple(headers)}, idempotent,
                                   tuple(success_headers))
             self.operations.append(operation)
-            endpoint = "%s_%s" % (method.lower(), view.__name__)
+            endpoint = f"{method.lower()}_{view.__name__}"
             response_schema = schema_instance(response) if response is not None else None
 
             @functools.wraps(view)
@@ -175,7 +175,7 @@ def is_json(mimetype):
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema_instance(schema):
     """One instance per schema class: marshmallow schemas are reusable, and building one per
     request was measurable on the hot path."""
@@ -236,7 +236,7 @@ IDEMPOTENCY_NOTE = (
 
 
 def _header_refs(*names):
-    return {name: {"$ref": "#/components/headers/%s" % name.replace("-", "")} for name in names}
+    return {name: {"$ref": f'#/components/headers/{name.replace("-", "")}'} for name in names}
 
 
 def _nullable_refs(document):
@@ -268,7 +268,7 @@ def _nullable_refs(document):
     visit(document)
     for name, nullable_name in nullable.items():
         schemas[nullable_name] = dict(copy.deepcopy(schemas[name]), nullable=True,
-                                      description="%s, or null" % name)
+                                      description=f"{name}, or null")
     return document
 
 

@@ -72,7 +72,7 @@ class Bulkheads:
         slots = self._slots[name]
         if not slots.acquire(blocking=False):
             code = CLASSES[name][1]
-            raise DomainError(code, "too many %s requests at once, try again shortly" % name,
+            raise DomainError(code, f"too many {name} requests at once, try again shortly",
                               {"retry_after": RETRY_AFTER_SECONDS, "bulkhead": name})
         try:
             yield

@@ -18,7 +18,8 @@ log = logging.getLogger("gateway")
 
 _CODE_BY_STATUS = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                    405: "method_not_allowed", 409: "conflict", 410: "organization_gone",
-                   413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed", 429: "rate_limited"}
+                   413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_failed",
+                   429: "rate_limited"}
 
 
 def error_response(code, message, details=None, status=None, headers=None):

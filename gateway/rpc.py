@@ -36,7 +36,7 @@ _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, 
 
 class ServiceUnavailable(Exception):
     def __init__(self, service, reason):
-        super().__init__("%s unavailable: %s" % (service, reason))
+        super().__init__(f"{service} unavailable: {reason}")
         self.service = service
 
 
@@ -91,7 +91,7 @@ class RpcPool:
             return _PooledProxy(self.config, self.timeout)
         except Exception as error:
             self._slots.release()
-            raise ServiceUnavailable(service, "broker unreachable: %s" % error) from error
+            raise ServiceUnavailable(service, f"broker unreachable: {error}") from error
 
     def _release(self, proxy, healthy):
         if healthy:

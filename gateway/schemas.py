@@ -60,8 +60,8 @@ class BoundedDateTime(fields.AwareDateTime):
 
     def __init__(self, **kwargs):
         metadata = dict(kwargs.pop("metadata", {}))
-        bound = "between %s and %s UTC" % (EARLIEST.date(), LATEST.date())
-        metadata["description"] = ("%s; " % metadata["description"] if "description" in metadata else "") + bound
+        bound = f"between {EARLIEST.date()} and {LATEST.date()} UTC"
+        metadata["description"] = (f'{metadata["description"]}; ' if "description" in metadata else "") + bound
         super().__init__(format="iso", metadata=metadata, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -143,7 +143,8 @@ class PlanRequest(Strict):
     name = fields.String(required=True, validate=validate.OneOf(PLAN_NAMES))
     # bounded: every stored integer must fit BSON's int64
     included_users = fields.Integer(required=True, allow_none=True, strict=True,
-                                    validate=validate.Range(min=0, max=10 ** 9), metadata={"description": "null = unlimited"})
+                                    validate=validate.Range(min=0, max=10 ** 9),
+                                    metadata={"description": "null = unlimited"})
     included_storage_bytes = fields.Integer(required=True, allow_none=True, strict=True,
                                             validate=validate.Range(min=0, max=2 ** 62),
                                             metadata={"description": "null = unlimited"})
@@ -443,7 +444,7 @@ class StorageReportRequest(Strict):
         for item in data.get("datasets") or []:
             (duplicates if item["dataset_id"] in seen else seen).add(item["dataset_id"])
         if duplicates:
-            raise ValidationError("Duplicate dataset ids: %s" % ", ".join(sorted(duplicates)[:10]), "datasets")
+            raise ValidationError(f'Duplicate dataset ids: {", ".join(sorted(duplicates)[:10])}', "datasets")
 
 
 class StorageTotalsSchema(Open):

@@ -26,6 +26,7 @@ from dataclasses import dataclass  # noqa: E402
 
 _bench_routes = os.environ.get("BENCH_ROUTES")
 from bench import memory  # noqa: E402  (its harness switches the bench-only route on; not here)
+
 if _bench_routes is None:
     os.environ.pop("BENCH_ROUTES", None)
 else:
@@ -59,19 +60,19 @@ class Figure:
 
     def line(self):
         if self.target is None:
-            return "%s: %s (for information)" % (self.name, self.value)
-        return "%s: %s (target %s, %s)" % (self.name, self.value, self.target, "met" if self.ok else "MISSED")
+            return f"{self.name}: {self.value} (for information)"
+        return f'{self.name}: {self.value} (target {self.target}, {("met" if self.ok else "MISSED")})'
 
 
 def log(message):
-    print("[soak %5.0fs] %s" % (time.monotonic() - STARTED, message), flush=True)
+    print(f"[soak {time.monotonic() - STARTED:5.0f}s] {message}", flush=True)
 
 
 STARTED = time.monotonic()
 
 
 def phase(lanes, pacer, seconds, label):
-    log("%s: %.0fs at %g operations/s on %d threads" % (label, seconds, RATE, len(lanes)))
+    log(f"{label}: {seconds:.0f}s at {RATE:g} operations/s on {len(lanes)} threads")
     errors = run_lanes(lanes, pacer, seconds)
     for error in errors:
         print(error, file=sys.stderr, flush=True)
@@ -97,19 +98,19 @@ def check_mail(lanes, mails):
     uncertain = {key for lane in lanes for key in lane.uncertain}   # requests without an answer
     stray = [key for key in invites if key not in set(expected) and key not in uncertain]
     duplicates += [key for key in uncertain if len(mails.get(key)) > 1]
-    figures = [Figure("invite_mails_exactly_once", "%d sent, %d received once, %d missing, %d duplicated, %d unexpected"
-                      % (sum(len(lane.sent) for lane in lanes),
-                         sum(1 for lane in lanes for key in lane.sent if len(mails.get(key)) == 1),
-                         sum(1 for lane in lanes for key in lane.sent if not mails.get(key)),
-                         sum(1 for lane in lanes for key in lane.sent + lane.uncertain if len(mails.get(key)) > 1),
-                         len(stray)),
+    sent = sum(len(lane.sent) for lane in lanes)
+    once = sum(1 for lane in lanes for key in lane.sent if len(mails.get(key)) == 1)
+    lost = sum(1 for lane in lanes for key in lane.sent if not mails.get(key))
+    twice = sum(1 for lane in lanes for key in lane.sent + lane.uncertain if len(mails.get(key)) > 1)
+    figures = [Figure("invite_mails_exactly_once",
+                      f"{sent} sent, {once} received once, {lost} missing, {twice} duplicated, {len(stray)} unexpected",
                       "every invite: exactly one mail", not missing and not duplicates and not stray)]
     confirmations = [key for lane in lanes for key in lane.confirmations]
-    figures.append(Figure("deletion_mails_exactly_once", "%d of %d" % (
-        sum(1 for key in confirmations if len(mails.get(key)) == 1), len(confirmations)),
+    confirmed_once = sum(1 for key in confirmations if len(mails.get(key)) == 1)
+    figures.append(Figure("deletion_mails_exactly_once", f"{confirmed_once} of {len(confirmations)}",
         "all", all(len(mails.get(key)) == 1 for key in confirmations)))
     for key in (missing + duplicates + stray)[:10]:
-        print("  mail %s %r: %d received" % (key[0], key[1], len(mails.get(key))), flush=True)
+        print(f"  mail {key[0]} {key[1]!r}: {len(mails.get(key))} received", flush=True)
     return figures
 
 
@@ -126,9 +127,9 @@ def check_deletions(lanes):
     durations = sorted(d["deleted"] - d["requested"] for lane in lanes for d in lane.deletions.values()
                        if d["deleted"])
     completed = len(durations)
-    note = ", requested -> deleted median %.1fs, slowest %.1fs" % (
-        durations[len(durations) // 2], durations[-1]) if durations else ""
-    return Figure("deletions_completed", "%d of %d%s" % (completed, len(lane_of), note), "all",
+    note = (f", requested -> deleted median {durations[len(durations) // 2]:.1f}s, slowest "
+            f"{durations[-1]:.1f}s") if durations else ""
+    return Figure("deletions_completed", f"{completed} of {len(lane_of)}{note}", "all",
                   completed == len(lane_of))
 
 
@@ -139,7 +140,7 @@ def ledger_of(lane, org):
         params = {"limit": 200}
         if cursor:
             params["cursor"] = cursor
-        response = lane.c.call("GET", "/organizations/%s/credits" % org.id, "GET /organizations/{id}/credits",
+        response = lane.c.call("GET", f"/organizations/{org.id}/credits", "GET /organizations/{id}/credits",
                                token=lane.su_token(), params=params)
         if response is None:
             return ["ledger unreadable"], None
@@ -155,17 +156,17 @@ def ledger_of(lane, org):
     for position, entry in enumerate(entries, 1):
         running += entry["amount"]
         if entry["sequence"] != position:
-            problems.append("sequence %d at position %d" % (entry["sequence"], position))
+            problems.append(f'sequence {entry["sequence"]} at position {position}')
         if entry["balance_after"] != running or running < 0:
-            problems.append("entry %d: balance_after %d, running sum %d" % (position, entry["balance_after"], running))
+            problems.append(f'entry {position}: balance_after {entry["balance_after"]}, running sum {running}')
     if balance != running or balance < 0:
-        problems.append("balance %d, sum of %d entries %d" % (balance, len(entries), running))
+        problems.append(f"balance {balance}, sum of {len(entries)} entries {running}")
     if org.exact and balance != org.balance:
-        problems.append("balance %d, the workload expects %d" % (balance, org.balance))
-    usage = lane.c.call("GET", "/organizations/%s/usage" % org.id, "GET /organizations/{id}/usage",
+        problems.append(f"balance {balance}, the workload expects {org.balance}")
+    usage = lane.c.call("GET", f"/organizations/{org.id}/usage", "GET /organizations/{id}/usage",
                         token=lane.su_token())
     if usage is None or usage.json()["credits"]["balance"] != balance:
-        problems.append("usage says %s" % (usage.json()["credits"] if usage is not None else "nothing"))
+        problems.append(f'usage says {(usage.json()["credits"] if usage is not None else "nothing")}')
     return problems, balance
 
 
@@ -177,21 +178,21 @@ def check_ledgers(lanes):
         per_lane = list(pool.map(lambda lane: [ledger_of(lane, org) for org in lane.orgs], lanes))
     results = [result for lane_results in per_lane for result in lane_results]
     bad = {}
-    for (lane, org), (problems, balance) in zip(work, results):
+    for (lane, org), (problems, balance) in zip(work, results, strict=False):
         if problems:
             bad[org.id] = problems
             continue
 
         def overview_agrees(lane=lane, org=org, balance=balance):
-            response = lane.c.call("GET", "/organizations/%s" % org.id, "GET /organizations/{id}", token=lane.su_token())
+            response = lane.c.call("GET", f"/organizations/{org.id}", "GET /organizations/{id}", token=lane.su_token())
             return response is not None and response.json()["credits"]["balance"] == balance
         try:
-            wait_until(overview_agrees, timeout=30, interval=0.5, what="overview balance of %s" % org.id)
+            wait_until(overview_agrees, timeout=30, interval=0.5, what=f"overview balance of {org.id}")
         except AssertionError:
-            bad[org.id] = ["overview balance never reached %d" % balance]
+            bad[org.id] = [f"overview balance never reached {balance}"]
     for org_id, problems in list(bad.items())[:10]:
-        print("  ledger %s: %s" % (org_id, "; ".join(problems[:5])), flush=True)
-    return Figure("ledger_balances_consistent", "%d of %d organizations" % (len(work) - len(bad), len(work)),
+        print(f'  ledger {org_id}: {"; ".join(problems[:5])}', flush=True)
+    return Figure("ledger_balances_consistent", f"{len(work) - len(bad)} of {len(work)} organizations",
                   "all", not bad)
 
 
@@ -199,11 +200,11 @@ def run_fuzz():
     """tests/test_fuzz.py with more cases, on an instance of its own."""
     env = dict(os.environ, FUZZ_CASES=str(FUZZ_CASES), TEST_INSTANCE="soakfuzz", TEST_PORT_OFFSET="550")
     env.pop("BENCH_ROUTES", None)
-    log("fuzz: tests/test_fuzz.py with FUZZ_CASES=%d (instance soakfuzz)" % FUZZ_CASES)
+    log(f"fuzz: tests/test_fuzz.py with FUZZ_CASES={FUZZ_CASES} (instance soakfuzz)")
     began = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "pytest", "tests/test_fuzz.py", "-q"], cwd=stack.ROOT, env=env)
-    return Figure("fuzz", "%s, %d cases in %.0fs" % ("passed" if result.returncode == 0 else "FAILED (exit %d)"
-                                                     % result.returncode, FUZZ_CASES, time.monotonic() - began),
+    outcome = "passed" if result.returncode == 0 else f"FAILED (exit {result.returncode})"
+    return Figure("fuzz", f"{outcome}, {FUZZ_CASES} cases in {time.monotonic() - began:.0f}s",
                   "pass", result.returncode == 0)
 
 
@@ -211,15 +212,14 @@ def main():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.getLogger("amqp").setLevel(logging.ERROR)
     inst = stack.Instance("test")
-    log("starting instance %s (gateway %s, vhost %s, databases %s*)" % (inst.name, inst.gateway_url, inst.vhost,
-                                                                        inst.db_prefix))
+    log(f"starting instance {inst.name} (gateway {inst.gateway_url}, vhost {inst.vhost}, databases {inst.db_prefix}*)")
     started_infra = stack.start_isolated(inst)
     figures = []
     try:
         stats, mails = Stats(), MailIndex(inst.mail_dir)
         lanes = [Lane(i, Client(inst.gateway_url, stats), mails, stats, SEED * 100 + i) for i in range(THREADS)]
         pacer = Pacer(RATE)
-        log("seed %d" % SEED)
+        log(f"seed {SEED}")
         phase(lanes, pacer, WARMUP, "warm-up")
         before = memory.snapshot(inst)
         main_began, samples_before, ops_before = time.monotonic(), len(stats.samples), len(stats.operations)
@@ -227,52 +227,51 @@ def main():
         main_seconds = time.monotonic() - main_began
         samples = stats.samples[samples_before:]
         operations = stats.operations[ops_before:]
-        log("workload done: %d operations, %d requests; draining mail and deletions (deadline %.0fs each)"
-            % (len(operations), len(samples), DRAIN))
+        log(f"workload done: {len(operations)} operations, {len(samples)} requests; draining mail and deletions "
+            f"(deadline {DRAIN:.0f}s each)")
         figures += check_mail(lanes, mails)
         figures.append(check_deletions(lanes))
         figures.append(check_ledgers(lanes))
         after = memory.snapshot(inst)
         peak, growth = memory.figures(before, after)
-        figures.append(Figure("memory_growth", "%.1f %% max (after warm-up -> end, every service and gateway worker)"
-                              % (growth.value * 100), "< %g %%" % (MEMORY_GROWTH * 100),
+        figures.append(Figure("memory_growth", f"{growth.value * 100:.1f} % max (after warm-up -> end, every service "
+                                               "and gateway worker)", f"< {MEMORY_GROWTH * 100:g} %",
                               growth.value < MEMORY_GROWTH))
-        figures.append(Figure("max_rss", "%.0f MB" % peak.value))
-        figures.append(Figure("unexpected_statuses", "%d of %d requests" % (len(stats.unexpected), len(stats.samples)),
+        figures.append(Figure("max_rss", f"{peak.value:.0f} MB"))
+        figures.append(Figure("unexpected_statuses", f"{len(stats.unexpected)} of {len(stats.samples)} requests",
                               "0", not stats.unexpected))
-        figures.append(Figure("model_mismatches", "%d" % len(stats.mismatches), "0", not stats.mismatches))
-        figures.append(Figure("unknown_outcomes", "%d writes without an answer, resolved by retrying or reading"
-                              % stats.unknown_outcomes))
+        figures.append(Figure("model_mismatches", f"{len(stats.mismatches)}", "0", not stats.mismatches))
+        figures.append(Figure("unknown_outcomes", f"{stats.unknown_outcomes} writes without an answer, resolved by "
+                                                  "retrying or reading"))
         latencies = sorted(seconds for _, seconds, _ in samples)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
-        figures.append(Figure("throughput", "%.1f requests/s, %.1f operations/s (target rate %g operations/s on %d "
-                              "threads, %d slots dropped)" % (len(samples) / main_seconds,
-                                                              len(operations) / main_seconds, RATE, THREADS,
-                                                              pacer.dropped)))
-        figures.append(Figure("p99_latency", "%.0f ms (median %.0f ms, max %.0f ms)" % (
-            p99 * 1000, latencies[len(latencies) // 2] * 1000 if latencies else 0,
-            latencies[-1] * 1000 if latencies else 0)))
+        figures.append(Figure("throughput", f"{len(samples) / main_seconds:.1f} requests/s, "
+                                            f"{len(operations) / main_seconds:.1f} operations/s (target rate {RATE:g} "
+                                            f"operations/s on {THREADS} threads, {pacer.dropped} slots dropped)"))
+        figures.append(Figure("p99_latency", f"{p99 * 1000:.0f} ms (median "
+                                             f"{(latencies[len(latencies) // 2] * 1000 if latencies else 0):.0f} ms, "
+                                             f"max {(latencies[-1] * 1000 if latencies else 0):.0f} ms)"))
         counts = {}
         for _, name in operations:
             counts[name] = counts.get(name, 0) + 1
-        log("operations: " + ", ".join("%s %d" % item for item in sorted(counts.items())))
+        log("operations: " + ", ".join(f"{name} {count}" for name, count in sorted(counts.items())))
         slowest = sorted(((sorted(v)[int(len(v) * 0.99)], len(v), label) for label, v in stats.by_label.items()),
                          reverse=True)[:8]
-        log("slowest p99 by request: " + "; ".join("%s %.0f ms (n=%d)" % (label, p * 1000, n)
+        log("slowest p99 by request: " + "; ".join(f"{label} {p * 1000:.0f} ms (n={n})"
                                                  for p, n, label in slowest))
         for label, status, body in stats.unexpected[:15]:
-            print("  unexpected: %s -> %s %s" % (label, status, body), flush=True)
+            print(f"  unexpected: {label} -> {status} {body}", flush=True)
         for what in stats.mismatches[:15]:
-            print("  mismatch: %s" % what, flush=True)
+            print(f"  mismatch: {what}", flush=True)
     finally:
-        log("stopping instance %s" % inst.name)
+        log(f"stopping instance {inst.name}")
         stack.stop_isolated(inst, started_infra)  # its databases stay until the next soak starts (dropping is slow)
-    print("\nworkload figures (%.0fs workload after %.0fs warm-up, seed %d):" % (SECONDS, WARMUP, SEED))
+    print(f"\nworkload figures ({SECONDS:.0f}s workload after {WARMUP:.0f}s warm-up, seed {SEED}):")
     for figure in figures:
         print(figure.line(), flush=True)
     if FUZZ_CASES and os.path.exists(os.path.join(stack.ROOT, "tests", "test_fuzz.py")):
         figures.append(run_fuzz())
-    print("\nsoak finished in %.0fs" % (time.monotonic() - STARTED))
+    print(f"\nsoak finished in {time.monotonic() - STARTED:.0f}s")
     for figure in figures:
         print(figure.line())
     missed = [figure.name for figure in figures if not figure.ok]

@@ -265,8 +265,8 @@ class Lane:
 
     # -- operations --------------------------------------------------------------------------------
     def op_signup(self):
-        account = Account(unique_email("soak%d" % self.index))
-        name = "Soak %s" % uuid.uuid4().hex[:10]
+        account = Account(unique_email(f"soak{self.index}"))
+        name = f"Soak {uuid.uuid4().hex[:10]}"
         response = self.c.call("POST", "/auth/signup", "POST /auth/signup", expect=(201,), json={
             "email": account.email, "password": PASSWORD, "name": "Soak Owner", "organization_name": name})
         if response is None:
@@ -294,9 +294,9 @@ class Lane:
                 account = others.pop(self.rnd.randrange(len(others)))
                 invites.append(Invite(account.email, org, None, account))
             else:
-                invites.append(Invite(unique_email("invitee%d" % self.index), org, None))
+                invites.append(Invite(unique_email(f"invitee{self.index}"), org, None))
         role = self.rnd.choice(ROLES)
-        response = self.c.call("POST", "/organizations/%s/invites" % org.id, "POST /organizations/{id}/invites",
+        response = self.c.call("POST", f"/organizations/{org.id}/invites", "POST /organizations/{id}/invites",
                                expect=(201,), token=token, json={"emails": [i.email for i in invites], "role": role})
         if response is None:   # maybe created: its mail may come, once
             self.stats.unknown()
@@ -305,7 +305,7 @@ class Lane:
             return
         body = response.json()
         if len(body["items"]) != len(invites) or body["skipped"]:
-            self.stats.mismatch("invite answer %r for %d new invitees" % (body, len(invites)))
+            self.stats.mismatch(f"invite answer {body!r} for {len(invites)} new invitees")
         for invite in invites:
             invite.role = role
             self.invites.append(invite)
@@ -334,7 +334,7 @@ class Lane:
             return self.op_read()
         invite = self.rnd.choice(ready)
         self.invites.remove(invite)
-        self.c.call("GET", "/invites/%s" % invite.token, "GET /invites/{token}")
+        self.c.call("GET", f"/invites/{invite.token}", "GET /invites/{token}")
         if invite.account is None:
             account = Account(invite.email)
             response = self.c.call("POST", "/auth/signup", "POST /auth/signup (invite_token)", expect=(201,), json={
@@ -353,7 +353,7 @@ class Lane:
             account = invite.account
             if not self.fresh(account):
                 return
-            response = self.c.call("POST", "/invites/%s/accept" % invite.token, "POST /invites/{token}/accept",
+            response = self.c.call("POST", f"/invites/{invite.token}/accept", "POST /invites/{token}/accept",
                                    token=account.token)
             if response is None:
                 self.stats.unknown()
@@ -384,12 +384,12 @@ class Lane:
             return
         kind = self.rnd.randrange(5)
         if kind == 0:
-            self.c.call("GET", "/organizations/%s" % org.id, "GET /organizations/{id}", token=token)
+            self.c.call("GET", f"/organizations/{org.id}", "GET /organizations/{id}", token=token)
         elif kind == 1:
-            self.c.call("GET", "/organizations/%s/members" % org.id, "GET /organizations/{id}/members",
+            self.c.call("GET", f"/organizations/{org.id}/members", "GET /organizations/{id}/members",
                         token=token, params={"limit": 20})
         elif kind == 2:
-            self.c.call("GET", "/organizations/%s/usage" % org.id, "GET /organizations/{id}/usage", token=token)
+            self.c.call("GET", f"/organizations/{org.id}/usage", "GET /organizations/{id}/usage", token=token)
         elif kind == 3:
             self.c.call("GET", "/me", "GET /me", token=token)
         else:
@@ -401,8 +401,8 @@ class Lane:
             return self.op_signup()
         complete = org.datasets is None or self.rnd.random() < 0.3
         chosen = self.rnd.sample(range(30), self.rnd.randint(1, 12))
-        report = {"ds-%d" % n: self.rnd.randrange(10 ** 9) for n in chosen}
-        response = self.c.call("POST", "/organizations/%s/storage-reports" % org.id,
+        report = {f"ds-{n}": self.rnd.randrange(10 ** 9) for n in chosen}
+        response = self.c.call("POST", f"/organizations/{org.id}/storage-reports",
                                "POST /organizations/{id}/storage-reports", expect=(201,), token=self.su_token(),
                                json={"datasets": [{"dataset_id": k, "bytes": v} for k, v in report.items()],
                                      "complete": complete})
@@ -415,9 +415,10 @@ class Lane:
         else:
             org.datasets.update(report)
         body = response.json()
-        if org.datasets is not None and (body["used_bytes"], body["datasets"]) != (sum(org.datasets.values()), len(org.datasets)):
-            self.stats.mismatch("storage totals of %s: %r, expected %d bytes in %d datasets" % (
-                org.id, body, sum(org.datasets.values()), len(org.datasets)))
+        expected = (sum(org.datasets.values()), len(org.datasets)) if org.datasets is not None else None
+        if expected is not None and (body["used_bytes"], body["datasets"]) != expected:
+            self.stats.mismatch(f"storage totals of {org.id}: {body!r}, expected {sum(org.datasets.values())} bytes in "
+                                f"{len(org.datasets)} datasets")
 
     def op_grant(self):
         org = self.pick_org()
@@ -427,19 +428,19 @@ class Lane:
         key, amount = self.rnd.choice(org.grants) if replay else (uuid.uuid4().hex, self.rnd.randint(1, 50) * 1000)
 
         def send():
-            return self.c.call("POST", "/organizations/%s/credits/grants" % org.id,
+            return self.c.call("POST", f"/organizations/{org.id}/credits/grants",
                                "POST /organizations/{id}/credits/grants", expect=(201,), token=self.su_token(),
                                json={"amount": amount, "idempotency_key": key, "comment": "soak"})
         response = send()
         if response is None:
-            response = self.resolve(send, "an answer to grant %s" % key)
+            response = self.resolve(send, f"an answer to grant {key}")
         if response is None:
             org.exact = False
             return
         replayed = response.headers.get("Idempotent-Replayed") == "true"
         if replay:
             if not replayed:
-                self.stats.mismatch("grant replay on %s not flagged as replayed" % org.id)
+                self.stats.mismatch(f"grant replay on {org.id} not flagged as replayed")
             return
         org.grants.append((key, amount))
         org.balance += amount
@@ -447,8 +448,7 @@ class Lane:
 
     def expect_balance(self, org, response, what):
         if org.exact and response.json()["balance"] != org.balance:
-            self.stats.mismatch("%s on %s: balance %s, expected %d" % (what, org.id, response.json()["balance"],
-                                                                      org.balance))
+            self.stats.mismatch(f'{what} on {org.id}: balance {response.json()["balance"]}, expected {org.balance}')
 
     def op_reserve(self):
         choices = [(a, o) for o in self.orgs for a in self.members(o, ("dataset_manager", "admin"))]
@@ -463,13 +463,13 @@ class Lane:
         job = uuid.uuid4().hex
 
         def send():
-            return self.c.call("POST", "/organizations/%s/credits/reservations" % org.id,
+            return self.c.call("POST", f"/organizations/{org.id}/credits/reservations",
                                "POST /organizations/{id}/credits/reservations", expect=expect, token=account.token,
                                json={"amount": amount, "job_id": job, "job_type": "soak_inference",
                                      "idempotency_key": job})
         response = send()
         if response is None and self.fresh(account):
-            response = self.resolve(send, "an answer to reservation %s" % job)
+            response = self.resolve(send, f"an answer to reservation {job}")
         if response is None:
             org.exact = False
             return
@@ -488,12 +488,12 @@ class Lane:
         outcome = self.rnd.choice(("succeeded", "failed"))
 
         def send():
-            return self.c.call("POST", "/organizations/%s/credits/reservations/%s/settle" % (org.id, reservation_id),
+            return self.c.call("POST", f"/organizations/{org.id}/credits/reservations/{reservation_id}/settle",
                                "POST /organizations/{id}/credits/reservations/{id}/settle", token=self.su_token(),
                                json={"outcome": outcome})
         response = send()
         if response is None:
-            response = self.resolve(send, "an answer to settling %s" % reservation_id)
+            response = self.resolve(send, f"an answer to settling {reservation_id}")
         if response is None:
             org.exact = False
             return
@@ -513,17 +513,17 @@ class Lane:
         token = self.scoped(org.owner, org)
         if not token:
             return
-        response = self.c.call("GET", "/organizations/%s/export" % org.id, "GET /organizations/{id}/export",
+        response = self.c.call("GET", f"/organizations/{org.id}/export", "GET /organizations/{id}/export",
                                token=token)
         if response is None:
             return
         if response.json()["organization_id"] != org.id:
-            self.stats.mismatch("export of %s names %s" % (org.id, response.json()["organization_id"]))
-        response = self.c.call("DELETE", "/organizations/%s" % org.id, "DELETE /organizations/{id}", expect=(202,),
+            self.stats.mismatch(f'export of {org.id} names {response.json()["organization_id"]}')
+        response = self.c.call("DELETE", f"/organizations/{org.id}", "DELETE /organizations/{id}", expect=(202,),
                                token=token, json={"confirm_name": org.name})
         if response is None:   # requested or not: the deletion status tells
             self.stats.unknown()
-            status = self.c.call("GET", "/organizations/%s/deletion" % org.id,
+            status = self.c.call("GET", f"/organizations/{org.id}/deletion",
                                  "GET /organizations/{id}/deletion (after no answer)", expect=(200, 404),
                                  token=self.su_token())
             if status is None or status.status_code != 200:
@@ -547,7 +547,7 @@ class Lane:
         self.invites = [i for i in self.invites if i.account is None or i.account.alive]
 
     def poll_deletion(self, org_id):
-        response = self.c.call("GET", "/organizations/%s/deletion" % org_id, "GET /organizations/{id}/deletion",
+        response = self.c.call("GET", f"/organizations/{org_id}/deletion", "GET /organizations/{id}/deletion",
                                token=self.su_token())
         if response is not None and response.json()["status"] == "deleted" and not self.deletions[org_id]["deleted"]:
             body = response.json()   # how long the purge took, as the service recorded it
@@ -604,8 +604,8 @@ def run_lanes(lanes, pacer, seconds):
                 lane.step()
         except Exception as error:  # a bug in the soak itself: stop this lane, report it
             import traceback
-            errors.append("lane %d: %s" % (lane.index, traceback.format_exc()))
-            lane.stats.mismatch("lane %d crashed: %r" % (lane.index, error))
+            errors.append(f"lane {lane.index}: {traceback.format_exc()}")
+            lane.stats.mismatch(f"lane {lane.index} crashed: {error!r}")
 
     threads = [threading.Thread(target=drive, args=(lane,), daemon=True) for lane in lanes]
     for thread in threads:

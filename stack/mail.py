@@ -58,16 +58,16 @@ def main(argv=None):
             break
         time.sleep(0.2)  # polling a folder: the sink writes each message with one rename
     if found is None:
-        print("no mail%s in %s" % (" to %s" % args.to if args.to else "", args.dir), file=sys.stderr)
+        print("no mail{} in {}".format(f" to {args.to}" if args.to else "", args.dir), file=sys.stderr)
         return 1
     path, message, text = found
     if args.link:
         print(LINK.search(text).group(0))
         return 0
-    print("# %s" % os.path.relpath(path))
+    print(f"# {os.path.relpath(path)}")
     for header in ("From", "To", "Subject", "Date"):
         if message.get(header):
-            print("%s: %s" % (header, message[header]))
+            print(f"{header}: {message[header]}")
     print()
     print(text.rstrip())
     return 0

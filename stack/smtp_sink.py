@@ -23,10 +23,9 @@ class SaveToDirectory:
         os.makedirs(directory, exist_ok=True)
 
     async def handle_DATA(self, server, session, envelope):
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "%06d" % (time.time_ns() // 1000 % 1_000_000)
-        name = "%s-%d.eml" % (stamp, next(_counter))
-        header = "X-Sink-Mail-From: %s\r\nX-Sink-Rcpt-To: %s\r\n" % (
-            envelope.mail_from, ", ".join(envelope.rcpt_tos))
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() // 1000 % 1_000_000:06d}"
+        name = f"{stamp}-{next(_counter)}.eml"
+        header = f'X-Sink-Mail-From: {envelope.mail_from}\r\nX-Sink-Rcpt-To: {", ".join(envelope.rcpt_tos)}\r\n'
         temporary = os.path.join(self.directory, "." + name + ".tmp")
         with open(temporary, "wb") as handle:
             handle.write(header.encode())

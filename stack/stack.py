@@ -29,6 +29,7 @@ BROKER_ADMIN = "orgplatform"
 
 sys.path.insert(0, ROOT)
 from common import bus  # noqa: E402  (standard library only at import time)
+
 NGINX_DIR = os.path.join(ROOT, "stack", "nginx")
 NGINX_BINARY = "/usr/sbin/nginx"
 GATEWAY_CONFIG = os.path.join(ROOT, "gateway", "config.yml")
@@ -44,7 +45,7 @@ def configured_metrics_port(service):
     import re
 
     with open(os.path.join(ROOT, "services", service, "config.yml")) as handle:
-        match = re.search(r"\$\{%s_METRICS_PORT:(\d*)\}" % service.upper(), handle.read())
+        match = re.search(f"\\$\\{{{service.upper()}_METRICS_PORT:(\\d*)\\}}", handle.read())
     return int(match.group(1)) if match and match.group(1) else None
 
 
@@ -68,7 +69,7 @@ class Instance:
         self.smtp_port = env_int("TEST_SMTP_PORT", 11025 + offset) if test else env_int("SMTP_PORT", 1025)
         # each service's own /metrics port (common/metrics.py); test stacks 19101.. + offset
         self.metrics_ports = {service: (19101 + index + offset) if test else env_int(
-            "%s_METRICS_PORT" % service.upper(), configured_metrics_port(service) or 0) or None
+            f"{service.upper()}_METRICS_PORT", configured_metrics_port(service) or 0) or None
             for index, service in enumerate(SERVICES)}
         # gunicorn workers' shared prometheus-client files (multiprocess mode, gateway/metrics.py)
         self.metrics_dir = os.path.join(self.var, "prometheus")
@@ -81,7 +82,7 @@ class Instance:
         self.rabbit_mgmt_port = env_int("RABBIT_MANAGEMENT_PORT", 15672)
         # broker users of this instance: one per component (common/bus.py) plus the instance's admin;
         # users are global on a broker, so their names carry the instance (stacks share a broker)
-        self.rabbit_users = {component: ("orgplatform-%s-%s" % (self.name, component),
+        self.rabbit_users = {component: (f"orgplatform-{self.name}-{component}",
                                          _password(self, component))
                              for component in bus.COMPONENTS + (bus.ADMIN,)}
         self._broker_admin = None
@@ -90,7 +91,7 @@ class Instance:
         self.ferretdb_handler = os.environ.get("FERRETDB_HANDLER") or "postgresql"
         self.postgres_port = env_int("POSTGRES_PORT", 54329)
         self.postgres_pool = env_int("POSTGRES_POOL_MAX_CONNS", 20)
-        self.mongo_url = os.environ.get("MONGO_URL") or "mongodb://127.0.0.1:%d/" % self.mongo_port
+        self.mongo_url = os.environ.get("MONGO_URL") or f"mongodb://127.0.0.1:{self.mongo_port}/"
         self.external_mongo = bool(os.environ.get("MONGO_URL"))
         self.key_file = os.environ.get("JWT_PRIVATE_KEY_FILE") or os.path.join(ROOT, "var", "keys",
                                                                                "jwt-private.pem")
@@ -101,7 +102,7 @@ class Instance:
         """The broker URI of one component, with its own user (``admin``: the instance's admin)."""
         user, password = self.rabbit_users[component]
         vhost = urllib.request.quote(self.vhost, safe="")
-        return "amqp://%s:%s@%s:%d/%s" % (user, password, self.rabbit_host, self.rabbit_port, vhost)
+        return f"amqp://{user}:{password}@{self.rabbit_host}:{self.rabbit_port}/{vhost}"
 
     @property
     def amqp_uri(self):
@@ -110,17 +111,17 @@ class Instance:
 
     @property
     def amqp_uri_display(self):
-        return self.amqp_uri.replace(":%s@" % self.rabbit_users[bus.ADMIN][1], ":***@")
+        return self.amqp_uri.replace(f":{self.rabbit_users[bus.ADMIN][1]}@", ":***@")
 
     @property
     def gateway_url(self):
         """The public URL: nginx, in front of gunicorn."""
-        return "http://%s:%d" % (self.gateway_host, self.gateway_port)
+        return f"http://{self.gateway_host}:{self.gateway_port}"
 
     @property
     def upstream_url(self):
         """gunicorn itself, bypassing the proxy (tests that must know which worker answered)."""
-        return "http://127.0.0.1:%d" % self.upstream_port
+        return f"http://127.0.0.1:{self.upstream_port}"
 
     def service_env(self, component=None):
         """Environment a service (``component``: its broker user) or the gateway of this instance
@@ -131,11 +132,11 @@ class Instance:
             "MONGO_URL": self.mongo_url, "MONGO_DB_PREFIX": self.db_prefix,
             "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(self.smtp_port),
             "JWT_PRIVATE_KEY_FILE": self.key_file, "JWT_PUBLIC_KEY_FILES": self.public_key_file,
-            "GATEWAY_BIND": "127.0.0.1:%d" % self.upstream_port,
+            "GATEWAY_BIND": f"127.0.0.1:{self.upstream_port}",
             "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1",
         })
         if self.test:
-            env.update({"%s_METRICS_PORT" % service.upper(): str(port) for service, port in self.metrics_ports.items()})
+            env.update({f"{service.upper()}_METRICS_PORT": str(port) for service, port in self.metrics_ports.items()})
         if component == "gateway":
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         # every OS thread (eventlet's thread pool hashes passwords) would get a glibc arena that
@@ -179,10 +180,10 @@ class Instance:
 def _password(inst, component):
     """``RABBIT_<COMPONENT>_PASSWORD``, else generated once per install and instance (never committed:
     under var/, readable by the owner only)."""
-    given = os.environ.get("RABBIT_%s_PASSWORD" % component.upper())
+    given = os.environ.get(f"RABBIT_{component.upper()}_PASSWORD")
     if given:
         return given
-    return _stored_secret(os.path.join(inst.var, "secrets", "rabbit-%s.password" % component))
+    return _stored_secret(os.path.join(inst.var, "secrets", f"rabbit-{component}.password"))
 
 
 def _stored_secret(path):
@@ -221,7 +222,7 @@ def wait_for(check, what, timeout=60, interval=0.2):
         if check():
             return
         time.sleep(interval)
-    raise RuntimeError("timed out after %ss waiting for %s" % (timeout, what))
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_pid(pid_file):
@@ -264,7 +265,7 @@ def stop_pid_file(pid_file, sig=signal.SIGTERM, timeout=15):
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        wait_for(lambda: not _group_alive(pid), "process group %d to exit" % pid, timeout=10)
+        wait_for(lambda: not _group_alive(pid), f"process group {pid} to exit", timeout=10)
     os.unlink(pid_file)
     return True
 
@@ -294,7 +295,7 @@ def _has_live_member(pgid):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as handle:
+            with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid and fields[0] != "Z":
                 return True
@@ -351,9 +352,9 @@ def ensure_rabbitmq(inst):
         # a broker we start has no guest: its first boot creates our administrator instead
         admin_user, admin_password = _own_broker_admin()
         with open(os.path.join(base, "rabbitmq.conf"), "w") as handle:
-            handle.write("default_user = %s\ndefault_pass = %s\ndefault_user_tags.administrator = true\n"
-                         "default_permissions.configure = .*\ndefault_permissions.read = .*\n"
-                         "default_permissions.write = .*\n" % (admin_user, admin_password))
+            handle.write(f"default_user = {admin_user}\ndefault_pass = "
+                         f"{admin_password}\ndefault_user_tags.administrator = true\ndefault_permissions.configure = "
+                         ".*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\n")
         os.chmod(os.path.join(base, "rabbitmq.conf"), 0o600)
         env = dict(os.environ, RABBITMQ_NODENAME="orgplatform@localhost",
                    RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
@@ -362,20 +363,20 @@ def ensure_rabbitmq(inst):
                    RABBITMQ_CONFIG_FILE=os.path.join(base, "rabbitmq.conf"),
                    RABBITMQ_PID_FILE=os.path.join(base, "rabbit.pid"),
                    RABBITMQ_NODE_PORT=str(inst.rabbit_port),
-                   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-rabbitmq_management tcp_config [{port,%d}]"
-                   % inst.rabbit_mgmt_port,
+                   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-rabbitmq_management tcp_config "
+                                                       f"[{{port,{inst.rabbit_mgmt_port}}}]",
                    HOME=os.environ.get("HOME") or "/root")
         print("starting rabbitmq (logs in var/rabbitmq/log)", flush=True)
         epmd_was_up = port_open(EPMD_PORT)
         spawn("rabbitmq", [os.path.join(RABBIT_HOME, "rabbitmq-server")], INFRA_RUN, INFRA_LOG, env)
-        wait_for(lambda: port_open(inst.rabbit_port, inst.rabbit_host), "rabbitmq on %d" % inst.rabbit_port,
+        wait_for(lambda: port_open(inst.rabbit_port, inst.rabbit_host), f"rabbitmq on {inst.rabbit_port}",
                  timeout=120)
         if not epmd_was_up and port_open(EPMD_PORT):
             # rabbitmq-server started the Erlang port mapper (a daemon outside its process group):
             # remember that, so stopping rabbitmq stops it too -- and never an epmd someone else runs
             with open(EPMD_MARKER, "w") as handle:
                 handle.write("started with rabbitmq\n")
-    wait_for(lambda: _management_ok(inst), "rabbitmq management API on %d" % inst.rabbit_mgmt_port,
+    wait_for(lambda: _management_ok(inst), f"rabbitmq management API on {inst.rabbit_mgmt_port}",
              timeout=60)
     # the vhost, each component's user and its least-privilege permissions (idempotent)
     bus.provision(_management_api(inst), inst.vhost, inst.rabbit_users)
@@ -409,13 +410,13 @@ def broker_admin(inst):
             inst._broker_admin = (user, password)
             break
         else:
-            raise RuntimeError("no administrator of the broker at %s: set RABBIT_USER and RABBIT_PASSWORD"
-                               % _management_url(inst))
+            raise RuntimeError(f"no administrator of the broker at {_management_url(inst)}: set RABBIT_USER and "
+                               "RABBIT_PASSWORD")
     return inst._broker_admin
 
 
 def _management_url(inst):
-    return "http://%s:%d" % (inst.rabbit_host, inst.rabbit_mgmt_port)
+    return f"http://{inst.rabbit_host}:{inst.rabbit_mgmt_port}"
 
 
 def _management_api(inst):
@@ -436,7 +437,7 @@ def _management_ok(inst):
 
 def reset_vhost(inst):
     """Tests start from an empty vhost (no leftover messages from an earlier run)."""
-    path = "/api/vhosts/%s" % urllib.request.quote(inst.vhost, safe="")
+    path = f'/api/vhosts/{urllib.request.quote(inst.vhost, safe="")}'
     try:
         _management(inst, "DELETE", path)
     except urllib.error.HTTPError as error:
@@ -470,14 +471,13 @@ def ensure_mongo(inst):
         return
     if not port_open(inst.mongo_port):
         binary = build_ferretdb()
-        argv = [binary, "-listen", "127.0.0.1:%d" % inst.mongo_port, "-data", FERRETDB_DATA,
+        argv = [binary, "-listen", f"127.0.0.1:{inst.mongo_port}", "-data", FERRETDB_DATA,
                 "-handler", inst.ferretdb_handler]
         if inst.ferretdb_handler == "postgresql":
             ensure_postgres(inst)
-            argv += ["-postgresql-url", "postgres://%s@127.0.0.1:%d/%s?pool_max_conns=%d" % (
-                POSTGRES_USER, inst.postgres_port, POSTGRES_DATABASE, inst.postgres_pool)]
+            argv += ["-postgresql-url", f"postgres://{POSTGRES_USER}@127.0.0.1:{inst.postgres_port}/{POSTGRES_DATABASE}?pool_max_conns={inst.postgres_pool}"]
         spawn("ferretdb", argv, INFRA_RUN, INFRA_LOG)
-        wait_for(lambda: port_open(inst.mongo_port), "ferretdb on %d" % inst.mongo_port, timeout=60)
+        wait_for(lambda: port_open(inst.mongo_port), f"ferretdb on {inst.mongo_port}", timeout=60)
     _wait_mongo(inst)
 
 
@@ -533,20 +533,20 @@ def ensure_postgres(inst):
     spawn("postgres", _as_postgres([
         os.path.join(bin_dir, "postgres"), "-D", data, "-p", str(inst.postgres_port),
         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + socket_dir,
-        "-c", "max_connections=%d" % max(100, 2 * inst.postgres_pool + 20),
+        "-c", f"max_connections={max(100, 2 * inst.postgres_pool + 20)}",
         # FerretDB binds the field name of every pushed-down filter as a parameter: only a plan made
         # with its value can use the GIN mirrors (stack/ferretdb/mirror.go sets it per connection too)
         "-c", "plan_cache_mode=force_custom_plan",
         # a development and test database: durability across power loss is not its job
         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]),
         INFRA_RUN, INFRA_LOG)
-    wait_for(lambda: port_open(inst.postgres_port), "postgres on %d" % inst.postgres_port, timeout=60)
+    wait_for(lambda: port_open(inst.postgres_port), f"postgres on {inst.postgres_port}", timeout=60)
     psql = [os.path.join(bin_dir, "psql"), "-h", "127.0.0.1", "-p", str(inst.postgres_port), "-U", POSTGRES_USER,
             "-d", "postgres", "-tAc"]
-    found = subprocess.run(psql + ["SELECT 1 FROM pg_database WHERE datname = '%s'" % POSTGRES_DATABASE],
+    found = subprocess.run(psql + [f"SELECT 1 FROM pg_database WHERE datname = '{POSTGRES_DATABASE}'"],
                            check=True, capture_output=True, text=True).stdout.strip()
     if found != "1":
-        subprocess.run(psql + ["CREATE DATABASE %s" % POSTGRES_DATABASE], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(psql + [f"CREATE DATABASE {POSTGRES_DATABASE}"], check=True, stdout=subprocess.DEVNULL)
 
 
 def _wait_mongo(inst):
@@ -559,7 +559,7 @@ def _wait_mongo(inst):
             return True
         except pymongo.errors.PyMongoError:
             return False
-    wait_for(ping, "MongoDB at %s" % inst.mongo_url, timeout=60)
+    wait_for(ping, f"MongoDB at {inst.mongo_url}", timeout=60)
     client.close()
 
 
@@ -587,7 +587,7 @@ def start_smtp_sink(inst):
         return
     spawn("smtp", [os.path.join(VENV_BIN, "python"), "-m", "stack.smtp_sink", "--port", str(inst.smtp_port),
                    "--dir", inst.mail_dir], inst.run_dir, inst.log_dir, inst.service_env())
-    wait_for(lambda: port_open(inst.smtp_port), "smtp sink on %d" % inst.smtp_port, timeout=30)
+    wait_for(lambda: port_open(inst.smtp_port), f"smtp sink on {inst.smtp_port}", timeout=30)
 
 
 def declare_topology(inst):
@@ -604,7 +604,7 @@ def ensure_key(inst):
 
 def service_argv(service):
     return [os.path.join(VENV_BIN, "nameko"), "run", "--config", os.path.join("services", service, "config.yml"),
-            "services.%s.service" % service]
+            f"services.{service}.service"]
 
 
 def start_service(inst, service):
@@ -616,7 +616,7 @@ def start_service(inst, service):
 
 def rpc_consumers(inst, service):
     """How many processes of ``service`` consume its RPC queue right now (management API)."""
-    path = "/api/queues/%s/rpc-%s" % (urllib.request.quote(inst.vhost, safe=""), service)
+    path = f'/api/queues/{urllib.request.quote(inst.vhost, safe="")}/rpc-{service}'
     return (_management(inst, "GET", path) or {}).get("consumers", 0)
 
 
@@ -627,9 +627,9 @@ def start_replica(inst, service, label, env=None, timeout=60):
     before = rpc_consumers(inst, service)
     spawn(label, service_argv(service), inst.run_dir, inst.log_dir, env or inst.service_env(service))
     wait_for(lambda: rpc_consumers(inst, service) > before or not is_running(inst, label),
-             "%s to consume rpc-%s" % (label, service), timeout=timeout, interval=0.2)
+             f"{label} to consume rpc-{service}", timeout=timeout, interval=0.2)
     if not is_running(inst, label):
-        raise RuntimeError("%s exited; see %s" % (label, os.path.join(inst.log_dir, label + ".log")))
+        raise RuntimeError(f'{label} exited; see {os.path.join(inst.log_dir, label + ".log")}')
     return _pid_file(inst, label)
 
 
@@ -670,8 +670,8 @@ def proxy_values(inst, env=None):
     values = _settings(os.path.join(NGINX_DIR, "proxy.yml"), env)
     proxy_dir = os.path.join(inst.var, "nginx")
     values.update({
-        "PROXY_LISTEN": "%s:%d" % (inst.gateway_host, inst.gateway_port),
-        "GATEWAY_UPSTREAM": "127.0.0.1:%d" % inst.upstream_port,
+        "PROXY_LISTEN": f"{inst.gateway_host}:{inst.gateway_port}",
+        "GATEWAY_UPSTREAM": f"127.0.0.1:{inst.upstream_port}",
         "MAX_REQUEST_BYTES": gateway["MAX_REQUEST_BYTES"],
         "PROXY_HEADER_BUFFER_BYTES": int(gateway["MAX_URL_BYTES"]) + 1024,
         "PROXY_ERRORS_DIR": os.path.join(NGINX_DIR, "errors"),
@@ -705,9 +705,9 @@ def start_proxy(inst):
     subprocess.run(argv + ["-t", "-q"], check=True)  # a bad config fails here, with nginx's message
     spawn("nginx", argv, inst.run_dir, inst.log_dir)
     wait_for(lambda: port_open(inst.gateway_port, inst.gateway_host) or not is_running(inst, "nginx"),
-             "nginx on %d" % inst.gateway_port, timeout=30)
+             f"nginx on {inst.gateway_port}", timeout=30)
     if not is_running(inst, "nginx"):
-        raise RuntimeError("nginx exited; see %s" % error_log)
+        raise RuntimeError(f"nginx exited; see {error_log}")
     return True
 
 
@@ -717,8 +717,8 @@ def wait_services(inst, services=SERVICES, timeout=60):
     import warnings
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.getLogger("amqp").setLevel(logging.ERROR)  # "Received method during closing channel" noise
-    from nameko.standalone.rpc import ClusterRpcProxy
     from nameko.exceptions import RpcTimeout, UnknownService
+    from nameko.standalone.rpc import ClusterRpcProxy
 
     config = {"AMQP_URI": inst.amqp_uri}
     deadline = time.monotonic() + timeout
@@ -730,10 +730,10 @@ def wait_services(inst, services=SERVICES, timeout=60):
                     break
                 except (RpcTimeout, UnknownService):
                     if not is_running(inst, service):
-                        raise RuntimeError("service %s exited; see %s" % (
-                            service, os.path.join(inst.log_dir, service + ".log"))) from None
+                        raise RuntimeError(f'service {service} exited; see '
+                                           f'{os.path.join(inst.log_dir, service + ".log")}') from None
                     if time.monotonic() > deadline:
-                        raise RuntimeError("service %s did not answer ping within %ss" % (service, timeout)) from None
+                        raise RuntimeError(f"service {service} did not answer ping within {timeout}s") from None
                     time.sleep(0.2)
 
 
@@ -756,23 +756,22 @@ def up(inst, quiet=False):
     start_gateway(inst)
     start_proxy(inst)
     wait_services(inst)
-    wait_for(lambda: gateway_healthy(inst), "gateway at %s" % inst.gateway_url, timeout=60)
+    wait_for(lambda: gateway_healthy(inst), f"gateway at {inst.gateway_url}", timeout=60)
     if not quiet:
         print("\norganizations platform is up")
-        print("  console     %s/   (the web console)" % inst.gateway_url)
-        print("  gateway     %s/api/v1   (OpenAPI: %s/api/v1/openapi.json)" % (inst.gateway_url, inst.gateway_url))
-        print("              nginx in front of gunicorn on %s (private)" % inst.upstream_url)
-        print("  rabbitmq    %s  (management http://%s:%d)" % (inst.amqp_uri_display,
-                                                           inst.rabbit_host, inst.rabbit_mgmt_port))
-        print("  mongodb     %s%s" % (inst.mongo_url, "" if inst.external_mongo else "  (FerretDB on %s)" % (
-            "PostgreSQL 127.0.0.1:%d, data in var/postgres" % inst.postgres_port
+        print(f"  console     {inst.gateway_url}/   (the web console)")
+        print(f"  gateway     {inst.gateway_url}/api/v1   (OpenAPI: {inst.gateway_url}/api/v1/openapi.json)")
+        print(f"              nginx in front of gunicorn on {inst.upstream_url} (private)")
+        print(f"  rabbitmq    {inst.amqp_uri_display}  (management http://{inst.rabbit_host}:{inst.rabbit_mgmt_port})")
+        print("  mongodb     {}{}".format(inst.mongo_url, "" if inst.external_mongo else "  (FerretDB on %s)" % (
+            f"PostgreSQL 127.0.0.1:{inst.postgres_port}, data in var/postgres"
             if inst.ferretdb_handler == "postgresql" else "SQLite, data in var/ferretdb")))
-        print("  smtp sink   127.0.0.1:%d  (messages in %s)" % (inst.smtp_port, os.path.relpath(inst.mail_dir, ROOT)))
-        print("  logs        %s/*.log" % os.path.relpath(inst.log_dir, ROOT))
-        print("  metrics     %s/metrics  (gateway, private port)" % inst.upstream_url)
+        print(f"  smtp sink   127.0.0.1:{inst.smtp_port}  (messages in {os.path.relpath(inst.mail_dir, ROOT)})")
+        print(f"  logs        {os.path.relpath(inst.log_dir, ROOT)}/*.log")
+        print(f"  metrics     {inst.upstream_url}/metrics  (gateway, private port)")
         for service, port in inst.metrics_ports.items():
             if port:
-                print("              http://127.0.0.1:%d/metrics  (%s)" % (port, service))
+                print(f"              http://127.0.0.1:{port}/metrics  ({service})")
 
 
 def started_processes(inst):
@@ -792,11 +791,11 @@ def down(inst, infra=True):
     ``infra`` the infrastructure a stack started -- nothing that merely answered on its port."""
     for name in started_processes(inst):
         if stop_pid_file(_pid_file(inst, name)):
-            print("stopped %s" % name)
+            print(f"stopped {name}")
     if infra:
         for name in INFRA:
             if stop_infra(name):
-                print("stopped %s" % name)
+                print(f"stopped {name}")
 
 
 def start_isolated(inst):
@@ -835,13 +834,13 @@ def status(inst):
     rows = [("rabbitmq", port_open(inst.rabbit_port, inst.rabbit_host), inst.amqp_uri_display),
             ("mongodb", port_open(inst.mongo_port) if not inst.external_mongo else None, inst.mongo_url)]
     if not inst.external_mongo and inst.ferretdb_handler == "postgresql":
-        rows.append(("postgres", port_open(inst.postgres_port), "127.0.0.1:%d (FerretDB's storage)" % inst.postgres_port))
+        rows.append(("postgres", port_open(inst.postgres_port), f"127.0.0.1:{inst.postgres_port} (FerretDB's storage)"))
     for name in ("smtp",) + SERVICES + ("gateway", "nginx"):
-        rows.append((name, is_running(inst, name), "pid %s" % read_pid(_pid_file(inst, name))))
+        rows.append((name, is_running(inst, name), f"pid {read_pid(_pid_file(inst, name))}"))
     rows.append(("gateway http", gateway_healthy(inst), inst.gateway_url + "/healthz"))
     for name, ok, info in rows:
         state = "unknown" if ok is None else ("up" if ok else "DOWN")
-        print("%-14s %-8s %s" % (name, state, info))
+        print(f"{name!s:<14} {state!s:<8} {info}")
     return all(ok is not False for _, ok, _ in rows)
 
 

@@ -58,7 +58,7 @@ def scratch(test_stack):
 @pytest.fixture
 def owner(gateway):
     """A fresh account owning a fresh organization."""
-    return gateway.signup(organization_name="Lab %s" % os.urandom(3).hex())
+    return gateway.signup(organization_name=f"Lab {os.urandom(3).hex()}")
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +70,7 @@ def tap(test_stack):
     listener._drain(0.5)
     problems = listener.envelope_problems()
     listener.close()
-    assert not problems, "%d events without their envelope, e.g. %s" % (len(problems), problems[:5])
+    assert not problems, f"{len(problems)} events without their envelope, e.g. {problems[:5]}"
 
 
 def pytest_terminal_summary(terminalreporter, config):

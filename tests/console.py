@@ -56,11 +56,11 @@ class Person:
     def check(self, name):
         """Screenshot and accessibility check of the page as it is now."""
         self.page.wait_for_load_state("load")
-        path = os.path.join(ARTIFACTS, "%s-%s.png" % (self.label, name))
+        path = os.path.join(ARTIFACTS, f"{self.label}-{name}.png")
         self.page.screenshot(path=path, full_page=True)
         results = axe().run(self.page)
         bad = [v for v in results.response["violations"] if v.get("impact") in BAD_IMPACTS]
-        assert not bad, "%s: axe found %s" % (name, json.dumps(
+        assert not bad, "{}: axe found {}".format(name, json.dumps(
             [{"id": v["id"], "impact": v["impact"], "nodes": [n["html"] for n in v["nodes"]][:3]} for v in bad],
             indent=1))
         CHECKED.append((name, self.page.url))

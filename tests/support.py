@@ -23,7 +23,7 @@ def wait_until(check, timeout=10.0, interval=0.05, what="condition"):
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError("timed out after %.1fs waiting for %s (last value: %r)" % (timeout, what, last))
+    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what} (last value: {last!r})")
 
 
 def run_together(target, arguments, timeout=None):
@@ -61,7 +61,7 @@ def superuser_token(gateway):
 
 
 def unique_email(prefix="user"):
-    return "%s-%s@example.test" % (prefix, uuid.uuid4().hex[:12])
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.test"
 
 
 class Gateway:
@@ -134,22 +134,23 @@ def envelope_problems(message, body):
     expected = {
         "message_id": event_id, "type": routing_key, "app_id": source, "content_type": "application/json",
         "cloudEvents:specversion": "1.0", "cloudEvents:id": event_id, "cloudEvents:source": "/orgplatform/" + source,
-        "cloudEvents:type": routing_key, "cloudEvents:time": body.get("occurred_at") if isinstance(body, dict) else None,
+        "cloudEvents:type": routing_key,
+        "cloudEvents:time": body.get("occurred_at") if isinstance(body, dict) else None,
     }
     seen = dict(properties, **headers)
-    problems = ["%s is %r, not %r" % (key, seen.get(key), value) for key, value in expected.items()
+    problems = [f"{key} is {seen.get(key)!r}, not {value!r}" for key, value in expected.items()
                 if seen.get(key) != value]
     try:
         if str(uuid.UUID(event_id)) != event_id:
-            problems.append("event_id %r is not a hyphenated uuid" % event_id)
+            problems.append(f"event_id {event_id!r} is not a hyphenated uuid")
     except (TypeError, ValueError):
-        problems.append("event_id %r is not a uuid" % event_id)
+        problems.append(f"event_id {event_id!r} is not a uuid")
     try:
         if properties.get("timestamp") != unix_seconds(body["occurred_at"]):
-            problems.append("timestamp %r is not occurred_at %r" % (properties.get("timestamp"), body["occurred_at"]))
+            problems.append(f'timestamp {properties.get("timestamp")!r} is not occurred_at {body["occurred_at"]!r}')
     except (KeyError, TypeError, ValueError):
         problems.append("no occurred_at to check the timestamp against")
-    return ["%s %s: %s" % (routing_key, event_id, problem) for problem in problems]
+    return [f"{routing_key} {event_id}: {problem}" for problem in problems]
 
 
 class EventTap:
@@ -190,7 +191,7 @@ class EventTap:
                 pass
         self.connection = Connection(self.amqp_uri)
         channel = self.connection.channel()
-        queue = Queue("test-tap-%s" % uuid.uuid4().hex, exclusive=True, auto_delete=True, durable=False,
+        queue = Queue(f"test-tap-{uuid.uuid4().hex}", exclusive=True, auto_delete=True, durable=False,
                       channel=channel)
         queue.declare()
         for source in self.sources:
@@ -209,11 +210,10 @@ class EventTap:
         message.ack()
 
     def _drain(self, timeout):
-        import socket
 
         try:
             self.connection.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass  # nothing arrived yet
         except Exception:  # the broker went away (e.g. a fault test restarted it): listen anew
             self.reconnect()
@@ -227,7 +227,7 @@ class EventTap:
                     return body
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError("no %s event matching %r within %.1fs" % (event_type, match, timeout))
+                raise AssertionError(f"no {event_type} event matching {match!r} within {timeout:.1f}s")
             self._drain(min(remaining, 0.2))
 
     def all(self, event_type, **match):
@@ -242,7 +242,7 @@ class EventTap:
 def invite(gateway, tap, admin, email, role="member", org_id=None):
     """Invite ``email``; returns (token, invite id), the token read from the invite_created event."""
     org_id = org_id or admin.org_id
-    response = gateway.post("/organizations/%s/invites" % org_id, {"emails": [email], "role": role}, admin.token)
+    response = gateway.post(f"/organizations/{org_id}/invites", {"emails": [email], "role": role}, admin.token)
     assert response.status_code == 201, response.text
     invite_id = response.json()["items"][0]["id"]
     event = tap.wait_for("invite_created", invite_id=invite_id)
@@ -284,7 +284,7 @@ class Mail:
         self.html = self.message.get_body(("html",)).get_content()
 
     def __repr__(self):
-        return "<Mail to=%s subject=%r>" % (self.rcpt_to, self.subject)
+        return f"<Mail to={self.rcpt_to} subject={self.subject!r}>"
 
 
 class Mailbox:
@@ -311,7 +311,7 @@ class Mailbox:
 
     def wait(self, address, contains=None, count=1, timeout=MAIL_TIMEOUT):
         return wait_until(lambda: len(self.to(address, contains)) >= count and self.to(address, contains),
-                          timeout=timeout, what="%d mail(s) to %s %r" % (count, address, contains))
+                          timeout=timeout, what=f"{count} mail(s) to {address} {contains!r}")
 
     def recipients(self, contains):
         return sorted(r for m in self.all() if contains in m.subject or contains in m.text for r in m.rcpt_to)
@@ -343,7 +343,7 @@ def gateway_workers(test_stack):
     workers = set()
     for entry in os.listdir("/proc"):
         try:
-            with open("/proc/%s/stat" % entry) as handle:
+            with open(f"/proc/{entry}/stat") as handle:
                 parent = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue  # not a process, or it just exited
@@ -361,15 +361,15 @@ def _serving_worker(server_port, client_port, workers):
                 fields = line.split()
                 if (int(fields[1].rsplit(":", 1)[1], 16) == server_port
                         and int(fields[2].rsplit(":", 1)[1], 16) == client_port):
-                    sockets.add("socket:[%s]" % fields[9])
+                    sockets.add(f"socket:[{fields[9]}]")
     for pid in workers:
         try:
-            descriptors = os.listdir("/proc/%d/fd" % pid)
+            descriptors = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
         for fd in descriptors:
             try:
-                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in sockets:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
                     return pid
             except OSError:
                 continue
@@ -389,13 +389,13 @@ def on_new_connections(test_stack, path, token, minimum=20, timeout=30.0):
     import json
 
     workers = gateway_workers(test_stack)
-    assert len(workers) >= 2, "expected several gateway workers, found %r" % workers
+    assert len(workers) >= 2, f"expected several gateway workers, found {workers!r}"
     answers = []
     deadline = time.monotonic() + timeout
     while len(answers) < minimum or {pid for pid, _, _ in answers} != workers:
         if time.monotonic() > deadline:
-            raise AssertionError("after %d new connections in %.0fs, workers %r answered, of %r"
-                                 % (len(answers), timeout, sorted({a[0] for a in answers}, key=str), workers))
+            raise AssertionError(f"after {len(answers)} new connections in {timeout:.0f}s, workers "
+                                 f"{sorted({a[0] for a in answers}, key=str)!r} answered, of {workers!r}")
         connection = http.client.HTTPConnection("127.0.0.1", test_stack.upstream_port, timeout=15)
         try:
             connection.request("GET", "/api/v1" + path, headers={"Authorization": "Bearer " + token})
@@ -420,8 +420,7 @@ def assert_every_worker_answers(test_stack, path, token, status, code=None, mini
     ``status`` (and error ``code``): e.g. a revocation has reached every process, not just one."""
     answers = on_new_connections(test_stack, path, token, minimum)
     unexpected = [answer for answer in answers if error_codes([answer]) != {(status, code)}]
-    assert not unexpected, "%d of %d answers were not %s %s: %r" % (len(unexpected), len(answers), status, code,
-                                                                    unexpected[:3])
+    assert not unexpected, f"{len(unexpected)} of {len(answers)} answers were not {status} {code}: {unexpected[:3]!r}"
     return answers
 
 
@@ -439,21 +438,21 @@ def side_gateway(test_stack, label, component="gateway", **env):
     ``Gateway`` once it answers ``/healthz`` and stops it afterwards."""
     from stack import stack
     port = free_port()
-    settings = dict(test_stack.service_env(component), GATEWAY_BIND="127.0.0.1:%d" % port, GATEWAY_WORKERS="1",
+    settings = dict(test_stack.service_env(component), GATEWAY_BIND=f"127.0.0.1:{port}", GATEWAY_WORKERS="1",
                     **env)
     name = "gateway-" + label
     stack.spawn(name, [os.path.join(stack.VENV_BIN, "gunicorn"), "-c", os.path.join(stack.ROOT, "gateway",
                                                                                  "gunicorn.conf.py"),
                        "gateway.app:create_app()"], test_stack.run_dir, test_stack.log_dir, settings)
     try:
-        side = Gateway("http://127.0.0.1:%d" % port)
+        side = Gateway(f"http://127.0.0.1:{port}")
 
         def healthy():
             try:
                 return requests.get(side.base_url + "/healthz", timeout=2).status_code == 200
             except OSError:
                 return False
-        wait_until(healthy, timeout=60, interval=0.2, what="the %s gateway to start" % label)
+        wait_until(healthy, timeout=60, interval=0.2, what=f"the {label} gateway to start")
         yield side
     finally:
         stack.stop_pid_file(os.path.join(test_stack.run_dir, name + ".pid"))

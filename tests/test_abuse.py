@@ -24,8 +24,18 @@ import uuid
 import pytest
 
 from stack import stack
-from tests.support import (SUMMARY, Mailbox, assert_error, free_port, invite, join, run_together, superuser_token,
-                           unique_email, wait_until)
+from tests.support import (
+    SUMMARY,
+    Mailbox,
+    assert_error,
+    free_port,
+    invite,
+    join,
+    run_together,
+    superuser_token,
+    unique_email,
+    wait_until,
+)
 
 #: the limited pair's settings. Windows of about a day, so a test hardly ever straddles two, and of an odd
 #: length (86,399 s is coprime with the test stack's 60, 600 and 3,600 s windows), so a window of the
@@ -47,7 +57,7 @@ LIMITS = {
 
 def new_address():
     """A loopback address no other test (and not the rest of the suite, 127.0.0.1) uses."""
-    return "127.%d.%d.%d" % (random.randint(1, 254), random.randint(0, 255), random.randint(1, 254))
+    return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 class Client:
@@ -86,7 +96,7 @@ class Answer:
         return (self.body or {}).get("error", {}).get("code") if isinstance(self.body, dict) else None
 
     def __repr__(self):
-        return "<%s %s %.2fs %s>" % (self.status, self.code, self.seconds, str(self.body)[:160])
+        return f"<{self.status} {self.code} {self.seconds:.2f}s {str(self.body)[:160]}>"
 
 
 def assert_refused(answer, status, code):
@@ -129,7 +139,7 @@ def limited(test_stack):
         for pid_file in pid_files:
             stack.stop_pid_file(pid_file)
         try:
-            stack._management(side, "DELETE", "/api/vhosts/%s" % stack.urllib.request.quote(side.vhost, safe=""))
+            stack._management(side, "DELETE", f'/api/vhosts/{stack.urllib.request.quote(side.vhost, safe="")}')
         except OSError:
             pass
 
@@ -169,7 +179,7 @@ def test_signup_is_rate_limited_per_client_address(limited, gateway):
 def test_logins_refused_for_the_address_do_not_lock_the_victim_out(limited, gateway):
     victim = gateway.signup(organization_name=None)
     attacker = client(limited)
-    guesses = [attacker.post("/auth/login", {"email": victim.email, "password": "guess %d" % n}) for n in range(25)]
+    guesses = [attacker.post("/auth/login", {"email": victim.email, "password": f"guess {n}"}) for n in range(25)]
     assert [g.status for g in guesses] == [401] * 3 + [429] * 22, guesses
     assert_refused(guesses[-1], 429, "rate_limited")
     # the victim, from their own address, gets in (their email counted 3 guesses, not 25)
@@ -279,10 +289,10 @@ def test_a_burst_of_signups_is_shed_fast_and_the_service_stays_responsive(limite
     assert probes and all(answer.status == 200 for _, answer in probes), probes
     assert max(answer.seconds for _, answer in probes) < rpc_timeout, probes
     request.config.stash.setdefault(SUMMARY, []).append(
-        "sign-up burst (%d at once, 1 hashing slot + 2 waiting): %d admitted, %d shed (median %.2f s), slowest "
-        "answer %.2f s, slowest membership RPC meanwhile %.2f s, slowest /healthz or /me %.2f s" % (
-            BURST, statuses.count(201), len(shed), statistics.median(a.seconds for a in shed),
-            max(a.seconds for a in answers), max(rpc_probes), max(answer.seconds for _, answer in probes)))
+        f"sign-up burst ({BURST} at once, 1 hashing slot + 2 waiting): {statuses.count(201)} admitted, {len(shed)} "
+        f"shed (median {statistics.median(a.seconds for a in shed):.2f} s), slowest answer "
+        f"{max(a.seconds for a in answers):.2f} s, slowest membership RPC meanwhile {max(rpc_probes):.2f} s, slowest "
+        f"/healthz or /me {max(answer.seconds for _, answer in probes):.2f} s")
 
 
 # -- 5. invite batches ----------------------------------------------------------------------------
@@ -290,8 +300,8 @@ def test_a_burst_of_signups_is_shed_fast_and_the_service_stays_responsive(limite
 def test_a_batch_of_100_answers_in_time_and_a_retry_kills_no_mailed_link(gateway, tap, owner, test_stack):
     rpc_timeout = float(test_stack.service_env().get("RPC_TIMEOUT") or 5)
     mailbox = Mailbox(test_stack.mail_dir)
-    path = "/organizations/%s/invites" % owner.org_id
-    emails = [unique_email("batch%d" % index) for index in range(100)]
+    path = f"/organizations/{owner.org_id}/invites"
+    emails = [unique_email(f"batch{index}") for index in range(100)]
     key = {"Idempotency-Key": uuid.uuid4().hex}
     started = time.monotonic()
     first = gateway.post(path, {"emails": emails, "role": "member"}, owner.token, headers=key)
@@ -336,7 +346,7 @@ def test_a_batch_of_100_answers_in_time_and_a_retry_kills_no_mailed_link(gateway
 
 def test_invites_are_rate_limited_per_inviter_and_per_organization(limited, gateway, tap, owner):
     admin = join(gateway, tap, owner, "admin")
-    path = "/organizations/%s/invites" % owner.org_id
+    path = f"/organizations/{owner.org_id}/invites"
     as_owner, as_admin = client(limited), client(limited)
 
     def batch(who, token, count, emails=None):
@@ -363,12 +373,12 @@ RACERS = 6
 
 def test_signups_that_lose_the_last_seat_leave_no_account_behind(gateway, tap, owner):
     superuser = superuser_token(gateway)
-    plan_path = "/organizations/%s/plan" % owner.org_id
+    plan_path = f"/organizations/{owner.org_id}/plan"
     plan = {"name": "team", "included_users": 2, "included_storage_bytes": None, "paid_until": None}
     assert gateway.request("PUT", plan_path, superuser, json=plan).status_code == 200
     racers = []
     for index in range(RACERS):
-        email = unique_email("seat%d" % index)
+        email = unique_email(f"seat{index}")
         racers.append((email, invite(gateway, tap, owner, email)[0]))
     barrier = threading.Barrier(RACERS)
     results = [None] * RACERS
@@ -382,13 +392,15 @@ def test_signups_that_lose_the_last_seat_leave_no_account_behind(gateway, tap, o
             if not (answer.status == 503 and "bulkhead" in answer.body["error"]["details"]):
                 break
             shed_at = time.monotonic()
-            wait_until(lambda shed_at=shed_at, answer=answer: time.monotonic() - shed_at >= float(answer.headers["Retry-After"]), timeout=10,
+            retry_after = float(answer.headers["Retry-After"])
+            wait_until(lambda shed_at=shed_at, retry_after=retry_after: time.monotonic() - shed_at >= retry_after,
+                       timeout=10,
                        interval=0.05, what="Retry-After")
         results[index] = answer
 
     run_together(signup, [(index,) + racer for index, racer in enumerate(racers)])
     assert sorted(r.status for r in results) == [201] + [409] * (RACERS - 1), results
-    losers = [racer for racer, result in zip(racers, results) if result.status == 409]
+    losers = [racer for racer, result in zip(racers, results, strict=False) if result.status == 409]
     assert {r.code for r in results if r.status == 409} == {"user_limit_reached"}, results
     for email, _ in losers:  # no account was left behind
         assert_error(gateway.post("/auth/login", {"email": email, "password": "correct horse battery"}),

@@ -27,7 +27,7 @@ def test_signup_with_organization_gives_an_org_scoped_owner_token(gateway):
     assert me.json()["organizations"] == [
         {"id": account.org_id, "name": "Lovelace Lab", "role": "admin", "is_owner": True}]
 
-    overview = gateway.get("/organizations/%s" % account.org_id, account.token).json()
+    overview = gateway.get(f"/organizations/{account.org_id}", account.token).json()
     assert overview["name"] == "Lovelace Lab"
     assert overview["owner"] == {"id": account.user_id, "name": "Ada", "email": email.lower()}
     assert overview["plan"] == {"name": "custom", "included_users": None, "included_storage_bytes": None,
@@ -46,10 +46,10 @@ def test_signup_without_organization_gives_a_token_for_no_organization(gateway):
 
 
 def test_rename_reaches_the_overview_and_the_membership_copy(gateway, owner):
-    renamed = gateway.patch("/organizations/%s" % owner.org_id, {"name": " Renamed Lab "}, owner.token)
+    renamed = gateway.patch(f"/organizations/{owner.org_id}", {"name": " Renamed Lab "}, owner.token)
     assert renamed.status_code == 200, renamed.text
     assert renamed.json()["name"] == "Renamed Lab"
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["name"] == "Renamed Lab"
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["name"] == "Renamed Lab"
     wait_until(lambda: gateway.get("/me", owner.token).json()["organization"]["name"] == "Renamed Lab",
                what="organization_renamed to reach the membership service")
 

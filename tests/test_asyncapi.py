@@ -76,9 +76,9 @@ def check_against(doc, messages):
     seen, problems = set(), []
     for routing_key, body, properties, headers in messages:
         source = properties.get("app_id")
-        channel = doc["channels"].get("%s.%s" % (source, routing_key))
-        if channel is None or channel["bindings"]["amqp"]["exchange"]["name"] != "%s.events" % source:
-            problems.append("no channel for %s on %s.events" % (routing_key, source))
+        channel = doc["channels"].get(f"{source}.{routing_key}")
+        if channel is None or channel["bindings"]["amqp"]["exchange"]["name"] != f"{source}.events":
+            problems.append(f"no channel for {routing_key} on {source}.events")
             continue
         errors = [e.message for e in payload_validator(doc, routing_key).iter_errors(body)]
         errors += [e.message for e in headers_validator(doc).iter_errors(
@@ -95,16 +95,16 @@ def test_every_event_of_a_journey_matches_the_document(served, gateway, tap):
     are deleted; the tap's messages are checked here too, whatever earlier modules caused)."""
     start = len(tap.messages)
     su = superuser_token(gateway)
-    owner = gateway.signup(organization_name="AsyncAPI Lab %s" % uuid.uuid4().hex[:6])
-    org = "/organizations/%s" % owner.org_id
+    owner = gateway.signup(organization_name=f"AsyncAPI Lab {uuid.uuid4().hex[:6]}")
+    org = f"/organizations/{owner.org_id}"
     assert gateway.patch(org, {"name": "AsyncAPI Lab renamed"}, owner.token).status_code == 200
     assert gateway.request("PUT", org + "/plan", su, json={"name": "team", "included_users": 10,
                                                           "included_storage_bytes": 10 ** 9,
                                                           "paid_until": None}).status_code == 200
     manager = join(gateway, tap, owner, "dataset_manager")
     admin = join(gateway, tap, owner, "admin")
-    assert gateway.patch(org + "/members/%s" % manager.user_id, {"role": "member"}, owner.token).status_code == 200
-    assert gateway.patch(org + "/members/%s" % manager.user_id, {"role": "dataset_manager"},
+    assert gateway.patch(org + f"/members/{manager.user_id}", {"role": "member"}, owner.token).status_code == 200
+    assert gateway.patch(org + f"/members/{manager.user_id}", {"role": "dataset_manager"},
                          owner.token).status_code == 200
     assert gateway.post(org + "/ownership", {"user_id": admin.user_id}, owner.token).status_code == 200
     assert gateway.post(org + "/storage-reports", {"datasets": [{"dataset_id": "d1", "bytes": 1234}],
@@ -113,13 +113,14 @@ def test_every_event_of_a_journey_matches_the_document(served, gateway, tap):
                         su).status_code == 201
     manager_token = gateway.post("/auth/login", {"email": manager.email, "password": manager.password,
                                                  "organization_id": owner.org_id}).json()["access_token"]
-    reserved = gateway.post(org + "/credits/reservations", {"amount": 2000, "job_id": "job-1", "job_type": "segmentation",
+    reserved = gateway.post(org + "/credits/reservations",
+                            {"amount": 2000, "job_id": "job-1", "job_type": "segmentation",
                                                             "idempotency_key": uuid.uuid4().hex}, manager_token)
     assert reserved.status_code == 201, reserved.text
-    settled = gateway.post(org + "/credits/reservations/%s/settle" % reserved.json()["entry"]["id"],
+    settled = gateway.post(org + f'/credits/reservations/{reserved.json()["entry"]["id"]}/settle',
                            {"outcome": "succeeded"}, su)
     assert settled.status_code == 200, settled.text
-    assert gateway.delete(org + "/members/%s" % manager.user_id, token=manager_token).status_code in (200, 204)
+    assert gateway.delete(org + f"/members/{manager.user_id}", token=manager_token).status_code in (200, 204)
     # the transfer moved the new owner's cut-off: their token from before it is void
     owner_token = gateway.post("/auth/login", {"email": admin.email, "password": admin.password,
                                                "organization_id": owner.org_id}).json()["access_token"]

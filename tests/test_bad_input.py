@@ -45,26 +45,26 @@ def listing(gateway, token, path, cursor):
 @pytest.mark.parametrize("cursor", TAMPERED_CURSORS)
 def test_tampered_member_and_delivery_cursors_are_422(gateway, owner, cursor):
     for path in ("members", "notifications/deliveries"):
-        assert_cursor_refused(listing(gateway, owner.token, "/organizations/%s/%s" % (owner.org_id, path), cursor))
+        assert_cursor_refused(listing(gateway, owner.token, f"/organizations/{owner.org_id}/{path}", cursor))
 
 
 @pytest.mark.parametrize("cursor", ["99999999999999999999", "9223372036854775808", "9" * 40, "-1",
                                     "-99999999999999999999",
                                     "0", "+5", " 5", "5 ", "1_000", "\u0665", "0x10", "1e3", "", "x"])
 def test_tampered_credit_cursors_are_422(gateway, owner, cursor):
-    assert_cursor_refused(listing(gateway, owner.token, "/organizations/%s/credits" % owner.org_id, cursor))
+    assert_cursor_refused(listing(gateway, owner.token, f"/organizations/{owner.org_id}/credits", cursor))
 
 
 def test_a_real_credit_cursor_still_pages(gateway, owner, su):
     for _ in range(3):
-        granted = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+        granted = gateway.post(f"/organizations/{owner.org_id}/credits/grants",
                                {"amount": 1000, "idempotency_key": uuid.uuid4().hex}, su)
         assert granted.status_code == 201, granted.text
-    first = gateway.get("/organizations/%s/credits?limit=2" % owner.org_id, owner.token)
+    first = gateway.get(f"/organizations/{owner.org_id}/credits?limit=2", owner.token)
     assert first.status_code == 200, first.text
     cursor = first.json()["next_cursor"]
     assert cursor
-    second = gateway.get("/organizations/%s/credits?limit=2&cursor=%s" % (owner.org_id, cursor), owner.token)
+    second = gateway.get(f"/organizations/{owner.org_id}/credits?limit=2&cursor={cursor}", owner.token)
     assert second.status_code == 200, second.text
     assert [e["sequence"] for e in second.json()["items"]] == [1]
 
@@ -72,7 +72,7 @@ def test_a_real_credit_cursor_still_pages(gateway, owner, su):
 @pytest.mark.parametrize("opening", [b"[", b'{"a":'])
 def test_deeply_nested_bodies_are_400(gateway, owner, opening):
     body = opening * 50_000
-    for path, token in (("/auth/signup", None), ("/organizations/%s/invites" % owner.org_id, owner.token)):
+    for path, token in (("/auth/signup", None), (f"/organizations/{owner.org_id}/invites", owner.token)):
         response = gateway.request("POST", path, token, data=body, headers={"Content-Type": "application/json"})
         assert_error(response, 400, "malformed_request")
     # a nesting deep enough to hurt but short of the parser's limit is an ordinary 422
@@ -86,7 +86,7 @@ LONE = "\ud800"
 
 def test_lone_surrogates_are_422_in_every_string_field(gateway, owner, su, tap):
     """JSON may spell a lone surrogate (``"\\ud800"``); it is no Unicode text and cannot be stored."""
-    org = "/organizations/%s" % owner.org_id
+    org = f"/organizations/{owner.org_id}"
     member = join(gateway, tap, owner, "member")
     cases = [
         ("POST", "/auth/signup", None, {"email": unique_email(), "password": "correct horse battery",
@@ -99,9 +99,9 @@ def test_lone_surrogates_are_422_in_every_string_field(gateway, owner, su, tap):
         ("POST", "/auth/refresh", None, {"refresh_token": "x" + LONE}, "refresh_token"),
         ("POST", "/organizations", owner.token, {"name": "Lab \udfff"}, "name"),
         ("PATCH", org, owner.token, {"name": "Lab " + LONE}, "name"),
-        ("POST", org + "/invites", owner.token, {"emails": ["a%s@example.test" % LONE], "role": "member"}, "emails"),
+        ("POST", org + "/invites", owner.token, {"emails": [f"a{LONE}@example.test"], "role": "member"}, "emails"),
         ("POST", org + "/ownership", owner.token, {"user_id": member.user_id + LONE}, "user_id"),
-        ("PUT", org + "/notifications", owner.token, {"plan_email": "p%s@example.test" % LONE,
+        ("PUT", org + "/notifications", owner.token, {"plan_email": f"p{LONE}@example.test",
                                                       "new_user_email": None, "ai_job_recipients": "admins"},
          "plan_email"),
         ("POST", org + "/credits/grants", su, {"amount": 5, "idempotency_key": uuid.uuid4().hex,
@@ -134,7 +134,7 @@ def _plan(paid_until):
                                     "1969-12-31T23:59:59+00:00", "9000-01-01T00:00:01+00:00",
                                     "8999-12-31T23:00:00-02:00"])
 def test_dates_out_of_range_are_422_naming_the_field(gateway, owner, su, moment):
-    org = "/organizations/%s" % owner.org_id
+    org = f"/organizations/{owner.org_id}"
     error = assert_error(gateway.request("PUT", org + "/plan", su, json=_plan(moment)), 422, "validation_failed")
     assert "paid_until" in error["details"], error
     error = assert_error(gateway.post(org + "/credits/grants", {"amount": 5, "idempotency_key": uuid.uuid4().hex,
@@ -145,7 +145,7 @@ def test_dates_out_of_range_are_422_naming_the_field(gateway, owner, su, moment)
 
 
 def test_dates_at_the_edges_of_the_range_are_accepted_and_mailed(gateway, test_stack, owner, su):
-    org = "/organizations/%s" % owner.org_id
+    org = f"/organizations/{owner.org_id}"
     mailbox = Mailbox(test_stack.mail_dir)
     for moment, shown in (("1970-01-01T00:00:00+00:00", "1970-01-01T00:00:00.000Z"),
                           ("8999-12-31T23:59:59-00:00", "8999-12-31T23:59:59.000Z"),
@@ -172,7 +172,7 @@ def test_a_plan_mail_with_an_unschedulable_paid_until_is_still_sent(gateway, tes
     mailbox = Mailbox(test_stack.mail_dir)
     plan = {"name": "power", "included_users": None, "included_storage_bytes": None,
             "paid_until": "0001-01-01T00:00:00.000Z"}
-    wait_until(lambda: gateway.get("/organizations/%s/notifications" % owner.org_id, owner.token).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{owner.org_id}/notifications", owner.token).status_code == 200,
                timeout=15, what="notifications to know the organization")
     tap.wait_for("organization_created", organization_id=owner.org_id, timeout=15)
     source, event_type, body = make_event(events.PLAN_CHANGED, owner.org_id, plan=plan,
@@ -187,14 +187,14 @@ def test_a_plan_mail_with_an_unschedulable_paid_until_is_still_sent(gateway, tes
 
 
 def test_storage_totals_cannot_overflow_and_a_refused_report_leaves_nothing_stuck(gateway, owner, su):
-    org = "/organizations/%s" % owner.org_id
+    org = f"/organizations/{owner.org_id}"
     huge = 2 ** 49
 
     def report(prefix, count=10_000, size=huge, complete=False):
         """Sent again, as a client would, while the answer is 503 (10,000 datasets can take the
         service longer than the test stack's 3 s RPC timeout on a busy machine) or 409 (that
         attempt is still being applied): a report is idempotent, so the final answer is the one."""
-        datasets = [{"dataset_id": "%s-%05d" % (prefix, i), "bytes": size} for i in range(count)]
+        datasets = [{"dataset_id": f"{prefix}-{i:05d}", "bytes": size} for i in range(count)]
         answers = []
 
         def answered():

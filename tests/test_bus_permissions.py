@@ -50,14 +50,14 @@ def deletion_event(org_id):
 
 def assert_organization_intact(gateway, owner):
     """Every service still serves the organization as live (none of them purged it)."""
-    overview = gateway.get("/organizations/%s" % owner.org_id, owner.token)
+    overview = gateway.get(f"/organizations/{owner.org_id}", owner.token)
     assert overview.status_code == 200, overview.text
     assert overview.json().get("status", "active") == "active", overview.json()
-    members = gateway.get("/organizations/%s/members" % owner.org_id, owner.token)
+    members = gateway.get(f"/organizations/{owner.org_id}/members", owner.token)
     assert members.status_code == 200 and owner.user_id in {m["user_id"] for m in members.json()["items"]}, \
         members.text
-    assert gateway.get("/organizations/%s/notifications" % owner.org_id, owner.token).status_code == 200
-    assert gateway.get("/organizations/%s/usage" % owner.org_id, owner.token).status_code == 200
+    assert gateway.get(f"/organizations/{owner.org_id}/notifications", owner.token).status_code == 200
+    assert gateway.get(f"/organizations/{owner.org_id}/usage", owner.token).status_code == 200
     assert gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).status_code == 200
 
 
@@ -76,7 +76,8 @@ def test_nobody_but_org_can_announce_an_organization_deletion(gateway, test_stac
 
 def test_the_gateway_publishes_on_no_event_exchange(test_stack):
     for source in topology.EVENT_SOURCES:
-        refused(lambda source=source: publish(test_stack, "gateway", topology.event_exchange(source), "organization_purged",
+        refused(lambda source=source: publish(test_stack, "gateway", topology.event_exchange(source),
+                                              "organization_purged",
                                 {"organization_id": str(uuid.uuid4())}))
 
 
@@ -84,7 +85,8 @@ def test_the_gateway_publishes_on_no_event_exchange(test_stack):
 def test_a_service_publishes_only_its_own_exchange_and_event_types(test_stack, service):
     for source in topology.EVENT_SOURCES:
         if source != service:
-            refused(lambda source=source: publish(test_stack, service, topology.event_exchange(source), "organization_purged",
+            refused(lambda source=source: publish(test_stack, service, topology.event_exchange(source),
+                                                  "organization_purged",
                                     {"organization_id": str(uuid.uuid4())}))
     # on its own exchange only the event types it owns (topic permission): org cannot say member_joined
     own = {t for s, t in events.SCHEMAS if s == service}
@@ -110,7 +112,7 @@ def forged_grant(test_stack, component, org_id, amount):
 @pytest.mark.parametrize("component", bus.SERVICES)
 def test_no_service_can_call_the_operator_only_grant(gateway, test_stack, owner, component):
     refused(lambda: forged_grant(test_stack, component, owner.org_id, 10 ** 12))
-    usage = gateway.get("/organizations/%s/usage" % owner.org_id, owner.token)
+    usage = gateway.get(f"/organizations/{owner.org_id}/usage", owner.token)
     assert usage.status_code == 200 and usage.json()["credits"]["balance"] == 0, usage.text
 
 
@@ -154,7 +156,7 @@ def some_queue_of(service):
 @pytest.mark.parametrize("thief, victim", [("usage", "membership"), ("gateway", "org"), ("org", "usage"),
                                            ("membership", "notifications"), ("notifications", "membership")])
 def test_a_component_cannot_consume_another_components_queues(test_stack, thief, victim):
-    refused(lambda: consume(test_stack, thief, "rpc-%s" % victim))
+    refused(lambda: consume(test_stack, thief, f"rpc-{victim}"))
     refused(lambda: consume(test_stack, thief, some_queue_of(victim)))
     refused(lambda: basic_get(test_stack, thief, some_queue_of(victim)))
     refused(lambda: basic_get(test_stack, thief, some_queue_of(victim) + ".parked"))
@@ -162,7 +164,7 @@ def test_a_component_cannot_consume_another_components_queues(test_stack, thief,
 
 def bind_own_queue(test_stack, component, routing_key):
     """Declare a queue named like the component's own reply queue and bind it to ``nameko-rpc``."""
-    name = "rpc.reply-%s-%s" % (bus.reply_name(component), uuid.uuid4())
+    name = f"rpc.reply-{bus.reply_name(component)}-{uuid.uuid4()}"
     with connect(test_stack, component) as connection:
         channel = connection.channel()
         queue = Queue(name, exchange=Exchange(bus.RPC_EXCHANGE, type="topic", no_declare=True),
@@ -196,7 +198,7 @@ def test_no_component_can_declare_or_delete_an_exchange(test_stack, component):
         with connect(test_stack, component) as connection:
             Exchange(name, type="topic", durable=True)(connection.channel()).declare()
 
-    for name in (bus.RPC_EXCHANGE, "org.events", "%s.events" % component):
+    for name in (bus.RPC_EXCHANGE, "org.events", f"{component}.events"):
         refused(lambda name=name: delete(name))
         refused(lambda name=name: redeclare(name))
 
@@ -213,7 +215,7 @@ def test_processes_get_their_own_user_and_nobody_is_guest(test_stack):
 
 def test_the_running_processes_connect_as_their_own_users(test_stack):
     """What the broker sees: every connection of the instance's vhost is one of its component users."""
-    connections = stack._management(test_stack, "GET", "/api/vhosts/%s/connections" % bus.quote(test_stack.vhost))
+    connections = stack._management(test_stack, "GET", f"/api/vhosts/{bus.quote(test_stack.vhost)}/connections")
     users = {c["user"] for c in connections}
     expected = {test_stack.rabbit_users[c][0] for c in bus.COMPONENTS}
     assert expected <= users, (expected, users)
@@ -240,8 +242,8 @@ def test_gateway_call_list_is_exactly_what_the_gateway_calls():
         for method in re.findall(r"\brpc\(\s*(?:name|service),\s*\"(\w+)\"", source):  # loops over services
             called |= {(service, method) for service in bus.SERVICES}
     allowed = {(service, method) for service, methods in bus.GATEWAY_CALLS.items() for method in methods}
-    assert called - allowed == set(), "add to common.bus.GATEWAY_CALLS: %s" % sorted(called - allowed)
-    assert allowed - called == set(), "no longer called, remove from GATEWAY_CALLS: %s" % sorted(allowed - called)
+    assert called - allowed == set(), f"add to common.bus.GATEWAY_CALLS: {sorted(called - allowed)}"
+    assert allowed - called == set(), f"no longer called, remove from GATEWAY_CALLS: {sorted(allowed - called)}"
     for service, methods in bus.GATEWAY_CALLS.items():
         assert set(methods) <= rpc_methods(service), (service, set(methods) - rpc_methods(service))
     # the operator-only and internal methods are not among what services may call of each other
@@ -278,5 +280,6 @@ def test_no_component_can_route_forged_calls_into_the_rpc_exchange_through_anoth
                             {"args": [], "kwargs": {}}))
     # the direct retry exchanges take any routing key, so nobody may read (bind from) them
     for service in bus.SERVICES:
-        refused(lambda service=service: exchange_bind(test_stack, service, bus.RPC_EXCHANGE, bus.retry_exchange(service),
+        refused(lambda service=service: exchange_bind(test_stack, service, bus.RPC_EXCHANGE,
+                                                      bus.retry_exchange(service),
                                       "usage.grant_credits"))

@@ -168,7 +168,7 @@ def test_services_are_discovered_from_the_filesystem():
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_package_has_config_and_module(name):
-    assert os.path.isfile(service_config(name)), "services/%s/config.yml missing" % name
+    assert os.path.isfile(service_config(name)), f"services/{name}/config.yml missing"
     assert os.path.isfile(os.path.join(ROOT, "services", name, "service.py"))
 
 
@@ -180,7 +180,7 @@ def test_compose_file_uses_the_compose_specification(compose):
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_every_app_service_is_defined(services, name):
-    assert name in services, "docker-compose.yml has no service %r" % name
+    assert name in services, f"docker-compose.yml has no service {name!r}"
 
 
 # -- infrastructure ------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_mongo_and_rabbitmq_have_healthchecks_and_volumes(services, compose):
     named_volumes = set(compose.get("volumes") or {})
     for name, path in (("mongo", "/data/db"), ("rabbitmq", "/var/lib/rabbitmq")):
         mounts = {target: source for source, target, _ in mount_targets(services[name])}
-        assert mounts.get(path) in named_volumes, "%s keeps no data in a named volume" % name
+        assert mounts.get(path) in named_volumes, f"{name} keeps no data in a named volume"
 
 
 def test_mailpit_serves_smtp_and_ui(services):
@@ -243,7 +243,7 @@ def test_app_service_is_built_from_the_one_image(services, name):
     service = services[name]
     build = service.get("build")
     context = build if isinstance(build, str) else (build or {}).get("context")
-    assert context in (".", "./"), "%s must be built from ./Dockerfile" % name
+    assert context in (".", "./"), f"{name} must be built from ./Dockerfile"
     assert service.get("image") == "orgplatform:latest"
 
 
@@ -251,8 +251,8 @@ def test_app_service_is_built_from_the_one_image(services, name):
 def test_service_command_runs_its_own_config_and_module(services, name):
     cmd = command(services[name])
     assert cmd[:2] == ["nameko", "run"], cmd
-    assert cmd[cmd.index("--config") + 1] == "services/%s/config.yml" % name
-    assert cmd[-1] == "services.%s.service" % name
+    assert cmd[cmd.index("--config") + 1] == f"services/{name}/config.yml"
+    assert cmd[-1] == f"services.{name}.service"
 
 
 def test_gateway_command_runs_gunicorn(services):
@@ -264,22 +264,22 @@ def test_gateway_command_runs_gunicorn(services):
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_service_is_production_ready_and_scalable(services, name):
     service = services[name]
-    assert "container_name" not in service, "container_name prevents scaling %s" % name
+    assert "container_name" not in service, f"container_name prevents scaling {name}"
     assert service.get("restart") in ("unless-stopped", "always", "on-failure")
     replicas = (service.get("deploy") or {}).get("replicas")
     assert isinstance(replicas, int) and replicas >= 1
     healthcheck = service.get("healthcheck") or {}
-    assert healthcheck.get("test") and not healthcheck.get("disable"), "%s has no healthcheck" % name
+    assert healthcheck.get("test") and not healthcheck.get("disable"), f"{name} has no healthcheck"
     assert healthcheck["test"][0] in ("CMD", "CMD-SHELL")
     # the gateway too: only the proxy publishes a port
-    assert not service.get("ports"), "%s publishes host ports, so it cannot scale" % name
+    assert not service.get("ports"), f"{name} publishes host ports, so it cannot scale"
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_healthcheck_is_valid_python_about_nameko(services, name):
     test = services[name]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
-    compile(test[3], "<healthcheck of %s>" % name, "exec")
+    compile(test[3], f"<healthcheck of {name}>", "exec")
     assert "nameko" in test[3]
 
 
@@ -323,9 +323,9 @@ def test_nginx_environment_covers_the_template(services):
     env = environment(services["nginx"])
     local_only = {"PROXY_DIR", "PROXY_LOG_DIR"}  # the local stack's main context, not the image's
     missing = template_variables() - set(env) - local_only
-    assert not missing, "nginx: the template needs %s in the compose environment" % sorted(missing)
+    assert not missing, f"nginx: the template needs {sorted(missing)} in the compose environment"
     unknown = set(env) - template_variables()
-    assert not unknown, "nginx: %s set in compose but read by nothing" % sorted(unknown)
+    assert not unknown, f"nginx: {sorted(unknown)} set in compose but read by nothing"
     assert set(placeholders(PROXY_CONFIG)) - {"PROXY_WORKER_CONNECTIONS"} <= set(env)
 
 
@@ -360,7 +360,7 @@ def test_service_depends_on_healthy_infrastructure_and_topology(services, name):
 def test_gateway_depends_on_every_service_and_the_key(services):
     deps = depends_on(services["gateway"])
     for name in SERVICES:
-        assert deps.get(name) in ("service_started", "service_healthy"), "gateway does not wait for %s" % name
+        assert deps.get(name) in ("service_started", "service_healthy"), f"gateway does not wait for {name}"
     assert deps.get("keygen") == "service_completed_successfully"
 
 
@@ -368,20 +368,20 @@ def test_gateway_depends_on_every_service_and_the_key(services):
 def test_service_environment_covers_its_config(services, name):
     env = environment(services[name])
     missing = required_env(name, service_config(name)) - set(env)
-    assert not missing, "%s: config.yml needs %s in the compose environment" % (name, sorted(missing))
+    assert not missing, f"{name}: config.yml needs {sorted(missing)} in the compose environment"
     unknown = set(env) - set(placeholders(service_config(name))) - NON_CONFIG_ENV.get(name, set())
-    assert not unknown, "%s: %s set in compose but read by nothing" % (name, sorted(unknown))
+    assert not unknown, f"{name}: {sorted(unknown)} set in compose but read by nothing"
 
 
 def test_gateway_environment_covers_its_config(services):
     env = environment(services["gateway"])
     missing = required_env("gateway", GATEWAY_CONFIG) - set(env)
-    assert not missing, "gateway: config.yml needs %s in the compose environment" % sorted(missing)
+    assert not missing, f"gateway: config.yml needs {sorted(missing)} in the compose environment"
     with open(GUNICORN_CONFIG) as handle:
         gunicorn_env = set(re.findall(r"environ\.get\(\s*[\"']([A-Z0-9_]+)", handle.read()))
     assert {"GATEWAY_WORKERS", "GATEWAY_THREADS"} <= set(env)
     unknown = set(env) - set(placeholders(GATEWAY_CONFIG)) - gunicorn_env - NON_CONFIG_ENV["gateway"]
-    assert not unknown, "gateway: %s set in compose but read by nothing" % sorted(unknown)
+    assert not unknown, f"gateway: {sorted(unknown)} set in compose but read by nothing"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -399,7 +399,7 @@ def test_membership_superuser_comes_from_the_host_environment(compose):
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) for item in raw)
     for var in ("SUPERUSER_EMAIL", "SUPERUSER_PASSWORD"):
-        assert re.fullmatch(r"\$\{%s(:?-[^}]*)?\}" % var, str(raw.get(var, ""))), var
+        assert re.fullmatch(f"\\$\\{{{var}(:?-[^}}]*)?\\}}", str(raw.get(var, ""))), var
 
 
 @pytest.mark.parametrize("name, variable, read_only", [("membership", "JWT_PRIVATE_KEY_FILE", True),
@@ -408,8 +408,8 @@ def test_key_files_live_in_the_keys_volume(services, name, variable, read_only):
     keygen_files = set(command(services["keygen"])[4:])
     mounts = {target: (source, ro) for source, target, ro in mount_targets(services[name])}
     for path in environment(services[name])[variable].split(","):
-        assert path in keygen_files, "%s=%s is not written by keygen" % (variable, path)
-        assert mounts.get(os.path.dirname(path)) == ("keys", read_only), "%s: keys volume not mounted" % name
+        assert path in keygen_files, f"{variable}={path} is not written by keygen"
+        assert mounts.get(os.path.dirname(path)) == ("keys", read_only), f"{name}: keys volume not mounted"
 
 
 # -- image ---------------------------------------------------------------------------------------
@@ -435,9 +435,9 @@ def test_dockerfile_base_layout_and_code():
             parts = [part for part in rest.split() if not part.startswith("--")]
             sources += [part.rstrip("/") for part in parts[:-1]]
     for folder in ("common", "services", "gateway"):
-        assert folder in sources, "Dockerfile does not copy %s/" % folder
+        assert folder in sources, f"Dockerfile does not copy {folder}/"
     for unwanted in (".", "", "tests", "bench", "var", ".venv"):
-        assert unwanted not in sources, "Dockerfile copies %r: copy only what runs" % (unwanted or "/")
+        assert unwanted not in sources, f'Dockerfile copies {unwanted or "/"!r}: copy only what runs'
     cmd = [rest for keyword, rest in rows if keyword == "CMD"]
     assert cmd, "no default CMD"
     argv = json.loads(cmd[-1])
@@ -448,7 +448,7 @@ def test_dockerignore_keeps_the_context_small():
     with open(DOCKERIGNORE) as handle:
         patterns = {line.strip().strip("/") for line in handle if line.strip() and not line.startswith("#")}
     for entry in (".venv", "var", ".git", "tests", "bench"):
-        assert entry in patterns, ".dockerignore does not exclude %s" % entry
+        assert entry in patterns, f".dockerignore does not exclude {entry}"
     assert "__pycache__" in patterns or "**/__pycache__" in patterns
 
 
@@ -461,7 +461,7 @@ def raw_environment(compose, name):
 
 def required_secret(value, variable):
     """``value`` is exactly ``${variable:?...}``-based: from the host, no default to fall back on."""
-    return re.search(r"\$\{%s:\?[^}]+\}" % variable, str(value)) is not None
+    return re.search(f"\\$\\{{{variable}:\\?[^}}]+\\}}", str(value)) is not None
 
 
 def test_no_guest_account_anywhere_in_compose():
@@ -473,9 +473,9 @@ def test_no_guest_account_anywhere_in_compose():
 def test_each_app_service_connects_as_its_own_broker_user(compose, name):
     uri = str(raw_environment(compose, name)["AMQP_URI"])
     user, _, rest = uri.split("//", 1)[1].partition(":")
-    assert user == name, "%s connects as %r, not as its own broker user" % (name, user)
+    assert user == name, f"{name} connects as {user!r}, not as its own broker user"
     password = rest.rsplit("@", 1)[0]
-    assert required_secret(password, "RABBIT_%s_PASSWORD" % name.upper()), password
+    assert required_secret(password, f"RABBIT_{name.upper()}_PASSWORD"), password
 
 
 def test_every_component_has_a_distinct_broker_user(services):
@@ -494,8 +494,8 @@ def test_topology_step_provisions_every_component_user_as_the_broker_administrat
     assert required_secret(topology["AMQP_URI"], "RABBIT_ADMIN_PASSWORD")
     assert urlsplit(topology["RABBIT_MANAGEMENT_URL"]).hostname == "rabbitmq"
     for component in bus.COMPONENTS:
-        variable = "RABBIT_%s_PASSWORD" % component.upper()
-        assert required_secret(topology.get(variable), variable), "topology cannot create %s's user" % component
+        variable = f"RABBIT_{component.upper()}_PASSWORD"
+        assert required_secret(topology.get(variable), variable), f"topology cannot create {component}'s user"
     # the administrator's password reaches nobody else
     for name in APP_SERVICES:
         assert "RABBIT_ADMIN_PASSWORD" not in str(raw_environment(compose, name)), name

@@ -13,7 +13,6 @@ import os
 import re
 import time
 
-
 from tests.console import PASSWORD, accept_link, until
 from tests.support import SUPERUSER, Mailbox, join, superuser_token, unique_email
 
@@ -43,12 +42,12 @@ def test_journey(people, test_stack, gateway):
     ada.submit("Save name")
     assert ada.flash() == "The organization is renamed."
     assert ada.heading() == "Analytical Engines"
-    assert gateway.get("/organizations/%s" % org_id, token=None).status_code == 401  # (the API still wants a token)
+    assert gateway.get(f"/organizations/{org_id}", token=None).status_code == 401  # (the API still wants a token)
 
     # -- invite two addresses
     ada.page.get_by_role("link", name="Members").click()
     ada.page.wait_for_url(re.compile(r"/members$"))
-    ada.fill("Email addresses", "%s, %s" % (grace_email, linus_email))
+    ada.fill("Email addresses", f"{grace_email}, {linus_email}")
     ada.page.get_by_label("Role", exact=True).select_option("member")
     ada.submit("Send invitations")
     assert grace_email in ada.flash() and linus_email in ada.flash()
@@ -67,7 +66,7 @@ def test_journey(people, test_stack, gateway):
     grace.fill("Your name", "Grace Hopper")
     grace.fill("Password", PASSWORD)
     grace.submit("Sign up and join")
-    assert grace.page.url.endswith("/orgs/%s" % org_id)
+    assert grace.page.url.endswith(f"/orgs/{org_id}")
     assert grace.flash() == "Welcome to Analytical Engines."
     # a member sees a read-only overview: no rename, no admin tabs
     assert grace.page.get_by_label("Organization name", exact=True).count() == 0
@@ -82,7 +81,7 @@ def test_journey(people, test_stack, gateway):
     linus.goto(linus_link)
     linus.check("invite-logged-in")
     linus.submit("Join Analytical Engines")
-    assert linus.page.url.endswith("/orgs/%s" % org_id)
+    assert linus.page.url.endswith(f"/orgs/{org_id}")
 
     # -- the used link now answers a clear page
     response = linus.goto(linus_link)
@@ -91,23 +90,23 @@ def test_journey(people, test_stack, gateway):
     linus.check("invite-used")
 
     # -- switch organizations from the avatar menu: only his organizations, the current one marked
-    linus.goto("/orgs/%s" % org_id)
+    linus.goto(f"/orgs/{org_id}")
     menu = linus.open_menu()
     assert menu.locator("[aria-current=true]").inner_text().startswith("Analytical Engines")
     names = sorted(b.inner_text() for b in menu.locator(".org-list button").all())
     assert names == ["Kernel Folks"]
     linus.check("avatar-menu")
     linus.switch_to("Kernel Folks")
-    assert linus.page.url.endswith("/orgs/%s" % linus_org)
+    assert linus.page.url.endswith(f"/orgs/{linus_org}")
     assert linus.heading() == "Kernel Folks"
     # the last-used organization is what the next login opens
     linus.page.locator("#avatar-menu summary").click()
     linus.submit("Log out")
     assert linus.flash() == "You are logged out."
     linus.login(linus_email)
-    assert linus.page.url.endswith("/orgs/%s" % linus_org)
+    assert linus.page.url.endswith(f"/orgs/{linus_org}")
     # a link into his other organization: refused as the API refuses it, with the switch offered
-    assert linus.goto("/orgs/%s/members" % org_id).status == 403
+    assert linus.goto(f"/orgs/{org_id}/members").status == 403
     linus.check("wrong-organization")
     linus.submit("Switch to Analytical Engines")
     assert linus.heading() == "Analytical Engines"
@@ -142,7 +141,7 @@ def test_journey(people, test_stack, gateway):
     operator.check("home")  # an account in no organization
     operator.page.get_by_role("link", name="Open the operator console").click()
     operator.page.wait_for_url(re.compile(r"/operator$"))
-    operator.goto("/operator?org_id=%s" % org_id)
+    operator.goto(f"/operator?org_id={org_id}")
     assert operator.page.locator("#looked-up").inner_text() == "Analytical Engines"
     soon = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 10 * 86400))
     operator.page.get_by_label("Plan", exact=True).select_option("team")
@@ -161,48 +160,48 @@ def test_journey(people, test_stack, gateway):
     operator.goto("/operator?org_id=no-such-organization")
     assert operator.page.locator(".flash.error").inner_text() == "No organization has this id."
     # storage beyond the plan: the bar's "exceeded" stands out on the overview
-    report = gateway.post("/organizations/%s/storage-reports" % org_id,
+    report = gateway.post(f"/organizations/{org_id}/storage-reports",
                           {"datasets": [{"dataset_id": "d1", "bytes": 5000}], "complete": True},
                           token=superuser_token(gateway))
     assert report.status_code == 201, report.text
 
     def overview_shows_everything():
-        ada.goto("/orgs/%s" % org_id)
+        ada.goto(f"/orgs/{org_id}")
         text = ada.page.locator(".cards").inner_text()
         return "Team" in text and "Storage exceeded" in text and "12.5" in text
     until(overview_shows_everything, what="plan, storage and credits on the overview")
-    assert "The paid period ends on %s" % soon in ada.page.locator(".warning").first.inner_text()
+    assert f"The paid period ends on {soon}" in ada.page.locator(".warning").first.inner_text()
     ada.page.locator("#ledger-section table", has_text="welcome credits").wait_for()  # embedded by the script
-    ada.goto("/orgs/%s/credits" % org_id)  # the ledger's own page (what the link leads to without the script)
+    ada.goto(f"/orgs/{org_id}/credits")  # the ledger's own page (what the link leads to without the script)
     assert ada.page.locator("table", has_text="welcome credits").count() == 1
     ada.check("credits")
-    ada.goto("/orgs/%s" % org_id)
+    ada.goto(f"/orgs/{org_id}")
     ada.page.locator("#ledger-section table", has_text="welcome credits").wait_for()
     assert "3 of 5 included" in ada.page.locator(".card", has_text="Members").inner_text()
     ada.check("overview-plan")
 
     # -- role change: Grace becomes a dataset manager; her open session follows, not logged out
-    ada.goto("/orgs/%s/members" % org_id)
-    row = ada.page.locator("tr[data-member='%s']" % grace_email)
+    ada.goto(f"/orgs/{org_id}/members")
+    row = ada.page.locator(f"tr[data-member='{grace_email}']")
     row.get_by_label("Role of Grace Hopper").select_option("dataset_manager")
     with ada.page.expect_navigation():
         row.get_by_role("button", name="Change role of Grace Hopper").click()
     assert ada.flash() == "The role is changed to Dataset manager."
-    until(lambda: grace.goto("/orgs/%s" % org_id) and "dataset manager" in grace.page.locator(".org-head").inner_text(),
+    until(lambda: grace.goto(f"/orgs/{org_id}") and "dataset manager" in grace.page.locator(".org-head").inner_text(),
           what="Grace's console showing her new role")
 
     # -- removal: Grace's open console session fails within 1 s
-    row = ada.page.locator("tr[data-member='%s']" % grace_email)
+    row = ada.page.locator(f"tr[data-member='{grace_email}']")
     with ada.page.expect_navigation():
         row.get_by_role("button", name="Remove Grace Hopper").click()
     removed_at = time.monotonic()
     assert ada.flash() == "The member is removed."
-    assert ada.page.locator("tr[data-member='%s']" % grace_email).count() == 0
+    assert ada.page.locator(f"tr[data-member='{grace_email}']").count() == 0
     refused_after = None
     deadline = removed_at + 10
     while time.monotonic() < deadline:
         sent_at = time.monotonic() - removed_at
-        grace.goto("/orgs/%s" % org_id)
+        grace.goto(f"/orgs/{org_id}")
         if grace.page.url.endswith("/login"):
             refused_after = sent_at
             break
@@ -238,7 +237,7 @@ def test_journey(people, test_stack, gateway):
         assert link.rsplit("/", 1)[1] not in log
     assert "/invites/[redacted]" in log
     # the organization is gone for Linus too; his own organization stays
-    linus.goto("/orgs/%s" % linus_org)
+    linus.goto(f"/orgs/{linus_org}")
     assert linus.page.url.endswith("/login") or linus.heading() in ("Kernel Folks", "Sorry")
 
 
@@ -252,12 +251,12 @@ def test_members_tab_search_pages_ownership_invites_leave_and_password(people, g
     names = ["Mia Member", "Max Member", "Ada Admin"]
     joined = [join(gateway, tap, owner, "member", name=name) for name in names]
     pending = unique_email("pending")
-    assert gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": [pending], "role": "admin"},
+    assert gateway.post(f"/organizations/{owner.org_id}/invites", {"emails": [pending], "role": "admin"},
                         owner.token).status_code == 201
 
     olga = people("members-owner")
     console_login(olga, owner)
-    olga.goto("/orgs/%s/members?limit=3" % owner.org_id)
+    olga.goto(f"/orgs/{owner.org_id}/members?limit=3")
     pages = [[r.get_attribute("data-member") for r in olga.page.locator("tr[data-member]").all()]]
     with olga.page.expect_navigation():
         olga.page.get_by_role("link", name="Next page").click()
@@ -265,7 +264,7 @@ def test_members_tab_search_pages_ownership_invites_leave_and_password(people, g
     assert [len(p) for p in pages] == [3, 1] and olga.page.get_by_role("link", name="Next page").count() == 0
     assert set(pages[0] + pages[1]) == {owner.email} | {a.email for a in joined}
     # search
-    olga.goto("/orgs/%s/members" % owner.org_id)
+    olga.goto(f"/orgs/{owner.org_id}/members")
     olga.page.get_by_label("Search members").fill("Max")
     with olga.page.expect_navigation():
         olga.page.get_by_label("Search members").press("Enter")
@@ -273,27 +272,27 @@ def test_members_tab_search_pages_ownership_invites_leave_and_password(people, g
     olga.check("members-search")
 
     # promote Ada to admin, then hand her the ownership
-    olga.goto("/orgs/%s/members" % owner.org_id)
-    row = olga.page.locator("tr[data-member='%s']" % joined[2].email)
+    olga.goto(f"/orgs/{owner.org_id}/members")
+    row = olga.page.locator(f"tr[data-member='{joined[2].email}']")
     row.get_by_label("Role of Ada Admin").select_option("admin")
     with olga.page.expect_navigation():
         row.get_by_role("button", name="Change role of Ada Admin").click()
     assert olga.flash() == "The role is changed to Admin.", olga.page.locator("main").inner_text()
-    row = olga.page.locator("tr[data-member='%s']" % joined[2].email)
+    row = olga.page.locator(f"tr[data-member='{joined[2].email}']")
     assert row.get_by_role("button", name="Make owner Ada Admin").count() == 1, olga.page.content()
     with olga.page.expect_navigation():
         row.get_by_role("button", name="Make owner Ada Admin").click()
     assert olga.flash() == "Ownership is transferred."
-    assert "Owner" in olga.page.locator("tr[data-member='%s']" % joined[2].email).inner_text()
+    assert "Owner" in olga.page.locator(f"tr[data-member='{joined[2].email}']").inner_text()
     assert olga.page.get_by_role("button", name=re.compile("Make owner")).count() == 0  # no longer the owner
-    overview = gateway.get("/organizations/%s" % owner.org_id, joined[2].token)
+    overview = gateway.get(f"/organizations/{owner.org_id}", joined[2].token)
     assert overview.status_code == 401  # her old token died with the change; the console's session renewed
     # revoke the pending invite
-    invite_row = olga.page.locator("tr[data-invite='%s']" % pending)
+    invite_row = olga.page.locator(f"tr[data-invite='{pending}']")
     with olga.page.expect_navigation():
-        invite_row.get_by_role("button", name="Revoke the invitation of %s" % pending).click()
+        invite_row.get_by_role("button", name=f"Revoke the invitation of {pending}").click()
     assert olga.flash() == "The invitation is revoked; its link no longer works."
-    assert olga.page.locator("tr[data-invite='%s']" % pending).count() == 0
+    assert olga.page.locator(f"tr[data-invite='{pending}']").count() == 0
 
     # a member changes their password, then leaves
     mia = people("members-member")
@@ -311,14 +310,14 @@ def test_members_tab_search_pages_ownership_invites_leave_and_password(people, g
     mia.submit("Change password")
     assert mia.flash().startswith("Your password is changed.")
     assert gateway.post("/auth/login", {"email": mia_email(joined), "password": PASSWORD}).status_code == 401
-    mia.goto("/orgs/%s/members" % owner.org_id)
+    mia.goto(f"/orgs/{owner.org_id}/members")
     assert mia.page.get_by_role("button", name=re.compile("Remove|Change role|Revoke")).count() == 0
     mia.check("members-member")
     with mia.page.expect_navigation():
         mia.page.get_by_role("button", name="Leave organization").click()
     assert mia.page.url.endswith("/login")
     assert mia.flash().startswith("You left the organization.")
-    members = gateway.get("/organizations/%s/members" % owner.org_id, joined[1].token).json()["items"]
+    members = gateway.get(f"/organizations/{owner.org_id}/members", joined[1].token).json()["items"]
     assert joined[0].email not in {m["email"] for m in members}
 
 

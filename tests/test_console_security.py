@@ -30,7 +30,7 @@ def test_session_cookie_is_httponly_lax_sealed_and_secure_over_https(people, gat
     assert person.page.evaluate("localStorage.length + sessionStorage.length") == 0
     # a tampered cookie is no session at all
     person.context.add_cookies([dict(session, value=session["value"][:-4] + "AAAA")])
-    person.goto("/orgs/%s" % owner.org_id)
+    person.goto(f"/orgs/{owner.org_id}")
     assert person.page.url.endswith("/login")
     # over https (the proxy says so) the cookie is Secure
     answer = requests.get(test_stack.upstream_url + "/login", headers={"X-Forwarded-Proto": "https"}, timeout=10)
@@ -47,7 +47,7 @@ def test_every_page_has_a_strict_csp_and_no_inline_script_or_style(people, gatew
         assert_strict(response, person)
     logged_in(person, owner)
     for tab in ("", "/members", "/notifications", "/delete"):
-        response = person.goto("/orgs/%s%s" % (owner.org_id, tab))
+        response = person.goto(f"/orgs/{owner.org_id}{tab}")
         assert response.status == 200
         assert_strict(response, person)
     response = person.goto("/account/password")
@@ -70,11 +70,11 @@ def assert_strict(response, person):
 def test_a_cross_site_form_post_is_refused(people, gateway, test_stack):
     owner = gateway.signup(organization_name="CSRF Lab")
     person = logged_in(people("csrf"), owner)
-    target = "%s/orgs/%s/name" % (test_stack.gateway_url, owner.org_id)
+    target = f"{test_stack.gateway_url}/orgs/{owner.org_id}/name"
     # the attacker's page, on another site, posts a form to the console as soon as it loads
-    evil = ('<!doctype html><html lang="en"><title>win a prize</title><form id="f" method="post" action="%s">'
-            '<input name="name" value="Hacked"><input name="csrf_token" value="guess"></form>'
-            '<script>document.getElementById("f").submit()</script></html>' % target)
+    evil = ("<!doctype html><html lang=\"en\"><title>win a prize</title><form id=\"f\" method=\"post\" "
+            f"action=\"{target}\"><input name=\"name\" value=\"Hacked\"><input name=\"csrf_token\" "
+            "value=\"guess\"></form><script>document.getElementById(\"f\").submit()</script></html>")
     person.page.route("http://evil.example.test/**", lambda route: route.fulfill(
         status=200, content_type="text/html", body=evil))
     with person.page.expect_response(target) as answer:
@@ -82,16 +82,16 @@ def test_a_cross_site_form_post_is_refused(people, gateway, test_stack):
     assert answer.value.status == 403
     assert "sent from another site" in person.page.locator("main").inner_text()
     # the same person's own session, with their cookie but without the form's token: refused too
-    assert person.post("/orgs/%s/name" % owner.org_id, {"name": "Hacked"}).status == 403
+    assert person.post(f"/orgs/{owner.org_id}/name", {"name": "Hacked"}).status == 403
     # the right token but another site's Origin: refused
-    token = person.goto("/orgs/%s" % owner.org_id) and person.csrf_token()
+    token = person.goto(f"/orgs/{owner.org_id}") and person.csrf_token()
     forged = person.context.request.post(target, form={"name": "Hacked", "csrf_token": token},
                                          headers={"Origin": "http://evil.example.test"}, max_redirects=0)
     assert forged.status == 403
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["name"] == "CSRF Lab"
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["name"] == "CSRF Lab"
     # and with both, it works (the test above is not refusing everything)
-    assert person.post("/orgs/%s/name" % owner.org_id, {"name": "CSRF Lab 2", "csrf_token": token}).status == 302
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["name"] == "CSRF Lab 2"
+    assert person.post(f"/orgs/{owner.org_id}/name", {"name": "CSRF Lab 2", "csrf_token": token}).status == 302
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["name"] == "CSRF Lab 2"
 
 
 XSS_ORG = '<script>alert("org")</script>'
@@ -104,11 +104,11 @@ def test_names_are_escaped_everywhere(people, gateway, tap, test_stack):
     owner = gateway.signup(organization_name=XSS_ORG, name=XSS_USER)
     member = join(gateway, tap, owner, "member", name=XSS_MEMBER)
     invited = unique_email("xss")
-    assert gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": [invited], "role": "member"},
+    assert gateway.post(f"/organizations/{owner.org_id}/invites", {"emails": [invited], "role": "member"},
                         owner.token).status_code == 201
     person = logged_in(people("xss"), owner)
-    pages = {"/orgs/%s" % owner.org_id: [XSS_ORG, XSS_USER], "/orgs/%s/members" % owner.org_id: [XSS_USER, XSS_MEMBER],
-             "/orgs/%s/notifications" % owner.org_id: [], "/orgs/%s/delete" % owner.org_id: [XSS_ORG]}
+    pages = {f"/orgs/{owner.org_id}": [XSS_ORG, XSS_USER], f"/orgs/{owner.org_id}/members": [XSS_USER, XSS_MEMBER],
+             f"/orgs/{owner.org_id}/notifications": [], f"/orgs/{owner.org_id}/delete": [XSS_ORG]}
     for path, texts in pages.items():
         person.goto(path)
         shown = person.page.locator("main").inner_text()
@@ -129,7 +129,7 @@ def test_names_are_escaped_everywhere(people, gateway, tap, test_stack):
     operator = people("xss-operator")
     from tests.support import SUPERUSER
     operator.login(SUPERUSER["email"], SUPERUSER["password"])
-    operator.goto("/operator?org_id=%s" % owner.org_id)
+    operator.goto(f"/operator?org_id={owner.org_id}")
     assert operator.page.locator("#looked-up").inner_text() == XSS_ORG
     assert not person.dialogs and not stranger.dialogs and not operator.dialogs
     # the member's own avatar menu
@@ -137,8 +137,8 @@ def test_names_are_escaped_everywhere(people, gateway, tap, test_stack):
     assert XSS_MEMBER in other.open_menu().inner_text()
     # ... who, logged in, opens the invitation mailed to someone else: refused, in plain words
     other.goto(link)
-    other.submit("Join %s" % XSS_ORG)
-    assert "mailed to another address than %s" % member.email in other.page.locator(".flash.error").inner_text()
+    other.submit(f"Join {XSS_ORG}")
+    assert f"mailed to another address than {member.email}" in other.page.locator(".flash.error").inner_text()
     assert other.page.get_by_role("button", name=re.compile("^Join")).count() == 0
     other.check("invite-wrong-address")
     assert not other.dialogs
@@ -149,18 +149,18 @@ def test_a_members_forged_admin_actions_are_refused_like_the_api(people, gateway
     owner = gateway.signup(organization_name="Forgery Lab")
     manager = join(gateway, tap, owner, "dataset_manager", name="Dana Manager")
     person = logged_in(people("forger"), manager)
-    person.goto("/orgs/%s" % owner.org_id)
+    person.goto(f"/orgs/{owner.org_id}")
     token = person.csrf_token()  # a valid CSRF token: only the access rules stand in the way
     org = owner.org_id
     forged = {
-        "/orgs/%s/name" % org: {"name": "Mine now"},
-        "/orgs/%s/invites" % org: {"emails": "friend@example.test", "role": "admin"},
-        "/orgs/%s/members/%s/role" % (org, manager.user_id): {"role": "admin"},
-        "/orgs/%s/members/%s/remove" % (org, owner.user_id): {},
-        "/orgs/%s/ownership" % org: {"user_id": manager.user_id},
-        "/orgs/%s/notifications" % org: {"plan_email": "me@example.test", "new_user_email": "",
+        f"/orgs/{org}/name": {"name": "Mine now"},
+        f"/orgs/{org}/invites": {"emails": "friend@example.test", "role": "admin"},
+        f"/orgs/{org}/members/{manager.user_id}/role": {"role": "admin"},
+        f"/orgs/{org}/members/{owner.user_id}/remove": {},
+        f"/orgs/{org}/ownership": {"user_id": manager.user_id},
+        f"/orgs/{org}/notifications": {"plan_email": "me@example.test", "new_user_email": "",
                                          "ai_job_recipients": "admins"},
-        "/orgs/%s/delete" % org: {"confirm_name": "Forgery Lab"},
+        f"/orgs/{org}/delete": {"confirm_name": "Forgery Lab"},
         "/operator/plan": {"org_id": org, "name": "power", "included_users": "", "included_storage_gb": "",
                            "paid_until": ""},
         "/operator/credits": {"org_id": org, "credits": "1000"},
@@ -168,13 +168,13 @@ def test_a_members_forged_admin_actions_are_refused_like_the_api(people, gateway
     for path, form in forged.items():
         answer = person.post(path, dict(form, csrf_token=token))
         assert answer.status == 403, (path, answer.status)
-    for path in ("/orgs/%s/notifications" % org, "/orgs/%s/delete" % org, "/orgs/%s/export" % org, "/operator"):
+    for path in (f"/orgs/{org}/notifications", f"/orgs/{org}/delete", f"/orgs/{org}/export", "/operator"):
         assert person.goto(path).status == 403, path
-    overview = gateway.get("/organizations/%s" % org, owner.token).json()
+    overview = gateway.get(f"/organizations/{org}", owner.token).json()
     assert overview["name"] == "Forgery Lab" and overview["status"] == "active" and overview["plan"]["name"] != "power"
-    roles = {m["user_id"]: m["role"] for m in gateway.get("/organizations/%s/members" % org, owner.token).json()["items"]}
+    roles = {m["user_id"]: m["role"] for m in gateway.get(f"/organizations/{org}/members", owner.token).json()["items"]}
     assert roles == {owner.user_id: "admin", manager.user_id: "dataset_manager"}
-    person.goto("/orgs/%s/delete" % org)
+    person.goto(f"/orgs/{org}/delete")
     person.check("forbidden")
 
 
@@ -183,11 +183,11 @@ def test_another_organizations_url_is_refused(people, gateway):
     theirs = gateway.signup(organization_name="Their Lab")
     person = logged_in(people("other-org"), mine)
     for tab in ("", "/members", "/notifications", "/delete", "/export"):
-        response = person.goto("/orgs/%s%s" % (theirs.org_id, tab))
+        response = person.goto(f"/orgs/{theirs.org_id}{tab}")
         assert response.status == 403, tab
         assert "Their Lab" not in person.page.content()
     assert "organization you are not signed in to" in person.page.locator("main").inner_text()
-    person.goto("/orgs/%s" % mine.org_id)
+    person.goto(f"/orgs/{mine.org_id}")
     assert person.heading() == "My Lab"
 
 
@@ -224,28 +224,29 @@ def test_keyboard_only_login_and_menu_and_phone_width(people, gateway):
     phone = people("phone", viewport={"width": 375, "height": 740})
     logged_in(phone, owner)
     for tab in ("", "/members", "/notifications", "/delete"):
-        phone.goto("/orgs/%s%s" % (owner.org_id, tab))
+        phone.goto(f"/orgs/{owner.org_id}{tab}")
         assert phone.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), tab
-        phone.check("phone%s" % tab.replace("/", "-"))
+        phone.check(f'phone{tab.replace("/", "-")}')
 
 
 def test_delete_needs_the_owner_or_an_admin_holding_the_right(people, gateway, tap):
     owner = gateway.signup(organization_name="Right Lab")
     admin = join(gateway, tap, owner, "admin", name="Alex Admin")
     person = logged_in(people("no-right"), admin)
-    person.goto("/orgs/%s/delete" % owner.org_id)
+    person.goto(f"/orgs/{owner.org_id}/delete")
     button = person.page.get_by_role("button", name="Delete this organization")
     assert button.is_disabled()
     assert "Only the owner, or an admin holding the deletion right" in person.page.locator("#delete-why").inner_text()
     person.check("delete-no-right")
-    forged = person.post("/orgs/%s/delete" % owner.org_id, {"confirm_name": "Right Lab", "csrf_token": person.csrf_token()})
+    forged = person.post(f"/orgs/{owner.org_id}/delete",
+                         {"confirm_name": "Right Lab", "csrf_token": person.csrf_token()})
     assert forged.status == 403
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["status"] == "active"
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["status"] == "active"
     # the owner grants the right: the same admin's page enables the button (once the name is typed)
-    granted = gateway.patch("/organizations/%s/members/%s" % (owner.org_id, admin.user_id),
+    granted = gateway.patch(f"/organizations/{owner.org_id}/members/{admin.user_id}",
                             {"can_delete_organization": True}, owner.token)
     assert granted.status_code == 200, granted.text
-    person.goto("/orgs/%s/delete" % owner.org_id)
+    person.goto(f"/orgs/{owner.org_id}/delete")
     person.page.get_by_label(re.compile("Type the organization's name")).fill("Right Lab")
     assert person.page.get_by_role("button", name="Delete this organization").is_enabled()
 
@@ -274,7 +275,7 @@ def test_an_expired_access_token_is_renewed_server_side_with_the_refresh_token(p
                          algorithm="EdDSA", headers={"kid": kid})
     assert gateway.get("/me", expired).status_code == 401
     person.context.add_cookies([dict(cookie, value=sealer.seal(dict(session, a=expired)))])
-    response = person.goto("/orgs/%s" % owner.org_id)
+    response = person.goto(f"/orgs/{owner.org_id}")
     assert response.status == 200 and person.heading() == "Refresh Lab"
     renewed = sealer.open(next(c for c in person.context.cookies() if c["name"] == "console_session")["value"])
     assert renewed["a"] != expired and renewed["r"] != session["r"]

@@ -13,7 +13,6 @@ from stack import stack
 from tests.support import Mailbox, assert_error, invite, join, unique_email, wait_until
 
 
-
 @pytest.fixture(scope="module")
 def client(test_stack):
     connection = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
@@ -43,36 +42,36 @@ def populate(gateway, tap, su, name, shared_member=None):
     """An organization with data in every service: members (one also in another organization),
     pending invites, notification settings and deliveries, a storage report, a ledger with a
     settled and an open reservation."""
-    owner = gateway.signup(organization_name=name, name="Owner of %s" % name)
+    owner = gateway.signup(organization_name=name, name=f"Owner of {name}")
     org = owner.org_id
     admin = join(gateway, tap, owner, "admin")
     manager = join(gateway, tap, owner, "dataset_manager")
     if shared_member is not None:
         token, _ = invite(gateway, tap, owner, shared_member.email)
-        assert gateway.post("/invites/%s/accept" % token, token=shared_member.token).status_code == 200
+        assert gateway.post(f"/invites/{token}/accept", token=shared_member.token).status_code == 200
     for _ in range(2):
         invite(gateway, tap, owner, unique_email("pending"))
-    assert gateway.request("PUT", "/organizations/%s/notifications" % org, owner.token, json={
-        "plan_email": "billing-%s@example.test" % uuid.uuid4().hex[:6], "new_user_email": None,
+    assert gateway.request("PUT", f"/organizations/{org}/notifications", owner.token, json={
+        "plan_email": f"billing-{uuid.uuid4().hex[:6]}@example.test", "new_user_email": None,
         "ai_job_recipients": "initiator_and_admins"}).status_code == 200
-    assert gateway.request("PUT", "/organizations/%s/plan" % org, su, json={
+    assert gateway.request("PUT", f"/organizations/{org}/plan", su, json={
         "name": "team", "included_users": 50, "included_storage_bytes": 10 ** 12,
         "paid_until": None}).status_code == 200
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{org}/usage", su).status_code == 200,
                what="usage service to know the organization")
-    assert gateway.post("/organizations/%s/storage-reports" % org, {
-        "datasets": [{"dataset_id": "ds-%d" % i, "bytes": 1000 * i} for i in range(1, 6)], "complete": True},
+    assert gateway.post(f"/organizations/{org}/storage-reports", {
+        "datasets": [{"dataset_id": f"ds-{i}", "bytes": 1000 * i} for i in range(1, 6)], "complete": True},
         su).status_code in (200, 201)
-    assert gateway.post("/organizations/%s/credits/grants" % org, {
+    assert gateway.post(f"/organizations/{org}/credits/grants", {
         "amount": 100_000, "idempotency_key": uuid.uuid4().hex}, su).status_code == 201
     reservations = []
     for _ in range(2):
-        response = gateway.post("/organizations/%s/credits/reservations" % org, {
-            "amount": 1000, "job_id": "job-%s" % uuid.uuid4().hex[:6], "job_type": "segmentation",
+        response = gateway.post(f"/organizations/{org}/credits/reservations", {
+            "amount": 1000, "job_id": f"job-{uuid.uuid4().hex[:6]}", "job_type": "segmentation",
             "idempotency_key": uuid.uuid4().hex}, manager.token)
         assert response.status_code == 201, response.text
         reservations.append(response.json()["entry"]["id"])
-    settled = gateway.post("/organizations/%s/credits/reservations/%s/settle" % (org, reservations[0]),
+    settled = gateway.post(f"/organizations/{org}/credits/reservations/{reservations[0]}/settle",
                            {"outcome": "succeeded"}, su)
     assert settled.status_code in (200, 201), settled.text
     return {"owner": owner, "admin": admin, "manager": manager, "org": org}
@@ -81,16 +80,16 @@ def populate(gateway, tap, su, name, shared_member=None):
 def quiet(gateway, team):
     """Nothing of the organization still moving: every mail final, the overview caught up."""
     def settled():
-        page = gateway.get("/organizations/%s/notifications/deliveries?limit=200" % team["org"],
+        page = gateway.get(f'/organizations/{team["org"]}/notifications/deliveries?limit=200',
                            team["owner"].token).json()
         return page["items"] and all(item["status"] != "queued" for item in page["items"])
     wait_until(settled, timeout=30, what="deliveries to settle")
-    wait_until(lambda: gateway.get("/organizations/%s" % team["org"], team["owner"].token).json()
+    wait_until(lambda: gateway.get(f'/organizations/{team["org"]}', team["owner"].token).json()
                ["credits"]["balance"] == 98_000, what="overview balance")
 
 
 def deletion_status(gateway, org_id, token):
-    response = gateway.get("/organizations/%s/deletion" % org_id, token)
+    response = gateway.get(f"/organizations/{org_id}/deletion", token)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -104,7 +103,7 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
     org = doomed["org"]
 
     # export: everything every service holds, without secrets
-    response = gateway.get("/organizations/%s/export" % org, doomed["admin"].token)
+    response = gateway.get(f"/organizations/{org}/export", doomed["admin"].token)
     assert response.status_code == 200, response.text
     export = response.json()
     assert export["organization_id"] == org and export["org"]["organization"]["name"] == "Doomed Lab"
@@ -119,14 +118,14 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
     assert {e["kind"] for e in export["usage"]["credits"]["ledger"]} >= {"grant", "reservation", "settlement"}
     for secret in ("token_hash", "password_hash", "refresh_hash", "accept_url"):
         assert secret not in response.text
-    assert_error(gateway.get("/organizations/%s/export" % org, doomed["manager"].token), 403, "forbidden")
+    assert_error(gateway.get(f"/organizations/{org}/export", doomed["manager"].token), 403, "forbidden")
 
     quiet(gateway, doomed)
     quiet(gateway, twin)
     twin_before = snapshot(client, test_stack, twin["org"])
 
     # who may delete, and the name check
-    path = "/organizations/%s" % org
+    path = f"/organizations/{org}"
     assert_error(gateway.delete(path, {"confirm_name": "Doomed Lab"}, doomed["manager"].token), 403, "forbidden")
     assert_error(gateway.delete(path, {"confirm_name": "Doomed Lab"}, doomed["admin"].token), 403, "forbidden")
     assert_error(gateway.delete(path, {"confirm_name": "doomed lab"}, doomed["owner"].token), 422,
@@ -141,7 +140,7 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
     # every token of the organization dies at once; superusers see 410 while it runs
     for member in ("owner", "admin", "manager"):
         wait_until(lambda member=member: gateway.get("/me", doomed[member].token).status_code == 401, timeout=1.0,
-                   what="%s token revoked" % member)
+                   what=f"{member} token revoked")
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
         deletion_status(gateway, org, su)), timeout=60, what="deletion to complete")
     assert status["services"] == {"org": "purged", "membership": "purged", "notifications": "purged",
@@ -182,10 +181,10 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
 def test_deletion_completes_after_a_stopped_service_returns(gateway, tap, su, client, test_stack):
     owner = gateway.signup(organization_name="Patient Lab")
     org = owner.org_id
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % org, su).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{org}/usage", su).status_code == 200,
                what="usage service to know the organization")
     stack.stop_pid_file(stack._pid_file(test_stack, "usage"), sig=9)
-    accepted = gateway.delete("/organizations/%s" % org, {"confirm_name": "Patient Lab"}, owner.token)
+    accepted = gateway.delete(f"/organizations/{org}", {"confirm_name": "Patient Lab"}, owner.token)
     assert accepted.status_code == 202, accepted.text
     status = wait_until(lambda: (lambda s: s if s["services"]["membership"] == "purged"
                                  and s["services"]["notifications"] == "purged" else None)(
@@ -200,9 +199,9 @@ def test_deletion_completes_after_a_stopped_service_returns(gateway, tap, su, cl
 
 def test_deletion_status_is_only_for_requester_owner_and_superusers(gateway, owner, su):
     other = gateway.signup()
-    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, other.token), 404, "not_found")
-    assert_error(gateway.get("/organizations/%s/deletion" % owner.org_id, su), 404, "not_found")  # none yet
-    assert_error(gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "x"}), 401)
+    assert_error(gateway.get(f"/organizations/{owner.org_id}/deletion", other.token), 404, "not_found")
+    assert_error(gateway.get(f"/organizations/{owner.org_id}/deletion", su), 404, "not_found")  # none yet
+    assert_error(gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": "x"}), 401)
 
 
 @pytest.mark.slow
@@ -216,12 +215,12 @@ def test_an_organization_bigger_than_one_delete_is_purged_completely(gateway, cl
     usage = client[test_stack.db_prefix + "usage"]
     wait_until(lambda: usage.organizations.find_one({"_id": owner.org_id}), what="usage to learn the organization")
     entries = [{"_id": uuid.uuid4().hex, "org_id": owner.org_id, "seq": seq, "kind": "grant", "amount": 1,
-                "balance_after": seq, "idempotency_key": "big-%d" % seq, "actor": owner.user_id}
+                "balance_after": seq, "idempotency_key": f"big-{seq}", "actor": owner.user_id}
                for seq in range(1, 70001)]
     for start in range(0, len(entries), 5000):
         usage.ledger.insert_many(entries[start:start + 5000], ordered=False)
 
-    assert gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": "Big Lab"},
+    assert gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": "Big Lab"},
                           owner.token).status_code == 202
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
         deletion_status(gateway, owner.org_id, su)), timeout=120, what="the deletion to complete")

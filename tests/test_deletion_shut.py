@@ -11,6 +11,7 @@ import collections
 import contextlib
 import threading
 import uuid
+from datetime import UTC
 
 import pymongo
 import pytest
@@ -45,9 +46,9 @@ def assert_only_the_tombstone(client, test_stack, org_id, name=None):
     found = []
     try:
         wait_until(lambda: not found.append(leftovers(client, test_stack, org_id)) and not found[-1], timeout=30,
-                   what="nothing but the tombstone of %s" % org_id)
+                   what=f"nothing but the tombstone of {org_id}")
     except AssertionError:
-        raise AssertionError("left of %s besides its tombstone: %r" % (org_id, found[-1])) from None
+        raise AssertionError(f"left of {org_id} besides its tombstone: {found[-1]!r}") from None
     assert [db for db, _, _ in documents_mentioning(client, test_stack, org_id)] == [test_stack.db_prefix + "org"]
     if name is not None:
         assert documents_mentioning(client, test_stack, name) == []
@@ -108,7 +109,7 @@ def answers(gateway, document, token, org_id, owner, name):
                 .replace("{user_id}", owner.user_id).replace("{invite_id}", uuid.uuid4().hex)
                 .replace("{reservation_id}", uuid.uuid4().hex))
         assert "{" not in path, path
-        assert not has_body or operation_id in bodies, "add a valid body for %s" % operation_id
+        assert not has_body or operation_id in bodies, f"add a valid body for {operation_id}"
         response = gateway.request(method, path, token, json=bodies.get(operation_id))
         code = response.json().get("error", {}).get("code") if response.status_code >= 400 else None
         result[operation_id] = (response.status_code, code)
@@ -125,13 +126,13 @@ def expect(operations, status, code, gateway_list=True):
 def test_every_operation_on_a_deleting_or_deleted_organization_is_410_and_unknown_is_404(
         gateway, document, test_stack, client):
     su = superuser_token(gateway)
-    name = "Shut Lab %s" % uuid.uuid4().hex[:6]
+    name = f"Shut Lab {uuid.uuid4().hex[:6]}"
     owner = gateway.signup(organization_name=name, name="Shut Owner")
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % owner.org_id, su).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{owner.org_id}/usage", su).status_code == 200,
                what="usage service to know the organization")
     operations = org_operations(document)
 
-    accepted = gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": name}, owner.token)
+    accepted = gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": name}, owner.token)
     assert accepted.status_code == 202, accepted.text
     # at once, while deleting (or already deleted: 410 either way), whatever each service heard yet
     assert answers(gateway, document, su, owner.org_id, owner, name) == expect(operations, 410, "organization_gone")
@@ -156,12 +157,12 @@ def test_every_operation_on_a_deleting_or_deleted_organization_is_410_and_unknow
 def test_the_requester_follows_the_deletion_by_receipt_and_the_owner_is_mailed_at_completion(
         gateway, tap, test_stack, client):
     mailbox = Mailbox(test_stack.mail_dir)
-    name = "Receipt Lab %s" % uuid.uuid4().hex[:6]
+    name = f"Receipt Lab {uuid.uuid4().hex[:6]}"
     owner = gateway.signup(organization_name=name, name="Receipt Owner")  # only in this organization
     admin = join(gateway, tap, owner, "admin")
-    assert gateway.patch("/organizations/%s/members/%s" % (owner.org_id, admin.user_id),
+    assert gateway.patch(f"/organizations/{owner.org_id}/members/{admin.user_id}",
                          {"can_delete_organization": True}, owner.token).status_code == 200
-    accepted = gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": name}, admin.token)
+    accepted = gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": name}, admin.token)
     assert accepted.status_code == 202, accepted.text
     body = accepted.json()
     receipt_url = body["receipt_url"]
@@ -178,7 +179,7 @@ def test_the_requester_follows_the_deletion_by_receipt_and_the_owner_is_mailed_a
     assert status["services"] == dict.fromkeys(("org", "membership", "notifications", "usage"), "purged")
     assert_error(gateway.post("/auth/login", {"email": admin.email, "password": admin.password}), 401)
     # the same status as the superuser's GET .../deletion, nothing more
-    su_view = gateway.get("/organizations/%s/deletion" % owner.org_id, superuser_token(gateway)).json()
+    su_view = gateway.get(f"/organizations/{owner.org_id}/deletion", superuser_token(gateway)).json()
     assert su_view == status
     # any token is irrelevant: an anonymous caller with the link reads it too; a forged one is 404
     assert gateway.get(gateway.base_url + receipt_url, token="not-a-token").status_code == 200
@@ -196,9 +197,9 @@ def test_the_requester_follows_the_deletion_by_receipt_and_the_owner_is_mailed_a
     assert documents_mentioning(client, test_stack, receipt) == []
 
     # it expires some days after completion (DELETION_RECEIPT_DAYS): moved into the past, it is 404
-    from datetime import datetime, timezone
+    from datetime import datetime
     client[test_stack.db_prefix + "org"].organizations.update_one(
-        {"_id": owner.org_id}, {"$set": {"deletion.receipt_expires_at": datetime(2000, 1, 1, tzinfo=timezone.utc)}})
+        {"_id": owner.org_id}, {"$set": {"deletion.receipt_expires_at": datetime(2000, 1, 1, tzinfo=UTC)}})
     assert_error(gateway.get(gateway.base_url + receipt_url), 404, "not_found")
 
 
@@ -206,14 +207,14 @@ def test_the_requester_follows_the_deletion_by_receipt_and_the_owner_is_mailed_a
 
 def _team(gateway, tap):
     su = superuser_token(gateway)
-    name = "Race Lab %s" % uuid.uuid4().hex[:6]
+    name = f"Race Lab {uuid.uuid4().hex[:6]}"
     owner = gateway.signup(organization_name=name, name="Race Owner")
     team = {"name": name, "org": owner.org_id, "owner": owner, "su": su}
     for role in ("admin", "dataset_manager", "member"):
         team[role] = join(gateway, tap, owner, role)
-    wait_until(lambda: gateway.get("/organizations/%s/usage" % owner.org_id, su).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{owner.org_id}/usage", su).status_code == 200,
                what="usage service to know the organization")
-    granted = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+    granted = gateway.post(f"/organizations/{owner.org_id}/credits/grants",
                            {"amount": 10 ** 9, "idempotency_key": uuid.uuid4().hex}, su)
     assert granted.status_code == 201, granted.text
     return team
@@ -221,13 +222,13 @@ def _team(gateway, tap):
 
 def _writers(gateway, team):
     """One write per service and kind of still-live token, each callable again and again."""
-    org = "/organizations/%s" % team["org"]
+    org = f'/organizations/{team["org"]}'
     owner, admin, manager, member, su = (team[k] for k in ("owner", "admin", "dataset_manager", "member", "su"))
     roles = iter(["dataset_manager", "member"] * 10000)
 
     def settings(token):
         return lambda: gateway.request("PUT", org + "/notifications", token, json={
-            "plan_email": "plan-%s@example.test" % uuid.uuid4().hex[:6], "new_user_email": None,
+            "plan_email": f"plan-{uuid.uuid4().hex[:6]}@example.test", "new_user_email": None,
             "ai_job_recipients": "initiator_and_admins"})
 
     return {
@@ -237,18 +238,18 @@ def _writers(gateway, team):
         "admin rename": lambda: gateway.patch(org, {"name": team["name"]}, admin.token),
         "admin invites": lambda: gateway.post(org + "/invites", {"emails": [unique_email("racing")],
                                                                  "role": "member"}, admin.token),
-        "owner role change": lambda: gateway.patch(org + "/members/%s" % member.user_id, {"role": next(roles)},
+        "owner role change": lambda: gateway.patch(org + f"/members/{member.user_id}", {"role": next(roles)},
                                                    owner.token),
         "superuser plan": lambda: gateway.request("PUT", org + "/plan", su, json={
             "name": "team", "included_users": 100, "included_storage_bytes": 10 ** 12, "paid_until": None}),
         "superuser storage": lambda: gateway.post(org + "/storage-reports", {
-            "datasets": [{"dataset_id": "ds-%s" % uuid.uuid4().hex[:8], "bytes": 1000}], "complete": False}, su),
+            "datasets": [{"dataset_id": f"ds-{uuid.uuid4().hex[:8]}", "bytes": 1000}], "complete": False}, su),
         "superuser grant": lambda: gateway.post(org + "/credits/grants", {
             "amount": 1000, "idempotency_key": uuid.uuid4().hex}, su),
         "manager reservation": lambda: gateway.post(org + "/credits/reservations", {
-            "amount": 1, "job_id": "job-%s" % uuid.uuid4().hex[:6], "job_type": "segmentation",
+            "amount": 1, "job_id": f"job-{uuid.uuid4().hex[:6]}", "job_type": "segmentation",
             "idempotency_key": uuid.uuid4().hex}, manager.token),
-        "member leaves": lambda: gateway.delete(org + "/members/%s" % member.user_id, token=member.token),
+        "member leaves": lambda: gateway.delete(org + f"/members/{member.user_id}", token=member.token),
     }
 
 
@@ -291,13 +292,13 @@ def test_writes_racing_a_deletion_leave_nothing_but_the_tombstone(gateway, unawa
     for thread in threads:
         thread.start()
     barrier.wait(timeout=60)  # every writer and the deletion go at once
-    accepted = gateway.delete("/organizations/%s" % team["org"], {"confirm_name": team["name"]},
+    accepted = gateway.delete(f'/organizations/{team["org"]}', {"confirm_name": team["name"]},
                               team["owner"].token)
     # on a machine this busy the answer may come too late (503 after RPC_TIMEOUT) although the
     # deletion was accepted; the superuser follows it either way (the receipt has its own test)
     assert accepted.status_code in (202, 503), accepted.text
     try:
-        wait_until(lambda: gateway.get("/organizations/%s/deletion" % team["org"], team["su"]).json().get(
+        wait_until(lambda: gateway.get(f'/organizations/{team["org"]}/deletion', team["su"]).json().get(
             "status") == "deleted", timeout=90, what="deletion to complete")
     finally:
         finished.set()
@@ -309,12 +310,12 @@ def test_writes_racing_a_deletion_leave_nothing_but_the_tombstone(gateway, unawa
     try:
         assert_only_the_tombstone(client, test_stack, team["org"], name=team["name"])
     except AssertionError as error:
-        problems.append("left behind: %s" % error)
+        problems.append(f"left behind: {error}")
     unexpected = {label: dict(counts) for label, counts in during.items() if set(counts) - ALLOWED}
     if unexpected:
-        problems.append("unexpected statuses during the deletion: %r" % unexpected)
+        problems.append(f"unexpected statuses during the deletion: {unexpected!r}")
     # after completion: the superuser's writes are 410, the organization's tokens are dead (401)
     for label, statuses in sorted(after.items()):
         if not set(statuses) <= ({410} if label.startswith("superuser") else {401, 410}):
-            problems.append("after completion, %s answered %r" % (label, statuses))
+            problems.append(f"after completion, {label} answered {statuses!r}")
     assert not problems, "\n".join(problems)

@@ -70,13 +70,13 @@ def test_an_oversized_body_is_refused_by_the_proxy_with_413_json(gateway):
 
 
 def test_a_too_long_url_and_a_huge_header_are_refused_by_the_proxy_with_json(gateway, owner):
-    members = "/organizations/%s/members?q=" % owner.org_id
+    members = f"/organizations/{owner.org_id}/members?q="
     assert_from_proxy(gateway.get(members + "x" * 20000, owner.token), 414, "uri_too_long")
     huge = gateway.request("GET", "/me", owner.token, headers={"X-Padding": "p" * 20000})
     assert_from_proxy(huge, 431, "headers_too_large")
     # within the proxy's limits but above gunicorn's own (8 KiB): reaches the gateway, not gunicorn's HTML
     assert gateway.get("/me", owner.token, headers={"X-Padding": "p" * 12000}).status_code == 200
-    many = {"X-Many-%d" % n: "v" for n in range(150)}  # gunicorn's own default limit is 100 fields
+    many = {f"X-Many-{n}": "v" for n in range(150)}  # gunicorn's own default limit is 100 fields
     assert gateway.get("/me", owner.token, headers=many).status_code == 200
 
 
@@ -114,8 +114,8 @@ def test_healthz_stays_fast_while_200_slow_heads_and_50_slow_bodies_are_open(tes
     finally:
         attack.stop()
     assert set(probe.statuses) == {200}, probe.statuses
-    print("healthz p99 %.3f s with 250 slow connections (%d reopened)" % (p99(probe.samples), attack.reopened))
-    assert p99(probe.samples) < 1.0, "healthz p99 %.3f s with 250 slow connections" % p99(probe.samples)
+    print(f"healthz p99 {p99(probe.samples):.3f} s with 250 slow connections ({attack.reopened} reopened)")
+    assert p99(probe.samples) < 1.0, f"healthz p99 {p99(probe.samples):.3f} s with 250 slow connections"
     # nginx held the slow connections: no more than a few had to be opened again meanwhile
     assert attack.reopened < 25, attack.reopened
 
@@ -174,31 +174,31 @@ def test_40_concurrent_signups_leave_healthz_and_me_fast(gateway, test_stack, ow
         assert_error(answer, 503, "service_unavailable")
         assert answer.headers["Retry-After"] == "1"
     shed = [a for a in refused if a.json()["error"]["details"].get("bulkhead") == "hashing"]
-    assert shed, "no sign-up was shed: the hashing bulkhead did not bound them (%r)" % statuses
-    print("sign-ups: %d x 409, %d shed, %d other 503; p99 healthz %.3f s, /me %.3f s" % (
-        statuses.count(409), len(shed), len(refused) - len(shed), p99(health.samples), p99(me.samples)))
+    assert shed, f"no sign-up was shed: the hashing bulkhead did not bound them ({statuses!r})"
+    print(f"sign-ups: {statuses.count(409)} x 409, {len(shed)} shed, {len(refused) - len(shed)} other 503; p99 healthz "
+          f"{p99(health.samples):.3f} s, /me {p99(me.samples):.3f} s")
     assert set(health.statuses) == {200} and set(me.statuses) == {200}, (health.statuses, me.statuses)
-    assert p99(health.samples) < 1.0, "healthz p99 %.3f s" % p99(health.samples)
-    assert p99(me.samples) < 2.0, "/me p99 %.3f s" % p99(me.samples)
+    assert p99(health.samples) < 1.0, f"healthz p99 {p99(health.samples):.3f} s"
+    assert p99(me.samples) < 2.0, f"/me p99 {p99(me.samples):.3f} s"
 
 
 def big_organization(gateway, owner, datasets=10000):
     """The owner's organization with a 10,000-dataset storage report: its export is ~1 MB (the issue saw 840 KB)."""
-    items = [{"dataset_id": "dataset-%05d-%s" % (n, uuid.uuid4().hex * 2), "bytes": n * 1000} for n in range(datasets)]
+    items = [{"dataset_id": f"dataset-{n:05d}-{uuid.uuid4().hex * 2}", "bytes": n * 1000} for n in range(datasets)]
     for start in range(0, datasets, 2000):  # partial reports (upserts): one would exceed MAX_REQUEST_BYTES
         report = {"datasets": items[start:start + 2000], "complete": False}
         # on a busy machine one may exceed the RPC timeout (503); an upsert can simply be sent again
-        wait_until(lambda report=report: gateway.post("/organizations/%s/storage-reports" % owner.org_id, report,
+        wait_until(lambda report=report: gateway.post(f"/organizations/{owner.org_id}/storage-reports", report,
                                         superuser_token(gateway), timeout=60).status_code == 201,
                    timeout=60, interval=0.5, what="a storage report accepted")
-    path = gateway.api + "/organizations/%s/export" % owner.org_id
+    path = gateway.api + f"/organizations/{owner.org_id}/export"
     sizes = []
 
     def exported():
         answer = requests.get(path, headers={"Authorization": "Bearer " + owner.token}, timeout=60)
         sizes.append((answer.status_code, len(answer.content)))
         return answer.status_code == 200 and len(answer.content) > 800_000
-    wait_until(exported, timeout=60, interval=0.5, what="an export of more than 800 KB (%r)" % sizes)
+    wait_until(exported, timeout=60, interval=0.5, what=f"an export of more than 800 KB ({sizes!r})")
     return path, sizes[-1][1]
 
 
@@ -219,9 +219,9 @@ def test_20_concurrent_exports_are_bounded_and_me_stays_fast(gateway, owner):
         else:
             assert len(answer.content) >= size - 1000 and answer.json()["organization_id"] == owner.org_id
     assert set(me.statuses) == {200}, me.statuses
-    print("exports of %d bytes: %d x 200, %d x 429; /me p99 %.3f s" % (size, statuses.count(200), statuses.count(429),
-                                                                    p99(me.samples)))
-    assert p99(me.samples) < 2.0, "/me p99 %.3f s during 20 exports of %d bytes" % (p99(me.samples), size)
+    print(f"exports of {size} bytes: {statuses.count(200)} x 200, {statuses.count(429)} x 429; /me p99 "
+          f"{p99(me.samples):.3f} s")
+    assert p99(me.samples) < 2.0, f"/me p99 {p99(me.samples):.3f} s during 20 exports of {size} bytes"
 
 
 def test_bulkhead_statuses_are_in_the_openapi_document(gateway):
@@ -236,13 +236,14 @@ def test_bulkhead_statuses_are_in_the_openapi_document(gateway):
 def login_attempt_keys(test_stack):
     client = MongoClient(test_stack.mongo_url, serverSelectionTimeoutMS=5000)
     try:
-        return {doc["_id"].rsplit("@", 1)[0] for doc in client[test_stack.db_prefix + "membership"].login_attempts.find()}
+        attempts = client[test_stack.db_prefix + "membership"].login_attempts
+        return {doc["_id"].rsplit("@", 1)[0] for doc in attempts.find()}
     finally:
         client.close()
 
 
 def test_login_limits_count_the_address_the_proxy_saw(gateway, test_stack):
-    spoofed, proxied = "203.0.113.%d" % (os.getpid() % 250), "198.51.100.%d" % (os.getpid() % 250)
+    spoofed, proxied = f"203.0.113.{os.getpid() % 250}", f"198.51.100.{os.getpid() % 250}"
     # a client naming another address: nginx overwrites the headers with the real peer
     email = unique_email()
     gateway.post("/auth/login", {"email": email, "password": "wrong password"},

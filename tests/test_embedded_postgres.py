@@ -26,7 +26,7 @@ def postgres_ferretdb(tmp_path_factory):
     inst.ferretdb_handler = "postgresql"
     inst.mongo_port = _free_port()
     inst.postgres_port = _free_port()
-    inst.mongo_url = "mongodb://127.0.0.1:%d/" % inst.mongo_port
+    inst.mongo_url = f"mongodb://127.0.0.1:{inst.mongo_port}/"
     inst.external_mongo = False
     # its own cluster and pid files, away from the suite's database server
     base = os.path.join(stack.ROOT, "var", inst.name, "embedded-postgres")
@@ -117,7 +117,7 @@ def test_every_indexed_field_gets_a_gin_mirror_that_postgresql_uses(postgres_fer
     client = pymongo.MongoClient(postgres_ferretdb.mongo_url, serverSelectionTimeoutMS=5000)
     db = client.mirror_probe
     db.items.create_index([("pk", 1)])
-    db.items.insert_many([{"pk": "org-%d/%d" % (n % 50, n // 50), "n": n} for n in range(5000)])
+    db.items.insert_many([{"pk": f"org-{n % 50}/{n // 50}", "n": n} for n in range(5000)])
     psql = [os.path.join(stack.postgres_bin(), "psql"), "-h", "127.0.0.1", "-p", str(postgres_ferretdb.postgres_port),
             "-U", stack.POSTGRES_USER, "-d", stack.POSTGRES_DATABASE, "-tAc"]
     if os.geteuid() == 0:
@@ -134,13 +134,14 @@ def test_every_indexed_field_gets_a_gin_mirror_that_postgresql_uses(postgres_fer
         time.sleep(0.2)
     assert "jsonb_path_ops" in defs and "fastupdate" in defs
     table = sql("SELECT tablename FROM pg_tables WHERE schemaname = 'mirror_probe' AND tablename LIKE 'items%'")
-    sql("ANALYZE mirror_probe.%s" % table)
-    plan = sql("EXPLAIN SELECT _jsonb FROM mirror_probe.%s WHERE _jsonb -> 'pk' @> '\"org-7/3\"'" % table)
+    sql(f"ANALYZE mirror_probe.{table}")
+    plan = sql(f"EXPLAIN SELECT _jsonb FROM mirror_probe.{table} WHERE _jsonb -> 'pk' @> '\"org-7/3\"'")
     assert "gin_" in plan and "Seq Scan" not in plan, plan
     assert [doc["n"] for doc in db.items.find({"pk": "org-7/3"})] == [157]
     db.items.drop_indexes()  # a FerretDB index dropped: its mirror goes too
     deadline = time.monotonic() + 30
-    while "'pk'" in sql("SELECT indexdef FROM pg_indexes WHERE schemaname = 'mirror_probe' AND indexname LIKE 'gin\\_%'"):
+    while "'pk'" in sql("SELECT indexdef FROM pg_indexes WHERE schemaname = 'mirror_probe' AND indexname LIKE "
+                        "'gin\\_%'"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -150,12 +151,13 @@ def test_a_purge_delete_runs_in_postgresql_and_answers_like_ferretdb(postgres_fe
     statement (FerretDB would decode each document and refuse more than 65,535), answers the
     exact count, and leaves every other document alone."""
     import time
+
     from common.mongo import purge_delete
     client = pymongo.MongoClient(postgres_ferretdb.mongo_url, serverSelectionTimeoutMS=5000)
     db = client.purge_probe
     db.ledger.create_index([("org_id", 1), ("seq", -1)], unique=True)
     for org in ("gone", "kept"):
-        docs = [{"_id": "%s-%d" % (org, seq), "org_id": org, "seq": seq, "amount": 1} for seq in range(1, 70001)]
+        docs = [{"_id": f"{org}-{seq}", "org_id": org, "seq": seq, "amount": 1} for seq in range(1, 70001)]
         for start in range(0, len(docs), 10000):
             db.ledger.insert_many(docs[start:start + 10000], ordered=False)
     started = time.perf_counter()
@@ -164,7 +166,7 @@ def test_a_purge_delete_runs_in_postgresql_and_answers_like_ferretdb(postgres_fe
     assert db.ledger.count_documents({"org_id": "gone"}) == 0
     assert db.ledger.count_documents({"org_id": "kept"}) == 70000
     # by ids, in chunks; an unknown collection deletes nothing and is no error
-    assert purge_delete(db.ledger, "_id", ["kept-%d" % seq for seq in range(1, 12001)] + ["nobody"]) == 12000
+    assert purge_delete(db.ledger, "_id", [f"kept-{seq}" for seq in range(1, 12001)] + ["nobody"]) == 12000
     assert db.ledger.count_documents({}) == 58000
     assert purge_delete(db.never_created, "org_id", ["kept"]) == 0
     client.drop_database("purge_probe")

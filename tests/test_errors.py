@@ -32,7 +32,7 @@ def test_query_operators_never_reach_a_query(gateway, owner, operator):
     login = gateway.post("/auth/login", {"email": operator, "password": owner.password})
     assert_error(login, 422, "validation_failed")
     assert "email" in login.json()["error"]["details"]
-    rename = gateway.patch("/organizations/%s" % owner.org_id, {"name": operator}, owner.token)
+    rename = gateway.patch(f"/organizations/{owner.org_id}", {"name": operator}, owner.token)
     assert_error(rename, 422, "validation_failed")
     refresh = gateway.post("/auth/refresh", {"refresh_token": operator})
     assert_error(refresh, 422, "validation_failed")
@@ -40,21 +40,21 @@ def test_query_operators_never_reach_a_query(gateway, owner, operator):
 
 @pytest.mark.parametrize("value", [1, 0, "true", "no"])
 def test_booleans_must_be_json_booleans(gateway, owner, value):
-    response = gateway.post("/organizations/%s/storage-reports" % owner.org_id, {"datasets": [], "complete": value},
+    response = gateway.post(f"/organizations/{owner.org_id}/storage-reports", {"datasets": [], "complete": value},
                             superuser_token(gateway))
     assert "complete" in assert_error(response, 422, "validation_failed")["details"]
 
 
 def test_org_name_rules(gateway, owner):
     for bad in ("", "   ", "x" * 101, "line\nbreak"):
-        response = gateway.patch("/organizations/%s" % owner.org_id, {"name": bad}, owner.token)
+        response = gateway.patch(f"/organizations/{owner.org_id}", {"name": bad}, owner.token)
         assert_error(response, 422, "validation_failed")
         assert "name" in response.json()["error"]["details"]
 
 
 def test_unknown_route_and_method_use_the_error_shape(gateway, owner):
     assert_error(gateway.get("/no/such/route"), 404, "not_found")
-    assert_error(gateway.request("PUT", "/organizations/%s" % owner.org_id, owner.token, json={}),
+    assert_error(gateway.request("PUT", f"/organizations/{owner.org_id}", owner.token, json={}),
                  405, "method_not_allowed")
 
 
@@ -66,7 +66,7 @@ def test_oversized_body_is_413(gateway):
 
 
 def test_overlong_request_target_is_414_in_the_error_shape(gateway, owner):
-    members = "/organizations/%s/members?q=" % owner.org_id
+    members = f"/organizations/{owner.org_id}/members?q="
     assert_error(gateway.get(members + "x" * 20000, owner.token), 414, "uri_too_long")
     # longer than gunicorn's own request-line limit (8 KiB), within ours: validated like any input
     error = assert_error(gateway.get(members + "x" * 9000, owner.token), 422, "validation_failed")
@@ -105,7 +105,8 @@ class FlaskAnswer:
     """A Flask test response seen through the interface ``assert_error`` reads (requests')."""
 
     def __init__(self, response):
-        self.status_code, self.text, self.headers = response.status_code, response.get_data(as_text=True), response.headers
+        self.status_code, self.headers = response.status_code, response.headers
+        self.text = response.get_data(as_text=True)
         self.json = response.get_json
 
 

@@ -2,7 +2,7 @@
 through the gateway and checked against the contract (CONTRACT.md §3) and common/events.py."""
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -34,7 +34,7 @@ def received(tap, event, org_id, since, **match):
     assert uuid.UUID(body["event_id"]).version == 4
     assert body["occurred_at"].endswith("Z"), body["occurred_at"]
     occurred = datetime.fromisoformat(body["occurred_at"].replace("Z", "+00:00"))
-    assert since - timedelta(seconds=2) <= occurred <= datetime.now(timezone.utc) + timedelta(seconds=2), body
+    assert since - timedelta(seconds=2) <= occurred <= datetime.now(UTC) + timedelta(seconds=2), body
     return body
 
 
@@ -48,7 +48,7 @@ def assert_not_before(body, before, after):
 
 
 def test_organization_created_and_renamed(gateway, tap):
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     owner = gateway.signup(organization_name="Events Lab", name="Eve Owner")
     created = received(tap, events.ORGANIZATION_CREATED, owner.org_id, since, owner_user_id=owner.user_id)
     assert created["name"] == "Events Lab"
@@ -62,13 +62,13 @@ def test_organization_created_and_renamed(gateway, tap):
     assert second.status_code == 201, second.text
     assert received(tap, events.ORGANIZATION_CREATED, second.json()["id"], since,
                     owner_user_id=owner.user_id)["name"] == "Second Events Lab"
-    renamed = gateway.patch("/organizations/%s" % owner.org_id, {"name": "Renamed Events Lab"}, owner.token)
+    renamed = gateway.patch(f"/organizations/{owner.org_id}", {"name": "Renamed Events Lab"}, owner.token)
     assert renamed.status_code == 200, renamed.text
     assert received(tap, events.ORGANIZATION_RENAMED, owner.org_id, since)["name"] == "Renamed Events Lab"
 
 
 def test_member_joined_role_changed_left_and_removed(gateway, tap, owner):
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     org = owner.org_id
     joiner = join(gateway, tap, owner, "dataset_manager", name="Dana Joiner")
     joined = received(tap, events.MEMBER_JOINED, org, since, user_id=joiner.user_id)
@@ -77,7 +77,7 @@ def test_member_joined_role_changed_left_and_removed(gateway, tap, owner):
         "member_count": 2}
 
     before = time.time()
-    changed = gateway.patch("/organizations/%s/members/%s" % (org, joiner.user_id), {"role": "admin"}, owner.token)
+    changed = gateway.patch(f"/organizations/{org}/members/{joiner.user_id}", {"role": "admin"}, owner.token)
     after = time.time()
     assert changed.status_code == 200, changed.text
     assert received(tap, events.MEMBER_ROLE_CHANGED, org, since, user_id=joiner.user_id)["role"] == "admin"
@@ -89,7 +89,7 @@ def test_member_joined_role_changed_left_and_removed(gateway, tap, owner):
         departing = join(gateway, tap, owner, "member", name=name)
         token = departing.token if reason == "left" else owner.token  # leaving oneself, or removed by the owner
         before = time.time()
-        gone = gateway.delete("/organizations/%s/members/%s" % (org, departing.user_id), token=token)
+        gone = gateway.delete(f"/organizations/{org}/members/{departing.user_id}", token=token)
         after = time.time()
         assert gone.status_code == 200, gone.text
         departure = received(tap, events.MEMBER_LEFT, org, since, user_id=departing.user_id)
@@ -100,10 +100,10 @@ def test_member_joined_role_changed_left_and_removed(gateway, tap, owner):
 
 
 def test_ownership_transferred(gateway, tap, owner):
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     heir = join(gateway, tap, owner, "admin", name="Hank Heir")
     before = time.time()
-    moved = gateway.post("/organizations/%s/ownership" % owner.org_id, {"user_id": heir.user_id}, owner.token)
+    moved = gateway.post(f"/organizations/{owner.org_id}/ownership", {"user_id": heir.user_id}, owner.token)
     after = time.time()
     assert moved.status_code == 200, moved.text
     transferred = received(tap, events.OWNERSHIP_TRANSFERRED, owner.org_id, since, from_user_id=owner.user_id)
@@ -117,7 +117,7 @@ def test_ownership_transferred(gateway, tap, owner):
 
 
 def test_access_revoked_by_logout_switch_and_password_change(gateway, tap, owner):
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     # logout and switch: that one session (the account's other sessions stay valid)
     before = time.time()
     assert gateway.post("/auth/logout", token=owner.token).status_code == 200

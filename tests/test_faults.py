@@ -47,7 +47,7 @@ def test_killed_service_gives_503_others_keep_answering_and_up_brings_it_back(ga
     owner.token = login.json()["access_token"]
 
     pid_file = stack._pid_file(test_stack, service)
-    assert stack.read_pid(pid_file), "%s is not running" % service
+    assert stack.read_pid(pid_file), f"{service} is not running"
     stack.stop_pid_file(pid_file, sig=9)
     try:
         check_outage(gateway, owner, service)
@@ -62,7 +62,7 @@ def check_outage(gateway, owner, service):
     assert_error(response, 503, "service_unavailable")
     assert response.json()["error"]["details"] == {"service": service}
     assert response.headers.get("Retry-After")
-    assert elapsed < RPC_TIMEOUT + 2, "took %.1fs; the RPC timeout is %ss" % (elapsed, RPC_TIMEOUT)
+    assert elapsed < RPC_TIMEOUT + 2, f"took {elapsed:.1f}s; the RPC timeout is {RPC_TIMEOUT}s"
     for other in ROUTES:
         if other != service:
             answer = gateway.get(route(other, owner), owner.token)
@@ -85,7 +85,7 @@ class Traffic:
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                response = self.gateway.get("/organizations/%s" % self.account.org_id, self.account.token,
+                response = self.gateway.get(f"/organizations/{self.account.org_id}", self.account.token,
                                             timeout=30)
                 self.results.append((response.status_code, time.monotonic() - started))
             except Exception as error:  # a hang or a dropped connection is a finding, not a crash
@@ -101,7 +101,7 @@ class Traffic:
 def started_by_project(name):
     pid_file = os.path.join(stack.INFRA_RUN, name + ".pid")
     if stack.read_pid(pid_file) is None:
-        pytest.skip("%s was not started by this project (no %s): not ours to restart" % (name, pid_file))
+        pytest.skip(f"{name} was not started by this project (no {pid_file}): not ours to restart")
     return pid_file
 
 
@@ -113,16 +113,16 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
     wait_until(lambda: len(traffic.results) >= 3, what="traffic before the outage")
     # invites created just before the outage: their events are in flight (or in the outbox) when it begins
     before = [unique_email("before-outage") for _ in range(5)]
-    invited = gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": before, "role": "member"},
+    invited = gateway.post(f"/organizations/{owner.org_id}/invites", {"emails": before, "role": "member"},
                            owner.token)
     assert invited.status_code == 201, invited.text
     stack.stop_pid_file(pid_file, timeout=30)
     try:
         # while the broker is down: a quick 503 for an RPC-backed route, never a hang or a 500
         for _ in range(3):
-            response, elapsed = timed_get(gateway, "/organizations/%s" % owner.org_id, owner.token)
+            response, elapsed = timed_get(gateway, f"/organizations/{owner.org_id}", owner.token)
             assert_error(response, 503, "service_unavailable")
-            assert elapsed < 2, "503 took %.2fs" % elapsed
+            assert elapsed < 2, f"503 took {elapsed:.2f}s"
         assert gateway.get(gateway.base_url + "/healthz").status_code == 200
     finally:
         stack.ensure_rabbitmq(test_stack)
@@ -130,7 +130,7 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
     # everything reconnects by itself
     wait_until(lambda: gateway.get(gateway.base_url + "/readyz").status_code == 200, timeout=90, interval=0.5,
                what="readiness after the broker restart")
-    wait_until(lambda: gateway.get("/organizations/%s" % owner.org_id, owner.token).status_code == 200,
+    wait_until(lambda: gateway.get(f"/organizations/{owner.org_id}", owner.token).status_code == 200,
                timeout=30, what="the traffic route to answer again")
     results, errors = traffic.stop()
     assert not errors, errors[:5]
@@ -138,7 +138,7 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
     assert max(seconds for _, seconds in results) < RPC_TIMEOUT + 2
     # events and mail flow again; no invite from before or after the outage is lost or mailed twice
     after = [unique_email("after-restart") for _ in range(5)]
-    invited = gateway.post("/organizations/%s/invites" % owner.org_id, {"emails": after, "role": "member"},
+    invited = gateway.post(f"/organizations/{owner.org_id}/invites", {"emails": after, "role": "member"},
                            owner.token)
     assert invited.status_code == 201, invited.text
     wait_until(lambda: all(mailbox.to(email) for email in before + after), timeout=60,
@@ -162,7 +162,7 @@ def test_ferretdb_restart_services_reconnect(gateway, test_stack):
                                                  "name": "While Down"}, timeout=30)
         elapsed = time.monotonic() - started
         assert_error(response, 503, "service_unavailable")  # not a 500, and not a hang
-        assert elapsed < RPC_TIMEOUT + 2, "took %.1fs" % elapsed
+        assert elapsed < RPC_TIMEOUT + 2, f"took {elapsed:.1f}s"
     finally:
         stack.ensure_mongo(test_stack)
 

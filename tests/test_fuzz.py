@@ -48,7 +48,6 @@ import re
 import threading
 import time
 import uuid
-
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -57,8 +56,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
-                                               response_schema_conformance, status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from common.errors import STATUS_BY_CODE
 from tests.support import SUMMARY, invite, join, superuser_token, unique_email, wait_until
@@ -188,19 +191,19 @@ class World:
         return account
 
     def _grant(self, org_id, amount):
-        response = self.gateway.post("/organizations/%s/credits/grants" % org_id,
+        response = self.gateway.post(f"/organizations/{org_id}/credits/grants",
                                      {"amount": amount, "idempotency_key": _hex()}, self.su.token)
         assert response.status_code == 201, response.text
 
     def _reserve(self, account):
-        response = self.gateway.post("/organizations/%s/credits/reservations" % account.org_id,
+        response = self.gateway.post(f"/organizations/{account.org_id}/credits/reservations",
                                      {"amount": 1000, "job_id": _hex(), "job_type": "fuzz", "idempotency_key": _hex()},
                                      account.token)
         assert response.status_code == 201, response.text
         return response.json()["entry"]["id"]
 
     def _new_invite_id(self):
-        response = self.gateway.post("/organizations/%s/invites" % self.owner.org_id,
+        response = self.gateway.post(f"/organizations/{self.owner.org_id}/invites",
                                      {"emails": [unique_email("pending")], "role": "member"}, self.owner.token)
         assert response.status_code == 201, response.text
         return response.json()["items"][0]["id"]
@@ -296,16 +299,16 @@ def error_shape_problems(response):
     try:
         body = response.json()
     except ValueError:
-        return "error body is not JSON: %r" % response.text[:200]
+        return f"error body is not JSON: {response.text[:200]!r}"
     if not isinstance(body, dict) or set(body) != {"error"} or not isinstance(body["error"], dict):
-        return "error body is not {\"error\": {...}}: %r" % body
+        return f"error body is not {{\"error\": {{...}}}}: {body!r}"
     error = body["error"]
     if set(error) != {"code", "message", "details"}:
-        return "error keys are %s, not code/message/details" % sorted(error)
+        return f"error keys are {sorted(error)}, not code/message/details"
     if not (isinstance(error["code"], str) and re.fullmatch(r"[a-z][a-z0-9_]*", error["code"])):
-        return "error code %r is not snake_case" % (error["code"],)
+        return f'error code {error["code"]!r} is not snake_case'
     if STATUS_BY_CODE.get(error["code"]) != response.status_code:
-        return "error code %r does not belong to status %d" % (error["code"], response.status_code)
+        return f'error code {error["code"]!r} does not belong to status {response.status_code}'
     if not (isinstance(error["message"], str) and error["message"].strip()):
         return "error message is empty"
     if not isinstance(error["details"], dict):
@@ -328,7 +331,7 @@ OFFSETS = st.sampled_from(["+14:00", "-12:00", "+00:00", "Z", "+05:30", "-00:01"
 EXTREME_DATES = st.one_of(
     st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+00:00",
                      "9999-12-31T23:59:59+00:00", "1969-12-31T23:59:59Z", "9000-01-01T00:00:01Z"]),
-    st.builds(lambda year, offset: "%04d-06-15T12:00:00%s" % (year, offset),
+    st.builds(lambda year, offset: f"{year:04d}-06-15T12:00:00{offset}",
               st.one_of(st.integers(1, 1969), st.integers(9001, 9999)), OFFSETS))
 HUGE_INTEGERS = st.one_of(st.integers(min_value=2 ** 63), st.integers(max_value=-(2 ** 63)),
                           st.sampled_from([2 ** 64, 10 ** 20, -(10 ** 20), 2 ** 63 - 1 + 2 ** 62]))
@@ -460,7 +463,7 @@ class Report:
         out = []
         for kind, found in self.failures.items():
             for key, (count, example) in found.items():
-                out.append("[%s x%d] %s\n%s" % (kind, count, " ".join(map(str, key)), example))
+                out.append(f'[{kind} x{count}] {" ".join(map(str, key))}\n{example}')
         return out[:limit]
 
 
@@ -474,7 +477,7 @@ def test_fuzz_every_operation(gateway, tap, request):
     started = time.monotonic()
     schema = schemathesis.openapi.from_url(gateway.api + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 30, "the document lists %d operations" % len(operations)
+    assert len(operations) >= 30, f"the document lists {len(operations)} operations"
     world = World(gateway, tap)
     table = [(operation, variants(operation)) for operation in operations]
     sessions = threading.local()
@@ -503,11 +506,11 @@ def test_fuzz_every_operation(gateway, tap, request):
             report.fail("non-conforming", (operation.label, "no answer", "hostile"), repr(error))
             return None
         report.record(operation.label, response.status_code)
-        shown = "(hostile %s) %s %s %r" % (label, kwargs.get("method"), kwargs.get("url"),
-                                            (raw_body[:40] + b"...") if raw_body else (case.body, case.query))
+        shown = (f'(hostile {label}) {kwargs.get("method")} {kwargs.get("url")} '
+                 f'{((raw_body[:40] + b"...") if raw_body else (case.body, case.query))!r}')
         if response.status_code >= 500:
             report.fail("5xx", (operation.label, response.status_code, "hostile"),
-                        "%s\n%s" % (response.text[:300], shown))
+                        f"{response.text[:300]}\n{shown}")
         elif not 400 <= response.status_code < 500:
             report.fail("non-conforming", (operation.label, response.status_code, "hostile shape accepted"), shown)
         if str(response.status_code) not in operation.definition.raw["responses"]:
@@ -551,19 +554,19 @@ def test_fuzz_every_operation(gateway, tap, request):
             except requests.RequestException as error:
                 report.record(operation.label, "no answer")
                 report.fail("non-conforming", (operation.label, "no answer"),
-                            "%r\n%s" % (error, case.as_curl_command()))
+                            f"{error!r}\n{case.as_curl_command()}")
                 return
             report.record(operation.label, response.status_code)
             if response.status_code >= 500:
                 report.fail("5xx", (operation.label, response.status_code),
-                            "%s\n%s" % (response.text[:300], case.as_curl_command()))
+                            f"{response.text[:300]}\n{case.as_curl_command()}")
             try:
                 case.validate_response(response, checks=CHECKS)
             except BaseException as failure:  # schemathesis raises a FailureGroup (an exception group)
                 if isinstance(failure, (KeyboardInterrupt, SystemExit)):
                     raise
                 report.fail("non-conforming", (operation.label, response.status_code, failure_title(failure)),
-                            "(%s case) %s" % (variant.mode.value, failure))
+                            f"({variant.mode.value} case) {failure}")
             problem = error_shape_problems(response)
             if problem:
                 report.fail("non-conforming", (operation.label, response.status_code, problem),
@@ -623,7 +626,7 @@ def test_fuzz_every_operation(gateway, tap, request):
     # leave a quiet system behind: the mail the cases caused is out before the next test
     def mail_settled():
         for org_id in (world.owner.org_id, world.principals["operated"].get().org_id):
-            page = gateway.get("/organizations/%s/notifications/deliveries?limit=200" % org_id, world.su.token)
+            page = gateway.get(f"/organizations/{org_id}/notifications/deliveries?limit=200", world.su.token)
             if page.status_code != 200 or any(d["status"] == "queued" for d in page.json()["items"]):
                 return False
         return True
@@ -633,19 +636,19 @@ def test_fuzz_every_operation(gateway, tap, request):
     statuses = collections.Counter()
     for counts in report.by_operation.values():
         for status, n in counts.items():
-            statuses[status if isinstance(status, str) else "%dxx" % (status // 100)] += n
+            statuses[status if isinstance(status, str) else f"{status // 100}xx"] += n
     reached = [label for label, counts in report.by_operation.items()
                if any(isinstance(s, int) and s not in (401, 403) for s in counts)]
     figures = [
-        "API fuzzing (schemathesis %s, %d workers): %d cases in %.0f s (+%.0f s setup), %d/%d operations "
-        "covered, %d 5xx, %d non-conforming, %d lost tokens"
-        % (schemathesis.__version__, FUZZ_WORKERS, report.cases, fuzz_seconds, setup_seconds, len(covered),
-           len(operations), report.count("5xx"), report.count("non-conforming"), report.count("lost token")),
-        "  statuses: %s; %d/%d operations answered past authorization (not only 401/403); %d hostile cases"
-        % (", ".join("%s %d" % item for item in sorted(statuses.items(), key=str)), len(reached), len(operations),
-           report.hostile),
-        "  renewed: " + ", ".join("%s %d" % (n, p.renewals) for n, p in world.principals.items() if p.renewals)
-        + ", removed members %d, deleted organizations %d" % (world.victims_removed, len(world.deleted_orgs)),
+        f'API fuzzing (schemathesis {schemathesis.__version__}, {FUZZ_WORKERS} workers): {report.cases} cases in '
+        f'{fuzz_seconds:.0f} s (+{setup_seconds:.0f} s setup), {len(covered)}/{len(operations)} operations covered, '
+        f'{report.count("5xx")} 5xx, {report.count("non-conforming")} non-conforming, {report.count("lost token")} '
+        'lost tokens',
+        f'  statuses: {", ".join(f"{kind} {count}" for kind, count in sorted(statuses.items(), key=str))}; '
+        f'{len(reached)}/{len(operations)} operations answered past authorization (not only 401/403); {report.hostile} '
+        'hostile cases',
+        "  renewed: " + ", ".join(f"{n} {p.renewals}" for n, p in world.principals.items() if p.renewals)
+        + f", removed members {world.victims_removed}, deleted organizations {len(world.deleted_orgs)}",
     ]
     request.config.stash.setdefault(SUMMARY, []).extend(figures)
     detail = "\n".join(figures) + "\n\n" + "\n\n".join(report.examples())

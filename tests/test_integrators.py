@@ -131,7 +131,7 @@ def test_a_body_that_is_not_json_is_415(gateway):
 
 
 def test_405_names_the_allowed_methods(gateway, owner):
-    response = gateway.request("PUT", "/organizations/%s" % owner.org_id, owner.token, json={})
+    response = gateway.request("PUT", f"/organizations/{owner.org_id}", owner.token, json={})
     assert_error(response, 405, "method_not_allowed")
     allowed = {m.strip() for m in response.headers["Allow"].split(",")}
     assert {"GET", "PATCH", "DELETE"} <= allowed and "PUT" not in allowed
@@ -150,7 +150,8 @@ def test_login_and_refresh_answer_the_organization_of_the_token(gateway, owner):
     loner = gateway.signup(organization_name=None)
     alone = gateway.post("/auth/login", {"email": loner.email, "password": loner.password})
     assert alone.status_code == 200 and alone.json()["organization"] is None
-    assert gateway.post("/auth/refresh", {"refresh_token": alone.json()["refresh_token"]}).json()["organization"] is None
+    refreshed = gateway.post("/auth/refresh", {"refresh_token": alone.json()["refresh_token"]})
+    assert refreshed.json()["organization"] is None
 
 
 # -- idempotency ----------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def test_creating_an_organization_with_an_idempotency_key(gateway, owner):
 
 def test_grants_and_reservations_take_the_header_or_the_body_key(gateway, owner):
     su = superuser_token(gateway)
-    grants = "/organizations/%s/credits/grants" % owner.org_id
+    grants = f"/organizations/{owner.org_id}/credits/grants"
     key = uuid.uuid4().hex
     first = gateway.post(grants, {"amount": 5000}, su, headers={"Idempotency-Key": key})
     assert first.status_code == 201, first.text
@@ -219,14 +220,14 @@ def test_grants_and_reservations_take_the_header_or_the_body_key(gateway, owner)
     assert_error(gateway.post(grants, {"amount": 5000}, su), 422, "validation_failed")
     assert_error(gateway.post(grants, {"amount": 5000, "idempotency_key": "a"}, su, headers={"Idempotency-Key": "b"}),
                  422, "validation_failed")
-    reservations = "/organizations/%s/credits/reservations" % owner.org_id
+    reservations = f"/organizations/{owner.org_id}/credits/reservations"
     job = {"amount": 1000, "job_id": "job-1", "job_type": "segmentation"}
     key = uuid.uuid4().hex
     one = gateway.post(reservations, job, owner.token, headers={"Idempotency-Key": key})
     two = gateway.post(reservations, job, owner.token, headers={"Idempotency-Key": key})
     assert (one.status_code, two.status_code) == (201, 201), (one.text, two.text)
     assert two.headers["Idempotent-Replayed"] == "true" and two.json() == one.json()
-    assert gateway.get("/organizations/%s/credits" % owner.org_id, owner.token).json()["balance"] == 4000
+    assert gateway.get(f"/organizations/{owner.org_id}/credits", owner.token).json()["balance"] == 4000
 
 
 @pytest.fixture
@@ -308,14 +309,14 @@ def test_an_owner_cannot_delete_their_account_and_a_member_leaves_on_deletion(ga
             documents_mentioning(client, test_stack, person.email)
         return sorted({(db, coll) for db, coll, _ in found})
     wait_until(lambda: len(left_over(member)) >= 4, timeout=15, what="the services to know the member")
-    seats = lambda: gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["members"]["count"]  # noqa: E731
+    seats = lambda: gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["members"]["count"]  # noqa: E731
     wait_until(lambda: seats() == 2, timeout=10, what="the join to reach the overview")
     response = gateway.delete("/me", {"password": member.password}, member.token)
     assert response.status_code == 200, response.text
     assert response.json()["organizations_left"] == [owner.org_id]
     tap.wait_for("member_left", organization_id=owner.org_id, user_id=member.user_id)
     tap.wait_for("account_deleted", user_id=member.user_id)
-    ids = [m["user_id"] for m in gateway.get("/organizations/%s/members" % owner.org_id, owner.token).json()["items"]]
+    ids = [m["user_id"] for m in gateway.get(f"/organizations/{owner.org_id}/members", owner.token).json()["items"]]
     assert member.user_id not in ids
     wait_until(lambda: seats() == 1, timeout=10, what="the seat to be released")
     wait_until(lambda: gateway.get("/me", member.token).status_code == 401, timeout=2, what="the token to die")

@@ -140,10 +140,10 @@ class World:
     def __init__(self, gateway, tap, test_stack, su):
         self.gateway, self.tap = gateway, tap
         tag = uuid.uuid4().hex[:10]
-        owner = gateway.signup(organization_name="Iso A %s" % tag, name="A Owner")
-        other = gateway.signup(organization_name="Iso B %s" % tag, name="B Owner")
-        canary = gateway.signup(organization_name="Iso C %s" % tag, name="C Owner")
-        self.a, self.b, self.c = Org(owner, "Iso A %s" % tag), Org(other, "Iso B %s" % tag), Org(canary, "Iso C %s" % tag)
+        owner = gateway.signup(organization_name=f"Iso A {tag}", name="A Owner")
+        other = gateway.signup(organization_name=f"Iso B {tag}", name="B Owner")
+        canary = gateway.signup(organization_name=f"Iso C {tag}", name="C Owner")
+        self.a, self.b, self.c = Org(owner, f"Iso A {tag}"), Org(other, f"Iso B {tag}"), Org(canary, f"Iso C {tag}")
         self.owner = owner
         accounts = {"owner": owner, "other_admin": other}
         for role in ("admin", "dataset_manager", "member"):
@@ -151,12 +151,12 @@ class World:
         # multi: a member of A who also joined B; holds the B-scoped token from accepting
         multi = join(gateway, tap, owner, "member", name="Multi Member")
         token, _ = invite(gateway, tap, other, multi.email)
-        accepted = gateway.post("/invites/%s/accept" % token, token=multi.token)
+        accepted = gateway.post(f"/invites/{token}/accept", token=multi.token)
         assert accepted.status_code == 200, accepted.text
         accounts["multi"] = Account(accepted.json(), multi.password)
         # removed: joined A, removed by the owner; keeps the old token (stale) and logs in again
         removed = join(gateway, tap, owner, "member", name="Removed Member")
-        gone = gateway.delete("/organizations/%s/members/%s" % (self.a.id, removed.user_id), token=owner.token)
+        gone = gateway.delete(f"/organizations/{self.a.id}/members/{removed.user_id}", token=owner.token)
         assert gone.status_code == 200, gone.text
         wait_until(lambda: gateway.get("/me", removed.token).status_code == 401, timeout=2,
                    what="the removed member's token to be revoked")
@@ -178,9 +178,9 @@ class World:
         self.victim = join(gateway, tap, owner, "member", name="Victim")
         self.pending_token, _ = invite(gateway, tap, owner, unique_email("invitee"))
         _, self.revocable_invite = invite(gateway, tap, owner, unique_email("revocable"))
-        wait_until(lambda: gateway.get("/organizations/%s/usage" % self.a.id, su.token).status_code == 200,
+        wait_until(lambda: gateway.get(f"/organizations/{self.a.id}/usage", su.token).status_code == 200,
                    what="usage service to know organization A")
-        granted = gateway.post("/organizations/%s/credits/grants" % self.a.id,
+        granted = gateway.post(f"/organizations/{self.a.id}/credits/grants",
                                {"amount": 10 ** 9, "idempotency_key": uuid.uuid4().hex}, su.token)
         assert granted.status_code == 201, granted.text
         self.reservation = self.reserve()
@@ -206,7 +206,7 @@ class World:
         return self.login(account.email, account.password, account.org_id).token
 
     def reserve(self):
-        response = self.gateway.post("/organizations/%s/credits/reservations" % self.a.id, {
+        response = self.gateway.post(f"/organizations/{self.a.id}/credits/reservations", {
             "amount": 1000, "job_id": "job-" + uuid.uuid4().hex[:8], "job_type": "segmentation",
             "idempotency_key": uuid.uuid4().hex}, self.accounts["dataset_manager"].token)
         assert response.status_code == 201, response.text
@@ -226,7 +226,7 @@ class Call:
 
 
 def _org(world, suffix=""):
-    return "/organizations/%s%s" % (world.a.id, suffix)
+    return f"/organizations/{world.a.id}{suffix}"
 
 
 def _credentials(world, principal):
@@ -245,7 +245,7 @@ def _adopt(account):
 
 def build_signup(world, p, ok):
     return Call("/auth/signup", {"email": unique_email("signup"), "password": "correct horse battery",
-                                 "name": "New", "organization_name": "Fresh %s" % uuid.uuid4().hex[:6]})
+                                 "name": "New", "organization_name": f"Fresh {uuid.uuid4().hex[:6]}"})
 
 
 def build_login(world, p, ok):
@@ -305,15 +305,15 @@ def build_list_invites(world, p, ok):
 def build_revoke_invite(world, p, ok):
     invite_id = invite(world.gateway, world.tap, world.owner, unique_email("revoked"))[1] if ok \
         else world.revocable_invite
-    return Call(_org(world, "/invites/%s" % invite_id))
+    return Call(_org(world, f"/invites/{invite_id}"))
 
 
 def build_preview_invite(world, p, ok):
-    return Call("/invites/%s" % world.pending_token, sees={"a"})
+    return Call(f"/invites/{world.pending_token}", sees={"a"})
 
 
 def build_accept_invite(world, p, ok):
-    return Call("/invites/%s/accept" % world.pending_token)
+    return Call(f"/invites/{world.pending_token}/accept")
 
 
 def build_list_members(world, p, ok):
@@ -321,12 +321,12 @@ def build_list_members(world, p, ok):
 
 
 def build_change_member(world, p, ok):
-    return Call(_org(world, "/members/%s" % world.victim.user_id), {"role": "dataset_manager"})
+    return Call(_org(world, f"/members/{world.victim.user_id}"), {"role": "dataset_manager"})
 
 
 def build_remove_member(world, p, ok):
     victim = join(world.gateway, world.tap, world.owner, "member", name="Victim") if ok else world.victim
-    return Call(_org(world, "/members/%s" % victim.user_id))
+    return Call(_org(world, f"/members/{victim.user_id}"))
 
 
 def build_transfer_ownership(world, p, ok):
@@ -347,7 +347,7 @@ def build_list_deliveries(world, p, ok):
 
 
 def build_create_organization(world, p, ok):
-    return Call("/organizations", {"name": "Own %s" % uuid.uuid4().hex[:6]}, sees=world.memberships(p))
+    return Call("/organizations", {"name": f"Own {uuid.uuid4().hex[:6]}"}, sees=world.memberships(p))
 
 
 def build_list_organizations(world, p, ok):
@@ -411,7 +411,7 @@ def build_reserve_credits(world, p, ok):
 
 def build_settle_reservation(world, p, ok):
     reservation = world.reserve() if ok else world.reservation
-    return Call(_org(world, "/credits/reservations/%s/settle" % reservation), {"outcome": "failed"})
+    return Call(_org(world, f"/credits/reservations/{reservation}/settle"), {"outcome": "failed"})
 
 
 BUILDERS = {name[len("build_"):]: value for name, value in globals().items() if name.startswith("build_")}
@@ -441,16 +441,16 @@ def run_row(world, document, operation_id):
 
 
 def check(world, operation_id, principal, call, response, expected):
-    where = "%s as %s" % (operation_id, principal)
+    where = f"{operation_id} as {principal}"
     problems = []
     if response.status_code != expected:
-        problems.append("%s: expected %s, got %s %s" % (where, expected, response.status_code, response.text[:300]))
+        problems.append(f"{where}: expected {expected}, got {response.status_code} {response.text[:300]}")
     if response.status_code >= 400:
         body = response.json()
         if set(body) != {"error"} or set(body["error"]) != {"code", "message", "details"}:
-            problems.append("%s: error without the contract's shape: %s" % (where, response.text[:300]))
+            problems.append(f"{where}: error without the contract's shape: {response.text[:300]}")
     text = response.text
-    org_path = call.path.startswith("/organizations/%s" % world.a.id)
+    org_path = call.path.startswith(f"/organizations/{world.a.id}")
     may_see = ({"a"} if principal in MEMBERS else set()) if org_path else world.memberships(principal) | call.sees
     for label, org in (("a", world.a), ("b", world.b), ("c", world.c)):
         if label in may_see:
@@ -458,8 +458,7 @@ def check(world, operation_id, principal, call, response, expected):
         markers = [org.name] + ([] if org.id in call.path or org.id in repr(call.body) else [org.id])
         for marker in markers:
             if marker in text:
-                problems.append("%s: response leaks organization %s (%r): %s" % (where, label.upper(), marker,
-                                                                                 text[:300]))
+                problems.append(f"{where}: response leaks organization {label.upper()} ({marker!r}): {text[:300]}")
     return problems
 
 
@@ -468,7 +467,7 @@ def operation_of(document, operation_id):
         for method, entry in methods.items():
             if entry["operationId"] == operation_id:
                 return method.upper(), path
-    raise AssertionError("operation %s is not in the OpenAPI document" % operation_id)
+    raise AssertionError(f"operation {operation_id} is not in the OpenAPI document")
 
 
 # -- the tests -----------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def sink(tmp_path):
 
 
 def message(index, subject="Hello", text="Plain text\nsecond line\n", html="<p>html</p>\n"):
-    return mail.compose(SENDER, "to-%d@example.test" % index, subject, text, html, "delivery-%d" % index)
+    return mail.compose(SENDER, f"to-{index}@example.test", subject, text, html, f"delivery-{index}")
 
 
 def test_composed_message_reads_like_the_email_package_one(sink):
@@ -84,14 +84,14 @@ def test_header_values_cannot_add_headers():
 def test_connections_are_reused_and_a_dropped_one_is_replaced(sink):
     sender = mail.SmtpSender(port=sink.port, sender=SENDER, pool_size=2)
     for index in range(5):
-        sender.send(message(index), "to-%d@example.test" % index)
+        sender.send(message(index), f"to-{index}@example.test")
     assert len(sender._idle) == 1  # one after the other: one kept connection did it all
     # the server goes away and comes back: the kept connection is dead, the next mail still goes out
     sink.stop()
     sink.start()
     sender.send(message(5), "to-5@example.test")
     mails = wait_until(lambda: len(sink.mails()) == 6 and sink.mails(), what="six mails")
-    assert sorted(m.message["X-Delivery-Id"] for m in mails) == sorted("delivery-%d" % i for i in range(6))
+    assert sorted(m.message["X-Delivery-Id"] for m in mails) == sorted(f"delivery-{i}" for i in range(6))
     sender.close()
 
 
@@ -177,7 +177,7 @@ def test_reply_codes_decide_temporary_or_permanent(refusing, tmp_path, stage, re
 def outbox_store(test_stack):
     """A notifications store on a database of its own, dropped afterwards."""
     client = pymongo.MongoClient(test_stack.mongo_url, tz_aware=True)
-    name = "%ssender_%s" % (test_stack.db_prefix, os.urandom(4).hex())
+    name = f"{test_stack.db_prefix}sender_{os.urandom(4).hex()}"
     store = NotificationsStore(client[name])
     store.ensure_indexes()
     yield store
@@ -194,7 +194,7 @@ def test_permanent_refusal_fails_at_once_and_temporary_ones_are_retried(refusing
                                       busy: ["451 4.3.0 mailbox busy"] * 100})
     sender = mail.SmtpSender(port=port, sender=SENDER)
     policy = dispatch.DispatchPolicy(base_seconds=0.1, max_seconds=0.4, max_attempts=4, lease_seconds=30)
-    org_id = "org-%s" % os.urandom(4).hex()
+    org_id = f"org-{os.urandom(4).hex()}"
     context = {"org_name": "Reply Lab", "org_url": "http://x.test/o", "settings_url": "http://x.test/s",
                "member_name": "Rita", "member_email": "rita@example.test", "role": "member", "via_invite": True}
     outgoing = dispatch.Outgoing(sender, policy)

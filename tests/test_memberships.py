@@ -3,19 +3,30 @@ import base64
 import os
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pymongo
 import pytest
 import requests
 
 from stack import stack
-from tests.support import (Account, Mailbox, assert_error, assert_every_worker_answers, invite, join,
-                           run_together, service_config, superuser_token, unique_email, wait_until)
+from tests.support import (
+    Account,
+    Mailbox,
+    assert_error,
+    assert_every_worker_answers,
+    invite,
+    join,
+    run_together,
+    service_config,
+    superuser_token,
+    unique_email,
+    wait_until,
+)
 
 
 def org_path(team, suffix=""):
-    return "/organizations/%s%s" % (team["owner"].org_id, suffix)
+    return f'/organizations/{team["owner"].org_id}{suffix}'
 
 
 def status_for(gateway, team, who, method, path, body=None):
@@ -41,7 +52,7 @@ def test_member_list_pagination_search_and_stable_order(gateway, tap, team):
     full = gateway.get(path + "?limit=200", team["admin"].token).json()["items"]
     seen, cursor = [], None
     while True:
-        response = gateway.get(path + "?limit=1" + ("&cursor=%s" % cursor if cursor else ""), team["admin"].token)
+        response = gateway.get(path + "?limit=1" + (f"&cursor={cursor}" if cursor else ""), team["admin"].token)
         assert response.status_code == 200, response.text
         seen += response.json()["items"]
         cursor = response.json()["next_cursor"]
@@ -61,24 +72,24 @@ def test_member_list_pagination_search_and_stable_order(gateway, tap, team):
                                           ("member", 403), ("outsider", 403), ("anonymous", 401)])
 def test_role_change_rules(gateway, team, who, expected):
     target = team["member"].user_id
-    assert status_for(gateway, team, who, "PATCH", org_path(team, "/members/%s" % target),
+    assert status_for(gateway, team, who, "PATCH", org_path(team, f"/members/{target}"),
                       {"role": "dataset_manager"}) == expected
 
 
 def test_role_change_details(gateway, team):
     owner, admin = team["owner"], team["admin"]
-    path = org_path(team, "/members/%s" % team["member"].user_id)
+    path = org_path(team, f'/members/{team["member"].user_id}')
     # only the owner may hand out the right to delete the organization
     assert_error(gateway.patch(path, {"can_delete_organization": True}, admin.token), 403, "forbidden")
     # the owner's role cannot be lowered
-    lowered = gateway.patch(org_path(team, "/members/%s" % owner.user_id), {"role": "member"}, admin.token)
+    lowered = gateway.patch(org_path(team, f"/members/{owner.user_id}"), {"role": "member"}, admin.token)
     assert_error(lowered, 409, "owner_protected")
     assert_error(gateway.patch(path, {}, owner.token), 422, "validation_failed")
     assert_error(gateway.patch(path, {"role": "king"}, owner.token), 422, "validation_failed")
     assert_error(gateway.patch(org_path(team, "/members/nobody"), {"role": "admin"}, owner.token), 404, "not_found")
     # the right belongs to admins: not for a member, granted to an admin, cleared by a demotion
     assert_error(gateway.patch(path, {"can_delete_organization": True}, owner.token), 409, "conflict")
-    admin_path = org_path(team, "/members/%s" % admin.user_id)
+    admin_path = org_path(team, f"/members/{admin.user_id}")
     granted = gateway.patch(admin_path, {"can_delete_organization": True}, owner.token)
     assert granted.status_code == 200 and granted.json()["can_delete_organization"] is True
     demoted = gateway.patch(admin_path, {"role": "member"}, owner.token)
@@ -94,15 +105,15 @@ def test_role_change_details(gateway, team):
 @pytest.mark.parametrize("who,expected", [("owner", 200), ("admin", 200), ("dataset_manager", 403),
                                           ("outsider", 403), ("anonymous", 401)])
 def test_removal_rules(gateway, team, who, expected):
-    path = org_path(team, "/members/%s" % team["member"].user_id)
+    path = org_path(team, f'/members/{team["member"].user_id}')
     assert status_for(gateway, team, who, "DELETE", path) == expected
 
 
 def test_leaving_and_owner_protection(gateway, team):
     member = team["member"]
-    left = gateway.delete(org_path(team, "/members/%s" % member.user_id), token=member.token)
+    left = gateway.delete(org_path(team, f"/members/{member.user_id}"), token=member.token)
     assert left.status_code == 200 and left.json() == {"removed": True, "reason": "left"}
-    owner_path = org_path(team, "/members/%s" % team["owner"].user_id)
+    owner_path = org_path(team, f'/members/{team["owner"].user_id}')
     assert_error(gateway.delete(owner_path, token=team["owner"].token), 409, "owner_protected")
     assert_error(gateway.delete(owner_path, token=team["admin"].token), 409, "owner_protected")
 
@@ -131,9 +142,9 @@ def test_ownership_transfer_reflected_everywhere(gateway, team):
     wait_until(lambda: gateway.get(org_path(team), new["access_token"]).json()["owner"]["id"] == admin.user_id,
                what="overview owner to follow ownership_transferred")
     # the new owner can now be neither removed nor demoted; the old one can leave
-    assert_error(gateway.delete(org_path(team, "/members/%s" % admin.user_id), token=old["access_token"]),
+    assert_error(gateway.delete(org_path(team, f"/members/{admin.user_id}"), token=old["access_token"]),
                  409, "owner_protected")
-    assert gateway.delete(org_path(team, "/members/%s" % owner.user_id), token=old["access_token"]).status_code == 200
+    assert gateway.delete(org_path(team, f"/members/{owner.user_id}"), token=old["access_token"]).status_code == 200
 
 
 def test_invite_endpoints_rules(gateway, tap, team):
@@ -145,18 +156,18 @@ def test_invite_endpoints_rules(gateway, tap, team):
         assert status_for(gateway, team, who, "GET", path) == (200 if expected == 201 else expected), who
     _, invite_id = invite(gateway, tap, team["owner"], unique_email())
     for who, expected in (("member", 403), ("outsider", 403), ("anonymous", 401)):
-        assert status_for(gateway, team, who, "DELETE", org_path(team, "/invites/%s" % invite_id)) == expected
+        assert status_for(gateway, team, who, "DELETE", org_path(team, f"/invites/{invite_id}")) == expected
     # another organization's admin, on its own org path, cannot reach this invite either
-    other = gateway.delete("/organizations/%s/invites/%s" % (team["outsider"].org_id, invite_id),
+    other = gateway.delete(f'/organizations/{team["outsider"].org_id}/invites/{invite_id}',
                            token=team["outsider"].token)
     assert_error(other, 404, "not_found")
-    assert status_for(gateway, team, "admin", "DELETE", org_path(team, "/invites/%s" % invite_id)) == 200
+    assert status_for(gateway, team, "admin", "DELETE", org_path(team, f"/invites/{invite_id}")) == 200
 
 
 def test_invites_are_normalised_deduplicated_and_listed(gateway, tap, team):
     email = unique_email("Mixed")
     response = gateway.post(org_path(team, "/invites"),
-                            {"emails": [email.upper(), " %s " % email.lower(), team["member"].email],
+                            {"emails": [email.upper(), f" {email.lower()} ", team["member"].email],
                              "role": "dataset_manager"}, team["admin"].token)
     assert response.status_code == 201, response.text
     data = response.json()
@@ -175,7 +186,7 @@ def test_invites_are_normalised_deduplicated_and_listed(gateway, tap, team):
 def test_invite_preview_and_acceptance_rules(gateway, tap, team, test_stack):
     email = unique_email("invitee")
     token, invite_id = invite(gateway, tap, team["admin"], email, "dataset_manager")
-    preview = gateway.get("/invites/%s" % token)
+    preview = gateway.get(f"/invites/{token}")
     assert preview.status_code == 200, preview.text
     assert preview.json()["organization"] == {"id": team["owner"].org_id, "name": "Team Lab"}
     assert preview.json()["role"] == "dataset_manager" and "email" not in preview.text
@@ -183,15 +194,15 @@ def test_invite_preview_and_acceptance_rules(gateway, tap, team, test_stack):
 
     invitee = gateway.signup(organization_name=None, email=email)
     stranger = gateway.signup(organization_name=None)
-    assert_error(gateway.post("/invites/%s/accept" % token), 401)
-    assert_error(gateway.post("/invites/%s/accept" % token, token=stranger.token), 403, "forbidden")
-    accepted = gateway.post("/invites/%s/accept" % token, token=invitee.token)
+    assert_error(gateway.post(f"/invites/{token}/accept"), 401)
+    assert_error(gateway.post(f"/invites/{token}/accept", token=stranger.token), 403, "forbidden")
+    accepted = gateway.post(f"/invites/{token}/accept", token=invitee.token)
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["organization"]["role"] == "dataset_manager"
     assert gateway.get(org_path(team, "/members"), accepted.json()["access_token"]).status_code == 200
     # single use
-    assert_error(gateway.post("/invites/%s/accept" % token, token=invitee.token), 404, "not_found")
-    assert_error(gateway.get("/invites/%s" % token), 404, "not_found")
+    assert_error(gateway.post(f"/invites/{token}/accept", token=invitee.token), 404, "not_found")
+    assert_error(gateway.get(f"/invites/{token}"), 404, "not_found")
     # already a member: a fresh invite cannot be used to join twice
     assert gateway.post(org_path(team, "/invites"), {"emails": [email], "role": "member"},
                         team["admin"].token).json()["skipped"][0]["reason"] == "already_member"
@@ -201,15 +212,15 @@ def test_revoked_and_expired_invites_are_dead(gateway, tap, team, test_stack):
     revoked_email, expired_email = unique_email("revoked"), unique_email("expired")
     revoked_token, revoked_id = invite(gateway, tap, team["admin"], revoked_email)
     expired_token, expired_id = invite(gateway, tap, team["admin"], expired_email)
-    assert gateway.delete(org_path(team, "/invites/%s" % revoked_id), token=team["admin"].token).status_code == 200
+    assert gateway.delete(org_path(team, f"/invites/{revoked_id}"), token=team["admin"].token).status_code == 200
     # time passing is simulated in the service's own database: the invite's expiry moves to the past
     db = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"]
     db.invites.update_one({"_id": expired_id}, {"$set": {"expires_at": db.invites.find_one(
         {"_id": expired_id})["created_at"]}})
     for email, token in ((revoked_email, revoked_token), (expired_email, expired_token)):
         account = gateway.signup(organization_name=None, email=email)
-        assert_error(gateway.get("/invites/%s" % token), 404, "not_found")
-        assert_error(gateway.post("/invites/%s/accept" % token, token=account.token), 404, "not_found")
+        assert_error(gateway.get(f"/invites/{token}"), 404, "not_found")
+        assert_error(gateway.post(f"/invites/{token}/accept", token=account.token), 404, "not_found")
     listed = [i["id"] for i in gateway.get(org_path(team, "/invites"), team["admin"].token).json()["items"]]
     assert revoked_id not in listed and expired_id not in listed
 
@@ -227,7 +238,7 @@ def scan_databases(test_stack, secrets):
             for doc in client[name][collection].find():
                 text = repr(doc)
                 for what, secret in secrets.items():
-                    assert secret not in text, "%s.%s holds the %s" % (name, collection, what)
+                    assert secret not in text, f"{name}.{collection} holds the {what}"
     return scanned
 
 
@@ -236,8 +247,8 @@ def test_invite_tokens_never_stored_in_plain_text(gateway, tap, team, test_stack
     scan runs while the invite mail waits in the notifications queue (the SMTP sink is down, so its
     body, link included, must be kept for the retry); the second after it was sent."""
     admin, mailbox = team["admin"], Mailbox(test_stack.mail_dir)
-    email, password = unique_email("secret"), "pw-%s" % os.urandom(8).hex()
-    deliveries = "/organizations/%s/notifications/deliveries?limit=200" % admin.org_id
+    email, password = unique_email("secret"), f"pw-{os.urandom(8).hex()}"
+    deliveries = f"/organizations/{admin.org_id}/notifications/deliveries?limit=200"
     sink = stack._pid_file(test_stack, "smtp")
     assert stack.stop_pid_file(sink)
     try:
@@ -278,7 +289,7 @@ def test_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
     plan = {"name": "team", "included_users": 5, "included_storage_bytes": None, "paid_until": None}
     assert gateway.request("PUT", org_path(team, "/plan"), superuser, json=plan).status_code == 200
     # four members exist: one seat is left
-    emails = [unique_email("racer%d" % index) for index in range(RACERS)]
+    emails = [unique_email(f"racer{index}") for index in range(RACERS)]
     created = gateway.post(org_path(team, "/invites"), {"emails": emails, "role": "member"}, team["admin"].token)
     assert created.status_code == 201, created.text
     racers = []
@@ -292,7 +303,7 @@ def test_accounts_race_for_the_last_seat(gateway, tap, team, test_stack):
         with requests.Session() as http:
             barrier.wait(timeout=30)
             try:
-                results[index] = http.post(gateway.api + "/invites/%s/accept" % token, timeout=30,
+                results[index] = http.post(gateway.api + f"/invites/{token}/accept", timeout=30,
                                            headers={"Authorization": "Bearer " + account.token})
             except requests.RequestException as error:
                 results[index] = error
@@ -321,24 +332,24 @@ def test_accepting_an_invite_as_a_member_is_a_conflict(gateway, tap, team, test_
     first_token, first_id = invite(gateway, tap, team["admin"], email)
     second_token, _ = invite(gateway, tap, team["admin"], email, role="dataset_manager")
     invitee = gateway.signup(organization_name=None, email=email)
-    assert_error(gateway.post("/invites/%s/accept" % first_token, token=invitee.token), 404, "not_found")
-    joined = gateway.post("/invites/%s/accept" % second_token, token=invitee.token)
+    assert_error(gateway.post(f"/invites/{first_token}/accept", token=invitee.token), 404, "not_found")
+    joined = gateway.post(f"/invites/{second_token}/accept", token=invitee.token)
     assert joined.status_code == 200, joined.text
     db = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"]
     db.invites.update_one({"_id": first_id}, {"$set": {"status": "pending"}})
     seats = db.organizations.find_one({"_id": team["owner"].org_id})["member_count"]
     for token in (invitee.token, joined.json()["access_token"]):
-        assert_error(gateway.post("/invites/%s/accept" % first_token, token=token), 409, "already_member")
+        assert_error(gateway.post(f"/invites/{first_token}/accept", token=token), 409, "already_member")
     assert db.organizations.find_one({"_id": team["owner"].org_id})["member_count"] == seats
     members = gateway.get(org_path(team, "/members?q=" + email), team["owner"].token).json()["items"]
     assert [m["user_id"] for m in members] == [invitee.user_id]
 
 
 def test_invites_expire_after_14_days_and_link_to_the_public_base_url(gateway, tap, team, test_stack):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     created = gateway.post(org_path(team, "/invites"), {"emails": [unique_email("ttl")], "role": "member"},
                            team["admin"].token)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert created.status_code == 201, created.text
     item = created.json()["items"][0]
     created_at, expires_at = (datetime.fromisoformat(item[key].replace("Z", "+00:00"))
@@ -354,7 +365,7 @@ def test_invites_expire_after_14_days_and_link_to_the_public_base_url(gateway, t
     prefix = service_config(test_stack, "membership")["PUBLIC_BASE_URL"].rstrip("/") + "/invites/"
     assert event["accept_url"].startswith(prefix), (prefix, event["accept_url"])
     token = event["accept_url"][len(prefix):]
-    assert gateway.get("/invites/%s" % token).json()["expires_at"] == item["expires_at"]
+    assert gateway.get(f"/invites/{token}").json()["expires_at"] == item["expires_at"]
     # the token carries >= 128 bits (HMAC-SHA256: 256) and the id it is derived from is random
     assert len(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) >= 16
     assert uuid.UUID(item["id"]).version == 4
@@ -369,7 +380,7 @@ def test_creating_and_listing_organizations(gateway, owner):
     assert all(o["role"] == "admin" and o["is_owner"] for o in listed)
     assert_error(gateway.post("/organizations", {"name": "x"}), 401)
     # the token is still scoped to the first organization
-    assert_error(gateway.get("/organizations/%s" % created.json()["id"], owner.token), 403, "wrong_organization")
+    assert_error(gateway.get(f'/organizations/{created.json()["id"]}', owner.token), 403, "wrong_organization")
 
 
 def test_switching_organizations(gateway, test_stack, owner):
@@ -380,12 +391,12 @@ def test_switching_organizations(gateway, test_stack, owner):
     new_token = switched.json()["access_token"]
     assert switched.json()["organization"] == {"id": second["id"], "name": "Switch Target", "role": "admin",
                                                "is_owner": True}
-    assert gateway.get("/organizations/%s" % second["id"], new_token).status_code == 200
+    assert gateway.get(f'/organizations/{second["id"]}', new_token).status_code == 200
     # the switched-away session is revoked at once, in every gateway worker; the account's other
     # session (still in the first organization) is not
     wait_until(lambda: gateway.get("/me", owner.token).status_code == 401, timeout=1.0, what="old session revoked")
     assert_every_worker_answers(test_stack, "/me", owner.token, 401, "token_revoked")
-    assert_every_worker_answers(test_stack, "/organizations/%s" % owner.org_id, other_session["access_token"], 200)
+    assert_every_worker_answers(test_stack, f"/organizations/{owner.org_id}", other_session["access_token"], 200)
     # login now goes to the last used organization
     login = gateway.post("/auth/login", {"email": owner.email, "password": owner.password}).json()
     assert gateway.get("/me", login["access_token"]).json()["organization"]["id"] == second["id"]
@@ -397,10 +408,10 @@ def test_login_falls_back_to_the_oldest_membership(gateway, tap, team):
     member = team["member"]
     second = gateway.signup(organization_name="Fallback Lab")
     token, _ = invite(gateway, tap, second, member.email)
-    joined = gateway.post("/invites/%s/accept" % token, token=member.token)
+    joined = gateway.post(f"/invites/{token}/accept", token=member.token)
     assert joined.status_code == 200
     # the last used organization is now Fallback Lab; leaving it sends login back to Team Lab
-    left = gateway.delete("/organizations/%s/members/%s" % (second.org_id, member.user_id),
+    left = gateway.delete(f"/organizations/{second.org_id}/members/{member.user_id}",
                           token=joined.json()["access_token"])
     assert left.status_code == 200, left.text
     login = gateway.post("/auth/login", {"email": member.email, "password": member.password}).json()
@@ -408,9 +419,9 @@ def test_login_falls_back_to_the_oldest_membership(gateway, tap, team):
 
 
 def test_member_count_follows_joins_and_departures(gateway, tap, owner):
-    path = "/organizations/%s" % owner.org_id
+    path = f"/organizations/{owner.org_id}"
     newcomer = join(gateway, tap, owner, "member")
     wait_until(lambda: gateway.get(path, owner.token).json()["members"]["count"] == 2, what="count 2")
-    gateway.delete(path + "/members/%s" % newcomer.user_id, token=owner.token)
+    gateway.delete(path + f"/members/{newcomer.user_id}", token=owner.token)
     wait_until(lambda: gateway.get(path, owner.token).json()["members"]["count"] == 1, what="count 1")
     assert isinstance(newcomer, Account)

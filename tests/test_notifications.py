@@ -4,12 +4,12 @@ Mail is read back from the sink's ``.eml`` files; events the usage service does 
 published here to the contract's exchange (``<source>.events``, routing key = event type).
 """
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pymongo
-from pymongo import ReturnDocument
 import pytest
 from kombu import Connection
+from pymongo import ReturnDocument
 
 from common import events, pages
 from common.envelope import envelope
@@ -56,12 +56,12 @@ def emit(test_stack, event, org_id, **payload):
 def set_plan(gateway, org_id, name="team", users=None, storage=None, paid_until=None):
     plan = {"name": name, "included_users": users, "included_storage_bytes": storage,
             "paid_until": paid_until.isoformat() if paid_until else None}
-    response = gateway.request("PUT", "/organizations/%s/plan" % org_id, superuser_token(gateway), json=plan)
+    response = gateway.request("PUT", f"/organizations/{org_id}/plan", superuser_token(gateway), json=plan)
     assert response.status_code == 200, response.text
 
 
 def settings_path(org_id, suffix=""):
-    return "/organizations/%s/notifications%s" % (org_id, suffix)
+    return f"/organizations/{org_id}/notifications{suffix}"
 
 
 def put_settings(gateway, admin, plan_email=None, new_user_email=None, ai_job_recipients="initiator"):
@@ -91,7 +91,7 @@ def known_to_notifications(notifications_db, org_id, user_ids=()):
     org = notifications_db.organizations.find_one({"_id": org_id})
     if not org or not org.get("owner_email"):
         return False
-    return all(notifications_db.members.find_one({"_id": "%s:%s" % (org_id, u)}) for u in user_ids)
+    return all(notifications_db.members.find_one({"_id": f"{org_id}:{u}"}) for u in user_ids)
 
 
 @pytest.fixture
@@ -162,11 +162,11 @@ def test_invite_mail_reaches_the_invitee_with_link_and_expiry(gateway, tap, team
     email_address = unique_email("invitee")
     token, invite_id = invite(gateway, tap, team["admin"], email_address, role="dataset_manager")
     [mail] = mailbox.wait(email_address)
-    org_name = gateway.get("/organizations/%s" % team["owner"].org_id, team["owner"].token).json()["name"]
+    org_name = gateway.get(f'/organizations/{team["owner"].org_id}', team["owner"].token).json()["name"]
     assert mail.rcpt_to == [email_address] and mail.message["To"] == email_address
     assert org_name in mail.subject and org_name in mail.text and org_name in mail.html
     assert "admin person" in mail.text and "dataset_manager" in mail.text
-    assert "/invites/%s" % token in mail.text and 'href="' in mail.html and token in mail.html
+    assert f"/invites/{token}" in mail.text and 'href="' in mail.html and token in mail.html
     event = tap.wait_for("invite_created", invite_id=invite_id)
     assert event["expires_at"][:10] in mail.text
     # the log is written right after the SMTP server's answer, so it may trail the sink by a moment
@@ -227,7 +227,7 @@ def test_storage_limit_mail_once_per_crossing(gateway, team, mailbox, notificati
     def report(used):
         body = emit(test_stack, events.STORAGE_UPDATED, org_id, used_bytes=used, datasets=1)
         wait_until(lambda: notifications_db.organizations.find_one({"_id": org_id}).get("storage_as_of")
-                   == body["occurred_at"], what="storage report %d applied" % used)
+                   == body["occurred_at"], what=f"storage report {used} applied")
         return body
 
     report(500_000)
@@ -249,7 +249,7 @@ def test_storage_limit_mail_once_per_crossing(gateway, team, mailbox, notificati
 def test_ai_job_mail_recipients(gateway, team, mailbox, test_stack, mode, expected):
     owner = team["owner"]
     put_settings(gateway, owner, ai_job_recipients=mode)
-    job_type = "summarize-%s" % uuid.uuid4().hex[:8]
+    job_type = f"summarize-{uuid.uuid4().hex[:8]}"
     emit(test_stack, events.AI_JOB_COMPLETED, owner.org_id, job_id="job-1", job_type=job_type,
          initiator_user_id=team["dataset_manager"].user_id, outcome="succeeded", credits=1500)
     want = sorted(team[who].email for who in expected)
@@ -262,7 +262,7 @@ def test_ai_job_mail_recipients(gateway, team, mailbox, test_stack, mode, expect
 
 def test_plan_reminders_before_and_after_paid_until_once_each(gateway, team, mailbox, notifications_db):
     owner, admin, org_id = team["owner"], team["admin"], team["owner"].org_id
-    paid_until = datetime.now(timezone.utc) + timedelta(seconds=6)
+    paid_until = datetime.now(UTC) + timedelta(seconds=6)
     set_plan(gateway, org_id, name="team", paid_until=paid_until)
     for account in (owner, admin):  # no plan_email: owner and admins
         [mail] = mailbox.wait(account.email, contains="plan ends on")
@@ -299,12 +299,12 @@ def test_deletion_requested_mail_goes_to_the_owner(gateway, mailbox, test_stack,
 # -- the service's own copy of the members, fed by the real membership events ---------------------
 
 def member_doc(notifications_db, org_id, user_id):
-    return notifications_db.members.find_one({"_id": "%s:%s" % (org_id, user_id)}) or {}
+    return notifications_db.members.find_one({"_id": f"{org_id}:{user_id}"}) or {}
 
 
 def job_mail_recipients(gateway, admin, test_stack, mailbox, initiator, expected):
     """Emit an ai_job_completed; once the expected mail arrived, the recipients it was recorded for."""
-    job_type = "job-%s" % uuid.uuid4().hex[:8]
+    job_type = f"job-{uuid.uuid4().hex[:8]}"
     emit(test_stack, events.AI_JOB_COMPLETED, admin.org_id, job_id="j-" + job_type, job_type=job_type,
          initiator_user_id=initiator.user_id, outcome="succeeded", credits=10)
     for address in expected:
@@ -318,14 +318,14 @@ def test_promoted_admin_gets_admin_mail_and_a_removed_admin_no_longer_does(gatew
     owner, admin, member, manager = team["owner"], team["admin"], team["member"], team["dataset_manager"]
     org_id = owner.org_id
     put_settings(gateway, owner, ai_job_recipients="admins")
-    response = gateway.patch("/organizations/%s/members/%s" % (org_id, member.user_id), {"role": "admin"},
+    response = gateway.patch(f"/organizations/{org_id}/members/{member.user_id}", {"role": "admin"},
                              owner.token)
     assert response.status_code == 200, response.text
     wait_until(lambda: member_doc(notifications_db, org_id, member.user_id).get("role") == "admin",
                what="member_role_changed applied")
     everyone = sorted([owner.email, admin.email, member.email])
     assert job_mail_recipients(gateway, owner, test_stack, mailbox, manager, everyone) == everyone
-    response = gateway.delete("/organizations/%s/members/%s" % (org_id, admin.user_id), token=owner.token)
+    response = gateway.delete(f"/organizations/{org_id}/members/{admin.user_id}", token=owner.token)
     assert response.status_code == 200, response.text
     wait_until(lambda: member_doc(notifications_db, org_id, admin.user_id).get("left") is True,
                what="member_left applied")
@@ -336,7 +336,7 @@ def test_promoted_admin_gets_admin_mail_and_a_removed_admin_no_longer_does(gatew
 def test_after_an_ownership_transfer_the_new_owner_gets_member_joined_mail(gateway, tap, team, mailbox,
                                                                             notifications_db):
     owner, admin, org_id = team["owner"], team["admin"], team["owner"].org_id
-    response = gateway.post("/organizations/%s/ownership" % org_id, {"user_id": admin.user_id}, owner.token)
+    response = gateway.post(f"/organizations/{org_id}/ownership", {"user_id": admin.user_id}, owner.token)
     assert response.status_code == 200, response.text
     wait_until(lambda: (notifications_db.organizations.find_one({"_id": org_id}) or {}).get("owner_email")
                == admin.email, what="ownership_transferred applied")
@@ -358,23 +358,24 @@ def test_a_settled_reservation_mails_the_job_completion(gateway, team, mailbox):
     owner, manager, org_id = team["owner"], team["dataset_manager"], team["owner"].org_id
     su = superuser_token(gateway)
     put_settings(gateway, owner, ai_job_recipients="initiator_and_admins")
-    granted = gateway.post("/organizations/%s/credits/grants" % org_id,
+    granted = gateway.post(f"/organizations/{org_id}/credits/grants",
                            {"amount": 10_000, "idempotency_key": uuid.uuid4().hex}, su)
     assert granted.status_code == 201, granted.text
     want = sorted([manager.email, owner.email, team["admin"].email])
     for outcome, amount, words in (("succeeded", 1_200, "spent"), ("failed", 700, "refunded")):
-        job_type = "embed-%s" % uuid.uuid4().hex[:8]
-        reserved = gateway.post("/organizations/%s/credits/reservations" % org_id, {
-            "amount": amount, "job_id": "job-%s" % job_type, "job_type": job_type,
+        job_type = f"embed-{uuid.uuid4().hex[:8]}"
+        reserved = gateway.post(f"/organizations/{org_id}/credits/reservations", {
+            "amount": amount, "job_id": f"job-{job_type}", "job_type": job_type,
             "idempotency_key": uuid.uuid4().hex}, manager.token)
         assert reserved.status_code == 201, reserved.text
-        settle = gateway.post("/organizations/%s/credits/reservations/%s/settle" % (
-            org_id, reserved.json()["entry"]["id"]), {"outcome": outcome}, su)
+        reservation_id = reserved.json()["entry"]["id"]
+        settle = gateway.post(f"/organizations/{org_id}/credits/reservations/{reservation_id}/settle",
+                              {"outcome": outcome}, su)
         assert settle.status_code == 200, settle.text
         for address in want:
             [mail] = mailbox.wait(address, contains=job_type)
-            assert outcome in mail.subject and "job-%s" % job_type in mail.text
-            assert "Credits %s: %d milli-credits" % (words, amount) in mail.text
+            assert outcome in mail.subject and f"job-{job_type}" in mail.text
+            assert f"Credits {words}: {amount} milli-credits" in mail.text
             assert "dataset_manager person" in mail.text  # the initiator, from the reservation's actor
         assert sorted(d["to"] for d in deliveries(gateway, owner, kind="ai_job_completed", subject=job_type)) == want
 
@@ -388,12 +389,12 @@ def test_a_real_storage_report_over_the_limit_mails_plan_email(gateway, tap, tea
     mailbox.wait(billing, contains="plan changed to team")
 
     def report(size):
-        response = gateway.post("/organizations/%s/storage-reports" % org_id,
+        response = gateway.post(f"/organizations/{org_id}/storage-reports",
                                 {"datasets": [{"dataset_id": "big", "bytes": size}], "complete": True}, su)
         assert response.status_code == 201, response.text
         event = tap.wait_for("storage_updated", organization_id=org_id, used_bytes=size)
         wait_until(lambda: notifications_db.organizations.find_one({"_id": org_id}).get("storage_as_of")
-                   == event["occurred_at"], what="storage report %d applied" % size)
+                   == event["occurred_at"], what=f"storage report {size} applied")
 
     report(1_500)
     [mail] = mailbox.wait(billing, contains="storage limit exceeded")
@@ -406,7 +407,7 @@ def test_a_real_storage_report_over_the_limit_mails_plan_email(gateway, tap, tea
 
 def test_job_fields_with_control_characters_are_refused_at_the_gateway(gateway, team):
     """job_id and job_type end up in the completion mail's subject: one line each, or a 422."""
-    path = "/organizations/%s/credits/reservations" % team["owner"].org_id
+    path = f'/organizations/{team["owner"].org_id}/credits/reservations'
     valid = {"amount": 1, "job_id": "job-1", "job_type": "segmentation", "idempotency_key": uuid.uuid4().hex}
     for field, value in (("job_type", "seg\r\nBcc: victim@example.test"), ("job_type", "seg\n"),
                          ("job_id", "job\rX-Injected: yes"), ("job_id", "job\x00"), ("job_type", "a\tb"),
@@ -466,15 +467,16 @@ def test_smtp_down_too_long_marks_mail_failed(gateway, tap, team, mailbox, test_
         invite(gateway, tap, admin, address)
         [failed] = wait_until(lambda: [d for d in deliveries(gateway, admin, to=address) if d["status"] == "failed"],
                               timeout=40, what="delivery given up")
-        policy = dispatch.DispatchPolicy.from_settings(NotificationsSettings.from_file(test_stack.service_env()))  # what the service runs with
+        # what the service runs with
+        policy = dispatch.DispatchPolicy.from_settings(NotificationsSettings.from_file(test_stack.service_env()))
         assert failed["attempts"] == policy.max_attempts == len(failed["attempt_log"])
         assert "refused" in failed["last_error"].lower() and failed["sent_at"] is None
         # each retry waited at least the policy's backoff (base, 2*base, ... capped); 0.8: clock slack
         times = [moment(a["at"]) for a in failed["attempt_log"]]
-        gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:])]
+        gaps = [(later - earlier).total_seconds() for earlier, later in zip(times, times[1:], strict=False)]
         expected = [policy.backoff(n) for n in range(1, len(times))]
         assert expected[-1] > expected[0]  # the test stack's policy does grow
-        assert all(gap >= 0.8 * want for gap, want in zip(gaps, expected)), (gaps, expected)
+        assert all(gap >= 0.8 * want for gap, want in zip(gaps, expected, strict=False)), (gaps, expected)
     finally:
         stack.start_smtp_sink(test_stack)
     marker = unique_email("after-give-up")
@@ -508,7 +510,7 @@ def test_an_event_whose_handler_fails_is_retried_not_lost(test_stack, mailbox, n
                               name="Early Eddie", role="member", via_invite=True, is_owner=False)
     queue = to_notifications(test_stack, events.MEMBER_JOINED, joined)
     # the handler ran (it stores the member before it looks for the owner) and failed ...
-    wait_until(lambda: notifications_db.members.find_one({"_id": "%s:%s" % (org_id, joined["user_id"])}),
+    wait_until(lambda: notifications_db.members.find_one({"_id": f'{org_id}:{joined["user_id"]}'}),
                what="the member_joined handler to run")
     # ... and handed the event to the retry queue instead of acking it away
     wait_until(lambda: waiting_on(test_stack, queue + ".retry") > 0, what="the event on the retry queue")
@@ -530,13 +532,13 @@ def test_an_event_whose_handler_fails_is_retried_not_lost(test_stack, mailbox, n
 def test_same_event_twice_sends_one_mail(gateway, team, mailbox, test_stack):
     owner = team["owner"]
     put_settings(gateway, owner, ai_job_recipients="initiator")
-    job_type = "dup-%s" % uuid.uuid4().hex[:8]
+    job_type = f"dup-{uuid.uuid4().hex[:8]}"
     _, _, body = make_event(events.AI_JOB_COMPLETED, owner.org_id, job_id="job-dup", job_type=job_type,
                             initiator_user_id=team["member"].user_id, outcome="failed", credits=0)
     publish(test_stack, body, events.AI_JOB_COMPLETED)
     mailbox.wait(team["member"].email, contains=job_type)
     publish(test_stack, body, events.AI_JOB_COMPLETED)  # redelivered: same event id
-    later = "later-%s" % uuid.uuid4().hex[:8]
+    later = f"later-{uuid.uuid4().hex[:8]}"
     emit(test_stack, events.AI_JOB_COMPLETED, owner.org_id, job_id="job-later", job_type=later,
          initiator_user_id=team["member"].user_id, outcome="succeeded", credits=5)
     mailbox.wait(team["member"].email, contains=later)
@@ -548,22 +550,22 @@ def test_header_injection_is_rejected_or_neutralised(gateway, team, mailbox, tes
     owner, org_id = team["owner"], team["owner"].org_id
     victim = unique_email("victim")
     # through the API: names and addresses with line breaks are refused
-    assert_error(gateway.patch("/organizations/%s" % org_id, {"name": "Lab\r\nBcc: %s" % victim}, owner.token),
+    assert_error(gateway.patch(f"/organizations/{org_id}", {"name": f"Lab\r\nBcc: {victim}"}, owner.token),
                  422, "validation_failed")
     assert gateway.post("/auth/signup", {"email": unique_email(), "password": "correct horse battery",
-                                         "name": "Eve\r\nBcc: %s" % victim}).status_code == 422
+                                         "name": f"Eve\r\nBcc: {victim}"}).status_code == 422
     # on the bus (another publisher's bug): neutralised in every header
     invitee = unique_email("target")
     emit(test_stack, events.INVITE_CREATED, org_id, invite_id=uuid.uuid4().hex, email=invitee, role="member",
-         inviter_name="Mallory\r\nBcc: %s\r\nX-Injected: yes" % victim,
+         inviter_name=f"Mallory\r\nBcc: {victim}\r\nX-Injected: yes",
          accept_url="http://127.0.0.1:8080/invites/abc", expires_at="2030-01-01T00:00:00.000Z",
-         organization_name="Evil Org\r\nBcc: %s\nX-Injected: yes" % victim)
+         organization_name=f"Evil Org\r\nBcc: {victim}\nX-Injected: yes")
     emit(test_stack, events.INVITE_CREATED, org_id, invite_id=uuid.uuid4().hex,
-         email="%s\r\nBcc: %s" % (unique_email("bad"), victim), role="member", inviter_name="Mallory",
+         email=f'{unique_email("bad")}\r\nBcc: {victim}', role="member", inviter_name="Mallory",
          accept_url="http://127.0.0.1:8080/invites/abc", expires_at="2030-01-01T00:00:00.000Z")
     joiner = uuid.uuid4().hex
     emit(test_stack, events.MEMBER_JOINED, org_id, user_id=joiner, email=unique_email("joiner"),
-         name="Joe\r\nBcc: %s\r\nX-Injected: yes" % victim, role="member", via_invite=True, is_owner=False)
+         name=f"Joe\r\nBcc: {victim}\r\nX-Injected: yes", role="member", via_invite=True, is_owner=False)
     [invite_mail] = mailbox.wait(invitee)
     [joined_mail] = mailbox.wait(owner.email, contains="Joe")
     for mail in (invite_mail, joined_mail):
@@ -590,7 +592,7 @@ def test_delivery_log_pages_newest_first(gateway, tap, owner, mailbox):
     assert [d["created_at"] for d in full] == sorted((d["created_at"] for d in full), reverse=True)
     seen, cursor = [], None
     while True:
-        page = gateway.get(path + "?limit=1" + ("&cursor=%s" % cursor if cursor else ""), owner.token)
+        page = gateway.get(path + "?limit=1" + (f"&cursor={cursor}" if cursor else ""), owner.token)
         assert page.status_code == 200, page.text
         seen += page.json()["items"]
         cursor = page.json()["next_cursor"]
@@ -608,19 +610,19 @@ def test_delivery_log_pages_newest_first(gateway, tap, owner, mailbox):
 def crashed_entry(org_id, to, due_at, text, notifications_db):
     """A mail as a handler that crashed right after recording it leaves it: queued (numbered in
     the organization's log, as the recording does), leased to a process that is gone until ``due_at``."""
-    now = datetime.now(timezone.utc)
-    delivery_id = "crash-%s:member_joined:%s" % (uuid.uuid4().hex, to)
+    now = datetime.now(UTC)
+    delivery_id = f"crash-{uuid.uuid4().hex}:member_joined:{to}"
     ordinal = notifications_db.delivery_counters.find_one_and_update(
         {"_id": org_id}, {"$inc": {"deliveries": 1}}, upsert=True, return_document=ReturnDocument.AFTER)["deliveries"]
     return {"_id": delivery_id, "org_id": org_id, "kind": "member_joined", "to": to,
-            "subject": "Crash Test joined", "created_at": now, "text": text, "html": "<p>%s</p>" % text,
+            "subject": "Crash Test joined", "created_at": now, "text": text, "html": f"<p>{text}</p>",
             "sealed": False, "attempts": 0, "due_at": due_at, "lease_id": uuid.uuid4().hex,
             "ordinal": ordinal, "pk": pages.key(org_id, ordinal)}
 
 
 def test_mail_left_leased_by_a_crash_is_sent_once_after_its_lease(gateway, team, mailbox, notifications_db):
     owner = team["owner"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     expired = crashed_entry(owner.org_id, unique_email("crash-expired"), now - timedelta(seconds=1), "expired lease",
                              notifications_db)
     running = crashed_entry(owner.org_id, unique_email("crash-running"), now + timedelta(seconds=3), "running lease",
@@ -654,7 +656,7 @@ def test_a_queue_entry_of_a_finished_mail_is_dropped_not_resent(gateway, team, m
                   email=unique_email("finished"), name="Finished Fiona", role="member", via_invite=True,
                   is_owner=False)
     mailbox.wait(owner.email, contains="Finished Fiona")
-    delivery_id = "%s:member_joined:%s" % (joiner["event_id"], owner.email)
+    delivery_id = f'{joiner["event_id"]}:member_joined:{owner.email}'
     wait_until(lambda: [d for d in deliveries(gateway, owner) if d["id"] == delivery_id and d["status"] == "sent"],
                what="the mail logged as sent")
     # the same event again: its mail is recorded and sent already, so nothing happens
@@ -673,10 +675,10 @@ def test_a_burst_of_joins_sends_each_mail_once(gateway, owner, mailbox, notifica
     mail exactly once, redeliveries inside the burst included, and every fact is applied."""
     wait_until(lambda: known_to_notifications(notifications_db, owner.org_id), what="org known")
     tag = uuid.uuid4().hex[:8]
-    bodies, started = [], datetime.now(timezone.utc)
+    bodies, started = [], datetime.now(UTC)
     for index in range(60):
-        _, _, body = make_event(events.MEMBER_JOINED, owner.org_id, user_id="burst-%s-%d" % (tag, index),
-                                email=unique_email("burst"), name="Burst %s %d" % (tag, index), role="member",
+        _, _, body = make_event(events.MEMBER_JOINED, owner.org_id, user_id=f"burst-{tag}-{index}",
+                                email=unique_email("burst"), name=f"Burst {tag} {index}", role="member",
                                 via_invite=True, is_owner=False, member_count=index + 2)
         body["occurred_at"] = events.isoformat(started + timedelta(milliseconds=index))  # strictly ordered
         bodies.append(body)
@@ -686,14 +688,15 @@ def test_a_burst_of_joins_sends_each_mail_once(gateway, owner, mailbox, notifica
         for body in bodies + bodies[:10]:  # ten of them twice
             producer.publish(body, exchange=exchange, routing_key=events.MEMBER_JOINED[1], declare=[exchange],
                              **envelope(*events.MEMBER_JOINED, body))
-    wait_until(lambda: len(mailbox.to(owner.email, contains="Burst %s" % tag)) >= 60, timeout=60,
+    wait_until(lambda: len(mailbox.to(owner.email, contains=f"Burst {tag}")) >= 60, timeout=60,
                what="sixty burst mails")
     logged = wait_until(lambda: (lambda items: len(items) == 60 and all(d["status"] == "sent" for d in items)
-                                 and items)(deliveries(gateway, owner, subject="Burst %s" % tag)), what="all logged")
+                                 and items)(deliveries(gateway, owner, subject=f"Burst {tag}")), what="all logged")
     assert all(d["attempts"] == 1 and [a["outcome"] for a in d["attempt_log"]] == ["sent"] for d in logged)
-    names = sorted(m.subject for m in mailbox.to(owner.email, contains="Burst %s" % tag))
-    assert names == sorted("Burst %s %d joined %s" % (tag, i, names[0].split(" joined ", 1)[1]) for i in range(60))
-    assert notifications_db.members.count_documents({"org_id": owner.org_id, "user_id": {"$regex": "^burst-%s" % tag}}) == 60
+    names = sorted(m.subject for m in mailbox.to(owner.email, contains=f"Burst {tag}"))
+    assert names == sorted(f'Burst {tag} {i} joined {names[0].split(" joined ", 1)[1]}' for i in range(60))
+    burst = {"org_id": owner.org_id, "user_id": {"$regex": f"^burst-{tag}"}}
+    assert notifications_db.members.count_documents(burst) == 60
     assert notifications_db.organizations.find_one({"_id": owner.org_id})["member_count"] == 61
     assert notifications_db.mail_queue.count_documents({"org_id": owner.org_id}) == 0
 
@@ -711,7 +714,7 @@ def test_the_event_counters_show_a_retry_and_a_parking(test_stack, notifications
     (``parked``, with the attempts header at its limit)."""
     from common.handlers import ATTEMPTS_HEADER, MAX_ATTEMPTS
     from tests.test_observability import scrape, total
-    endpoint = "http://127.0.0.1:%d/metrics" % test_stack.metrics_ports["notifications"]
+    endpoint = f'http://127.0.0.1:{test_stack.metrics_ports["notifications"]}/metrics'
 
     def count(outcome):
         return total(scrape(endpoint), "orgplatform_events_total", outcome=outcome)

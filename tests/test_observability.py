@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from kombu import Connection, Exchange, Queue
@@ -23,10 +23,10 @@ class PlainConsumer:
     def __init__(self, amqp_uri, sources):
         self.connection = Connection(amqp_uri)
         channel = self.connection.channel()
-        self.queue = Queue("plain-%s" % uuid.uuid4().hex, exclusive=True, auto_delete=True, channel=channel)
+        self.queue = Queue(f"plain-{uuid.uuid4().hex}", exclusive=True, auto_delete=True, channel=channel)
         self.queue.declare()
         for source in sources:
-            self.queue.bind_to(exchange=Exchange("%s.events" % source, type="topic", passive=True),
+            self.queue.bind_to(exchange=Exchange(f"{source}.events", type="topic", passive=True),
                                routing_key="#")
         self.messages = []
         self.consumer = self.connection.Consumer(self.queue, channel=channel, callbacks=[self._keep],
@@ -41,7 +41,7 @@ class PlainConsumer:
         def found():
             try:
                 self.connection.drain_events(timeout=0.2)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             return next((m for m in self.messages if predicate(m)), None)
         return wait_until(found, timeout=timeout, what="a matching event")
@@ -52,10 +52,10 @@ class PlainConsumer:
 
 def test_a_plain_amqp_consumer_reads_type_id_and_time_from_the_envelope(gateway, test_stack):
     consumer = PlainConsumer(test_stack.amqp_uri, ("org", "membership"))
-    request_id = "signup-%s" % uuid.uuid4()
+    request_id = f"signup-{uuid.uuid4()}"
     email = unique_email("envelope")
     try:
-        before = int(datetime.now(timezone.utc).timestamp())
+        before = int(datetime.now(UTC).timestamp())
         answer = gateway.post("/auth/signup", {"email": email, "password": "correct horse battery",
                                                "name": "Env Lope", "organization_name": "Envelope Lab"},
                               headers={"X-Request-ID": request_id})
@@ -72,7 +72,7 @@ def test_a_plain_amqp_consumer_reads_type_id_and_time_from_the_envelope(gateway,
             assert str(uuid.UUID(event_id)) == event_id  # a hyphenated uuid
             assert properties["app_id"] == source
             assert properties["content_type"] == "application/json"
-            assert before - 1 <= properties["timestamp"] <= int(datetime.now(timezone.utc).timestamp()) + 1
+            assert before - 1 <= properties["timestamp"] <= int(datetime.now(UTC).timestamp()) + 1
             assert headers["cloudEvents:specversion"] == "1.0"
             assert headers["cloudEvents:id"] == event_id
             assert headers["cloudEvents:type"] == event_type
@@ -90,7 +90,7 @@ def test_a_plain_amqp_consumer_reads_type_id_and_time_from_the_envelope(gateway,
 
 
 def test_every_answer_carries_a_request_id(gateway, owner):
-    mine = "client-%s" % uuid.uuid4()
+    mine = f"client-{uuid.uuid4()}"
     cases = [
         ("GET", "/me", {"token": owner.token}, 200),
         ("GET", "/me", {}, 401),
@@ -108,7 +108,8 @@ def test_every_answer_carries_a_request_id(gateway, owner):
         made = gateway.request(method, path, headers=headers, **others)
         assert str(uuid.UUID(made.headers["X-Request-ID"])) == made.headers["X-Request-ID"], (method, path)
     for malformed in ("has space", "x" * 129, "-starts-with-dash", "quote\"d", "ünï"):
-        answer = gateway.request("GET", gateway.base_url + "/healthz", headers={"X-Request-ID": malformed.encode("utf-8")})
+        answer = gateway.request("GET", gateway.base_url + "/healthz",
+                                 headers={"X-Request-ID": malformed.encode("utf-8")})
         assert answer.headers["X-Request-ID"] != malformed
         uuid.UUID(answer.headers["X-Request-ID"])
     assert len({gateway.get(gateway.base_url + "/healthz").headers["X-Request-ID"] for _ in range(5)}) == 5
@@ -121,7 +122,7 @@ def test_the_proxys_own_answers_carry_a_request_id_too(gateway):
 
     limit = int(load_config(stack.GATEWAY_CONFIG)["MAX_REQUEST_BYTES"])
     body = b"{" + b" " * limit + b"}"
-    mine = "proxy-%s" % uuid.uuid4()
+    mine = f"proxy-{uuid.uuid4()}"
     kept = gateway.request("POST", "/auth/login", data=body, headers={"content-type": "application/json",
                                                                      "X-Request-ID": mine})
     assert kept.status_code == 413 and kept.json()["error"]["code"] == "payload_too_large", kept.text
@@ -149,7 +150,7 @@ def test_one_signups_request_id_through_logs_events_and_the_mail_it_caused(gatew
     membership service's log of the sign-up call, on the member_joined event, in the org and
     notifications services' logs of handling it, and on the delivery record of the mail telling
     the owner she joined."""
-    request_id = "trace-%s" % uuid.uuid4()
+    request_id = f"trace-{uuid.uuid4()}"
     email = unique_email("traced")
     token, _ = invite(gateway, tap, owner, email)
     answer = gateway.post("/auth/signup", {"email": email, "password": "correct horse battery", "name": "Traced Grace",
@@ -172,10 +173,10 @@ def test_one_signups_request_id_through_logs_events_and_the_mail_it_caused(gatew
     for service in ("org", "notifications"):
         wait_until(lambda service=service: [line for line in traced(service, kind="event", outcome="ok")
                             if line.get("event_id") == joined["event_id"]], timeout=20,
-                   what="member_joined handled in the %s log" % service)
+                   what=f"member_joined handled in the {service} log")
 
     def delivery():
-        items = gateway.get("/organizations/%s/notifications/deliveries" % owner.org_id, owner.token).json()["items"]
+        items = gateway.get(f"/organizations/{owner.org_id}/notifications/deliveries", owner.token).json()["items"]
         return next((d for d in items if d["kind"] == "member_joined" and d["request_id"] == request_id), None)
     record = wait_until(delivery, timeout=30, what="the member_joined mail's delivery record")
     assert record["event_id"] == joined["event_id"]
@@ -192,7 +193,7 @@ def test_every_log_line_of_every_process_is_one_json_object(test_stack, gateway,
             while raw.recv(65536):
                 pass
     lines = log_lines(test_stack, name)
-    assert lines, "%s wrote nothing" % name
+    assert lines, f"{name} wrote nothing"
     bad = []
     for line in lines:
         if not line.isascii():  # non-ASCII is escaped: no reader can mistake U+2028 for a line break
@@ -206,7 +207,7 @@ def test_every_log_line_of_every_process_is_one_json_object(test_stack, gateway,
         if not (isinstance(record, dict) and {"timestamp", "level", "service", "message"} <= set(record)
                 and record["service"] == name):
             bad.append(line)
-    assert not bad, "%d of %d lines of %s.log are not log records, e.g. %s" % (len(bad), len(lines), name, bad[:3])
+    assert not bad, f"{len(bad)} of {len(lines)} lines of {name}.log are not log records, e.g. {bad[:3]}"
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -226,7 +227,8 @@ def scrape(url):
 def total(samples, name, **labels):
     """Sum of ``name`` over the series whose labels include ``labels``."""
     wanted = set(labels.items())
-    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
+    return sum(value for (sample, sample_labels), value in samples.items()
+               if sample == name and wanted <= sample_labels)
 
 
 def names(samples):
@@ -237,19 +239,20 @@ def test_every_metrics_endpoint_moves_after_a_short_journey(gateway, tap, test_s
     from tests.support import Mailbox, superuser_token
 
     endpoints = dict({"gateway": test_stack.upstream_url + "/metrics"},
-                     **{service: "http://127.0.0.1:%d/metrics" % port for service, port in test_stack.metrics_ports.items()})
+                     **{service: f"http://127.0.0.1:{port}/metrics"
+                        for service, port in test_stack.metrics_ports.items()})
     before = {name: scrape(url) for name, url in endpoints.items()}
 
     owner = gateway.signup(organization_name="Metrics Lab")
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).status_code == 200
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).status_code == 200
     email = unique_email("metrics")
     mailbox = Mailbox(test_stack.mail_dir)  # before the invite: mail already there when it is made counts as old
     invite(gateway, tap, owner, email)
     mailbox.wait(email)
-    grant = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+    grant = gateway.post(f"/organizations/{owner.org_id}/credits/grants",
                          {"amount": 1000, "idempotency_key": uuid.uuid4().hex}, superuser_token(gateway))
     assert grant.status_code == 201, grant.text
-    assert gateway.get("/organizations/%s/members/not-a-member" % owner.org_id, owner.token).status_code in (404, 405)
+    assert gateway.get(f"/organizations/{owner.org_id}/members/not-a-member", owner.token).status_code in (404, 405)
 
     def moved():
         after = {name: scrape(url) for name, url in endpoints.items()}

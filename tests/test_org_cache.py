@@ -11,7 +11,7 @@ from tests.support import superuser_token, wait_until
 
 def served(gateway, owner, field, reads=12):
     """What the replicas answer (RPC requests are spread across every org process)."""
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     answers = []
     for _ in range(reads):
         response = gateway.get(url, owner.token)
@@ -23,7 +23,7 @@ def served(gateway, owner, field, reads=12):
 @pytest.mark.slow
 def test_every_replica_drops_its_copy_when_the_organization_changes(gateway, test_stack, owner):
     su = superuser_token(gateway)
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     replica = stack.start_replica(test_stack, "org", "org-2")
     try:
         original = gateway.get(url, owner.token).json()["name"]
@@ -52,7 +52,7 @@ def test_every_replica_drops_its_copy_when_the_organization_changes(gateway, tes
 
 def test_a_deleted_organization_is_gone_at_once_although_its_overview_was_cached(gateway, owner):
     su = superuser_token(gateway)  # a platform token: deletion does not revoke it
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     name = gateway.get(url, su).json()["name"]
     assert gateway.get(url, su).status_code == 200  # served from the cache now
     assert gateway.delete(url, {"confirm_name": name}, owner.token).status_code == 202

@@ -7,8 +7,7 @@ and the org service's broadcasts can make them pass. The metrics show that the m
 import os
 
 from gateway.readmodel import ChangeStamps, OverviewCache
-from tests.support import (assert_every_worker_answers, on_new_connections, side_gateway, superuser_token,
-                           wait_until)
+from tests.support import assert_every_worker_answers, on_new_connections, side_gateway, superuser_token, wait_until
 from tests.test_observability import scrape, total
 
 
@@ -18,13 +17,13 @@ def overview_reads(test_stack, outcome):
 
 def names_served(test_stack, owner, minimum=8):
     """The name each gateway worker answers, on new connections reaching every worker."""
-    answers = on_new_connections(test_stack, "/organizations/%s" % owner.org_id, owner.token, minimum)
+    answers = on_new_connections(test_stack, f"/organizations/{owner.org_id}", owner.token, minimum)
     assert {status for _, status, _ in answers} == {200}, answers[:3]
     return {body["name"] for _, _, body in answers}
 
 
 def test_every_worker_serves_from_memory_and_sees_a_rename_by_any_worker_at_once(gateway, test_stack, owner):
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     names_served(test_stack, owner)  # every worker holds a copy now
     hits = overview_reads(test_stack, "hit")
     original = names_served(test_stack, owner)
@@ -32,7 +31,7 @@ def test_every_worker_serves_from_memory_and_sees_a_rename_by_any_worker_at_once
     assert overview_reads(test_stack, "hit") >= hits + 8, "the overview was not answered from memory"
 
     for round_ in range(5):  # write, then read at once, through whichever worker: read-your-writes
-        name = "Renamed Lab %d" % round_
+        name = f"Renamed Lab {round_}"
         assert gateway.patch(url, {"name": name}, owner.token).status_code == 200
         assert gateway.get(url, owner.token).json()["name"] == name
         assert names_served(test_stack, owner) == {name}
@@ -40,7 +39,7 @@ def test_every_worker_serves_from_memory_and_sees_a_rename_by_any_worker_at_once
 
 def test_a_change_made_by_an_event_reaches_every_worker(gateway, test_stack, owner):
     su = superuser_token(gateway)
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     on_new_connections(test_stack, url, owner.token)  # warm every worker
     report = gateway.post(url + "/storage-reports", {"datasets": [{"dataset_id": "a", "bytes": 4343}],
                                                      "complete": True}, su)
@@ -53,7 +52,7 @@ def test_a_change_made_by_an_event_reaches_every_worker(gateway, test_stack, own
 
 
 def test_another_gateway_host_learns_a_rename_from_the_broadcast(gateway, test_stack, owner):
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     with side_gateway(test_stack, "overview-host") as other:  # its own change stamps: another machine
         assert other.get(url, owner.token).status_code == 200
         assert other.get(url, owner.token).status_code == 200  # answered from its memory now
@@ -64,7 +63,7 @@ def test_another_gateway_host_learns_a_rename_from_the_broadcast(gateway, test_s
 
 def test_a_deleted_organization_is_gone_on_every_worker_at_once(gateway, test_stack, owner):
     su = superuser_token(gateway)  # a platform token: the deletion does not revoke it
-    url = "/organizations/%s" % owner.org_id
+    url = f"/organizations/{owner.org_id}"
     answers = on_new_connections(test_stack, url, su)
     name = answers[0][2]["name"]
     assert gateway.delete(url, {"confirm_name": name}, owner.token).status_code == 202

@@ -8,7 +8,7 @@ back, so that nothing of the organization is left. Each service's real store run
 database of the test server and publishes its report on the test broker (seen by the tap).
 """
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,7 +51,7 @@ def race(store, service, org_id, tap, late_write):
 
 def test_membership_purge_takes_back_a_late_organization_copy(scratch, test_stack, tap):
     store = store_of(MembershipStore, scratch, test_stack)
-    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    org_id, now = str(uuid.uuid4()), datetime.now(UTC)
     store.insert_organization(org_id, "Lab", "owner-1", now)
     # a retried creation of the same organization lands after the purge: taken back by the store
     race(store, "membership", org_id, tap, lambda: store.insert_organization(org_id, "Lab", "owner-1", now))
@@ -71,14 +71,14 @@ def test_notifications_purge_takes_back_late_settings(scratch, test_stack, tap):
 
 def test_notifications_purge_takes_back_a_late_fact(scratch, test_stack, tap):
     store = store_of(NotificationsStore, scratch, test_stack)
-    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    org_id, now = str(uuid.uuid4()), datetime.now(UTC)
     store.set_if_newer(org_id, "name", {"name": "Lab"}, now)
     race(store, "notifications", org_id, tap, lambda: store.set_if_newer(org_id, "name", {"name": "Late"}, now))
 
 
 def test_usage_purge_takes_back_a_late_organization_and_fact(scratch, test_stack, tap):
     store = store_of(UsageStore, scratch, test_stack, UsageSettings.from_file())
-    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc)
+    org_id, now = str(uuid.uuid4()), datetime.now(UTC)
     assert store.insert_organization(org_id, "Lab", now)
 
     def late_writes():
@@ -95,7 +95,7 @@ def test_org_tombstone_takes_no_late_fact(scratch, test_stack, tap):
     org_domain.create_organization(store, org_id, "Lab", {"id": "u1", "name": "Olga", "email": "olga@example.org"})
     org_domain.request_deletion(store, org_id, "u1", "Lab")
     for service in org_domain.PURGING_SERVICES:
-        store.mark_service_purged(org_id, service, {"things": 1}, datetime.now(timezone.utc))
+        store.mark_service_purged(org_id, service, {"things": 1}, datetime.now(UTC))
     org_domain.finish_deletion(store, store.get_organization(org_id), 7)
     tap.wait_for("organization_purged", organization_id=org_id, service="org")
     tombstone = store.get_organization(org_id)

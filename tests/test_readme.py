@@ -49,14 +49,14 @@ def runnable(block, base_url, tmp_path, mail_dir):
         if not words or "make" in words:
             continue
         line = line.replace(README_ORIGIN, base_url).replace("/tmp/", str(tmp_path) + "/")
-        lines.append(line.replace("-m stack.mail", "-m stack.mail --dir %s" % shlex.quote(mail_dir)))
+        lines.append(line.replace("-m stack.mail", f"-m stack.mail --dir {shlex.quote(mail_dir)}"))
     return "\n".join(lines) + "\n"
 
 
 def recorded_calls(calls_dir):
     calls = []
     for n in range(1, int(open(os.path.join(calls_dir, "count")).read()) + 1):
-        read = lambda suffix, n=n: open(os.path.join(calls_dir, "%d.%s" % (n, suffix)), "rb").read()  # noqa: E731
+        read = lambda suffix, n=n: open(os.path.join(calls_dir, f"{n}.{suffix}"), "rb").read()  # noqa: E731
         args = read("args").decode().split("\0")[:-1]
         status_line = read("head").decode("latin-1").split("\r\n", 1)[0]
         method = next((a[2:] for a in args if a.startswith("-X")), "GET")
@@ -72,7 +72,7 @@ def test_the_readme_try_it_block_works_as_written_twice_in_a_row(gateway, test_s
     block = try_it_block()
     assert README_ORIGIN + "/api/v1" in block  # the origin the substitution below relies on
     for run in (1, 2):
-        check_one_run(gateway, test_stack, tmp_path / ("run%d" % run), block)
+        check_one_run(gateway, test_stack, tmp_path / (f"run{run}"), block)
 
 
 def check_one_run(gateway, test_stack, tmp_path, block):
@@ -105,7 +105,7 @@ def check_one_run(gateway, test_stack, tmp_path, block):
     assert me["user"]["id"] == user["id"] and me["organization"]["id"] == org_id and me["is_owner"] is True
     assert json.loads(calls[2]["body"])["name"] == "Lovelace Lab"
     assert json.loads(calls[3]["body"])["name"] == "Ada Lab"
-    assert gateway.get("/organizations/%s" % org_id, signup["access_token"]).json()["name"] == "Ada Lab"
+    assert gateway.get(f"/organizations/{org_id}", signup["access_token"]).json()["name"] == "Ada Lab"
     invited = json.loads(calls[4]["body"])["items"][0]["email"]
     assert calls[4]["status"] == 201 and invited.startswith("grace.") and invited == grace["user"]["email"]
     assert "Subject: " in result.stdout.decode() and "/invites/" in result.stdout.decode()  # the mail, decoded
@@ -139,8 +139,8 @@ def test_the_configuration_section_names_every_setting():
                         read.setdefault(name, os.path.relpath(path, stack.ROOT))
     # the user's home for rabbitmq; WSGI environ keys (the access log reads a request's), not variables
     not_settings = {"HOME", "RAW_URI", "REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL"}
-    missing = {name: path for name, path in read.items() if name not in not_settings and "`%s`" % name not in section}
-    assert not missing, "undocumented in README's Configuration: %r" % missing
+    missing = {name: path for name, path in read.items() if name not in not_settings and f"`{name}`" not in section}
+    assert not missing, f"undocumented in README's Configuration: {missing!r}"
     assert len(read) > 60  # the patterns above still find the settings
 
 
@@ -151,7 +151,7 @@ def group_members(pgid):
     members = []
     for entry in os.listdir("/proc"):
         try:
-            with open("/proc/%s/stat" % entry) as handle:
+            with open(f"/proc/{entry}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # not a process, or gone meanwhile
@@ -189,7 +189,7 @@ def spare_instance(test_stack, monkeypatch):
         yield inst
     finally:
         stack.stop_isolated(inst, started_infra, drop=True)
-        stack._management(inst, "DELETE", "/api/vhosts/%s" % stack.urllib.request.quote(inst.vhost, safe=""))
+        stack._management(inst, "DELETE", f'/api/vhosts/{stack.urllib.request.quote(inst.vhost, safe="")}')
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_down_stops_every_process_it_started_and_frees_its_ports(spare_instance)
     stack.down(inst, infra=False)
 
     alive = {name: group_members(pgid) for name, pgid in groups.items() if group_members(pgid)}
-    assert not alive, "process groups still alive after down: %r" % alive
+    assert not alive, f"process groups still alive after down: {alive!r}"
     assert not {inst.gateway_port, inst.upstream_port, inst.smtp_port} & listening_ports()
     assert not [f for f in os.listdir(inst.run_dir) if f.endswith(".pid")]
 

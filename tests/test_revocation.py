@@ -7,11 +7,9 @@ import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.errors import DomainError
-
 from gateway.revocations import RevocationList
 from stack import stack
-from tests.support import (assert_error, assert_every_worker_answers, join, service_config, unique_email,
-                           wait_until)
+from tests.support import assert_error, assert_every_worker_answers, join, service_config, unique_email, wait_until
 
 WITHIN = 1.0  # the contract: every gateway process rejects revoked tokens within 1 second
 
@@ -32,7 +30,7 @@ def accepted_by_every_worker(test_stack, token, path="/me"):
 
 def test_removed_member_is_locked_out_at_once(gateway, tap, test_stack, owner):
     member = join(gateway, tap, owner, "member")
-    members_path = "/organizations/%s/members" % owner.org_id
+    members_path = f"/organizations/{owner.org_id}/members"
     assert gateway.get(members_path, member.token).status_code == 200
     assert gateway.delete(members_path + "/" + member.user_id, token=owner.token).status_code == 200
     wait_until(lambda: rejected(gateway, member.token, members_path), timeout=WITHIN, what="removed member's token")
@@ -52,7 +50,7 @@ def test_logout_revokes_only_that_session(gateway, test_stack, owner):
 
 def test_role_change_revokes_and_refresh_brings_the_new_role(gateway, tap, test_stack, owner):
     member = join(gateway, tap, owner, "member")
-    path = "/organizations/%s/members/%s" % (owner.org_id, member.user_id)
+    path = f"/organizations/{owner.org_id}/members/{member.user_id}"
     assert gateway.patch(path, {"role": "admin"}, owner.token).status_code == 200
     wait_until(lambda: rejected(gateway, member.token), timeout=WITHIN, what="token with the old role")
     rejected_by_every_worker(test_stack, member.token)
@@ -70,7 +68,8 @@ def test_password_change_ends_every_session(gateway, test_stack, owner):
                                               "new_password": "a new long password"}, owner.token)
     assert changed.status_code == 200, changed.text
     for token in (owner.token, other["access_token"]):
-        wait_until(lambda token=token: rejected(gateway, token), timeout=WITHIN, what="token from before the password change")
+        wait_until(lambda token=token: rejected(gateway, token), timeout=WITHIN, what="token from before the password "
+                                                                                      "change")
         rejected_by_every_worker(test_stack, token)
     assert_error(gateway.post("/auth/refresh", {"refresh_token": other["refresh_token"]}), 401, "invalid_token")
     assert gateway.get("/me", changed.json()["access_token"]).status_code == 200
@@ -109,12 +108,12 @@ def test_login_is_rate_limited_per_client_address(gateway, test_stack, owner):
     db = pymongo.MongoClient(test_stack.mongo_url)[test_stack.db_prefix + "membership"]
 
     def counters(address):
-        return [doc for doc in db.login_attempts.find() if doc["_id"].startswith("addr:%s@" % address)]
+        return [doc for doc in db.login_attempts.find() if doc["_id"].startswith(f"addr:{address}@")]
 
     # the gateway does hand the caller's address to the service: 127.0.0.1 is being counted
     assert_error(gateway.post("/auth/login", {"email": unique_email(), "password": "wrong password"}), 401)
     assert counters("127.0.0.1")
-    address, elsewhere = ("2001:db8::%s" % os.urandom(4).hex() for _ in range(2))
+    address, elsewhere = (f"2001:db8::{os.urandom(4).hex()}" for _ in range(2))
     with ClusterRpcProxy({"AMQP_URI": test_stack.amqp_uri}, timeout=5) as cluster:
         def login(email, password, client_address):
             try:

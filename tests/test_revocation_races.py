@@ -110,8 +110,8 @@ class Race:
         survivors = alive()
         while survivors and time.monotonic() < deadline:
             survivors = alive()
-        assert not survivors, "%d of %d %ss still accepted %.2fs after the trigger answered" % (
-            len(survivors), len(tokens), what, time.monotonic() - self.answered_at)
+        assert not survivors, (f"{len(survivors)} of {len(tokens)} {what}s still accepted "
+                               f"{time.monotonic() - self.answered_at:.2f}s after the trigger answered")
 
     def assert_dead_everywhere(self, token, test_stack, path="/me"):
         assert_every_worker_answers(test_stack, path, token, 401, "token_revoked", minimum=8)
@@ -128,7 +128,7 @@ def team(gateway, tap, owner, role, sessions=RACERS):
 def test_demotion_races_refresh(gateway, tap, test_stack, owner, round_):
     admin, sessions = team(gateway, tap, owner, "admin")
     race = Race(gateway)
-    path = "/organizations/%s/members/%s" % (owner.org_id, admin.user_id)
+    path = f"/organizations/{owner.org_id}/members/{admin.user_id}"
     answer = race.run(lambda: gateway.patch(path, {"role": "member"}, owner.token), sessions)
     assert answer.status_code == 200, answer.text
     stale = [t for t in race.issued if claims(t)["role"] == "admin"]
@@ -147,7 +147,7 @@ def test_demotion_races_refresh(gateway, tap, test_stack, owner, round_):
 def test_removal_races_refresh(gateway, tap, test_stack, owner, trigger, round_):
     admin, sessions = team(gateway, tap, owner, "admin")
     race = Race(gateway)
-    path = "/organizations/%s/members/%s" % (owner.org_id, admin.user_id)
+    path = f"/organizations/{owner.org_id}/members/{admin.user_id}"
     actor = owner.token if trigger == "removal" else admin.token
     answer = race.run(lambda: gateway.delete(path, token=actor), sessions)
     assert answer.status_code == 200, answer.text
@@ -164,7 +164,7 @@ def test_ownership_transfer_races_refresh(gateway, tap, test_stack, owner, round
     admin, admin_sessions = team(gateway, tap, owner, "admin")
     owner_sessions = [login(gateway, owner)["refresh_token"] for _ in range(RACERS // 2)]
     race = Race(gateway)
-    answer = race.run(lambda: gateway.post("/organizations/%s/ownership" % owner.org_id,
+    answer = race.run(lambda: gateway.post(f"/organizations/{owner.org_id}/ownership",
                                            {"user_id": admin.user_id}, owner.token),
                       admin_sessions[:RACERS // 2] + owner_sessions)
     assert answer.status_code == 200, answer.text
@@ -179,7 +179,7 @@ def test_ownership_transfer_races_refresh(gateway, tap, test_stack, owner, round
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_session_end_races_refresh(gateway, tap, test_stack, owner, trigger, round_):
     """Logout and switch end one session: its tokens die, the account's other sessions live on."""
-    other = gateway.post("/organizations", {"name": "Second %d" % round_}, owner.token)
+    other = gateway.post("/organizations", {"name": f"Second {round_}"}, owner.token)
     assert other.status_code == 201, other.text
     ending = login(gateway, owner)
     keep = [login(gateway, owner)["refresh_token"] for _ in range(2)]
@@ -203,7 +203,7 @@ def test_password_change_races_refresh(gateway, tap, test_stack, owner, round_):
     sessions = [login(gateway, owner)["refresh_token"] for _ in range(RACERS)]
     race = Race(gateway)
     answer = race.run(lambda: gateway.post("/auth/password", {"current_password": owner.password,
-                                                             "new_password": "the next password %d" % round_},
+                                                             "new_password": f"the next password {round_}"},
                                            owner.token), sessions)
     assert answer.status_code == 200, answer.text
     race.assert_dead(race.issued + [owner.token], what="token from before the password change")
@@ -214,13 +214,13 @@ def test_password_change_races_refresh(gateway, tap, test_stack, owner, round_):
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_organization_deletion_races_refresh_and_login(gateway, tap, test_stack, round_):
-    owner = gateway.signup(organization_name="Doomed %d" % round_)
+    owner = gateway.signup(organization_name=f"Doomed {round_}")
     member, sessions = team(gateway, tap, owner, "member", sessions=3)
-    keep = gateway.post("/organizations", {"name": "Kept %d" % round_}, member.token)  # member lives on
+    keep = gateway.post("/organizations", {"name": f"Kept {round_}"}, member.token)  # member lives on
     assert keep.status_code == 201, keep.text
     race = Race(gateway)
-    name = gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["name"]
-    answer = race.run(lambda: gateway.delete("/organizations/%s" % owner.org_id, {"confirm_name": name}, owner.token),
+    name = gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["name"]
+    answer = race.run(lambda: gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": name}, owner.token),
                       sessions + [login(gateway, owner)["refresh_token"]],
                       logins=[(member, owner.org_id), (owner, owner.org_id)])
     assert answer.status_code == 202, answer.text

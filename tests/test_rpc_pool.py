@@ -40,7 +40,7 @@ class StubProxy:
 class Stubs:
     def __init__(self):
         self.created = []
-        self.behaviour = lambda proxy, service, method: "%s.%s ok" % (service, method)
+        self.behaviour = lambda proxy, service, method: f"{service}.{method} ok"
         self.refuse_connect = 0  # how many of the next proxy creations fail (broker unreachable)
 
     def factory(self, config, timeout):
@@ -69,7 +69,7 @@ def hold(stubs, count, pool):
     threads = [threading.Thread(target=lambda: results.append(pool.call("org", "ping"))) for _ in range(count)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(entered) == count, timeout=5, what="%d calls in flight" % count)
+    wait_until(lambda: len(entered) == count, timeout=5, what=f"{count} calls in flight")
 
     def finish():
         release.set()
@@ -97,7 +97,7 @@ def test_a_full_pool_refuses_within_the_timeout_instead_of_waiting(stubs):
 
 
 def test_a_full_pool_is_a_503_in_the_error_shape_through_the_gateway(stubs):
-    app = create_app({"AMQP_URI": "amqp://guest:guest@127.0.0.1:%d/" % free_port(), "RPC_POOL_SIZE": 1,
+    app = create_app({"AMQP_URI": f"amqp://guest:guest@127.0.0.1:{free_port()}/", "RPC_POOL_SIZE": 1,
                       "RPC_TIMEOUT": 0.5})
     try:
         _, finish = hold(stubs, 1, app.extensions["rpc"])

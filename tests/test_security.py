@@ -40,13 +40,13 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
     secrets = {}
 
     def password(label):
-        secrets[label] = "%s-%s" % (label, uuid.uuid4().hex)
+        secrets[label] = f"{label}-{uuid.uuid4().hex}"
         return secrets[label]
 
     def keep(label, body):
         for field in ("access_token", "refresh_token"):
             if field in body:
-                secrets["%s %s" % (label, field)] = body[field]
+                secrets[f"{label} {field}"] = body[field]
 
     owner = gateway.signup(organization_name="Log Lab", password=password("owner password"))
     keep("signup", owner.data)
@@ -61,7 +61,7 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
     # an invite previewed and used for sign-up; another accepted by an existing account
     newcomer = unique_email("newcomer")
     secrets["invite token 1"], _ = invite(gateway, tap, owner, newcomer)
-    assert gateway.get("/invites/%s" % secrets["invite token 1"]).status_code == 200
+    assert gateway.get(f'/invites/{secrets["invite token 1"]}').status_code == 200
     joined = gateway.post("/auth/signup", {"email": newcomer, "password": password("newcomer password"),
                                            "name": "Newcomer", "invite_token": secrets["invite token 1"]})
     assert joined.status_code == 201, joined.text
@@ -69,7 +69,7 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
     existing = gateway.signup(organization_name=None, password=password("existing password"))
     keep("existing", existing.data)
     secrets["invite token 2"], _ = invite(gateway, tap, owner, existing.email)
-    accepted = gateway.post("/invites/%s/accept" % secrets["invite token 2"], token=existing.token)
+    accepted = gateway.post(f'/invites/{secrets["invite token 2"]}/accept', token=existing.token)
     assert accepted.status_code == 200, accepted.text
     keep("accept", accepted.json())
     changed = gateway.post("/auth/password", {"current_password": owner.password,
@@ -79,7 +79,7 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
     keep("password change", changed.json())
     # a deletion receipt: a bearer link in the URL path, like an invite token
     doomed = gateway.signup(organization_name="Receipt Log Lab")
-    deletion = gateway.delete("/organizations/%s" % doomed.org_id, {"confirm_name": "Receipt Log Lab"}, doomed.token)
+    deletion = gateway.delete(f"/organizations/{doomed.org_id}", {"confirm_name": "Receipt Log Lab"}, doomed.token)
     assert deletion.status_code == 202, deletion.text
     secrets["deletion receipt"] = deletion.json()["receipt_url"].rsplit("/", 1)[1]
     assert gateway.get(gateway.base_url + deletion.json()["receipt_url"]).status_code == 200
@@ -107,7 +107,7 @@ def test_passwords_and_tokens_never_reach_any_log(gateway, tap, test_stack):
 # -- (b) CORS ----------------------------------------------------------------------------------
 
 def test_cors_allows_only_the_configured_origin(gateway, owner):
-    path = "/organizations/%s" % owner.org_id
+    path = f"/organizations/{owner.org_id}"
     allowed = gateway.get(path, owner.token, headers={"Origin": ALLOWED_ORIGIN})
     assert allowed.status_code == 200
     assert allowed.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
@@ -133,7 +133,7 @@ def preflight(gateway, path, origin, method):
 
 
 def test_cors_preflight(gateway, owner):
-    path = "/organizations/%s/members/%s" % (owner.org_id, owner.user_id)
+    path = f"/organizations/{owner.org_id}/members/{owner.user_id}"
     response = preflight(gateway, path, ALLOWED_ORIGIN, "PATCH")
     assert response.status_code in (200, 204), response.text
     assert response.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
@@ -143,7 +143,7 @@ def test_cors_preflight(gateway, owner):
     assert {"authorization", "content-type"} <= headers
     assert int(response.headers["Access-Control-Max-Age"]) > 0
     # the preflight ran no operation: the owner is still a member
-    assert gateway.get("/organizations/%s/members" % owner.org_id, owner.token).json()["items"]
+    assert gateway.get(f"/organizations/{owner.org_id}/members", owner.token).json()["items"]
 
     refused = preflight(gateway, path, "https://evil.example.test", "PATCH")
     for header in ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers"):
@@ -159,7 +159,7 @@ def rotation_gateway(test_stack, tmp_path):
     generate(new_private)
     write_public(new_private, new_public)
     with side_gateway(test_stack, "rotation",
-                      JWT_PUBLIC_KEY_FILES="%s,%s" % (test_stack.public_key_file, new_public)) as rotation:
+                      JWT_PUBLIC_KEY_FILES=f"{test_stack.public_key_file},{new_public}") as rotation:
         yield rotation, load_private_key(new_private)
 
 
@@ -221,10 +221,10 @@ def _non_canonical_variants(token):
     variants = {
         "signature ==": token + "==",
         "signature =": token + "=",
-        "header padding": "%s=.%s.%s" % (header, payload, signature),
-        "payload padding": "%s.%s==.%s" % (header, payload, signature),
-        "non-zero trailing bits": "%s.%s.%s" % (header, payload, loose_bits),
-        "whitespace inside": "%s.%s.%s %s" % (header, payload, signature[:40], signature[40:]),
+        "header padding": f"{header}=.{payload}.{signature}",
+        "payload padding": f"{header}.{payload}==.{signature}",
+        "non-zero trailing bits": f"{header}.{payload}.{loose_bits}",
+        "whitespace inside": f"{header}.{payload}.{signature[:40]} {signature[40:]}",
     }
     standard = token.replace("-", "+").replace("_", "/")
     if standard != token:
@@ -253,13 +253,13 @@ def test_secrets_in_query_parameters_never_reach_the_access_log(gateway, test_st
     with open(gateway_log, "rb") as handle:
         start = len(handle.read())
     marker = uuid.uuid4().hex
-    secrets = {name: "%s-%s" % (name, uuid.uuid4().hex) for name in
+    secrets = {name: f"{name}-{uuid.uuid4().hex}" for name in
                ("token", "refresh_token", "receipt", "Access_Token", "invite_token", "password")}
-    query = "&".join("%s=%s" % (name, value) for name, value in secrets.items())
-    gateway.get("/me?access_token=%s&marker=%s" % (owner.token, marker), owner.token)
-    gateway.get("/organizations/%s?%s&marker=%s" % (owner.org_id, query, marker), owner.token)
-    gateway.get("/no/such/route?access%%5Ftoken=%s&marker=%s" % (owner.token, marker))
-    gateway.get("/me?marker=%s&refresh_token=%s#frag" % (marker, secrets["refresh_token"]), owner.token)
+    query = "&".join(f"{name}={value}" for name, value in secrets.items())
+    gateway.get(f"/me?access_token={owner.token}&marker={marker}", owner.token)
+    gateway.get(f"/organizations/{owner.org_id}?{query}&marker={marker}", owner.token)
+    gateway.get(f"/no/such/route?access%5Ftoken={owner.token}&marker={marker}")
+    gateway.get(f'/me?marker={marker}&refresh_token={secrets["refresh_token"]}#frag', owner.token)
 
     def appended():
         with open(gateway_log, "rb") as handle:
@@ -269,7 +269,7 @@ def test_secrets_in_query_parameters_never_reach_the_access_log(gateway, test_st
     leaked = [label for label, secret in dict(secrets, access_token=owner.token).items()
               if any(form in text for form in secret_forms(secret))]
     assert not leaked, leaked
-    assert "access_token=[redacted]" in text and "marker=%s" % marker in text  # the rest of the line stays
+    assert "access_token=[redacted]" in text and f"marker={marker}" in text  # the rest of the line stays
 
 
 ENCODED_WORDS = "=?UTF-8?Q?=F0=9F=94=92_Security_Team?= =?utf-8?b?UGF5IG5vdw==?="
@@ -287,6 +287,6 @@ def test_encoded_words_in_names_reach_subjects_as_literal_text(gateway, tap, tes
     assert invitation.subject == "You are invited to join Lab " + ENCODED_WORDS, invitation.subject
     join(gateway, tap, owner, "member", name=ENCODED_WORDS)
     [joined] = mailbox.wait(owner.email, contains="joined", timeout=30)
-    assert joined.subject == "%s joined Lab %s" % (ENCODED_WORDS, ENCODED_WORDS), joined.subject
+    assert joined.subject == f"{ENCODED_WORDS} joined Lab {ENCODED_WORDS}", joined.subject
     for mail in (invitation, joined):
         assert "Pay now" not in mail.subject and "\U0001f512" not in mail.subject

@@ -7,12 +7,11 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-
+from nameko.events import EventHandler
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 
 from common import subscriptions, topology
 from common.handlers import ReliableEventHandler
-from nameko.events import EventHandler
 from services.membership.service import MembershipService
 from services.notifications.service import NotificationsService
 from services.org.service import OrgService
@@ -33,7 +32,7 @@ def declared_handlers():
 def test_every_service_is_inspected_for_the_topology():
     """Every ``services/*/service.py`` class is one the topology reads its subscriptions from."""
     listed = {path.split(":")[0] for path in subscriptions.SERVICE_CLASSES}
-    on_disk = {"services.%s.service" % os.path.basename(os.path.dirname(path))
+    on_disk = {f"services.{os.path.basename(os.path.dirname(path))}.service"
                for path in glob.glob(os.path.join(stack.ROOT, "services", "*", "service.py"))}
     assert listed == on_disk
 
@@ -41,8 +40,7 @@ def test_every_service_is_inspected_for_the_topology():
 def test_every_event_handler_is_in_the_topology_and_reliable():
     found = set()
     for service, method_name, entrypoint in declared_handlers():
-        assert isinstance(entrypoint, ReliableEventHandler), "%s.%s must use reliable_handler" % (
-            service.name, method_name)
+        assert isinstance(entrypoint, ReliableEventHandler), f"{service.name}.{method_name} must use reliable_handler"
         found.add(subscriptions.Subscription((entrypoint.source_service, entrypoint.event_type), service.name,
                                         method_name))
     assert found == set(topology.subscriptions()) and len(found) >= 28
@@ -52,7 +50,7 @@ def test_queue_names_match_what_nameko_declares():
     for subscription in topology.subscriptions():
         main, retry, parked = topology.subscriber_queues(subscription)
         source, event_type = subscription.event
-        assert main.name == "evt-%s-%s--%s.%s" % (source, event_type, subscription.service, subscription.method)
+        assert main.name == f"evt-{source}-{event_type}--{subscription.service}.{subscription.method}"
         assert main.durable and not main.auto_delete and not main.exclusive
         assert retry.queue_arguments["x-dead-letter-routing-key"] == main.name
         assert parked.name == main.name + ".parked"
@@ -62,37 +60,37 @@ def test_queue_names_match_what_nameko_declares():
 def scratch_vhost(test_stack):
     """The test stack's broker with an empty vhost of its own: whatever is there, the declaration made."""
     inst = copy.copy(test_stack)
-    inst.vhost = "%s-topology-%s" % (test_stack.vhost, uuid.uuid4().hex[:8])
+    inst.vhost = f"{test_stack.vhost}-topology-{uuid.uuid4().hex[:8]}"
     stack.ensure_rabbitmq(inst)  # creates the vhost and grants the user access
     yield inst
-    stack._management(inst, "DELETE", "/api/vhosts/%s" % quote(inst.vhost, safe=""))
+    stack._management(inst, "DELETE", f'/api/vhosts/{quote(inst.vhost, safe="")}')
 
 
 def test_declaration_creates_every_durable_subscriber_queue_on_the_broker(scratch_vhost):
     inst = scratch_vhost
     vhost = quote(inst.vhost, safe="")
-    assert stack._management(inst, "GET", "/api/queues/%s" % vhost) == []
+    assert stack._management(inst, "GET", f"/api/queues/{vhost}") == []
     stack.declare_topology(inst)  # what `make up` runs before any service starts
 
-    queues = {q["name"]: q for q in stack._management(inst, "GET", "/api/queues/%s" % vhost)}
-    exchanges = {e["name"]: e for e in stack._management(inst, "GET", "/api/exchanges/%s" % vhost)}
+    queues = {q["name"]: q for q in stack._management(inst, "GET", f"/api/queues/{vhost}")}
+    exchanges = {e["name"]: e for e in stack._management(inst, "GET", f"/api/exchanges/{vhost}")}
     bindings = {(b["source"], b["destination"], b["routing_key"])
-                for b in stack._management(inst, "GET", "/api/bindings/%s" % vhost)}
+                for b in stack._management(inst, "GET", f"/api/bindings/{vhost}")}
     for source in topology.EVENT_SOURCES:
-        exchange = exchanges["%s.events" % source]
+        exchange = exchanges[f"{source}.events"]
         assert exchange["type"] == "topic" and exchange["durable"] and not exchange["auto_delete"], exchange
     for subscription in topology.subscriptions():
         main, retry, parked = topology.subscriber_queues(subscription)
         for queue in (main, retry, parked):
-            assert queue.name in queues, "%s not declared" % queue.name
+            assert queue.name in queues, f"{queue.name} not declared"
             declared = queues[queue.name]
             assert declared["durable"] and not declared["auto_delete"] and not declared["exclusive"], declared
-        assert ("%s.events" % subscription.event[0], main.name, subscription.event[1]) in bindings
+        assert (f"{subscription.event[0]}.events", main.name, subscription.event[1]) in bindings
         assert queues[retry.name]["arguments"] == {"x-dead-letter-exchange": "",
                                                    "x-dead-letter-routing-key": main.name}
         # the service reaches its retry and parking queues through its own exchange, never the
         # default one (common/bus.py: write on amq.default would reach every queue by name)
-        companions = "%s.retry" % subscription.service
+        companions = f"{subscription.service}.retry"
         assert exchanges[companions]["type"] == "direct" and exchanges[companions]["durable"]
         assert (companions, retry.name, retry.name) in bindings
         assert (companions, parked.name, parked.name) in bindings

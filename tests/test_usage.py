@@ -3,7 +3,7 @@ idempotency, concurrency across two service instances, crash recovery and grant 
 import os
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pymongo
@@ -15,8 +15,8 @@ from tests.support import assert_error, new_team, wait_until
 
 def known(gateway, org_id, token):
     """The usage service learns organizations from organization_created: wait until it has."""
-    return wait_until(lambda: gateway.get("/organizations/%s/usage" % org_id, token).status_code == 200,
-                      timeout=15, what="usage service to know %s" % org_id)
+    return wait_until(lambda: gateway.get(f"/organizations/{org_id}/usage", token).status_code == 200,
+                      timeout=15, what=f"usage service to know {org_id}")
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def team(gateway, tap, su):
 
 
 def path(team, suffix=""):
-    return "/organizations/%s%s" % (team["owner"].org_id, suffix)
+    return f'/organizations/{team["owner"].org_id}{suffix}'
 
 
 def key():
@@ -56,7 +56,7 @@ def reserve(gateway, team, token, amount, idempotency_key=None, job_id=None):
 def full_ledger(gateway, team, token, limit=200):
     items, cursor = [], None
     while True:
-        query = "?limit=%d" % limit + ("&cursor=%s" % cursor if cursor else "")
+        query = f"?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
         response = gateway.get(path(team, "/credits" + query), token)
         assert response.status_code == 200, response.text
         page = response.json()
@@ -92,7 +92,7 @@ def test_who_may_do_what(gateway, team, su):
             "admin": 403, "owner": 403, "member": 403, "outsider": 403, "anonymous": 401},
         ("POST", "/credits/reservations", reservation_body): {
             "dataset_manager": 201, "admin": 201, "owner": 201, "member": 403, "outsider": 403, "anonymous": 401},
-        ("POST", "/credits/reservations/%s/settle" % entry["id"], lambda: {"outcome": "failed"}): {
+        ("POST", f'/credits/reservations/{entry["id"]}/settle', lambda: {"outcome": "failed"}): {
             "admin": 403, "owner": 403, "dataset_manager": 403, "outsider": 403, "anonymous": 401},
         ("PUT", "/plan", lambda: {"name": "team", "included_users": 10, "included_storage_bytes": 100,
                                   "paid_until": None}): {"admin": 403, "owner": 403, "anonymous": 401},
@@ -113,7 +113,7 @@ def test_who_may_do_what(gateway, team, su):
 
 
 def test_unknown_organization_is_404(gateway, su):
-    missing = "/organizations/%s" % uuid.uuid4()
+    missing = f"/organizations/{uuid.uuid4()}"
     assert_error(gateway.get(missing + "/usage", su), 404, "not_found")
     assert_error(gateway.post(missing + "/credits/grants", {"amount": 5, "idempotency_key": key()}, su), 404)
     assert_error(gateway.post(missing + "/storage-reports", {"datasets": [], "complete": True}, su), 404)
@@ -122,16 +122,16 @@ def test_unknown_organization_is_404(gateway, su):
 def test_an_organization_whose_creation_event_is_still_on_its_way_is_known_at_once(gateway, su, test_stack):
     """usage learns organizations from organization_created, which may come after the first call
     about one (a grant right after sign-up): it then asks the org service instead of answering 404."""
-    owner = gateway.signup(organization_name="Fresh Lab %s" % uuid.uuid4().hex[:6])
+    owner = gateway.signup(organization_name=f"Fresh Lab {uuid.uuid4().hex[:6]}")
     client, db = usage_db(test_stack)
     with client:
         wait_until(lambda: db.organizations.find_one({"_id": owner.org_id}), what="organization_created in usage")
         db.organizations.delete_one({"_id": owner.org_id})  # as if the event had not arrived yet
-        response = gateway.post("/organizations/%s/credits/grants" % owner.org_id,
+        response = gateway.post(f"/organizations/{owner.org_id}/credits/grants",
                                 {"amount": 5, "idempotency_key": key()}, su)
         assert response.status_code == 201, response.text
         assert db.organizations.find_one({"_id": owner.org_id})["status"] == "active"
-        assert gateway.get("/organizations/%s/usage" % owner.org_id, owner.token).json()["credits"]["balance"] == 5
+        assert gateway.get(f"/organizations/{owner.org_id}/usage", owner.token).json()["credits"]["balance"] == 5
 
 
 # -- storage ----------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_storage_reports_upsert_replace_and_exceed_the_plan(gateway, team, su, t
         "used_bytes": 410, "included_bytes": 1000, "exceeded": False}, what="overview storage")
 
     # member count follows member_left
-    removed = gateway.delete(path(team, "/members/%s" % team["member"].user_id), token=team["admin"].token)
+    removed = gateway.delete(path(team, f'/members/{team["member"].user_id}'), token=team["admin"].token)
     assert removed.status_code == 200, removed.text
     wait_until(lambda: gateway.get(path(team, "/usage"), su).json()["members"]["count"] == 3, what="member_left")
 
@@ -191,7 +191,7 @@ def test_storage_report_validation(gateway, team, su):
         {"datasets": [{"dataset_id": "a", "bytes": "1"}], "complete": False},
         {"datasets": [{"dataset_id": "a", "bytes": 1}, {"dataset_id": "a", "bytes": 2}], "complete": False},
         {"datasets": [{"dataset_id": "", "bytes": 1}], "complete": False},
-        {"datasets": [{"dataset_id": "x%d" % i, "bytes": 1} for i in range(10_001)], "complete": True},
+        {"datasets": [{"dataset_id": f"x{i}", "bytes": 1} for i in range(10_001)], "complete": True},
         {"datasets": []},
     ]
     for body in bad:
@@ -201,7 +201,7 @@ def test_storage_report_validation(gateway, team, su):
 
 
 def test_a_report_of_ten_thousand_datasets(gateway, team, su):
-    datasets = [{"dataset_id": "ds-%05d" % i, "bytes": i} for i in range(10_000)]
+    datasets = [{"dataset_id": f"ds-{i:05d}", "bytes": i} for i in range(10_000)]
     response = gateway.post(path(team, "/storage-reports"), {"datasets": datasets, "complete": True}, su, timeout=30)
     assert response.status_code == 201, response.text
     assert response.json()["used_bytes"] == sum(range(10_000)) and response.json()["datasets"] == 10_000
@@ -213,16 +213,16 @@ def test_a_report_of_ten_thousand_datasets(gateway, team, su):
 def test_concurrent_storage_reports_add_up(gateway, owner, su):
     """Two reporters at once (disjoint datasets): the totals are the sum of both, nothing lost."""
     known(gateway, owner.org_id, su)
-    url = "/organizations/%s/storage-reports" % owner.org_id
+    url = f"/organizations/{owner.org_id}/storage-reports"
     answers = {"a": [], "b": []}
 
     def reporter(label):
         for n in range(8):
-            body = {"datasets": [{"dataset_id": "%s-%d-%d" % (label, n, i), "bytes": 1000 * n + i} for i in range(3)],
+            body = {"datasets": [{"dataset_id": f"{label}-{n}-{i}", "bytes": 1000 * n + i} for i in range(3)],
                     "complete": False}
             # 409 is the documented answer while another report is being applied: try again
             answers[label].append(wait_until(lambda body=body: (lambda r: r if r.status_code != 409 else None)(
-                gateway.post(url, body, su)), timeout=30, what="report %s-%d accepted" % (label, n)))
+                gateway.post(url, body, su)), timeout=30, what=f"report {label}-{n} accepted"))
     threads = [threading.Thread(target=reporter, args=(label,)) for label in answers]
     for thread in threads:
         thread.start()
@@ -234,7 +234,7 @@ def test_concurrent_storage_reports_add_up(gateway, owner, su):
     # each report took its own position in the organization's chain of reports
     assert sorted(r.json()["sequence"] for r in responses) == list(range(1, 17))
     expected = 2 * sum(1000 * n + i for n in range(8) for i in range(3))
-    storage = gateway.get("/organizations/%s/usage" % owner.org_id, owner.token).json()["storage"]
+    storage = gateway.get(f"/organizations/{owner.org_id}/usage", owner.token).json()["storage"]
     assert (storage["used_bytes"], storage["datasets"]) == (expected, 48)
     last = max(responses, key=lambda r: r.json()["sequence"]).json()
     assert (last["used_bytes"], last["datasets"]) == (expected, 48)
@@ -253,12 +253,12 @@ def test_plan_changes_announce_old_and_new_plan_and_are_kept_with_who_and_when(g
     team_plan = {"name": "team", "included_users": 10, "included_storage_bytes": 10 ** 12,
                  "paid_until": "2031-05-01T00:00:00.000Z"}
     power = {"name": "power", "included_users": None, "included_storage_bytes": 5 * 10 ** 12, "paid_until": None}
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     for plan in (team_plan, power):
-        response = gateway.request("PUT", "/organizations/%s/plan" % org, su, json=plan)
+        response = gateway.request("PUT", f"/organizations/{org}/plan", su, json=plan)
         assert response.status_code == 200, response.text
         assert response.json()["plan"] == plan
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
 
     first = tap.wait_for("plan_changed", organization_id=org, plan=team_plan)
     assert first["old_plan"] == custom  # every organization starts on the unlimited custom plan
@@ -267,7 +267,7 @@ def test_plan_changes_announce_old_and_new_plan_and_are_kept_with_who_and_when(g
 
     # every service learns the organization from organization_created before it can export its part
     export = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(
-        gateway.get("/organizations/%s/export" % org, owner.token)), timeout=15, what="the export")
+        gateway.get(f"/organizations/{org}/export", owner.token)), timeout=15, what="the export")
     history = export.json()["org"]["plan_history"]
     assert [(h["plan"], h["previous"], h["by"]) for h in history] == [
         (team_plan, custom, operator), (power, team_plan, operator)]
@@ -276,7 +276,7 @@ def test_plan_changes_announce_old_and_new_plan_and_are_kept_with_who_and_when(g
 
 
 def test_plan_validation(gateway, owner, su):
-    url = "/organizations/%s/plan" % owner.org_id
+    url = f"/organizations/{owner.org_id}/plan"
     valid = {"name": "team", "included_users": 5, "included_storage_bytes": 100, "paid_until": None}
     for field, value in (("name", "enterprise"), ("name", "Team"), ("included_users", -1),
                          ("included_storage_bytes", -1), ("included_users", 2.5), ("paid_until", "next year")):
@@ -286,7 +286,7 @@ def test_plan_validation(gateway, owner, su):
     error = assert_error(gateway.request("PUT", url, su, json={"name": "team"}), 422, "validation_failed")
     assert {"included_users", "included_storage_bytes", "paid_until"} <= set(error["details"])
     # nothing of it was applied
-    assert gateway.get("/organizations/%s" % owner.org_id, owner.token).json()["plan"]["name"] == "custom"
+    assert gateway.get(f"/organizations/{owner.org_id}", owner.token).json()["plan"]["name"] == "custom"
 
 
 # -- credits ----------------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_grants_reservations_settlements_and_idempotency(gateway, team, su, tap)
     second = reserve(gateway, team, team["admin"].token, 2000, job_id="job-2")
     assert second.status_code == 201 and second.json()["balance"] == 0
 
-    settle = lambda rid, outcome: gateway.post(path(team, "/credits/reservations/%s/settle" % rid),  # noqa
+    settle = lambda rid, outcome: gateway.post(path(team, f"/credits/reservations/{rid}/settle"),  # noqa
                                                {"outcome": outcome}, su)
     ok = settle(reservation["id"], "succeeded")
     assert ok.status_code == 200, ok.text
@@ -340,7 +340,7 @@ def test_grants_reservations_settlements_and_idempotency(gateway, team, su, tap)
                  initiator_user_id=team["admin"].user_id)
     assert_error(settle("no-such-reservation", "failed"), 404, "not_found")
     assert_error(settle(entry["id"], "failed"), 404, "not_found")  # a grant is not a reservation
-    assert_error(gateway.post(path(team, "/credits/reservations/%s/settle" % reservation["id"]),
+    assert_error(gateway.post(path(team, f'/credits/reservations/{reservation["id"]}/settle'),
                               {"outcome": "maybe"}, su), 422)
 
     balance, items = full_ledger(gateway, team, team["admin"].token)
@@ -368,9 +368,9 @@ def test_credit_validation_and_pagination(gateway, team, su):
         grant(gateway, team, su, 100 + index)
     first = gateway.get(path(team, "/credits?limit=2"), team["admin"].token).json()
     assert [item["amount"] for item in first["items"]] == [104, 103] and first["balance"] == 510
-    second = gateway.get(path(team, "/credits?limit=2&cursor=%s" % first["next_cursor"]), team["admin"].token).json()
+    second = gateway.get(path(team, f'/credits?limit=2&cursor={first["next_cursor"]}'), team["admin"].token).json()
     assert [item["amount"] for item in second["items"]] == [102, 101]
-    third = gateway.get(path(team, "/credits?limit=2&cursor=%s" % second["next_cursor"]), team["admin"].token).json()
+    third = gateway.get(path(team, f'/credits?limit=2&cursor={second["next_cursor"]}'), team["admin"].token).json()
     assert [item["amount"] for item in third["items"]] == [100] and third["next_cursor"] is None
     assert_error(gateway.get(path(team, "/credits?limit=0"), team["admin"].token), 422)
 
@@ -379,13 +379,13 @@ def test_credit_validation_and_pagination(gateway, team, su):
 
 def rpc_channels(inst, service):
     """The AMQP channel of each process consuming ``service``'s RPC queue (management API)."""
-    queue = stack._management(inst, "GET", "/api/queues/%s/rpc-%s" % (quote(inst.vhost, safe=""), service))
+    queue = stack._management(inst, "GET", f'/api/queues/{quote(inst.vhost, safe="")}/rpc-{service}')
     return [consumer["channel_details"]["name"] for consumer in queue["consumer_details"]]
 
 
 def delivered(inst, channel):
     """Messages the broker delivered on ``channel`` so far (its statistics lag a few seconds)."""
-    stats = stack._management(inst, "GET", "/api/channels/%s" % quote(channel, safe="")).get("message_stats") or {}
+    stats = stack._management(inst, "GET", f'/api/channels/{quote(channel, safe="")}').get("message_stats") or {}
     return stats.get("deliver_get", 0)
 
 
@@ -482,7 +482,7 @@ def test_crash_after_the_ledger_write_is_repaired(gateway, team, su, test_stack)
 
 
 def test_an_expiring_grant_revokes_exactly_its_unspent_part(gateway, team, su, tap):
-    expires = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    expires = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
     expiring = grant(gateway, team, su, 10_000, expires_at=expires, comment="trial")["entry"]
     assert expiring["expires_at"]
     grant(gateway, team, su, 5000)  # never expires
@@ -497,7 +497,7 @@ def test_an_expiring_grant_revokes_exactly_its_unspent_part(gateway, team, su, t
     assert (entry["amount"], entry["reference"], entry["actor"], entry["balance_after"]) == (
         -7000, expiring["id"], None, 5000)
     # a refund after the grant expired goes to the general balance, not back to the dead grant
-    refund = gateway.post(path(team, "/credits/reservations/%s/settle" % spent.json()["entry"]["id"]),
+    refund = gateway.post(path(team, f'/credits/reservations/{spent.json()["entry"]["id"]}/settle'),
                           {"outcome": "failed"}, su)
     assert refund.json()["balance"] == 8000
     balance, items = full_ledger(gateway, team, team["admin"].token)
@@ -516,7 +516,7 @@ def test_eight_writers_across_ledger_pages_lose_nothing_and_never_overdraw(gatew
 
     def writer(index):
         for n in range(15):  # 120 attempts for 100 credits: the last 20 must be refused
-            results.append(reserve(gateway, team, token, 1000, job_id="w%d-%d" % (index, n)).status_code)
+            results.append(reserve(gateway, team, token, 1000, job_id=f"w{index}-{n}").status_code)
     threads = [threading.Thread(target=writer, args=(index,)) for index in range(8)]
     for thread in threads:
         thread.start()

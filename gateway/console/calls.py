@@ -16,7 +16,7 @@ from gateway.api import authorize, load, schema_instance
 from gateway.routes import api
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def operations():
     return {op.view.__name__: op for op in api.operations}
 

@@ -59,7 +59,8 @@ class Sealer:
 
 class Session(dict):
     """The request's session. Keys: ``a``/``r`` access and refresh token, ``c`` CSRF secret,
-    ``n`` the user's display name, ``m`` the avatar menu's data (see ``views.me``), ``f`` a one-time message, ``d``/``dn`` the deletion receipt and
+    ``n`` the user's display name, ``m`` the avatar menu's data (see ``views.me``), ``f`` a one-time message,
+    ``d``/``dn`` the deletion receipt and
     the deleted organization's name (the progress page outlives the organization's tokens)."""
 
     def __init__(self, data=None):

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, abort, current_app, g, jsonify, redirect, render_template, request, url_for
 from nameko.exceptions import RemoteError
@@ -131,8 +131,8 @@ def domain_error(error):
         switch_to = member_of((request.view_args or {}).get("org_id"))
         if switch_to:  # one of the person's other organizations: offer the switch (the API's rule stands)
             return render_template("error.html", title="Another organization", status=403, switch_to=switch_to,
-                                   message="You are signed in to another organization. Switch to %s to see "
-                                           "this page." % switch_to["name"]), 403
+                                   message=f'You are signed in to another organization. Switch to {switch_to["name"]} '
+                                           'to see this page.'), 403
     body, status = error_page(error.status, error.code, error.message)
     return body, status, headers
 
@@ -173,7 +173,7 @@ def form_errors(error, fields):
             if isinstance(text, dict):
                 key, text = next(iter(text.items()))
                 if field == "emails" and str(key).isdigit():
-                    errors.setdefault(field, "Address %d: " % (int(key) + 1))
+                    errors.setdefault(field, f"Address {int(key) + 1}: ")
             else:
                 text = text[0]
         text = sentence(str(text).replace("Missing data for required field", "This field is required")
@@ -307,25 +307,25 @@ def parse_moment(text):
         moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @bp.app_template_filter("moment")
 def format_moment(text):
     moment = parse_moment(text)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
 
 
 @bp.app_template_filter("day")
 def format_day(text):
     moment = parse_moment(text)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d") if moment else "—"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d") if moment else "—"
 
 
 @bp.app_template_filter("credits")
 def format_credits(milli):
     whole, part = divmod(abs(int(milli or 0)), 1000)
-    text = "{:,}".format(whole) + (".%03d" % part).rstrip("0").rstrip(".")
+    text = f"{whole:,}" + (f".{part:03d}").rstrip("0").rstrip(".")
     return ("−" if int(milli or 0) < 0 else "") + text
 
 
@@ -336,7 +336,7 @@ def format_bytes(count):
     value = float(count)
     for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
         if value < 1000 or unit == "PB":
-            return ("%d %s" % (value, unit)) if unit == "bytes" else ("%.1f %s" % (value, unit))
+            return (f"{value} {unit}") if unit == "bytes" else (f"{value:.1f} {unit}")
         value /= 1000
 
 
@@ -350,11 +350,11 @@ def plan_warning(paid_until):
     moment = parse_moment(paid_until)
     if moment is None:
         return None
-    days = (moment - datetime.now(timezone.utc)).total_seconds() / 86400
+    days = (moment - datetime.now(UTC)).total_seconds() / 86400
     if days < 0:
-        return "The paid period ended on %s." % format_day(paid_until)
+        return f"The paid period ended on {format_day(paid_until)}."
     if days <= PAID_UNTIL_WARNING_DAYS:
-        return "The paid period ends on %s (in %d days)." % (format_day(paid_until), int(days))
+        return f"The paid period ends on {format_day(paid_until)} (in {int(days)} days)."
     return None
 
 
@@ -515,12 +515,13 @@ def accept_invite(invite_token):
         preview = call_preview(invite_token)
         errors = form_errors(error, ())
         if error.code == "forbidden":
-            errors = {"_form": "This invitation was mailed to another address than %s. Log in with the "
-                               "account of the invited address." % call("me", token())["user"]["email"]}
+            errors = {"_form": 'This invitation was mailed to another address than '
+                               f'{call("me", token())["user"]["email"]}. Log in with the account of the invited '
+                               'address.'}
         return render("invite.html", status=error.status, preview=preview, invite_token=invite_token,
                       errors=errors, wrong_address=error.code == "forbidden")
     store_pair(pair)
-    g.session.flash("Welcome to %s." % pair["organization"]["name"])
+    g.session.flash(f'Welcome to {pair["organization"]["name"]}.')
     return redirect(url_for("console.overview", org_id=pair["organization"]["id"]))
 
 
@@ -547,7 +548,7 @@ def signup_with_invite(invite_token):
         return render("invite.html", status=error.status, claims=None, preview=call_preview(invite_token),
                       invite_token=invite_token, form=form, errors=errors)
     sign_in(pair)
-    g.session.flash("Welcome to %s." % pair["organization"]["name"])
+    g.session.flash(f'Welcome to {pair["organization"]["name"]}.')
     return redirect(url_for("console.overview", org_id=pair["organization"]["id"]))
 
 
@@ -638,7 +639,7 @@ def member_action(org_id, operation, done, **kwargs):
 @login_required
 def change_role(org_id, user_id):
     role = request.form.get("role", "")
-    return member_action(org_id, "change_member", "The role is changed to %s." % ROLE_LABEL.get(role, role),
+    return member_action(org_id, "change_member", f"The role is changed to {ROLE_LABEL.get(role, role)}.",
                          user_id=user_id, body={"role": role})
 
 
@@ -687,9 +688,9 @@ def create_invites(org_id):
             error = DomainError("validation_failed", "invalid input", {"emails": ["Enter at least one email address."]})
         return render("members.html", status=error.status, errors=form_errors(error, ("emails", "role")),
                       form=request.form.to_dict(), **members_context(org_id))
-    message = "Invited %s." % ", ".join(i["email"] for i in result["items"]) if result["items"] else "Nobody new invited."
+    message = f'Invited {", ".join(i["email"] for i in result["items"])}.' if result["items"] else "Nobody new invited."
     if result["skipped"]:
-        message += " Already members: %s." % ", ".join(s["email"] for s in result["skipped"])
+        message += f' Already members: {", ".join(s["email"] for s in result["skipped"])}.'
     g.session.flash(message)
     return redirect(url_for("console.members", org_id=org_id))
 

@@ -22,7 +22,8 @@ def signup(body):
 
 
 @api.route("/auth/login", "POST", PUBLIC, "Log in; the token is scoped to an organization", "auth",
-           body=s.LoginRequest, response=s.ScopedTokenPairSchema, errors=("401", "403", "410", "429"), bulkhead="hashing")
+           body=s.LoginRequest, response=s.ScopedTokenPairSchema, errors=("401", "403", "410", "429"),
+           bulkhead="hashing")
 def login(body):
     return rpc("membership", "login", body["email"], body["password"], body.get("organization_id"),
                client_address())

@@ -16,6 +16,6 @@ def register_health(app):
             try:
                 checks[service] = "ok" if rpc(service, "ping") == "pong" else "unexpected answer"
             except Exception as error:  # any failure means "not ready"; say which
-                checks[service] = "unavailable: %s" % type(error).__name__
+                checks[service] = f"unavailable: {type(error).__name__}"
         ready = all(value == "ok" for value in checks.values())
         return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), 200 if ready else 503

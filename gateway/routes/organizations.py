@@ -97,9 +97,9 @@ def export_organization(org_id):
     parts = [(name, rpc(name, "export", org_id)) for name in EXPORT_PARTS]
 
     def generate():
-        yield '{"organization_id": %s, "exported_at": %s' % (json.dumps(org_id), json.dumps(isoformat(utcnow())))
+        yield f"{{\"organization_id\": {json.dumps(org_id)}, \"exported_at\": {json.dumps(isoformat(utcnow()))}"
         for name, part in parts:
-            yield ', %s: %s' % (json.dumps(name), json.dumps(part, separators=(",", ":")))
+            yield f', {json.dumps(name)}: {json.dumps(part, separators=(",", ":"))}'
         yield "}"
     return Response(generate(), mimetype="application/json", headers={
-        "Content-Disposition": 'attachment; filename="organization-%s.json"' % org_id})
+        "Content-Disposition": f"attachment; filename=\"organization-{org_id}.json\""})

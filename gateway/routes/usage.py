@@ -2,7 +2,6 @@
 from flask import g
 
 from common.errors import DomainError
-
 from gateway import schemas as s
 from gateway.api import ADMIN, DATASET_MANAGER, MEMBER, SUPERUSER
 from gateway.routes.common import api, rpc

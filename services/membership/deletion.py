@@ -1,11 +1,11 @@
 """The membership side of deleting an organization: who may ask, the purge, the export."""
 from common import purge as purge_protocol
-from common.organizations import require_active
 from common.errors import DomainError
 from common.events import isoformat
+from common.organizations import require_active
 from services.membership import members
-from services.membership.revocation import access_revoked
 from services.membership.invites import invite_view
+from services.membership.revocation import access_revoked
 
 
 def request(store, request_deletion, org_id, actor, confirm_name):

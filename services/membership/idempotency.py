@@ -32,7 +32,7 @@ def claim(store, settings, scope, key, parameters, fresh_ids):
     if key is None:
         return fresh_ids, False
     ttl = timedelta(seconds=settings.idempotency_seconds)
-    record_id = _digest("%s\0%s" % (scope, key))
+    record_id = _digest(f"{scope}\x00{key}")
     fingerprint = _digest(json.dumps(parameters, sort_keys=True))
     for _ in range(3):
         now = utcnow()

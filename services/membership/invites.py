@@ -4,16 +4,16 @@ import uuid
 from datetime import timedelta
 
 from common import events, outbox
-from common.organizations import require_active
 from common.errors import DomainError, not_found
 from common.events import isoformat, utcnow
+from common.organizations import require_active
 from services.membership import idempotency, members
 from services.membership.accounts import new_account, replayed_account
 from services.membership.ratelimit import check_signup_rate, rate_limit
-from services.membership.sessions import open_session
-from services.membership.validation import check_password, clean_person_name, normalize_email
 from services.membership.schemas import InviteSchema
 from services.membership.security import token_hash
+from services.membership.sessions import open_session
+from services.membership.validation import check_password, clean_person_name, normalize_email
 
 MAX_EMAILS = 100
 
@@ -33,13 +33,14 @@ def _digest(*parts):
 
 def _normalized_emails(emails):
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_EMAILS:
-        raise DomainError("validation_failed", "invalid input", {"emails": ["Give 1-%d emails." % MAX_EMAILS]})
+        raise DomainError("validation_failed", "invalid input", {"emails": [f"Give 1-{MAX_EMAILS} emails."]})
     normalized = []
     for index, email in enumerate(emails):
         try:
             email = normalize_email(email)
         except DomainError:
-            raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid email."]}}) from None
+            raise DomainError("validation_failed", "invalid input", {"emails": {str(index): ["Not a valid "
+                                                                                             "email."]}}) from None
         if email not in normalized:
             normalized.append(email)
     return normalized

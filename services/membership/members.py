@@ -9,12 +9,12 @@ import uuid
 
 from common import events, outbox
 from common.errors import DomainError, not_found
-from common.organizations import require_active
 from common.events import ROLE_RANK, utcnow
+from common.organizations import require_active
 from common.validation import decode_sequence, encode_sequence
 from services.membership import idempotency
-from services.membership.schemas import MemberSchema
 from services.membership.revocation import access_revoked, next_cutoff, now_seconds
+from services.membership.schemas import MemberSchema
 
 MAX_PAGE = 200
 #: compare-and-set attempts when a member is changed concurrently
@@ -28,7 +28,7 @@ def create_remote_organization(create_org, name, account, org_id=None):
 
 
 def new_membership(org_id, account, role):
-    return {"_id": "%s:%s" % (org_id, account["_id"]), "org_id": org_id, "user_id": account["_id"],
+    return {"_id": f'{org_id}:{account["_id"]}', "org_id": org_id, "user_id": account["_id"],
             "email": account["email"], "name": account["name"], "role": role,
             "can_delete_organization": False, "tokens_not_before": now_seconds(), "joined_at": utcnow()}
 

@@ -208,7 +208,7 @@ class InviteTokens:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
     def accept_url(self, invite_id):
-        return "%s/invites/%s" % (self.public_base_url, self.token(invite_id))
+        return f"{self.public_base_url}/invites/{self.token(invite_id)}"
 
     def with_accept_url(self, body):
         body["accept_url"] = self.accept_url(body["invite_id"])

@@ -134,7 +134,8 @@ class MembershipService(Service):
     # -- invites ----------------------------------------------------------------------------
     @domain_rpc
     def create_invites(self, org_id, actor, emails, role, idempotency_key=None):
-        return invites.create_invites(self.store, self.invite_tokens, self.settings, org_id, actor, emails, role, idempotency_key)
+        return invites.create_invites(self.store, self.invite_tokens, self.settings, org_id, actor, emails, role,
+                                      idempotency_key)
 
     @domain_rpc
     def list_invites(self, org_id, actor):

@@ -1,5 +1,4 @@
 """The membership service's settings, typed, read once from ``config.yml`` (``common/settings.py``)."""
-from typing import Optional
 
 from common import settings
 
@@ -9,11 +8,11 @@ MembershipSettings = settings.declare(
     # tokens and passwords
     jwt_private_key_file=str, jwt_retired_key_files=tuple, jwt_issuer=str, access_token_ttl=int,
     refresh_token_ttl=int, refresh_reuse_grace_seconds=float, argon2_time_cost=int, argon2_memory_kib=int,
-    argon2_concurrency=Optional[int], argon2_queue=Optional[int], argon2_queue_wait=float,
+    argon2_concurrency=int | None, argon2_queue=int | None, argon2_queue_wait=float,
     # the operator account created at start-up
-    superuser_email=Optional[str], superuser_password=Optional[str], superuser_name=str,
+    superuser_email=str | None, superuser_password=str | None, superuser_name=str,
     # invitations and idempotency keys
-    invite_ttl_days=float, invite_token_secret=Optional[str], invite_idempotency_seconds=float,
+    invite_ttl_days=float, invite_token_secret=str | None, invite_idempotency_seconds=float,
     idempotency_seconds=float,
     # rate limits
     login_limit_per_email=int, login_limit_per_address=int, login_limit_window=int, signup_limit_per_address=int,

@@ -6,11 +6,10 @@ from the org service when someone joins (rare, and it must be current, not event
 owner lives only here (``owner_user_id``), so transferring ownership is one atomic write.
 """
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import DuplicateKeyError
-
-from concurrent.futures import ThreadPoolExecutor
 
 from common import outbox, pages
 from common.errors import gone
@@ -170,7 +169,7 @@ class MembershipStore(Store):
         return True
 
     def membership(self, org_id, user_id):
-        return self.db.memberships.find_one(dict(LIVE, _id="%s:%s" % (org_id, user_id)), HIDE)
+        return self.db.memberships.find_one(dict(LIVE, _id=f"{org_id}:{user_id}"), HIDE)
 
     def memberships_of(self, user_id):
         return list(self.db.memberships.find(dict(LIVE, user_id=user_id), HIDE).sort("joined_at", ASCENDING))
@@ -193,7 +192,7 @@ class MembershipStore(Store):
 
     @staticmethod
     def _membership_query(org_id, user_id, cutoff):
-        query = dict(LIVE, _id="%s:%s" % (org_id, user_id))
+        query = dict(LIVE, _id=f"{org_id}:{user_id}")
         if cutoff is not None:  # compare-and-set: nobody changed the member since it was read
             query["tokens_not_before"] = cutoff
         return query
@@ -356,7 +355,7 @@ class MembershipStore(Store):
             with ThreadPoolExecutor(8) as pool:  # in slices: map() queues every call at once (10,000 futures)
                 for start in range(0, len(user_ids), 256):
                     part = user_ids[start:start + 256]
-                    found.update(user_id for user_id, hit in zip(part, pool.map(elsewhere, part)) if hit)
+                    found.update(user_id for user_id, hit in zip(part, pool.map(elsewhere, part), strict=False) if hit)
             return found
         found = set()
         for start in range(0, len(user_ids), chunk):
@@ -393,7 +392,7 @@ class MembershipStore(Store):
     def count_attempt(self, key, window_start, expires_at, amount=1):
         """Add ``amount`` (negative: give it back) to the window's counter; returns the new count."""
         doc = self.db.login_attempts.find_one_and_update(
-            {"_id": "%s@%d" % (key, window_start)}, {"$inc": {"count": amount}, "$set": {"expires_at": expires_at}},
+            {"_id": f"{key}@{window_start}"}, {"$inc": {"count": amount}, "$set": {"expires_at": expires_at}},
             upsert=True, return_document=ReturnDocument.AFTER)
         return doc["count"]
 
@@ -426,7 +425,7 @@ class MembershipStore(Store):
         self.db.sessions.delete_many({"user_id": user_id})
         self.db.invites.delete_many({"accepted_by": user_id})  # the invitations they accepted: history of them
         self.db.idempotency_keys.delete_many({"ids.account_id": user_id})
-        self.db.login_attempts.delete_many({"_id": {"$regex": "^email:%s@" % re.escape(email)}})
+        self.db.login_attempts.delete_many({"_id": {"$regex": f"^email:{re.escape(email)}@"}})
 
     def delete_account_after_publish(self, user_id, *events):
         """Hide the account now (its email is free again once deleted); the outbox deletes it once

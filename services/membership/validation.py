@@ -31,4 +31,4 @@ def clean_person_name(name):
 def check_password(password, field="password"):
     if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise DomainError("validation_failed", "invalid input",
-                          {field: ["Must be %d-%d characters." % (MIN_PASSWORD, MAX_PASSWORD)]})
+                          {field: [f"Must be {MIN_PASSWORD}-{MAX_PASSWORD} characters."]})

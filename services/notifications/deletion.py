@@ -71,7 +71,7 @@ def completion_mail(store, event, lease_seconds):
     context = {"org_name": single_line(event.get("name") or "your organization", limit=300),
                "requested_at": event.get("requested_at") or "", "completed_at": event.get("completed_at") or ""}
     return dispatch.enqueue(store, tombstones.digest(event["organization_id"]), COMPLETED_KIND,
-                            "%s:%s" % (event["event_id"], COMPLETED_KIND), recipients, context,
+                            f'{event["event_id"]}:{COMPLETED_KIND}', recipients, context,
                             lease_seconds)
 
 
@@ -85,4 +85,5 @@ def export(store, org_id):
     """Settings and the whole delivery log (mail bodies excluded: they may hold invite links)."""
     deliveries = store.deliveries_for_export(org_id)
     return {"settings": preferences.get_settings(store, org_id),
-            "deliveries": DeliverySchema(many=True).dump(preferences.with_attempts(store, org_id, deliveries, whole_log=True))}
+            "deliveries": DeliverySchema(many=True).dump(
+                preferences.with_attempts(store, org_id, deliveries, whole_log=True))}

@@ -69,7 +69,7 @@ def enqueue(store, org_id, kind, key, recipients, context, lease_seconds, cipher
     now = utcnow()
     created = []
     for recipient in recipients:
-        delivery_id = "%s:%s" % (key, recipient)
+        delivery_id = f"{key}:{recipient}"
         log_doc = {"_id": delivery_id, "org_id": org_id, "kind": kind, "to": recipient, "subject": subject,
                    "created_at": now,
                    # what caused it: the request (X-Request-ID) behind the event, and the event
@@ -104,8 +104,7 @@ def attempt(store, outgoing, entry):
             text, html = unseal(outgoing.cipher, text), unseal(outgoing.cipher, html)
         message = mail.compose(sender.sender, entry["to"], entry["subject"], text, html, delivery_id)
     except Exception as error:  # composing is deterministic: another attempt would fail the same way
-        message, outcome, reason = None, "permanent_failure", "cannot be composed: %s: %s" % (
-            type(error).__name__, error)
+        message, outcome, reason = None, "permanent_failure", f"cannot be composed: {type(error).__name__}: {error}"
     if message is not None:
         try:
             sender.send(message, entry["to"])

@@ -11,15 +11,15 @@ addresses (no display names), so no name reaches them.
 import binascii
 import os
 import smtplib
-import socket
 import ssl
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY, SMTPUTF8 as SMTPUTF8_POLICY
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 from email.utils import format_datetime, make_msgid
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -77,7 +77,7 @@ def build_message(sender, recipient, subject, text, html, delivery_id=None):
     # raw, already encoded: the email package would decode encoded words in a plain value and write
     # them back out unprotected (it never re-encodes text that merely looks like an encoded word)
     message.set_raw("Subject", subject_header(subject))
-    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[1])
     if delivery_id:
         message["X-Delivery-Id"] = single_line(delivery_id)
@@ -99,24 +99,24 @@ def compose(sender, recipient, subject, text, html, delivery_id=None):
     if not (sender + recipient).isascii():
         return build_message(sender, recipient, subject, text, html, delivery_id).as_bytes(policy=SMTPUTF8_POLICY)
     headers = [("From", sender), ("To", recipient), ("Subject", subject_header(subject)),
-               ("Date", format_datetime(datetime.now(timezone.utc))),
+               ("Date", format_datetime(datetime.now(UTC))),
                ("Message-ID", make_msgid(domain=sender.rsplit("@", 1)[1]))]
     if delivery_id:
         headers.append(("X-Delivery-Id", single_line(delivery_id)))
-    boundary = "=_%s" % uuid.uuid4().hex
+    boundary = f"=_{uuid.uuid4().hex}"
     head = []
     for name, value in headers:
         if "\n" in value.replace("\r\n ", "") or "\r" in value.replace("\r\n ", ""):
-            raise ValueError("line break in the %s header" % name)
-        head.append("%s: %s" % (name, value))
-    head += ["MIME-Version: 1.0", 'Content-Type: multipart/alternative; boundary="%s"' % boundary]
+            raise ValueError(f"line break in the {name} header")
+        head.append(f"{name}: {value}")
+    head += ["MIME-Version: 1.0", f"Content-Type: multipart/alternative; boundary=\"{boundary}\""]
     parts = [("\r\n".join(head) + "\r\n\r\n").encode("ascii")]
     for subtype, body in (("plain", text), ("html", html)):
         body = "\r\n".join(body.splitlines()) + "\r\n"
-        parts.append(("--%s\r\nContent-Type: text/%s; charset=\"utf-8\"\r\n"
-                      "Content-Transfer-Encoding: quoted-printable\r\n\r\n" % (boundary, subtype)).encode("ascii"))
+        parts.append((f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: "
+                      "quoted-printable\r\n\r\n").encode("ascii"))
         parts.append(binascii.b2a_qp(body.encode("utf-8"), istext=True) + b"\r\n")
-    parts.append(("--%s--\r\n" % boundary).encode("ascii"))
+    parts.append((f"--{boundary}--\r\n").encode("ascii"))
     return b"".join(parts)
 
 
@@ -225,12 +225,12 @@ class SmtpSender:
             except smtplib.SMTPResponseException as error:  # sender refused, data error, auth, ...
                 _discard(client)
                 raise _by_code(error.smtp_code, error.smtp_error) from error
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, socket.timeout, OSError) as error:
+            except (TimeoutError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError, OSError) as error:
                 _discard(client)
-                raise TemporaryFailure("%s: %s" % (type(error).__name__, error)) from error
+                raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
             except smtplib.SMTPException as error:
                 _discard(client)
-                raise PermanentFailure("%s: %s" % (type(error).__name__, error)) from error
+                raise PermanentFailure(f"{type(error).__name__}: {error}") from error
             except BaseException:
                 _discard(client)
                 raise
@@ -274,5 +274,5 @@ def _discard(client):
 def _by_code(code, reply):
     if isinstance(reply, bytes):
         reply = reply.decode("utf-8", "replace")
-    text = "%s %s" % (code, single_line(reply, limit=300))
+    text = f"{code} {single_line(reply, limit=300)}"
     return TemporaryFailure(text) if 400 <= int(code) < 500 else PermanentFailure(text)

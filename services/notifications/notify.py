@@ -44,7 +44,7 @@ class Notifier:
     def _org(self, org_id, required=True):
         doc = self.store.organization(org_id)
         if required and (doc is None or not doc.get("owner_email")):
-            raise NotReady("organization %s not known yet" % org_id)
+            raise NotReady(f"organization {org_id} not known yet")
         return doc or {"_id": org_id}
 
     def _context(self, org, **extra):
@@ -53,8 +53,8 @@ class Notifier:
         extra = {key: single_line(value, limit=300) if isinstance(value, str) else value
                  for key, value in extra.items()}
         return dict(extra, org_id=org_id, org_name=single_line(org.get("name") or "your organization", limit=300),
-                    org_url="%s/organizations/%s" % (self.base_url, org_id),
-                    settings_url="%s/organizations/%s/settings/notifications" % (self.base_url, org_id))
+                    org_url=f"{self.base_url}/organizations/{org_id}",
+                    settings_url=f"{self.base_url}/organizations/{org_id}/settings/notifications")
 
     @staticmethod
     def _addresses(*candidates):
@@ -104,7 +104,7 @@ class Notifier:
         old_plan = event.get("old_plan") or before.get("plan")
         new_plan = event["plan"]
         recipients = self._addresses(self._settings(org_id)["plan_email"] or org["owner_email"])
-        self._queue(org_id, "plan_changed", "%s:plan_changed" % event["event_id"], recipients,
+        self._queue(org_id, "plan_changed", f'{event["event_id"]}:plan_changed', recipients,
                              self._context(org, old_plan=_plan_view(old_plan), new_plan=_plan_view(new_plan)))
         self._check_limits(org_id, event["event_id"])
 
@@ -114,7 +114,7 @@ class Notifier:
         org.setdefault("name", event["name"])
         recipients = self._addresses(org.get("owner_email") or event.get("owner_email"))
         self._queue(org_id, "organization_deletion_requested",
-                           "%s:organization_deletion_requested" % event["event_id"], recipients,
+                           f'{event["event_id"]}:organization_deletion_requested', recipients,
                            self._context(org, org_name=event["name"]))
 
     # -- membership facts --------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class Notifier:
         if not event.get("is_owner"):  # the founder joining their own new organization is no news
             org = self._org(org_id)  # read after the facts above were applied
             recipients = self._addresses(self._settings(org_id)["new_user_email"] or org["owner_email"])
-            self._queue(org_id, "member_joined", "%s:member_joined" % event["event_id"], recipients,
+            self._queue(org_id, "member_joined", f'{event["event_id"]}:member_joined', recipients,
                                  self._context(org, member_name=event["name"], member_email=event["email"],
                                                role=event["role"], via_invite=event["via_invite"]))
         self._check_limits(org_id, event["event_id"], org)
@@ -160,7 +160,7 @@ class Notifier:
             org = dict(org, name=event["organization_name"])
         recipients = self._addresses(event["email"])
         expires_at = parse_time(event["expires_at"])
-        self._queue(org_id, "invite", "%s:invite" % event["event_id"], recipients,
+        self._queue(org_id, "invite", f'{event["event_id"]}:invite', recipients,
                            self._context(org, inviter_name=event["inviter_name"], role=event["role"],
                                          accept_url=event["accept_url"], expires_at=_human(expires_at)),
                            secret=True)  # the accept link is a bearer secret: stored encrypted
@@ -185,7 +185,7 @@ class Notifier:
                 candidates.append(initiator["email"])
         if mode in ("admins", "initiator_and_admins"):
             candidates += self._admin_emails(org_id)
-        self._queue(org_id, "ai_job_completed", "%s:ai_job_completed" % event["event_id"],
+        self._queue(org_id, "ai_job_completed", f'{event["event_id"]}:ai_job_completed',
                            self._addresses(*candidates),
                            self._context(org, job_id=event["job_id"], job_type=event["job_type"],
                                          outcome=event["outcome"], credits=event["credits"],
@@ -219,9 +219,9 @@ class Notifier:
             if org.get(flag) is not True:
                 self.store.set_fields(org_id, {flag: True})
             if not org.get("owner_email"):
-                raise NotReady("owner of %s not known yet" % org_id)
+                raise NotReady(f"owner of {org_id} not known yet")
             recipients = self._addresses(self._settings(org_id)["plan_email"] or org["owner_email"])
-            key = "%s:%s:%s" % (org_id, kind, org.get(armed_by) or "first")
+            key = f'{org_id}:{kind}:{org.get(armed_by) or "first"}'
             recipients = self.store.decide_once(key, recipients)  # a settings change meanwhile: no new mail
             self._queue(org_id, kind, key, recipients,
                                   self._context(org, used=used, included=included, over=used - included,
@@ -252,7 +252,7 @@ class Notifier:
             org["owner_email"], *self._admin_emails(org_id))
         # The delivery ids (org, stage, paid_until, recipient) make this idempotent across replicas
         # and restarts; the conditional update then moves the schedule on exactly once.
-        key = "%s:%s:%s" % (org_id, stage, isoformat(paid_until))
+        key = f"{org_id}:{stage}:{isoformat(paid_until)}"
         plan = dict(org["plan"], paid_until=isoformat(paid_until))
         self._queue(org_id, stage, key, recipients,
                              self._context(org, plan=_plan_view(plan), paid_until_date=_human(paid_until),
@@ -292,10 +292,10 @@ def _human(moment):
 
 def _amount(value, unit):
     if unit != "bytes":
-        return "%d %s" % (value, unit)
+        return f"{value} {unit}"
     size = float(value)
     for suffix in ("bytes", "KB", "MB", "GB", "TB"):
         if abs(size) < 1000 or suffix == "TB":
-            return ("%d %s" % (size, suffix)) if suffix == "bytes" else ("%.1f %s" % (size, suffix))
+            return (f"{int(size)} {suffix}") if suffix == "bytes" else (f"{size:.1f} {suffix}")
         size /= 1000.0
 

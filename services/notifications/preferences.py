@@ -1,8 +1,8 @@
 """Per-organization notification settings and the delivery log as the API shows them."""
-from common.addresses import normalize_address
-from common.events import AI_JOB_RECIPIENTS
-from common.errors import DomainError, gone
 from common import pages
+from common.addresses import normalize_address
+from common.errors import DomainError, gone
+from common.events import AI_JOB_RECIPIENTS
 from common.validation import decode_sequence, encode_sequence
 from services.notifications.dispatch import delivery_view
 from services.notifications.schemas import DeliverySchema, SettingsSchema
@@ -41,7 +41,7 @@ def put_settings(store, org_id, values):
                 errors[field] = ["Must be one plain email address (no name, no list) or null."]
     recipients = values.get("ai_job_recipients", DEFAULTS["ai_job_recipients"])
     if recipients not in AI_JOB_RECIPIENTS:
-        errors["ai_job_recipients"] = ["Must be one of: %s." % ", ".join(AI_JOB_RECIPIENTS)]
+        errors["ai_job_recipients"] = [f'Must be one of: {", ".join(AI_JOB_RECIPIENTS)}.']
     clean["ai_job_recipients"] = recipients
     if errors:
         raise DomainError("validation_failed", "invalid input", errors)

@@ -1,6 +1,7 @@
 """Notifications service entrypoints: settings, the delivery log, event handlers, timers.
 
-Domain logic lives in ``notify`` (events -> mail), ``preferences`` (an organization's notification settings, the delivery log) and
+Domain logic lives in ``notify`` (events -> mail), ``preferences`` (an organization's notification settings, the
+delivery log) and
 ``dispatch`` (the mail outbox); this module only wires them to nameko.
 """
 from datetime import timedelta

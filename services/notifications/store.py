@@ -103,7 +103,7 @@ class NotificationsStore(Store):
     def purge_organization(self, org_id):
         """Every document of the organization, by collection (``common.purge``'s delete step); also
         what a write racing the purge left (``deletion.scrub_if_purged``)."""
-        prefix = {"_id": {"$regex": "^%s:" % re.escape(org_id)}}
+        prefix = {"_id": {"$regex": f"^{re.escape(org_id)}:"}}
         return {
             "deliveries": purge_delete(self.db.deliveries, "org_id", [org_id]),
             "delivery_attempts": purge_delete(self.db.delivery_attempts, "org_id", [org_id]),
@@ -163,7 +163,7 @@ class NotificationsStore(Store):
 
         Concurrent calls are batched: a member not known yet (the usual case: someone joined) is
         one document of a single ``insert``; the others are conditional updates, one by one."""
-        return self._members.submit(("%s:%s" % (org_id, user_id), dict(fields, org_id=org_id, user_id=user_id,
+        return self._members.submit((f"{org_id}:{user_id}", dict(fields, org_id=org_id, user_id=user_id,
                                                                         as_of=as_of)))
 
     def _flush_members(self, items):
@@ -195,7 +195,7 @@ class NotificationsStore(Store):
         return results
 
     def member(self, org_id, user_id):
-        doc = self.db.members.find_one({"_id": "%s:%s" % (org_id, user_id)})
+        doc = self.db.members.find_one({"_id": f"{org_id}:{user_id}"})
         return doc if doc and not doc.get("left") else None
 
     def admins(self, org_id):
@@ -296,7 +296,7 @@ class NotificationsStore(Store):
             return None
         period = int(now.timestamp() // lease_seconds)
         try:
-            self.db.delivery_claims.insert_one({"_id": "%s#%d#%d" % (delivery_id, entry.get("attempts", 0), period),
+            self.db.delivery_claims.insert_one({"_id": f'{delivery_id}#{entry.get("attempts", 0)}#{period}',
                                                 "claimed_at": now})
         except DuplicateKeyError:
             return None
@@ -323,7 +323,7 @@ class NotificationsStore(Store):
         docs = []
         for entry, attempt in items:
             number = entry.get("attempts", 0) + 1
-            docs.append(dict(attempt, _id="%s#%d" % (entry["_id"], number), delivery_id=entry["_id"],
+            docs.append(dict(attempt, _id=f'{entry["_id"]}#{number}', delivery_id=entry["_id"],
                              org_id=entry["org_id"], n=number, **{pages.FIELD: entry.get(pages.FIELD)}))
         recorded = [True] * len(items)
         try:
@@ -331,10 +331,11 @@ class NotificationsStore(Store):
         except BulkWriteError as error:
             for index in _only_duplicates(error):
                 recorded[index] = False
-        final = [entry["_id"] for (entry, attempt), ok in zip(items, recorded) if ok and attempt["status"] != "queued"]
+        final = [entry["_id"] for (entry, attempt), ok in zip(items, recorded, strict=False)
+                 if ok and attempt["status"] != "queued"]
         if final:
             self.db.mail_queue.delete_many({"_id": {"$in": final}})
-        for (entry, attempt), ok in zip(items, recorded):
+        for (entry, attempt), ok in zip(items, recorded, strict=False):
             if ok and attempt["status"] == "queued":  # a retry later (rare): one update each
                 self.db.mail_queue.update_one({"_id": entry["_id"]}, {"$set": {
                     "due_at": attempt["next_attempt_at"], "attempts": entry.get("attempts", 0) + 1,
@@ -378,7 +379,7 @@ class NotificationsStore(Store):
         """Delete a final mail's log entry, attempts and claims (the completion mail of a deletion)."""
         self.db.deliveries.delete_one({"_id": delivery_id})
         self.db.delivery_attempts.delete_many({"delivery_id": delivery_id})
-        self.db.delivery_claims.delete_many({"_id": {"$regex": "^%s#" % re.escape(delivery_id)}})
+        self.db.delivery_claims.delete_many({"_id": {"$regex": f"^{re.escape(delivery_id)}#"}})
 
     def scrub(self, org_id):
         """Delete whatever a write that raced the purge left of ``org_id`` (the purge reported already)."""

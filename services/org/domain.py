@@ -6,9 +6,8 @@ from datetime import timedelta
 
 from common import events, outbox
 from common.errors import DomainError, gone, not_found
-from common.events import isoformat, utcnow
+from common.events import DEFAULT_PLAN, PlanSchema, isoformat, utcnow
 from common.validation import bounded_moment
-from common.events import DEFAULT_PLAN, PlanSchema
 from services.org.schemas import OwnerSchema
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -108,7 +107,7 @@ def on_ownership_transferred(store, event):
 def _usage_as_of(event):
     """The usage service numbers its facts (ledger / report chain position): order by that, not by clock."""
     if event.get("sequence") is not None:
-        return "seq:%020d" % event["sequence"]
+        return f'seq:{event["sequence"]:020d}'
     return event["occurred_at"]
 
 
@@ -129,7 +128,8 @@ def set_plan(store, org_id, plan, changed_by):
     for field in ("included_users", "included_storage_bytes"):
         value = plan.get(field)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise DomainError("validation_failed", "invalid input", {field: ["Must be a non-negative integer or null."]})
+            raise DomainError("validation_failed", "invalid input", {field: ["Must be a non-negative integer or "
+                                                                             "null."]})
     paid_until = bounded_moment(plan.get("paid_until"), "paid_until")
     current = _live(store, org_id)
     new_plan = {"name": plan["name"], "included_users": plan.get("included_users"),
@@ -154,7 +154,7 @@ RECEIPT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 def receipt_hash(receipt):
-    return hashlib.sha256(("orgplatform-deletion-receipt\x00%s" % receipt).encode()).hexdigest()
+    return hashlib.sha256((f"orgplatform-deletion-receipt\x00{receipt}").encode()).hexdigest()
 
 
 def request_deletion(store, org_id, requested_by, confirm_name):

@@ -128,8 +128,8 @@ class OrgStore(Store):
         """Record one service's purge report (idempotent); returns the document or None."""
         doc = outbox.without_outbox(self.organizations.find_one_and_update(
             {"_id": org_id, "status": "deleting"},
-            {"$set": {"deletion.services.%s" % service: "purged", "deletion.removed.%s" % service: removed,
-                      "deletion.reported_at.%s" % service: at}},
+            {"$set": {f"deletion.services.{service}": "purged", f"deletion.removed.{service}": removed,
+                      f"deletion.reported_at.{service}": at}},
             return_document=ReturnDocument.AFTER))
         if doc is not None:
             self._changed(org_id)
@@ -160,6 +160,6 @@ class OrgStore(Store):
         result = self.organizations.update_one(
             {"_id": org_id, "status": {"$ne": "deleted"}, "$or": [{section + ".as_of": {"$lt": as_of}},
                                     {section + ".as_of": {"$exists": False}}]},
-            {"$set": {"%s.%s" % (section, field): value for field, value in dict(values, as_of=as_of).items()}})
+            {"$set": {f"{section}.{field}": value for field, value in dict(values, as_of=as_of).items()}})
         if result.modified_count:
             self._changed(org_id)

@@ -18,8 +18,8 @@ from datetime import timedelta
 
 from common import events, metrics, outbox
 from common.errors import DomainError, gone, not_found
-from common.organizations import require_active
 from common.events import isoformat, utcnow
+from common.organizations import require_active
 from common.validation import bounded_moment, decode_sequence, encode_sequence
 from services.usage.schemas import LedgerEntrySchema
 
@@ -43,7 +43,7 @@ _HEADS_MAX = 10_000
 
 def entry_id(org_id, scope, key):
     """Ledger ``_id`` for an operation: the organization, a scope (client key, settlement, expiry), the key."""
-    return hashlib.sha256(("%s\x00%s\x00%s" % (org_id, scope, key)).encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256((f"{org_id}\x00{scope}\x00{key}").encode()).hexdigest()[:32]
 
 
 def _invalid(field, message):
@@ -52,7 +52,7 @@ def _invalid(field, message):
 
 def _amount(value, field="amount"):
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_AMOUNT:
-        raise _invalid(field, "Must be an integer number of milli-credits between 1 and %d." % MAX_AMOUNT)
+        raise _invalid(field, f"Must be an integer number of milli-credits between 1 and {MAX_AMOUNT}.")
     return value
 
 
@@ -60,7 +60,7 @@ def _text(value, field, maximum, required=True):
     if value is None and not required:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= maximum:
-        raise _invalid(field, "Must be a string of 1-%d characters." % maximum)
+        raise _invalid(field, f"Must be a string of 1-{maximum} characters.")
     return value
 
 
@@ -291,7 +291,7 @@ def write_result(result):
 
 def ledger(store, org_id, limit=50, cursor=None):
     if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise _invalid("limit", "Must be between 1 and %d." % MAX_PAGE)
+        raise _invalid("limit", f"Must be between 1 and {MAX_PAGE}.")
     before = decode_sequence(cursor) if cursor is not None else None
     organization = require_active(store, org_id)
     head = store.ledger_head(org_id, organization) or EMPTY_HEAD  # its top page is in the copy just read

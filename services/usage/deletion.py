@@ -3,6 +3,7 @@ from common import purge as purge_protocol
 from common.organizations import require_active
 from services.usage import credits, storage
 
+
 def purge(store, org_id):
     """The purge protocol (``common.purge``) with usage's delete step (``UsageStore.purge_organization``).
     From then on writes for the organization are refused (404), never resurrected."""

@@ -57,7 +57,7 @@ def validate_report(datasets, complete):
     if not isinstance(datasets, list):
         errors["datasets"] = ["Must be a list."]
     elif len(datasets) > MAX_DATASETS:
-        errors["datasets"] = ["At most %d datasets per report." % MAX_DATASETS]
+        errors["datasets"] = [f"At most {MAX_DATASETS} datasets per report."]
     else:
         seen = set()
         for index, item in enumerate(datasets):
@@ -123,8 +123,8 @@ def _claim(store, org_id, complete, size):
 def _check_totals(totals):
     if totals["used_bytes"] > MAX_TOTAL_BYTES or totals["datasets"] > MAX_TOTAL_DATASETS:
         raise DomainError("validation_failed", "invalid input", {"datasets": [
-            "The organization would hold %d datasets of %d bytes in all; at most %d datasets and %d bytes."
-            % (totals["datasets"], totals["used_bytes"], MAX_TOTAL_DATASETS, MAX_TOTAL_BYTES)]})
+            f'The organization would hold {totals["datasets"]} datasets of {totals["used_bytes"]} bytes in all; at '
+            f'most {MAX_TOTAL_DATASETS} datasets and {MAX_TOTAL_BYTES} bytes.']})
 
 
 def report(store, org_id, datasets, complete):

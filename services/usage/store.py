@@ -180,13 +180,13 @@ class UsageStore(Store):
                     .limit(limit))
 
     def bucket(self, org_id, index):
-        return self.db.dataset_buckets.find_one({"_id": "%s:%02d" % (org_id, index)})
+        return self.db.dataset_buckets.find_one({"_id": f"{org_id}:{index:02d}"})
 
     def buckets(self, org_id):
         return self.db.dataset_buckets.find({"org_id": org_id})
 
     def put_bucket(self, org_id, index, datasets):
-        bucket_id = "%s:%02d" % (org_id, index)
+        bucket_id = f"{org_id}:{index:02d}"
         if datasets:
             self.db.dataset_buckets.replace_one({"_id": bucket_id}, {"_id": bucket_id, "org_id": org_id,
                                                                      "datasets": datasets}, upsert=True)

@@ -45,14 +45,14 @@ def refused(method, *args, **kwargs):
         answer = call(method, *args, **kwargs)
     except pkg.ApiException as error:
         return error
-    raise AssertionError("expected an error status, got %s" % answer.status_code)
+    raise AssertionError(f"expected an error status, got {answer.status_code}")
 
 
 anonymous = client()
 auth = pkg.AuthApi(anonymous)
 
 # 1. a person with no organization, signed up with an Idempotency-Key, and the replay
-email = "oag-%s@example.com" % uuid.uuid4().hex[:12]
+email = f"oag-{uuid.uuid4().hex[:12]}@example.com"
 signup_body = pkg.SignupRequest(email=email, password=PASSWORD, name="Grace Client")
 key = uuid.uuid4().hex
 first = call(auth.signup_with_http_info, signup_body, idempotency_key=key)
@@ -72,7 +72,7 @@ assert login.data.organization is None
 step("GET /me and login answer organization null, typed")
 
 # 2. an organization, switched into
-name = "Generator Lab %s" % uuid.uuid4().hex[:6]
+name = f"Generator Lab {uuid.uuid4().hex[:6]}"
 created = call(pkg.OrganizationsApi(client(token)).create_organization_with_http_info,
                pkg.CreateOrganizationRequest(name=name), idempotency_key=uuid.uuid4().hex)
 assert created.status_code == 201
@@ -86,15 +86,15 @@ token = refreshed.data.access_token
 organizations = pkg.OrganizationsApi(client(token))
 overview = call(organizations.get_organization_with_http_info, org_id)
 assert overview.data.plan.name in PLANS and overview.data.status == "active", overview.data
-step("created %s, switched, refreshed: the token's organization is in every answer" % org_id)
+step(f"created {org_id}, switched, refreshed: the token's organization is in every answer")
 
 invited = call(pkg.InvitesApi(client(token)).create_invites_with_http_info, org_id,
-               pkg.InviteRequest(emails=["guest-%s@example.com" % uuid.uuid4().hex[:8]], role="member"))
+               pkg.InviteRequest(emails=[f"guest-{uuid.uuid4().hex[:8]}@example.com"], role="member"))
 assert invited.status_code == 201 and invited.data.items[0].status == "pending"
 step("invited one person")
 
 # 3. Retry-After: the per-email login limit answers 429 with it
-throwaway = "nobody-%s@example.com" % uuid.uuid4().hex[:8]
+throwaway = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
 for attempt in range(30):  # noqa: B007 -- the count is reported after the loop
     error = refused(auth.login_with_http_info, pkg.LoginRequest(email=throwaway, password="wrong one"))
     if error.status == 429:
@@ -102,11 +102,11 @@ for attempt in range(30):  # noqa: B007 -- the count is reported after the loop
     assert error.status == 401, (error.status, error.body)
 assert error.status == 429, (error.status, error.body)
 assert int(error.headers["Retry-After"]) >= 1
-step("429 after %d failed logins, Retry-After %s" % (attempt, error.headers["Retry-After"]))
+step(f'429 after {attempt} failed logins, Retry-After {error.headers["Retry-After"]}')
 
 # 4. a person deletes their own account (DELETE /me)
 other = call(auth.signup_with_http_info, pkg.SignupRequest(
-    email="gone-%s@example.com" % uuid.uuid4().hex[:8], password=PASSWORD, name="Leaving"))
+    email=f"gone-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD, name="Leaving"))
 deleted = call(pkg.AuthApi(client(other.data.access_token)).delete_me_with_http_info,
                pkg.DeleteAccountRequest(password=PASSWORD))
 assert deleted.status_code == 200 and deleted.data.deleted is True
@@ -130,5 +130,5 @@ while True:
 assert isinstance(status.data.completed_at, datetime)
 services = status.data.services
 assert {services.org, services.membership, services.notifications, services.usage} == {"purged"}
-step("202 + Location, followed to deleted (%s)" % status.data.completed_at.isoformat())
+step(f"202 + Location, followed to deleted ({status.data.completed_at.isoformat()})")
 print("openapi-generator: journey complete", flush=True)

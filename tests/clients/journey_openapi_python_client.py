@@ -14,7 +14,7 @@ sys.path.insert(0, sys.argv[1])
 pkg = sys.argv[2]
 BASE = sys.argv[3]
 client_module = importlib.import_module(pkg)
-api = lambda name: importlib.import_module("%s.api.%s" % (pkg, name))  # noqa: E731
+api = lambda name: importlib.import_module(f"{pkg}.api.{name}")  # noqa: E731
 models = importlib.import_module(pkg + ".models")
 PASSWORD = "correct horse battery"
 PLANS = {"personal", "team", "power", "team_trial", "power_trial", "custom"}
@@ -43,7 +43,7 @@ def authed(token):
 
 
 # 1. a person with no organization, signed up with an Idempotency-Key, and the replay
-email = "opc-%s@example.com" % uuid.uuid4().hex[:12]
+email = f"opc-{uuid.uuid4().hex[:12]}@example.com"
 signup_body = models.SignupRequest(email=email, password=PASSWORD, name="Ada Client")
 key = uuid.uuid4().hex
 first = call(api("auth.signup"), client=anonymous, body=signup_body, idempotency_key=key)
@@ -65,7 +65,7 @@ assert login.status_code == 200 and login.parsed.organization is None, login.con
 step("GET /me and login answer organization null, typed")
 
 # 2. an organization, switched into
-name = "Client Lab %s" % uuid.uuid4().hex[:6]
+name = f"Client Lab {uuid.uuid4().hex[:6]}"
 created = call(api("organizations.create_organization"), client=authed(token),
                body=models.CreateOrganizationRequest(name=name), idempotency_key=uuid.uuid4().hex)
 assert created.status_code == 201, created.content
@@ -80,17 +80,17 @@ assert refreshed.status_code == 200 and refreshed.parsed.organization.id == org_
 token = refreshed.parsed.access_token
 overview = call(api("organizations.get_organization"), org_id=org_id, client=authed(token))
 assert overview.status_code == 200 and overview.parsed.plan.name.value in PLANS, overview.content
-step("created %s, switched, refreshed: the token's organization is in every answer" % org_id)
+step(f"created {org_id}, switched, refreshed: the token's organization is in every answer")
 
 invited = call(api("invites.create_invites"), org_id=org_id, client=authed(token),
-               body=models.InviteRequest(emails=["guest-%s@example.com" % uuid.uuid4().hex[:8]],
+               body=models.InviteRequest(emails=[f"guest-{uuid.uuid4().hex[:8]}@example.com"],
                                          role=models.InviteRequestRole.MEMBER))
 assert invited.status_code == 201, invited.content
 assert invited.parsed.items[0].status.value == "pending"
 step("invited one person")
 
 # 3. Retry-After: the per-email login limit answers 429 with it
-throwaway = "nobody-%s@example.com" % uuid.uuid4().hex[:8]
+throwaway = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
 for attempt in range(30):  # noqa: B007 -- the count is reported after the loop
     refused = call(api("auth.login"), client=anonymous, body=models.LoginRequest(email=throwaway, password="wrong one"))
     if refused.status_code == 429:
@@ -99,11 +99,11 @@ for attempt in range(30):  # noqa: B007 -- the count is reported after the loop
 assert refused.status_code == 429, refused.content
 assert int(refused.headers["Retry-After"]) >= 1
 assert refused.parsed.error.code == "rate_limited"
-step("429 after %d failed logins, Retry-After %s" % (attempt, refused.headers["Retry-After"]))
+step(f'429 after {attempt} failed logins, Retry-After {refused.headers["Retry-After"]}')
 
 # 4. a person deletes their own account (DELETE /me)
 other = call(api("auth.signup"), client=anonymous,
-             body=models.SignupRequest(email="gone-%s@example.com" % uuid.uuid4().hex[:8], password=PASSWORD,
+             body=models.SignupRequest(email=f"gone-{uuid.uuid4().hex[:8]}@example.com", password=PASSWORD,
                                        name="Leaving"))
 assert other.status_code == 201, other.content
 deleted = call(api("auth.delete_me"), client=authed(other.parsed.access_token),
@@ -129,5 +129,5 @@ while True:
 assert isinstance(status.parsed.completed_at, datetime)
 services = status.parsed.services
 assert {services.org.value, services.membership.value, services.notifications.value, services.usage.value} == {"purged"}
-step("202 + Location, followed to deleted (%s)" % status.parsed.completed_at.isoformat())
+step(f"202 + Location, followed to deleted ({status.parsed.completed_at.isoformat()})")
 print("opc: journey complete", flush=True)

@@ -2,7 +2,8 @@
 
 `make clients` installs the pinned tools (.venv/clients: openapi-python-client in an environment
 of its own, openapi-generator's CLI jar from Maven Central, @redocly/cli from npm) and runs this
-module; plain `make test` does not collect it (tests/conftest.py). Each generator's output is used as generated: a journey script
+module; plain `make test` does not collect it (tests/conftest.py). Each generator's output is used as generated: a
+journey script
 imports it and drives sign-up without an organization (and its idempotent replay), /me, login,
 organization creation, switch, refresh, an invite, a 429 with Retry-After, DELETE /me, and an
 organization deletion whose 202 Location is followed to completion.
@@ -20,8 +21,8 @@ TIMEOUT = 600  # a JVM start and generation on a busy 2-core machine
 
 def run(command, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
-    assert result.returncode == 0, "%s\n--- stdout\n%s\n--- stderr\n%s" % (command, result.stdout[-5000:],
-                                                                           result.stderr[-5000:])
+    assert result.returncode == 0, (f"{command}\n--- stdout\n{result.stdout[-5000:]}\n--- "
+                                    f"stderr\n{result.stderr[-5000:]}")
     return result
 
 

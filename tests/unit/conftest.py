@@ -11,7 +11,6 @@ from services.membership.security import InviteTokens, Passwords, Security, Toke
 from services.membership.settings import MembershipSettings
 from tests.unit.fakes import FakeMembershipStore, FakeNotificationsStore, FakeUsageStore
 
-
 PASSWORD = "correct horse battery"
 
 

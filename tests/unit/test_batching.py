@@ -44,7 +44,7 @@ def test_concurrent_callers_share_flushes_and_each_gets_its_own_result():
         if len(flushes) == 1:  # hold the first flush so the others queue up behind it
             in_flush.set()
             release.wait(5)
-        return ["r%d" % item for item in items]
+        return [f"r{item}" for item in items]
     batch = GroupCommit(flush)
     first = threading.Thread(target=lambda: batch.submit(0))
     first.start()
@@ -53,7 +53,7 @@ def test_concurrent_callers_share_flushes_and_each_gets_its_own_result():
     results, errors = run_concurrently(batch, list(range(1, 41)))
     first.join(5)
     assert not errors
-    assert results == {item: "r%d" % item for item in range(1, 41)}
+    assert results == {item: f"r{item}" for item in range(1, 41)}
     assert sorted(item for items in flushes for item in items) == list(range(41))  # each item flushed once
     assert len(flushes) < 41 and max(len(items) for items in flushes[1:]) > 1  # shared
 

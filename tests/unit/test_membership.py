@@ -8,7 +8,6 @@ from services.membership import accounts, invites, members, ratelimit, revocatio
 from tests.unit.conftest import PASSWORD
 
 
-
 def code(call, *args, **kwargs):
     with pytest.raises(DomainError) as raised:
         call(*args, **kwargs)

@@ -1,6 +1,6 @@
 """Who gets which mail, on an in-memory store: the notifications service's recipient rules."""
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.fernet import Fernet
@@ -18,7 +18,7 @@ _CLOCK = itertools.count()
 def event(kind, org_id, **payload):
     """A validated event; each one a millisecond after the last (facts apply only if newer)."""
     _, _, body = make_event(kind, org_id, **payload)
-    body["occurred_at"] = isoformat(datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=next(_CLOCK)))
+    body["occurred_at"] = isoformat(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=next(_CLOCK)))
     return events.load_event(kind, body)
 
 

@@ -27,9 +27,9 @@ def test_concurrent_hashes_are_bounded_and_all_answered():
                 running[0] -= 1
     passwords.hasher = type("CountingHasher", (), {"hash": staticmethod(counted_hash), "verify": real.verify})()
     pool = eventlet.GreenPool()
-    hashes = list(pool.imap(passwords.hash, ["password %d" % index for index in range(8)]))
+    hashes = list(pool.imap(passwords.hash, [f"password {index}" for index in range(8)]))
     assert peak[0] == 2
-    assert all(passwords.verify(digest, "password %d" % index) for index, digest in enumerate(hashes))
+    assert all(passwords.verify(digest, f"password {index}") for index, digest in enumerate(hashes))
     assert not passwords.verify(hashes[0], "wrong") and not passwords.verify(None, "password 0")
 
 
@@ -57,7 +57,7 @@ def test_beyond_the_queue_hashes_are_shed_at_once():
     passwords = Passwords(time_cost=1, memory_kib=1024, concurrency=1, queue=2, queue_wait=10)
     slow_hasher(passwords, 0.2)
     pool = eventlet.GreenPool()
-    results = list(pool.imap(lambda n: attempt(passwords, "password %d" % n), range(10)))
+    results = list(pool.imap(lambda n: attempt(passwords, f"password {n}"), range(10)))
     assert sorted(outcome for outcome, _ in results) == ["hashed"] * 3 + ["shed"] * 7
     assert max(seconds for outcome, seconds in results if outcome == "shed") < 0.1
     # the queue empties again: a later hash is served
@@ -68,6 +68,6 @@ def test_a_hash_waits_for_a_slot_at_most_the_queue_wait():
     passwords = Passwords(time_cost=1, memory_kib=1024, concurrency=1, queue=5, queue_wait=0.2)
     slow_hasher(passwords, 1.0)
     pool = eventlet.GreenPool()
-    results = list(pool.imap(lambda n: attempt(passwords, "password %d" % n), range(3)))
+    results = list(pool.imap(lambda n: attempt(passwords, f"password {n}"), range(3)))
     assert sorted(outcome for outcome, _ in results) == ["hashed", "shed", "shed"]
     assert all(0.15 < seconds < 0.6 for outcome, seconds in results if outcome == "shed"), results

@@ -32,7 +32,7 @@ def run_ticks(timer, count, deadline=20):
             eventlet.sleep(0.01)
     timer.should_stop.send(True)
     loop.wait()
-    return [later - earlier for earlier, later in zip(timer.starts, timer.starts[1:])]
+    return [later - earlier for earlier, later in zip(timer.starts, timer.starts[1:], strict=False)]
 
 
 def test_a_slow_tick_pushes_the_next_one_out_instead_of_catching_up():
