@@ -6,13 +6,7 @@ from common.errors import DomainError
 from common.events import utcnow
 from services.membership import accounts, invites, members, ratelimit, revocation, sessions, validation
 from tests.unit.conftest import PASSWORD
-
-
-def code(call, *args, **kwargs):
-    with pytest.raises(DomainError) as raised:
-        call(*args, **kwargs)
-    return raised.value.code
-
+from tests.unit.refusals import code
 
 # -- validation and sign-up --------------------------------------------------------------------
 

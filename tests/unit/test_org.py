@@ -2,9 +2,9 @@
 import pytest
 
 from common import events
-from common.errors import DomainError
 from services.org import domain
 from tests.unit.fakes import FakeOrgStore
+from tests.unit.refusals import code
 
 OWNER = {"id": "u-owner", "name": "Olga", "email": "olga@example.org"}
 
@@ -18,12 +18,6 @@ def store():
 def org(store, new_org_id):
     domain.create_organization(store, new_org_id, "  Lab  ", OWNER)
     return new_org_id
-
-
-def code(call, *args, **kwargs):
-    with pytest.raises(DomainError) as raised:
-        call(*args, **kwargs)
-    return raised.value.code
 
 
 def test_creation_is_idempotent_by_id_and_names_are_trimmed(store, org):

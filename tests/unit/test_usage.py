@@ -6,18 +6,13 @@ import pytest
 from common.errors import DomainError
 from common.events import utcnow
 from services.usage import credits
+from tests.unit.refusals import code
 
 
 @pytest.fixture
 def org(usage_store, new_org_id):
     assert usage_store.insert_organization(new_org_id, "Lab", utcnow())
     return new_org_id
-
-
-def code(call, *args, **kwargs):
-    with pytest.raises(DomainError) as raised:
-        call(*args, **kwargs)
-    return raised.value.code
 
 
 def test_the_balance_is_the_head_of_the_chain(usage_store, org):
