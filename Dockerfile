@@ -28,14 +28,14 @@ RUN grep -vE '^[[:space:]]*(pytest|playwright|axe-playwright)' /tmp/requirements
 
 # Unprivileged runtime user with a fixed uid/gid (10001) so volumes and orchestrators
 # (runAsNonRoot, user: "10001") can rely on it.
-# /keys belongs to that user: a fresh named volume mounted there inherits the ownership, so the
-# one-shot `keygen` container can write the signing key without running as root.
+# /keys/private and /keys/public belong to that user: a fresh named volume mounted there inherits
+# the ownership, so the one-shot `keygen` container can write the key pair without running as root.
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin app \
-    && mkdir -p /keys \
-    && chown 10001:10001 /keys \
-    && chmod 0750 /keys
+    && mkdir -p /keys/private /keys/public \
+    && chown 10001:10001 /keys /keys/private /keys/public \
+    && chmod 0750 /keys /keys/private /keys/public
 
 # Only what runs. The code stays owned by root, so the app user cannot modify it; it is made
 # world-readable whatever the umask of the checkout was, and compiled once here (the containers

@@ -1,0 +1,41 @@
+"""Liveness of a nameko container: ``python -m common.probe`` (compose healthcheck, Kubernetes probe).
+
+PID 1 must be the ``nameko run`` process (exec-form command, no init) and hold an established TCP
+connection to one of the broker nodes of ``AMQP_URI`` -- any of them: with several nodes listed
+(``amqp://a;amqp://b``) kombu is connected to whichever answered, and a probe of the first one only
+would restart a healthy service whenever that node is down. Standard library only.
+"""
+import os
+import sys
+
+from common.bus import broker_addresses
+
+
+def connected_ports(tables=("/proc/net/tcp", "/proc/net/tcp6")):
+    """Remote ports of every established TCP connection of this network namespace."""
+    ports = set()
+    for table in tables:
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "01":  # 01 = ESTABLISHED
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def main():
+    with open("/proc/1/cmdline", "rb") as handle:
+        if b"nameko" not in handle.read():
+            return "pid 1 is not nameko"
+    wanted = {port for _, port in broker_addresses(os.environ["AMQP_URI"])}
+    if not wanted & connected_ports():
+        return "no connection to a broker node (ports %s)" % ", ".join(str(p) for p in sorted(wanted))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
