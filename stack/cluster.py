@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 
-from stack.stack import RABBIT_HOME, ROOT, port_open, read_pid, spawn, stop_pid_file, wait_for
+from stack.stack import RABBIT_HOME, ROOT, install_rabbitmq, port_open, read_pid, spawn, stop_pid_file, wait_for
 
 NAMES = ("a", "b", "c")
 
@@ -137,6 +137,7 @@ class Cluster:
             raise RuntimeError("a cluster from an earlier run still runs (pid files in %s)" % self.run_dir)
         for name in NAMES:
             shutil.rmtree(os.path.join(self.base, name), ignore_errors=True)
+        install_rabbitmq()
         self._prepare()
         self.start_epmd()
         for name in NAMES:

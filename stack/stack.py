@@ -352,12 +352,17 @@ def stop_epmd():
     subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def install_rabbitmq():
+    """Debian's rabbitmq-server, installed when missing (the local broker, the fault test's cluster)."""
+    if not os.path.exists(os.path.join(RABBIT_HOME, "rabbitmq-server")):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env)
+
+
 def ensure_rabbitmq(inst):
     if not inst.broker_up():
-        if not os.path.exists(os.path.join(RABBIT_HOME, "rabbitmq-server")):
-            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-            run(["apt-get", "update", "-qq"], env=env)
-            run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env)
+        install_rabbitmq()
         base = os.path.join(ROOT, "var", "rabbitmq")
         os.makedirs(os.path.join(base, "mnesia"), exist_ok=True)
         os.makedirs(os.path.join(base, "log"), exist_ok=True)
