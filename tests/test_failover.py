@@ -45,7 +45,7 @@ def test_a_gateway_whose_first_node_is_down_serves_the_api(test_stack):
         account = side.signup(organization_name="Failover Lab", email=unique_email("failover"))
         response = side.get("/organizations/%s" % account.org_id, account.token)
         assert response.status_code == 200, response.text
-        assert side.get("/readyz").json()["status"] == "ready"
+        assert side.get(side.base_url + "/readyz").json()["status"] == "ready"
 
 
 def test_a_service_whose_first_node_is_down_consumes(test_stack):
