@@ -54,3 +54,17 @@ def test_a_service_whose_first_node_is_down_consumes(test_stack):
                USAGE_METRICS_PORT="")
     pid_file = stack.start_replica(test_stack, "usage", "usage-failover", env=env)
     stack.stop_pid_file(pid_file)
+
+
+def test_the_liveness_probe_accepts_a_connection_to_any_node(test_stack):
+    """common/probe.py (compose healthcheck, Kubernetes probes): a process connected to the second
+    node listed is alive; one whose nodes all have no connection is not."""
+    import socket
+
+    from common.probe import broker_connected
+    uri = with_dead_first_node(test_stack.amqp_uri_for("org"))
+    dead_only = ";".join("amqp://u:p@127.0.0.1:%d/v" % free_port() for _ in range(2))
+    host, port = broker_addresses(uri)[1]
+    with socket.create_connection((host, port), timeout=5):
+        assert broker_connected(uri)
+        assert not broker_connected(dead_only)
