@@ -293,9 +293,11 @@ def test_killing_the_broker_node_the_services_use_loses_nothing(cluster, platfor
     figure("mails: %d received, %d delivery ids twice" % (len(ids), len(duplicate_ids)))
     for item in figures:
         figure(item.line())
-    figure("workload: %d operations, %d requests, %d answered otherwise than expected (during the outage), "
+    figure("workload: %d operations, %d requests, %d answered otherwise than expected, "
            "%d writes without an answer resolved" % (len(stats.operations), len(stats.samples),
                                                      len(stats.unexpected), stats.unknown_outcomes))
+    for label, status, body in stats.unexpected[:5]:
+        figure("  unexpected: %s -> %s %s" % (label, status, body[:120]))
 
     assert not lane_errors, lane_errors
     assert recovery <= RECOVERY_LIMIT, failures[-10:]
