@@ -19,10 +19,12 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # Dependencies first so code changes do not invalidate this layer. Every pinned requirement ships
-# manylinux wheels for CPython 3.11, so no compiler is needed. Test-only packages (pytest*, and the
-# console's browser driver and accessibility checker) stay out of the runtime image.
+# manylinux wheels for CPython 3.11, so no compiler is needed. Only the runtime section of
+# requirements.txt is installed: everything from its "# Tests" line on (pytest, pyflakes, the API
+# fuzzer and its generators, the OpenAPI validator, the console's browser driver and accessibility
+# checker) stays out of the runtime image.
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -vE '^[[:space:]]*(pytest|playwright|axe-playwright)' /tmp/requirements.txt > /tmp/requirements.runtime.txt \
+RUN sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/requirements.runtime.txt \
     && pip install --no-cache-dir -r /tmp/requirements.runtime.txt \
     && rm -f /tmp/requirements.txt /tmp/requirements.runtime.txt
 

@@ -478,6 +478,20 @@ def test_dockerfile_base_layout_and_code():
     assert argv[0] not in ("nameko", "gunicorn"), "the default CMD must not start a particular part"
 
 
+def test_the_image_installs_the_runtime_requirements_only():
+    """requirements.txt: runtime packages, then a "# Tests" section the image leaves out."""
+    with open(os.path.join(ROOT, "requirements.txt")) as handle:
+        lines = handle.read().splitlines()
+    cut = lines.index("# Tests")
+    runtime = {line.split("==")[0].lower() for line in lines[:cut] if line and not line.startswith("#")}
+    test_only = {line.split("==")[0].lower() for line in lines[cut:] if line and not line.startswith("#")}
+    assert {"nameko", "kombu", "gunicorn", "pymongo"} <= runtime
+    assert {"pytest", "schemathesis", "hypothesis", "playwright"} <= test_only
+    runs = " ".join(rest for keyword, rest in dockerfile_instructions() if keyword == "RUN")
+    assert "sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/requirements.runtime.txt" in runs
+    assert "-r /tmp/requirements.runtime.txt" in runs
+
+
 def test_dockerignore_keeps_the_context_small():
     with open(DOCKERIGNORE) as handle:
         patterns = {line.strip().strip("/") for line in handle if line.strip() and not line.startswith("#")}
