@@ -131,7 +131,7 @@ def test_the_configuration_section_names_every_setting():
             (r"\$\{([A-Z][A-Z0-9_]*)", ("services/*/config.yml", "gateway/config.yml", "stack/nginx/proxy.yml")),
             (r"(?:environ\.get|environ\.setdefault|getenv|env_int|setting)\(\s*\"([A-Z][A-Z0-9_]*)\"",
              ("services/*/*.py", "common/*.py", "gateway/*.py", "gateway/routes/*.py", "stack/*.py", "bench/*.py",
-              "soak/*.py", "tests/*.py"))):
+              "soak/*.py", "tests/*.py", "faults/*.py"))):
         for glob_pattern in glob_patterns:
             for path in glob.glob(os.path.join(stack.ROOT, glob_pattern)):
                 with open(path) as handle:
