@@ -19,23 +19,25 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # Dependencies first so code changes do not invalidate this layer. Every pinned requirement ships
-# manylinux wheels for CPython 3.11, so no compiler is needed. Test-only packages (pytest*, and the
-# console's browser driver and accessibility checker) stay out of the runtime image.
+# manylinux wheels for CPython 3.11, so no compiler is needed. Only the runtime section of
+# requirements.txt is installed: everything from its "# Tests" line on (pytest, pyflakes, the API
+# fuzzer and its generators, the OpenAPI validator, the console's browser driver and accessibility
+# checker) stays out of the runtime image.
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -vE '^[[:space:]]*(pytest|playwright|axe-playwright)' /tmp/requirements.txt > /tmp/requirements.runtime.txt \
+RUN sed '/^# Tests/,$d' /tmp/requirements.txt > /tmp/requirements.runtime.txt \
     && pip install --no-cache-dir -r /tmp/requirements.runtime.txt \
     && rm -f /tmp/requirements.txt /tmp/requirements.runtime.txt
 
 # Unprivileged runtime user with a fixed uid/gid (10001) so volumes and orchestrators
 # (runAsNonRoot, user: "10001") can rely on it.
-# /keys belongs to that user: a fresh named volume mounted there inherits the ownership, so the
-# one-shot `keygen` container can write the signing key without running as root.
+# /keys/private and /keys/public belong to that user: a fresh named volume mounted there inherits
+# the ownership, so the one-shot `keygen` container can write the key pair without running as root.
 RUN groupadd --gid 10001 app \
     && useradd --uid 10001 --gid 10001 --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin app \
-    && mkdir -p /keys \
-    && chown 10001:10001 /keys \
-    && chmod 0750 /keys
+    && mkdir -p /keys/private /keys/public \
+    && chown 10001:10001 /keys /keys/private /keys/public \
+    && chmod 0750 /keys /keys/private /keys/public
 
 # Only what runs. The code stays owned by root, so the app user cannot modify it; it is made
 # world-readable whatever the umask of the checkout was, and compiled once here (the containers

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test lint clients mail logs bench soak clean
+.PHONY: up down status test lint faults k8s-tools clients mail logs bench soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,24 @@ down: ## stop what `make up` started
 status: ## show each part
 	@$(PYTHON) -m stack.stack status
 
-test: $(STAMP) ## lint, unit tests (no broker, no database), then the integration suite on its own stack
+# kubeconform (a Go module) and the Kubernetes and KEDA schemas it validates deploy/k8s against, made
+# from the Kubernetes and KEDA sources the Go module proxy serves (stack/k8s_schemas.py): no download
+# at test time. tests/test_k8s.py uses them.
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+KUBECONFORM_VERSION := v0.8.0
+KUBERNETES_MODULE := k8s.io/kubernetes@v1.37.2
+KEDA_MODULE := github.com/kedacore/keda/v2@v2.20.2
+K8S_STAMP := $(VENV)/.k8s-installed
+MODULE_DIR = $$(cd /tmp && $(GO) mod download -json $(1) | $(abspath $(PY)) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+
+$(K8S_STAMP): $(STAMP) stack/k8s_schemas.py
+	GOBIN=$(abspath $(VENV))/bin GOFLAGS=-mod=mod $(GO) install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	$(PY) -m stack.k8s_schemas $(VENV)/k8s-schemas $(call MODULE_DIR,$(KUBERNETES_MODULE)) $(call MODULE_DIR,$(KEDA_MODULE))
+	@touch $(K8S_STAMP)
+
+k8s-tools: $(K8S_STAMP) ## kubeconform and the schemas for deploy/k8s
+
+test: $(STAMP) $(K8S_STAMP) ## lint, unit tests (no broker, no database), then the integration suite on its own stack
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests/unit
 	@# the console's browser tests drive Debian's Chromium with Playwright (its own browser download is not used)
@@ -30,6 +47,9 @@ test: $(STAMP) ## lint, unit tests (no broker, no database), then the integratio
 
 lint: $(STAMP) ## ruff (rules in pyproject.toml)
 	$(PY) -m ruff check .
+
+faults: $(STAMP) ## a 3-node RabbitMQ cluster under var/cluster, kill the node the services use, check nothing is lost
+	$(PY) -m pytest faults $(PYTEST_ARGS)
 
 # Generated clients and the OpenAPI linter (tests/clients/): their own Python environment, the
 # openapi-generator CLI jar from Maven Central and @redocly/cli from npm, all pinned, under .venv/clients

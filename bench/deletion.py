@@ -79,8 +79,8 @@ def measure(inst, client):
     api_batches, _ = seed(dbs, api_org["organization"]["id"], api_org["user"]["id"])
     floor_batches, floor_accounts = seed(dbs, floor_org["organization"]["id"], floor_org["user"]["id"])
     shapes.insert_all(dbs, [api_batches, floor_batches])
-    print("  seeded 2 x {} in {:.1f}s".format(", ".join(f"{v} {k}" for k, v in SIZES.items()),
-                                         time.perf_counter() - started), flush=True)
+    sizes = ", ".join(f"{v} {k}" for k, v in SIZES.items())
+    print(f"  seeded 2 x {sizes} in {time.perf_counter() - started:.1f}s", flush=True)
 
     # The floor first, while the other organization's data is there too: on FerretDB a delete costs
     # the size of the whole collection, so each side must delete from collections of the same size.
@@ -109,4 +109,4 @@ def measure(inst, client):
     return [Figure("delete_vs_delete_many", api_seconds / floor_seconds, "<= 2.0",
                    f"(DELETE -> deleted {api_seconds:.2f}s vs delete_many {floor_seconds:.2f}s)"),
             Figure("purge_seconds", api_seconds, "<= 10" if not os.environ.get("BENCH_SMALL") else None,
-                   "({}, DELETE to deleted)".format(", ".join(f"{v} {k}" for k, v in SIZES.items())))]
+                   f"({', '.join(f'{v} {k}' for k, v in SIZES.items())}, DELETE to deleted)")]

@@ -115,9 +115,9 @@ def measure(inst, client):
         ("memberships", "membership", "memberships"), ("ledger entries", "usage", "ledger"),
         ("deliveries", "notifications", "deliveries"))}
     mongo.close()
-    print("  capacity: the organization has {}; the database {}".format(
-        ", ".join(f"{TARGET[key] * 10} {key}" for key in TARGET),
-        ", ".join(f"{count} {name}" for name, count in sizes.items())), flush=True)
+    organization = ", ".join(f"{TARGET[key] * 10} {key}" for key in TARGET)
+    database = ", ".join(f"{count} {name}" for name, count in sizes.items())
+    print(f"  capacity: the organization has {organization}; the database {database}", flush=True)
     figures = []
     for kind, before, after in (("other", before_other, after_other), ("same", before_same, after_same)):
         for name in OPERATIONS:

@@ -53,7 +53,7 @@ def measure(inst, client, org_id, token, rounds=2):
     finally:
         _restart(inst, None)  # leave the instance as it was for the parts after this one
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
-    print("  overview req/s with metrics and JSON logs: {}; without: {}".format(
-        ", ".join(f"{r:.0f}" for r in rates["on"]), ", ".join(f"{r:.0f}" for r in rates["off"])), flush=True)
+    with_them, without = (", ".join(f"{r:.0f}" for r in rates[key]) for key in ("on", "off"))
+    print(f"  overview req/s with metrics and JSON logs: {with_them}; without: {without}", flush=True)
     return Figure("observability_on_vs_off", on / off, ">= 0.95",
                   f"({on:.0f} vs {off:.0f} req/s: metrics + JSON logs on vs off)")

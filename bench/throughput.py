@@ -25,8 +25,8 @@ def overview_figures(inst, client, org_id, token):
     for url, tok in targets.values():
         warm(url, tok)
     rates = interleaved(targets)
-    print(f'  throughput (req/s, {"median of 3"}): {", ".join("{} {:.0f}".format(*kv) for kv in rates.items())}',
-          flush=True)
+    medians = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
+    print(f"  throughput (req/s, median of 3): {medians}", flush=True)
     return rates, [
         Figure("overview_vs_one_hop", rates["overview"] / rates["one_hop"], ">= 0.8",
                f'({rates["overview"]:.0f} vs {rates["one_hop"]:.0f} req/s)'),

@@ -84,6 +84,21 @@ def reply_key(component, reply_uuid):
     return f"reply.{reply_name(component)}.{reply_uuid}"
 
 
+def broker_urls(amqp_uri):
+    """The node URLs of an ``AMQP_URI``: one, or several in kombu's failover syntax
+    (``amqp://u:p@a:5672/v;amqp://u:p@b:5672/v``), in the order a client tries them."""
+    return [url.strip() for url in amqp_uri.split(";") if url.strip()]
+
+
+def broker_addresses(amqp_uri):
+    """``[(host, port)]`` of each node of an ``AMQP_URI`` (5672 where a URL names no port)."""
+    addresses = []
+    for url in broker_urls(amqp_uri):
+        parts = urllib.parse.urlsplit(url)
+        addresses.append((parts.hostname or "localhost", parts.port or 5672))
+    return addresses
+
+
 def retry_exchange(service):
     """The direct exchange a service's failed events go through to its retry and parking queues
     (``common.handlers``): publishing to the default exchange would need write on ``amq.default``,
@@ -212,7 +227,10 @@ def provision(management, vhost, users):
     a broker, so callers name them per instance (several stacks share one broker). A re-run resets
     passwords and permissions to what this call says and drops topic permissions no longer listed.
     """
-    management("PUT", f"/api/vhosts/{quote(vhost)}", {})
+    # quorum by default: nameko's rpc-<service> queues (declared without arguments) become quorum
+    # queues; RabbitMQ applies this only when it creates the vhost (see README, "Deploying").
+    # 3.10 reads "defaultqueuetype", later versions "default_queue_type"; each ignores the other.
+    management("PUT", f"/api/vhosts/{quote(vhost)}", {"defaultqueuetype": "quorum", "default_queue_type": "quorum"})
     for component, (username, password) in sorted(users.items()):
         tags = "management" if component == ADMIN else ""
         management("PUT", f"/api/users/{quote(username)}", {"password": password, "tags": tags})
@@ -239,7 +257,15 @@ _applied = False
 
 
 def least_privilege():
-    """Make this process's nameko declare no exchange and use component-named reply keys.
+    """Make this process's nameko declare no exchange, use component-named reply keys and
+    non-durable reply queues.
+
+    nameko's reply queue is durable: a classic durable queue lives on one node, and while that node
+    is down every re-declaration fails (``NOT_FOUND - home node ... is down``), which stalls the
+    whole service container holding an ``RpcProxy`` (membership, usage) until the node returns. A
+    non-durable queue of a lost node is gone, so the reconnecting consumer declares it anew on a
+    node that is up (and the vhost's quorum default applies only to durable declarations, so it
+    stays a classic queue: quorum queues are a poor fit for per-process temporary queues).
 
     nameko declares the RPC exchange every time it declares an RPC queue or publishes a call, and
     RabbitMQ checks *configure* on an exchange for every non-passive declare -- a right that also

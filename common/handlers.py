@@ -1,10 +1,12 @@
 """Event handlers that never lose an event.
 
 nameko acks an event whose handler raised, and the event is gone. ``reliable_handler`` instead
-moves a failed event to its retry queue (it comes back after an exponential backoff) and, after
-``MAX_ATTEMPTS``, to its parking queue for an operator -- the queues come from ``common.topology``
-and are reached through the service's own retry exchange (``common.bus.retry_exchange``), never the
-default exchange, which would let the service publish into any queue.
+moves a failed event to the retry queue of its delay (it comes back after an exponential backoff)
+and, after ``MAX_ATTEMPTS``, to its parking queue for an operator -- the queues come from
+``common.topology`` and are reached through the service's own retry exchange
+(``common.bus.retry_exchange``), never the default exchange, which would let the service publish
+into any queue. The handler's queue is declared with the topology's arguments (quorum, delivery
+limit, dead-lettering to the parking queue), which a re-declaration must repeat exactly.
 Only when that hand-over is confirmed by the broker is the original acked; if it fails the event
 is requeued. Handlers must be idempotent: every event may arrive twice.
 
@@ -16,27 +18,33 @@ keeps the envelope (``common.envelope``) of the original.
 import logging
 
 from amqp.exceptions import AMQPError
+from kombu import Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import SERVICE_POOL, EventHandler
 
-from common import context
+from common import context, topology
 from common.bus import retry_exchange
 from common.envelope import PROPERTIES
 from common.errors import DomainError
 from common.metrics import count_event
+from common.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
-BASE_DELAY_MS = 500
-MAX_DELAY_MS = 60_000
+MAX_ATTEMPTS = topology.MAX_ATTEMPTS
 ATTEMPTS_HEADER = "x-orgplatform-attempts"
 
 
 class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
+        subscription = Subscription((self.source_service, self.event_type), self.container.service_name,
+                                             self.method_name)
+        queue = self.queue
+        self.queue = Queue(queue.name, exchange=queue.exchange, routing_key=queue.routing_key, durable=True,
+                           auto_delete=False, exclusive=False,
+                           queue_arguments=topology.subscriber_arguments(subscription))
         self._publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], serializer="json")
 
     def unpack_message_headers(self, message):
@@ -63,27 +71,28 @@ class ReliableEventHandler(EventHandler):
             return
         attempts = int((message.headers or {}).get(ATTEMPTS_HEADER, 0)) + 1
         queue = self.queue.name
-        if attempts >= MAX_ATTEMPTS:
-            target, expiration = queue + ".parked", None
-            log.error("parking event on %s after %d attempts: %r", queue, attempts, exc_info[1])
-        else:
-            target = queue + ".retry"
-            expiration = min(BASE_DELAY_MS * 2 ** (attempts - 1), MAX_DELAY_MS) / 1000.0
-            log.warning("event on %s failed (attempt %d), retrying in %.1fs: %r",
-                        queue, attempts, expiration, exc_info[1])
         headers = dict(message.headers or {})
         headers[ATTEMPTS_HEADER] = attempts
+        if attempts >= MAX_ATTEMPTS:
+            target = topology.parked_queue_name(queue)
+            log.error("parking event on %s after %d attempts: %r", queue, attempts, exc_info[1])
+        else:
+            delay = topology.retry_delay_ms(attempts)
+            target = topology.retry_routing_key(delay)
+            headers[topology.REQUEUE_HEADER] = queue  # where <service>.requeue sends it back
+            log.warning("event on %s failed (attempt %d), retrying in %.1fs: %r",
+                        queue, attempts, delay / 1000.0, exc_info[1])
         envelope = {key: message.properties[key] for key in PROPERTIES
                     if key != "content_type" and message.properties.get(key) is not None}
         try:
             self._publisher.publish(message.payload, exchange=retry_exchange(self.container.service_name),
                                     routing_key=target,
-                                    headers=headers, expiration=expiration, mandatory=True, **envelope)
+                                    headers=headers, mandatory=True, **envelope)
         except Exception:  # the broker did not take it: keep the original instead
             log.exception("could not hand failed event to %s; requeueing", target)
             self._settle(self.queue_consumer.requeue_message, message)
             return
-        outcome = "parked" if target.endswith(".parked") else "retried"
+        outcome = "parked" if attempts >= MAX_ATTEMPTS else "retried"
         count_event(self.container.service_name, self.method_name, outcome)
         self._settle(self.queue_consumer.ack_message, message)
 

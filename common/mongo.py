@@ -1,7 +1,7 @@
 """MongoDB access: one client per process, each service's indexes declared once at start-up.
 
 A service's ``store.py`` defines a :class:`Store` subclass listing its indexes in ``INDEXES``;
-``StoreProvider(ThatStore, "org")`` connects, ensures the indexes and hands the same store
+``StoreProvider(ThatStore)`` connects, ensures the indexes and hands the same store
 (pymongo clients are thread-safe) to every worker.
 """
 import functools

@@ -54,8 +54,9 @@ class PacedTimer(Timer):
 
 
 def declare_no_rpc_exchange(exchange_name):
-    """Make nameko refer to the RPC exchange without declaring it, and name reply routing keys
-    after the service (``reply.<service>.<uuid>``) so broker topic permissions can tell them apart."""
+    """Make nameko refer to the RPC exchange without declaring it, name reply routing keys after the
+    service (``reply.<service>.<uuid>``) so broker topic permissions can tell them apart, and declare
+    reply queues non-durable (why: ``common.bus.least_privilege``)."""
     from kombu import Exchange, Queue
     from nameko import rpc
     from nameko.constants import RPC_EXCHANGE_CONFIG_KEY
@@ -70,7 +71,7 @@ def declare_no_rpc_exchange(exchange_name):
         self.routing_key = f"reply.{service_name}.{reply_uuid}"
         self.queue = Queue(rpc.RPC_REPLY_QUEUE_TEMPLATE.format(service_name, reply_uuid),
                            exchange=rpc.get_rpc_exchange(self.container.config), routing_key=self.routing_key,
-                           queue_arguments={"x-expires": rpc.RPC_REPLY_QUEUE_TTL})
+                           durable=False, queue_arguments={"x-expires": rpc.RPC_REPLY_QUEUE_TTL})
         self.queue_consumer.register_provider(self)
 
     rpc.get_rpc_exchange = get_rpc_exchange

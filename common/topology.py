@@ -2,20 +2,39 @@
 
 RabbitMQ drops an event published to an exchange with no bound queue, so every durable subscriber
 queue is listed here and declared by ``python -m common.topology`` at start-up (and by each service
-again when it starts). Queue names and arguments match what nameko's ``event_handler`` declares,
-so both declarations agree. Each subscriber queue has two companions:
+again when it starts). Queue names and arguments match what nameko's ``event_handler`` declares
+(``common.handlers`` declares its queue with :func:`subscriber_arguments`), so both declarations
+agree: RabbitMQ refuses (406) a re-declaration whose arguments differ.
 
-* ``<queue>.retry`` -- a failed event waits here (per-message TTL, exponential backoff) and is
-  dead-lettered back to its queue;
+Every durable queue is a quorum queue (replicated over the broker cluster's nodes, so losing the
+node a queue was declared on loses neither the queue nor its messages). The vhost is created with
+``default-queue-type: quorum`` (``common.bus.provision``), which makes nameko's own ``rpc-<service>``
+queues quorum too; the queues declared here say ``x-queue-type: quorum`` themselves. Reply and
+broadcast queues are non-durable classic queues (``common.bus.least_privilege``,
+``common.broadcast``): quorum queues refuse exclusive, auto-delete and non-durable declarations,
+and a durable classic queue would pin its consumer to the one node it lives on.
+
+Each subscriber queue has a parking queue, and each subscribing service one retry queue per delay:
+
+* ``<service>.retry.<ms>ms`` -- a failed event waits here for that queue's TTL (one queue per delay:
+  a per-message TTL only expires at the head of a queue, so a 0.5 s retry would wait behind a 32 s
+  one), then is dead-lettered to the service's ``<service>.requeue`` headers exchange, which routes
+  it back to the queue named in its ``orgplatform-queue`` header;
 * ``<queue>.parked`` -- after ``MAX_ATTEMPTS`` failures the event is parked for an operator
-  instead of being dropped.
+  instead of being dropped, and so is a poison message the broker redelivered
+  ``DELIVERY_LIMIT`` times without anyone settling it (a handler that kills its process).
 
-Both companions are bound to the subscribing service's ``<service>.retry`` exchange (routing key =
-queue name), which is how the service reaches them: see ``common.bus.retry_exchange``.
+Dead-lettering (retry back to the queue, poison to the parking queue) is at-least-once
+(``x-dead-letter-strategy``, which needs ``x-overflow: reject-publish``): the broker keeps the
+message until the target queue confirmed it, so a node lost mid-way loses nothing.
+
+The retry queues and the parking queues are bound to the subscribing service's ``<service>.retry``
+exchange (routing keys: ``delay.<ms>`` and the parking queue's name), which is how the service
+reaches them: see ``common.bus.retry_exchange``.
 
 This is also the one place exchanges are declared (the RPC exchange, the event exchanges, the
-retry exchanges, ``org.cache``): components run with broker users that may not declare any
-(``common/bus.py``), so this runs first, as the instance's admin user.
+retry and requeue exchanges, ``org.cache``): components run with broker users that may not declare
+any (``common/bus.py``), so this runs first, as the instance's admin user.
 """
 import sys
 import time
@@ -52,19 +71,76 @@ def queue_name(subscription):
     return event_queue_name(source, event_type, subscription.service, subscription.method)
 
 
+#: a failed event's attempts before it is parked (``common.handlers``)
+MAX_ATTEMPTS = 8
+BASE_DELAY_MS = 500
+MAX_DELAY_MS = 60_000
+#: the retry delay of attempt n (1-based) is RETRY_DELAYS_MS[n - 1]: exponential, capped
+RETRY_DELAYS_MS = tuple(min(BASE_DELAY_MS * 2 ** n, MAX_DELAY_MS) for n in range(MAX_ATTEMPTS - 1))
+#: deliveries of one message a subscriber queue allows before it parks it: a message that never
+#: gets settled (its handler kills the process, or the connection, every time) is a poison message
+DELIVERY_LIMIT = 10
+#: the header naming the queue a retried event goes back to (``<service>.requeue`` routes on it;
+#: not "x-..." -- a headers exchange ignores binding arguments starting with "x-" when it matches)
+REQUEUE_HEADER = "orgplatform-queue"
+QUORUM = {"x-queue-type": "quorum"}
+#: at-least-once dead-lettering: a dead-lettered message stays in its queue until the target
+#: confirmed it (RabbitMQ requires reject-publish overflow for it)
+AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def retry_delay_ms(attempt):
+    """The delay before a failed event's ``attempt``-th retry (1-based; < MAX_ATTEMPTS)."""
+    return RETRY_DELAYS_MS[attempt - 1]
+
+
+def retry_queue_name(service, delay_ms):
+    return f"{service}.retry.{int(delay_ms)}ms"
+
+
+def retry_routing_key(delay_ms):
+    """The routing key on ``<service>.retry`` that reaches the retry queue of ``delay_ms``."""
+    return f"delay.{int(delay_ms)}"
+
+
+def parked_queue_name(subscription_or_queue):
+    name = subscription_or_queue if isinstance(subscription_or_queue, str) else queue_name(subscription_or_queue)
+    return name + ".parked"
+
+
+def requeue_exchange(service):
+    """The headers exchange a service's retry queues dead-letter to: it routes each event back to
+    the subscriber queue its ``orgplatform-queue`` header names."""
+    return Exchange(f"{service}.requeue", type="headers", durable=True, auto_delete=False)
+
+
+def subscriber_arguments(subscription):
+    """The arguments of a subscriber queue (here and in ``common.handlers``: both must agree)."""
+    return dict(QUORUM, **AT_LEAST_ONCE, **{
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": bus.retry_exchange(subscription.service),
+        "x-dead-letter-routing-key": parked_queue_name(subscription)})
+
+
 def subscriber_queues(subscription):
-    """The handler's queue plus its retry and parking queues."""
+    """The handler's queue plus its parking queue."""
     source, event_type = subscription.event
     name = queue_name(subscription)
     main = Queue(name, exchange=event_exchange(source), routing_key=event_type,
-                 durable=True, auto_delete=False, exclusive=False)
-    companions = retry_exchange(subscription.service)
-    retry = Queue(name + ".retry", exchange=companions, routing_key=name + ".retry", durable=True,
-                  auto_delete=False,
-                  queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
-    parked = Queue(name + ".parked", exchange=companions, routing_key=name + ".parked", durable=True,
-                   auto_delete=False)
-    return main, retry, parked
+                 durable=True, auto_delete=False, exclusive=False,
+                 queue_arguments=subscriber_arguments(subscription))
+    parked = Queue(parked_queue_name(name), exchange=retry_exchange(subscription.service),
+                   routing_key=parked_queue_name(name), durable=True, auto_delete=False, queue_arguments=QUORUM)
+    return main, parked
+
+
+def retry_queues(service):
+    """The service's retry queues, one per delay."""
+    return [Queue(retry_queue_name(service, delay), exchange=retry_exchange(service),
+                  routing_key=retry_routing_key(delay), durable=True, auto_delete=False,
+                  queue_arguments=dict(QUORUM, **AT_LEAST_ONCE, **{
+                      "x-message-ttl": delay, "x-dead-letter-exchange": requeue_exchange(service).name}))
+            for delay in sorted(set(RETRY_DELAYS_MS))]
 
 
 def _replace_if_other_type(connection, exchange):
@@ -80,16 +156,25 @@ def _replace_if_other_type(connection, exchange):
 
 
 def declare(amqp_uri, only=None):
-    """Declare every event exchange and every subscriber queue (``only``: those subscriptions; idempotent)."""
+    """Declare every exchange and every subscriber, retry and parking queue (``only``: those
+    subscriptions' queues; idempotent)."""
+    wanted = only or subscriptions()
     with Connection(amqp_uri, connect_timeout=10) as connection:
         _replace_if_other_type(connection, ORG_CACHE_EXCHANGE)
         channel = connection.channel()
         RPC_EXCHANGE(channel).declare()
         for source in EVENT_SOURCES:
             event_exchange(source)(channel).declare()
-        for subscription in only or subscriptions():
-            for queue in subscriber_queues(subscription):
+        for service in sorted({s.service for s in wanted}):
+            requeue_exchange(service)(channel).declare()
+            for queue in retry_queues(service):
                 queue(channel).declare()
+        for subscription in wanted:
+            main, parked = subscriber_queues(subscription)
+            main(channel).declare()
+            main(channel).bind_to(requeue_exchange(subscription.service),
+                                  arguments={"x-match": "all", REQUEUE_HEADER: main.name})
+            parked(channel).declare()
         channel.close()
 
 
@@ -98,7 +183,7 @@ def provision_users(amqp_uri, environ):
     the administrator of ``amqp_uri`` through the management API (``RABBIT_MANAGEMENT_URL``), each
     named after its component with the password of ``RABBIT_<COMPONENT>_PASSWORD``."""
     from urllib.parse import unquote, urlsplit
-    url = urlsplit(amqp_uri)
+    url = urlsplit(bus.broker_urls(amqp_uri)[0])  # every node of a cluster has the same users
     vhost = unquote(url.path[1:]) if len(url.path) > 1 else "/"
     management = bus.Management(environ["RABBIT_MANAGEMENT_URL"], unquote(url.username), unquote(url.password))
     missing = [c for c in bus.COMPONENTS if not environ.get(f"RABBIT_{c.upper()}_PASSWORD")]

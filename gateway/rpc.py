@@ -18,13 +18,12 @@ import time
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
-from kombu.utils.url import parse_url
 from nameko.containers import WorkerContext
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common import context
+from common import bus, context
 from common.errors import DomainError
 from common.nameko_private import standalone_parts
 from gateway import metrics
@@ -41,12 +40,20 @@ class ServiceUnavailable(Exception):
 
 
 def _probe_broker(amqp_uri, timeout):
-    """Fail fast when nothing listens on the broker's port: kombu's first connect sleeps 2 s
-    before its one retry, which would make every request during an outage that slow."""
-    url = parse_url(amqp_uri)
-    with socket.create_connection((url.get("hostname") or "localhost", url.get("port") or 5672),
-                                  timeout=min(timeout, 1.0)):
-        pass
+    """Fail fast when no broker node listens: kombu's first connect sleeps 2 s before its one
+    retry, which would make every request during an outage that slow.
+
+    ``AMQP_URI`` may list several nodes (kombu's failover syntax, ``amqp://a;amqp://b``): the broker
+    is reachable when any of them answers -- kombu then connects to that one -- so a cluster that
+    lost its first node is not reported "unreachable". The error names every node tried."""
+    failures = []
+    for host, port in bus.broker_addresses(amqp_uri):
+        try:
+            with socket.create_connection((host, port), timeout=min(timeout, 1.0)):
+                return
+        except OSError as error:
+            failures.append(f"{host}:{port}: {error}")
+    raise ConnectionError(f'no broker node answers ({"; ".join(failures)})')
 
 
 class _PooledProxy:

@@ -58,7 +58,8 @@ def main(argv=None):
             break
         time.sleep(0.2)  # polling a folder: the sink writes each message with one rename
     if found is None:
-        print("no mail{} in {}".format(f" to {args.to}" if args.to else "", args.dir), file=sys.stderr)
+        to = f" to {args.to}" if args.to else ""
+        print(f"no mail{to} in {args.dir}", file=sys.stderr)
         return 1
     path, message, text = found
     if args.link:

@@ -73,13 +73,18 @@ class Instance:
             for index, service in enumerate(SERVICES)}
         # gunicorn workers' shared prometheus-client files (multiprocess mode, gateway/metrics.py)
         self.metrics_dir = os.path.join(self.var, "prometheus")
+        # created with quorum as its default queue type (common.bus.provision): not "/", which the
+        # broker created at its first boot with classic queues
         self.vhost = os.environ.get("TEST_RABBIT_VHOST", "orgplatform-" + self.name) if test else os.environ.get(
-            "RABBIT_VHOST", "/")
+            "RABBIT_VHOST", "orgplatform")
         self.db_prefix = os.environ.get("TEST_MONGO_DB_PREFIX", self.name + "_") if test else os.environ.get(
             "MONGO_DB_PREFIX", "")
         self.rabbit_host = os.environ.get("RABBIT_HOST", "127.0.0.1")
-        self.rabbit_port = env_int("RABBIT_PORT", 5672)
-        self.rabbit_mgmt_port = env_int("RABBIT_MANAGEMENT_PORT", 15672)
+        # a broker cluster: RABBIT_PORTS (AMQP) and RABBIT_MANAGEMENT_PORTS list every node's port on
+        # RABBIT_HOST; components get an AMQP_URI naming each node (kombu's failover syntax)
+        self.rabbit_ports = _ports("RABBIT_PORTS") or [env_int("RABBIT_PORT", 5672)]
+        self.rabbit_mgmt_ports = _ports("RABBIT_MANAGEMENT_PORTS") or [env_int("RABBIT_MANAGEMENT_PORT", 15672)]
+        self.rabbit_port, self.rabbit_mgmt_port = self.rabbit_ports[0], self.rabbit_mgmt_ports[0]
         # broker users of this instance: one per component (common/bus.py) plus the instance's admin;
         # users are global on a broker, so their names carry the instance (stacks share a broker)
         self.rabbit_users = {component: (f"orgplatform-{self.name}-{component}",
@@ -99,10 +104,12 @@ class Instance:
         self.test = test
 
     def amqp_uri_for(self, component):
-        """The broker URI of one component, with its own user (``admin``: the instance's admin)."""
+        """The broker URI of one component, with its own user (``admin``: the instance's admin);
+        one URL per broker node, separated by ";" (kombu tries them in order, then fails over)."""
         user, password = self.rabbit_users[component]
         vhost = urllib.request.quote(self.vhost, safe="")
-        return f"amqp://{user}:{password}@{self.rabbit_host}:{self.rabbit_port}/{vhost}"
+        return ";".join(f"amqp://{user}:{password}@{self.rabbit_host}:{port}/{vhost}"
+                        for port in self.rabbit_ports)
 
     @property
     def amqp_uri(self):
@@ -112,6 +119,10 @@ class Instance:
     @property
     def amqp_uri_display(self):
         return self.amqp_uri.replace(f":{self.rabbit_users[bus.ADMIN][1]}@", ":***@")
+
+    def broker_up(self):
+        """Some node of the broker answers on its AMQP port."""
+        return any(port_open(port, self.rabbit_host) for port in self.rabbit_ports)
 
     @property
     def gateway_url(self):
@@ -175,6 +186,10 @@ class Instance:
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env
+
+
+def _ports(name):
+    return [int(port) for port in os.environ.get(name, "").split(",") if port.strip()]
 
 
 def _password(inst, component):
@@ -338,12 +353,17 @@ def stop_epmd():
     subprocess.run(["epmd", "-kill"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def install_rabbitmq():
+    """Debian's rabbitmq-server, installed when missing (the local broker, the fault test's cluster)."""
+    if not os.path.exists(os.path.join(RABBIT_HOME, "rabbitmq-server")):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env)
+
+
 def ensure_rabbitmq(inst):
-    if not port_open(inst.rabbit_port, inst.rabbit_host):
-        if not os.path.exists(os.path.join(RABBIT_HOME, "rabbitmq-server")):
-            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-            run(["apt-get", "update", "-qq"], env=env)
-            run(["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env)
+    if not inst.broker_up():
+        install_rabbitmq()
         base = os.path.join(ROOT, "var", "rabbitmq")
         os.makedirs(os.path.join(base, "mnesia"), exist_ok=True)
         os.makedirs(os.path.join(base, "log"), exist_ok=True)
@@ -416,6 +436,10 @@ def broker_admin(inst):
 
 
 def _management_url(inst):
+    """The management API of the first node that answers (a cluster's nodes share it all)."""
+    for port in inst.rabbit_mgmt_ports:
+        if port_open(port, inst.rabbit_host):
+            return f"http://{inst.rabbit_host}:{port}"
     return f"http://{inst.rabbit_host}:{inst.rabbit_mgmt_port}"
 
 
@@ -763,9 +787,9 @@ def up(inst, quiet=False):
         print(f"  gateway     {inst.gateway_url}/api/v1   (OpenAPI: {inst.gateway_url}/api/v1/openapi.json)")
         print(f"              nginx in front of gunicorn on {inst.upstream_url} (private)")
         print(f"  rabbitmq    {inst.amqp_uri_display}  (management http://{inst.rabbit_host}:{inst.rabbit_mgmt_port})")
-        print("  mongodb     {}{}".format(inst.mongo_url, "" if inst.external_mongo else "  (FerretDB on %s)" % (
-            f"PostgreSQL 127.0.0.1:{inst.postgres_port}, data in var/postgres"
-            if inst.ferretdb_handler == "postgresql" else "SQLite, data in var/ferretdb")))
+        storage = (f"PostgreSQL 127.0.0.1:{inst.postgres_port}, data in var/postgres"
+                   if inst.ferretdb_handler == "postgresql" else "SQLite, data in var/ferretdb")
+        print(f"  mongodb     {inst.mongo_url}{'' if inst.external_mongo else f'  (FerretDB on {storage})'}")
         print(f"  smtp sink   127.0.0.1:{inst.smtp_port}  (messages in {os.path.relpath(inst.mail_dir, ROOT)})")
         print(f"  logs        {os.path.relpath(inst.log_dir, ROOT)}/*.log")
         print(f"  metrics     {inst.upstream_url}/metrics  (gateway, private port)")
@@ -803,7 +827,7 @@ def start_isolated(inst):
 
     Returns the infrastructure this call had to start, for :func:`stop_isolated`.
     """
-    rabbit_was_up = port_open(inst.rabbit_port, inst.rabbit_host)
+    rabbit_was_up = inst.broker_up()
     mongo_was_up = inst.external_mongo or port_open(inst.mongo_port)
     postgres_was_up = mongo_was_up or inst.ferretdb_handler != "postgresql" or port_open(inst.postgres_port)
     down(inst, infra=False)  # leftovers of an interrupted run
@@ -831,7 +855,7 @@ def stop_isolated(inst, started_infra, drop=False):
 
 
 def status(inst):
-    rows = [("rabbitmq", port_open(inst.rabbit_port, inst.rabbit_host), inst.amqp_uri_display),
+    rows = [("rabbitmq", inst.broker_up(), inst.amqp_uri_display),
             ("mongodb", port_open(inst.mongo_port) if not inst.external_mongo else None, inst.mongo_url)]
     if not inst.external_mongo and inst.ferretdb_handler == "postgresql":
         rows.append(("postgres", port_open(inst.postgres_port), f"127.0.0.1:{inst.postgres_port} (FerretDB's storage)"))

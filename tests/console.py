@@ -60,9 +60,9 @@ class Person:
         self.page.screenshot(path=path, full_page=True)
         results = axe().run(self.page)
         bad = [v for v in results.response["violations"] if v.get("impact") in BAD_IMPACTS]
-        assert not bad, "{}: axe found {}".format(name, json.dumps(
-            [{"id": v["id"], "impact": v["impact"], "nodes": [n["html"] for n in v["nodes"]][:3]} for v in bad],
-            indent=1))
+        found = json.dumps([{"id": v["id"], "impact": v["impact"], "nodes": [n["html"] for n in v["nodes"]][:3]}
+                            for v in bad], indent=1)
+        assert not bad, f"{name}: axe found {found}"
         CHECKED.append((name, self.page.url))
 
     def fill(self, label, value):

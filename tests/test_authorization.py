@@ -55,8 +55,8 @@ def test_forged_tokens_are_401(gateway, test_stack, owner, attack):
         header = {"alg": "HS256", "typ": "JWT", "kid": real_kid}
         import hashlib
         import hmac
-        signing_input = "{}.{}".format(b64(header), b64(dict(claims, iss="orgplatform", sid="x", jti="y",
-                                                             iat=int(time.time()), exp=int(time.time()) + 60)))
+        body = dict(claims, iss="orgplatform", sid="x", jti="y", iat=int(time.time()), exp=int(time.time()) + 60)
+        signing_input = f"{b64(header)}.{b64(body)}"
         signature = base64.urlsafe_b64encode(hmac.new(public.encode(), signing_input.encode(),
                                                       hashlib.sha256).digest()).decode().rstrip("=")
         token = signing_input + "." + signature

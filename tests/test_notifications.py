@@ -15,7 +15,7 @@ from common import events, pages
 from common.envelope import envelope
 from common.events import make_event
 from common.subscriptions import Subscription
-from common.topology import event_exchange, queue_name
+from common.topology import event_exchange, queue_name, retry_delay_ms, retry_queue_name
 from services.notifications import dispatch
 from services.notifications.settings import NotificationsSettings
 from stack import stack
@@ -508,12 +508,13 @@ def test_an_event_whose_handler_fails_is_retried_not_lost(test_stack, mailbox, n
     org_id, owner_email = uuid.uuid4().hex, unique_email("late-owner")
     _, _, joined = make_event(events.MEMBER_JOINED, org_id, user_id=uuid.uuid4().hex, email=unique_email("early"),
                               name="Early Eddie", role="member", via_invite=True, is_owner=False)
-    queue = to_notifications(test_stack, events.MEMBER_JOINED, joined)
+    to_notifications(test_stack, events.MEMBER_JOINED, joined)
     # the handler ran (it stores the member before it looks for the owner) and failed ...
     wait_until(lambda: notifications_db.members.find_one({"_id": f'{org_id}:{joined["user_id"]}'}),
                what="the member_joined handler to run")
     # ... and handed the event to the retry queue instead of acking it away
-    wait_until(lambda: waiting_on(test_stack, queue + ".retry") > 0, what="the event on the retry queue")
+    first_retry = retry_queue_name("notifications", retry_delay_ms(1))
+    wait_until(lambda: waiting_on(test_stack, first_retry) > 0, what="the event on the retry queue")
     assert notifications_db.deliveries.count_documents({"org_id": org_id}) == 0
     _, _, created = make_event(events.ORGANIZATION_CREATED, org_id, name="Late Lab", owner_user_id=uuid.uuid4().hex,
                                owner_email=owner_email, owner_name="Lena Late")
