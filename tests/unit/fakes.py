@@ -515,8 +515,9 @@ class FakeNotificationsStore(FakeStore):
     def settings(self, org_id):
         return _copy(self.prefs.get(org_id))
 
-    def put_settings(self, org_id, fields):
+    def put_settings(self, org_id, fields, *events):
         self.prefs.setdefault(org_id, {"_id": org_id}).update(fields)
+        self.outbox.publish_all(events)
         return _copy(self.prefs[org_id])
 
     def decide_once(self, key, recipients):
