@@ -13,6 +13,7 @@ from common import bus, events
 from common.events import utcnow
 from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.liveness import Liveness
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
@@ -42,6 +43,7 @@ class Mailer(DependencyProvider):
 class NotificationsService:
     name = "notifications"
     context = RequestContext()  # the request and event id of each worker (common/context.py)
+    liveness = Liveness()  # a heartbeat while the queue consumer consumes (common/liveness.py, common/probe.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(NotificationsStore, "notifications")

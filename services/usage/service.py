@@ -6,6 +6,7 @@ from common import bus, events
 from common.errors import DomainError
 from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.liveness import Liveness
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.rpc import ask
@@ -22,6 +23,7 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 class UsageService:
     name = "usage"
     context = RequestContext()  # the request and event id of each worker (common/context.py)
+    liveness = Liveness()  # a heartbeat while the queue consumer consumes (common/liveness.py, common/probe.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(UsageStore, "usage")
