@@ -1,6 +1,6 @@
 """Every use of nameko's private internals, in one place, pinned to the version they were read from.
 
-nameko 2.14.1 offers no public way to do four things this project needs; each is done here and
+nameko 2.14.1 offers no public way to do five things this project needs; each is done here and
 nowhere else, and ``tests/unit/test_nameko_private.py`` fails on any other nameko version or when
 an internal it relies on is gone -- so an upgrade is a conscious step, not a silent break:
 
@@ -10,6 +10,8 @@ an internal it relies on is gone -- so an upgrade is a conscious step, not a sil
   (``common/timers.py``);
 * a **standalone proxy's worker context and reply listener** (``ClusterRpcProxy._worker_ctx`` /
   ``._reply_listener``), from which the gateway builds one context per call (``gateway/rpc.py``);
+* the **queue consumer's loop** (``QueueConsumer.on_iteration``, kombu's ``ConsumerMixin`` hook),
+  which the liveness heartbeat rides on (``common/liveness.py``);
 * the **RPC exchange and reply queue** declarations (``nameko.rpc.get_rpc_exchange``,
   ``ReplyListener.setup``), patched so components declare no exchange (``common/bus.py``).
 """
@@ -31,6 +33,20 @@ def event_queue_name(source, event_type, service, method):
 def standalone_parts(proxy):
     """``(worker context, reply listener)`` of a started ``ClusterRpcProxy``."""
     return proxy._worker_ctx, proxy._reply_listener
+
+
+def after_each_consume_round(container, callback):
+    """Call ``callback()`` after every round of the container's queue consumer: kombu's consume loop
+    calls ``on_iteration`` after each ``drain_events`` (at least once a second while idle)."""
+    from nameko.messaging import QueueConsumer
+
+    for consumer in {extension for extension in container.extensions if isinstance(extension, QueueConsumer)}:
+        original = consumer.on_iteration
+
+        def on_iteration(original=original):
+            callback()
+            return original()
+        consumer.on_iteration = on_iteration  # an instance attribute: kombu calls self.on_iteration()
 
 
 class PacedTimer(Timer):

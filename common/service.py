@@ -2,12 +2,14 @@
 
 Importing this makes the process's nameko declare no exchange and name its replies after the
 service (``common/bus.py``). :class:`Service` carries the dependencies every service has -- the
-request and event id of each worker (``common/context.py``) and ``/metrics`` on ``METRICS_PORT``
-(``common/metrics.py``); a service adds its store, its settings and its own providers. It has no
+request and event id of each worker (``common/context.py``), the liveness heartbeat
+(``common/liveness.py``) and ``/metrics`` on ``METRICS_PORT`` (``common/metrics.py``); a service adds its store, its
+settings and its own providers. It has no
 entrypoint, so ``nameko run`` never takes it for a service.
 """
 from common import bus
 from common.context import RequestContext
+from common.liveness import Liveness
 from common.metrics import Metrics
 from common.validation import checked_rpc
 
@@ -19,4 +21,5 @@ domain_rpc = checked_rpc
 
 class Service:
     context = RequestContext()
+    liveness = Liveness()  # a heartbeat while the queue consumer consumes (common/liveness.py, common/probe.py)
     metrics = Metrics()

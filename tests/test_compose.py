@@ -304,11 +304,11 @@ def test_service_healthcheck_is_the_probe_module(services, name):
     assert os.path.exists(os.path.join(ROOT, "common", "probe.py"))
 
 
-def test_gateway_listens_on_8080_inside_and_checks_healthz(services):
+def test_gateway_listens_on_8080_inside_and_checks_its_own_readiness(services):
     gateway = services["gateway"]
     assert not gateway.get("ports"), "the gateway is reached through nginx only"
     test = gateway["healthcheck"]["test"]
-    assert "http://127.0.0.1:8080/healthz" in " ".join(test)
+    assert "http://127.0.0.1:8080/readyz/gateway" in " ".join(test)
     if test[:3] == ["CMD", "python", "-c"]:
         compile(test[3], "<gateway healthcheck>", "exec")
     assert environment(gateway).get("GATEWAY_BIND") == "0.0.0.0:8080"

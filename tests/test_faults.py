@@ -69,6 +69,9 @@ def check_outage(gateway, owner, service):
             assert answer.status_code == 200, (other, answer.text)
     ready = gateway.get(gateway.base_url + "/readyz")
     assert ready.status_code == 503 and ready.json()["checks"][service].startswith("unavailable")
+    # the load balancer's question: one service down does not take the gateway out of rotation
+    own = gateway.get(gateway.base_url + "/readyz/gateway")
+    assert own.status_code == 200 and own.json()["checks"] == {"broker": "ok"}, own.text
 
 
 class Traffic:
@@ -124,12 +127,17 @@ def test_rabbitmq_restart_mid_traffic(gateway, test_stack, owner, tap):
             assert_error(response, 503, "service_unavailable")
             assert elapsed < 2, f"503 took {elapsed:.2f}s"
         assert gateway.get(gateway.base_url + "/healthz").status_code == 200
+        # without the broker the gateway can serve nothing but static answers: out of rotation
+        wait_until(lambda: gateway.get(gateway.base_url + "/readyz/gateway").status_code == 503, timeout=15,
+                   what="the gateway's own readiness to fail without the broker")
     finally:
         stack.ensure_rabbitmq(test_stack)
         tap.reconnect()  # the suite's own listener (a test helper, not the product) listens anew
     # everything reconnects by itself
     wait_until(lambda: gateway.get(gateway.base_url + "/readyz").status_code == 200, timeout=90, interval=0.5,
                what="readiness after the broker restart")
+    wait_until(lambda: gateway.get(gateway.base_url + "/readyz/gateway").status_code == 200, timeout=30,
+               what="the gateway's own readiness after the broker restart")
     wait_until(lambda: gateway.get(f"/organizations/{owner.org_id}", owner.token).status_code == 200,
                timeout=30, what="the traffic route to answer again")
     results, errors = traffic.stop()

@@ -95,6 +95,22 @@ def test_each_component_is_a_deployment_ready_for_production(base, name):
 
 
 @pytest.mark.parametrize("name", SERVICES)
+def test_each_service_is_alive_while_its_consumer_beats_into_a_writable_tmp(base, name):
+    deployment = base[("Deployment", name)]
+    main = container(deployment)
+    assert main["livenessProbe"]["exec"]["command"] == ["python", "-m", "common.probe"]
+    # the heartbeat (common/heartbeat.py) is a file in the temporary directory of a read-only root
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in deployment["spec"]["template"]["spec"]["volumes"]
+
+
+def test_the_gateway_is_ready_when_it_reaches_the_broker_not_when_every_service_does(base):
+    main = container(base[("Deployment", "gateway")])
+    assert main["readinessProbe"]["httpGet"]["path"] == "/readyz/gateway"
+    assert main["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@pytest.mark.parametrize("name", SERVICES)
 def test_each_service_scales_on_the_depth_of_its_own_queues(base, name):
     [trigger] = base[("ScaledObject", name)]["spec"]["triggers"]
     assert trigger["type"] == "rabbitmq" and trigger["authenticationRef"]["name"] == "rabbitmq-management"

@@ -37,6 +37,14 @@ def test_a_standalone_proxy_keeps_its_worker_context_and_reply_listener_where_we
     assert "ClusterProxy(self._worker_ctx, self._reply_listener)" in inspect.getsource(ClusterRpcProxy)
 
 
+def test_the_consume_loop_calls_on_iteration_after_each_round():
+    from kombu.mixins import ConsumerMixin
+    from nameko.messaging import QueueConsumer
+
+    assert issubclass(QueueConsumer, ConsumerMixin)
+    assert "self.on_iteration()" in inspect.getsource(ConsumerMixin.consume)
+
+
 def test_the_reply_listener_and_rpc_exchange_we_patch_exist():
     assert callable(rpc.get_rpc_exchange) and callable(rpc.ReplyListener.setup)
     assert "{}" in rpc.RPC_REPLY_QUEUE_TEMPLATE and rpc.RPC_REPLY_QUEUE_TTL
