@@ -211,11 +211,16 @@ def test_20_concurrent_exports_are_bounded_and_me_stays_fast(gateway, owner):
     answers = concurrently(20, lambda _: requests.get(path, headers=headers, timeout=60))
     me.stop()
     statuses = sorted(getattr(a, "status_code", repr(a)) for a in answers)
-    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+    # 503: on a machine busy with other work one of the admitted exports' RPCs may outlast RPC_TIMEOUT
+    # (a clean "try again", like the storage reports above); what matters is that the excess is refused
+    assert set(statuses) <= {200, 429, 503} and 200 in statuses and 429 in statuses, statuses
     for answer in answers:
         if answer.status_code == 429:
             assert_error(answer, 429, "rate_limited")
             assert answer.headers["Retry-After"] == "1"
+        elif answer.status_code == 503:
+            assert_error(answer, 503, "service_unavailable")
+            assert answer.headers["Retry-After"]
         else:
             assert len(answer.content) >= size - 1000 and answer.json()["organization_id"] == owner.org_id
     assert set(me.statuses) == {200}, me.statuses
