@@ -1,0 +1,65 @@
+"""Reading an organization's log: the filtered, paginated list (newest first) and the export."""
+from common.errors import DomainError
+from common.validation import decode_sequence
+from services.audit import chain, entries
+from services.audit.schemas import present
+
+MAX_PAGE = 200
+MAX_ACTOR = 100
+
+
+def _invalid(field, message):
+    return DomainError("validation_failed", "invalid input", {field: [message]})
+
+
+def refuse_if_purged(store, org_id):
+    """410 for a deleted organization: its log is gone with it."""
+    if store.was_purged(org_id):
+        raise DomainError("organization_gone", "organization is deleted or being deleted")
+
+
+def _filter(action, actor, since):
+    """The ``keep`` of a page walk (``common/pages.py``): the filters are applied page by page, so a
+    filtered list still reads the log by page key alone."""
+    if action is not None and action not in entries.ACTIONS and action not in entries.KINDS:
+        raise _invalid("action", "Must be one of: %s (or a kind: %s)." % (", ".join(entries.ACTIONS),
+                                                                          ", ".join(entries.KINDS)))
+    if actor is not None and (not isinstance(actor, str) or not 1 <= len(actor) <= MAX_ACTOR):
+        raise _invalid("actor", "Must be a user id or system.")
+    if since is not None and not isinstance(since, str):
+        raise _invalid("since", "Must be an ISO 8601 moment.")
+
+    def keep(doc):
+        if action is not None and doc["action"] != action and doc["action"].split(".")[0] != action:
+            return False
+        if actor is not None:
+            who = doc["actor"] if doc["actor"] == "system" else (doc["actor"] or {}).get("user_id")
+            if who != actor:
+                return False
+        return since is None or doc["at"] >= since  # both ISO 8601 UTC with milliseconds and a Z
+    return keep
+
+
+def list_entries(store, org_id, limit=50, cursor=None, action=None, actor=None, since=None):
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise _invalid("limit", "Must be between 1 and %d." % MAX_PAGE)
+    before = decode_sequence(cursor) if cursor is not None else None
+    keep = _filter(action, actor, since)
+    refuse_if_purged(store, org_id)
+    head = store.head(org_id)
+    if head is None:
+        return {"items": [], "next_cursor": None}
+    first = (store.retained(org_id) or {}).get("first_seq") or 1
+    page = store.entries_newest_first(org_id, head["seq"], limit + 1, before,
+                                      keep=lambda doc: doc["seq"] >= first and keep(doc), lowest=first)
+    return {"items": [present(doc) for doc in page[:limit]],
+            "next_cursor": str(page[limit - 1]["seq"]) if len(page) > limit else None}
+
+
+def export(store, org_id):
+    """The whole kept log, oldest first, with its verification (the organization's export)."""
+    refuse_if_purged(store, org_id)
+    verification = chain.verify(store, org_id)
+    first = verification["first_sequence"] or 1
+    docs = store.entries_oldest_first(org_id, first, verification["last_sequence"] or 0)
+    return {"entries": [present(doc) for doc in docs], "verification": verification}

@@ -1,0 +1,116 @@
+"""Mongo access for the audit service: each organization's log, a hash chain of entries.
+
+* ``entries``: one document per entry, numbered per organization (``seq`` 1, 2, 3, ...) with a page
+  key (``common/pages.py``), so every read of a log -- a page of the list, a verification, the
+  retention's oldest entries -- is ``find({"pk": key})``: equality alone, which FerretDB pushes down,
+  never a range or a sort over the organization's history. The unique ``(org_id, seq)`` index makes
+  appending entry ``n + 1`` a race exactly one writer wins (as the usage ledger does); ``_id`` is
+  derived from the event, so a redelivered event finds its entry instead of adding one.
+* ``chains``: per organization the top page of its log (moved up before the first entry of a new
+  page is written, so readers never miss an entry) and the moment of its first entry.
+* ``retention``: per organization what retention removed: the first entry still kept and the hash
+  the chain continues from (its *anchor*). A document of its own, so the retention's writes and the
+  appends' ``$max`` on the top page never touch the same document (the local server updates a
+  document as read-modify-write of the whole).
+* ``retention_claims``: one insert per retention run decides which replica does it.
+"""
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.errors import DuplicateKeyError
+
+from common import pages
+from common.mongo import Store, purge_delete
+
+
+class AuditStore(Store):
+    INDEXES = {
+        "entries": [IndexModel([("org_id", ASCENDING), ("seq", DESCENDING)], unique=True, name="org_seq"),
+                    IndexModel([(pages.FIELD, ASCENDING)])],
+        "chains": [],
+        "retention": [],
+        "retention_claims": [],
+    }
+
+    # -- the chain of one organization ---------------------------------------------------------------
+    def chain(self, org_id):
+        return self.db.chains.find_one({"_id": org_id})
+
+    def chains(self):
+        """Every organization's chain document (one per organization: the retention's list)."""
+        return list(self.db.chains.find({}))
+
+    def start_chain(self, org_id, at):
+        """The organization's chain document, created with its first entry's moment if missing."""
+        try:
+            self.db.chains.update_one({"_id": org_id}, {"$setOnInsert": {"top_page": 0, "first_at": at}},
+                                      upsert=True)
+        except DuplicateKeyError:  # a concurrent first append created it
+            pass
+
+    def page(self, key):
+        return list(self.db.entries.find({pages.FIELD: key}))
+
+    def head(self, org_id, chain=None):
+        """The newest entry: in the top page, or in the one below when the writer that moved the top
+        up has not inserted (yet, or ever). At most two page reads."""
+        chain = chain if chain is not None else (self.chain(org_id) or {})
+        top = chain.get("top_page") or 0
+        for page in (top, top - 1) if top > 0 else (0,):
+            docs = self.page(pages.key_of_page(org_id, page))
+            if docs:
+                return max(docs, key=lambda doc: doc["seq"])
+        return None
+
+    def entry(self, entry_id):
+        return self.db.entries.find_one({"_id": entry_id})
+
+    def insert_entry(self, doc):
+        """Insert entry ``seq``; False if ``seq`` or ``_id`` is taken (the caller re-reads)."""
+        if pages.starts_page(doc["seq"]):
+            self.db.chains.update_one({"_id": doc["org_id"]}, {"$max": {"top_page": pages.number(doc["seq"])}})
+        try:
+            self.db.entries.insert_one(dict(doc, **{pages.FIELD: pages.key(doc["org_id"], doc["seq"])}))
+            return True
+        except DuplicateKeyError:
+            return False
+
+    def entries_oldest_first(self, org_id, first_seq, top_seq):
+        """Every kept entry from ``first_seq`` up, a page key at a time."""
+        found = []
+        for page in range(pages.number(first_seq), pages.number(top_seq) + 1 if top_seq >= 1 else 0):
+            found.extend(doc for doc in self.page(pages.key_of_page(org_id, page)) if doc["seq"] >= first_seq)
+        found.sort(key=lambda doc: doc["seq"])
+        return found
+
+    def entries_newest_first(self, org_id, top_seq, limit, before=None, keep=None, lowest=1):
+        return pages.newest_first(self.page, org_id, top_seq, limit, before, field="seq", keep=keep, lowest=lowest)
+
+    # -- retention -----------------------------------------------------------------------------------
+    def retained(self, org_id):
+        """``{"first_seq", "anchor", "first_at"}`` after a retention run, else None (all kept)."""
+        return self.db.retention.find_one({"_id": org_id})
+
+    def retire(self, org_id, first_seq, anchor, first_at, entry_ids):
+        """Entries below ``first_seq`` leave the log: the new start is written first (a crash then
+        leaves entries nobody reads, never a chain with a gap), then the entries go. Runs under a
+        claim (:meth:`claim_run`), so no two replicas retire at once."""
+        existing = self.retained(org_id)
+        if existing is None or existing["first_seq"] < first_seq:
+            self.db.retention.replace_one({"_id": org_id}, {"_id": org_id, "first_seq": first_seq, "anchor": anchor,
+                                                            "first_at": first_at}, upsert=True)
+        return purge_delete(self.db.entries, "_id", entry_ids)
+
+    def claim_run(self, run_id):
+        """True for the one replica whose insert of ``run_id`` wins; older claims are dropped."""
+        try:
+            self.db.retention_claims.insert_one({"_id": run_id})
+        except DuplicateKeyError:
+            return False
+        self.db.retention_claims.delete_many({"_id": {"$ne": run_id}})
+        return True
+
+    # -- deletion ------------------------------------------------------------------------------------
+    def delete_organization(self, org_id):
+        """Every document of the organization, by collection (also what a racing append left)."""
+        return {"entries": purge_delete(self.db.entries, "org_id", [org_id]),
+                "chains": purge_delete(self.db.chains, "_id", [org_id]),
+                "retention": purge_delete(self.db.retention, "_id", [org_id])}
