@@ -21,7 +21,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-SERVICES = ("org", "membership", "notifications", "usage")
+SERVICES = ("org", "membership", "notifications", "usage", "audit")
 RABBIT_HOME = "/usr/lib/rabbitmq/bin"
 SECRETS = os.path.join(ROOT, "var", "secrets")
 #: the broker administrator a broker we start is created with (see broker_admin)
