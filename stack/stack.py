@@ -182,6 +182,8 @@ class Instance:
                 # usage: grant expiry and repair timers tick every second in tests
                 env.setdefault("USAGE_EXPIRY_SECONDS", "1")
                 env.setdefault("USAGE_REPAIR_SECONDS", "1")
+                # audit: a retention run every second (each run is claimed; tests/test_audit.py)
+                env.setdefault("AUDIT_RETENTION_SECONDS", "1")
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env
