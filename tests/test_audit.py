@@ -317,3 +317,21 @@ def test_a_retention_run_is_claimed_by_one_replica(test_stack, audit_db):
     store = AuditStore(audit_db)
     run_id = "retention:test-%s" % uuid.uuid4().hex
     assert [store.claim_run(run_id) for _ in range(3)] == [True, False, False]
+
+
+def test_the_console_shows_the_activity_tab(people):
+    """Admins see who did what in the console's Activity tab (axe-checked like every page)."""
+    ada = people("activity")
+    ada.goto("/")
+    ada.signup("Ada Activity", unique_email("activity"), "Active Lab")
+    ada.fill("Organization name", "Very Active Lab")
+    ada.submit("Save name")
+    assert ada.flash() == "The organization is renamed."
+    ada.page.get_by_role("link", name="Activity").click()
+    rows = ada.page.locator("tr.activity")
+    wait_until(lambda: (rows.count() == 3) or ada.page.reload() and False, timeout=30, interval=0.5,
+               what="three activity rows")
+    text = ada.page.locator("table").inner_text()
+    assert "renamed the organization" in text and "created the organization" in text and "joined" in text
+    assert "Ada Activity" in text and "Very Active Lab" in text
+    ada.check("activity")
