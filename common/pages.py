@@ -24,13 +24,14 @@ PAGE = 32
 FIELD = "pk"
 
 
-def number(ordinal):
-    """The page that holds ``ordinal`` (ordinals start at 1)."""
-    return (max(int(ordinal), 1) - 1) // PAGE
+def number(ordinal, size=PAGE):
+    """The page that holds ``ordinal`` (ordinals start at 1); ``size``: documents per page (a list
+    read whole, like an audit log's verification, may keep a coarser key beside ``pk``)."""
+    return (max(int(ordinal), 1) - 1) // size
 
 
-def key(org_id, ordinal):
-    return "%s/%d" % (org_id, number(ordinal))
+def key(org_id, ordinal, size=PAGE):
+    return "%s/%d" % (org_id, number(ordinal, size))
 
 
 def key_of_page(org_id, page):

@@ -345,7 +345,7 @@ class ExportSchema(Open):
     membership = fields.Dict(required=True, metadata={"description": "members and invites (no tokens)"})
     notifications = fields.Dict(required=True, metadata={"description": "settings and delivery log"})
     usage = fields.Dict(required=True, metadata={"description": "storage report, credit ledger, reservations"})
-    audit = fields.Dict(required=True, metadata={"description": "the activity log, oldest first, and its verification"})
+    audit = fields.Dict(required=True, metadata={"description": "the activity log, oldest first, with its chain's anchor and head hash"})
 
 
 class DeleteAccountRequest(Strict):
@@ -613,10 +613,20 @@ class AuditBreakSchema(Open):
     reason = fields.String(required=True, validate=validate.OneOf(("hash_mismatch", "missing", "link_mismatch")))
 
 
+class AuditVerifyQuery(Strict):
+    cursor = fields.String(load_default=None, validate=SEQUENCE_CURSOR, metadata={
+        "description": "the `next_cursor` of the previous call: go on after that entry"})
+
+
 class AuditVerificationSchema(Open):
     organization_id = fields.String(required=True)
-    ok = fields.Boolean(required=True)
-    entries = fields.Integer(required=True, metadata={"description": "entries checked"})
+    ok = fields.Boolean(required=True, metadata={"description": "no entry of the checked range failed"})
+    entries = fields.Integer(required=True, metadata={"description": "entries checked by this call"})
+    checked_from = fields.Integer(allow_none=True, required=True)
+    checked_to = fields.Integer(allow_none=True, required=True)
+    next_cursor = fields.String(allow_none=True, required=True, metadata={
+        "description": "null: checked up to the newest entry; else call again with it (a big log is "
+                       "checked over several calls, each within the service's time budget)"})
     first_sequence = fields.Integer(allow_none=True, required=True, metadata={
         "description": "the oldest entry kept (older ones left by retention; the chain starts from its anchor)"})
     last_sequence = fields.Integer(allow_none=True, required=True)

@@ -335,3 +335,36 @@ def test_the_console_shows_the_activity_tab(people):
     assert "renamed the organization" in text and "created the organization" in text and "joined" in text
     assert "Ada Activity" in text and "Very Active Lab" in text
     ada.check("activity")
+
+
+def test_a_big_log_is_verified_over_several_calls_that_check_it_all(gateway, owner, audit_db):
+    """Each call stops within the service's budget (0 s in tests: one bulk read of 1,024 entries) and
+    names where to go on; together the calls check every entry, and a change past the first call is
+    found by the call that reaches it."""
+    from bench import shapes
+
+    org = owner.org_id
+    path = "/organizations/%s/audit-log/verify" % org
+    head = wait_until(lambda: (lambda v: v if v["last_sequence"] == 2 else None)(gateway.get(path, owner.token).json()),
+                      what="the sign-up's entries")
+    shapes.insert(audit_db.entries, shapes.audit_log(org, 2_500, first_seq=3, previous=head["head_hash"]))
+    shapes.move_audit_top(audit_db, org, 2_502)
+
+    def verify_all():
+        calls, cursor = [], None
+        while True:
+            answer = gateway.get(path + ("?cursor=%s" % cursor if cursor else ""), owner.token).json()
+            calls.append(answer)
+            cursor = answer["next_cursor"]
+            if cursor is None or not answer["ok"]:
+                return calls
+    calls = verify_all()
+    assert len(calls) == 3 and all(c["ok"] for c in calls), calls
+    assert [(c["checked_from"], c["checked_to"]) for c in calls] == [(1, 1024), (1025, 2048), (2049, 2502)]
+    assert sum(c["entries"] for c in calls) == 2_502
+
+    victim = audit_db.entries.find_one({"org_id": org, "seq": 2_000})
+    audit_db.entries.update_one({"_id": victim["_id"]}, {"$set": {"details.name": "Rewritten"}})
+    calls = verify_all()
+    assert len(calls) == 2 and calls[0]["ok"] and not calls[1]["ok"], calls
+    assert calls[1]["broken_at"] == {"sequence": 2_000, "id": victim["_id"], "reason": "hash_mismatch"}

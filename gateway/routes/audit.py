@@ -17,7 +17,8 @@ def list_audit_log(org_id, query):
 
 @api.route("/organizations/<org_id>/audit-log/verify", "GET", ADMIN,
            "Recompute the log's hash chain: does every entry still hash to what the next one names?", "audit",
-           response=s.AuditVerificationSchema, errors=("410",), bulkhead="export")
-def verify_audit_log(org_id):
-    """`ok: false` names the first entry that was changed, removed or reordered (`broken_at`)."""
-    return rpc("audit", "verify", org_id)
+           query=s.AuditVerifyQuery, response=s.AuditVerificationSchema, errors=("410",), bulkhead="export")
+def verify_audit_log(org_id, query):
+    """`ok: false` names the first entry that was changed, removed or reordered (`broken_at`). A big log
+    is checked over several calls: while `next_cursor` is not null, call again with `cursor` set to it."""
+    return rpc("audit", "verify", org_id, query["cursor"])

@@ -18,7 +18,7 @@ import threading
 import time
 
 from common.errors import DomainError
-from common.events import isoformat, utcnow
+from common.events import utcnow
 
 #: the fields an entry's hash covers (``previous`` is the link), in the API's names
 HASHED = ("id", "organization_id", "sequence", "at", "actor", "action", "target", "details", "request_id",
@@ -81,26 +81,55 @@ def _anchor(store, org_id):
     return (store.retained(org_id) or {}).get("anchor") or ""
 
 
-def verify(store, org_id):
-    """Recompute the organization's chain; ``broken_at`` names the first entry that does not match."""
-    chain = store.chain(org_id)
+def verify(store, org_id, after=None, budget_seconds=None):
+    """Recompute the organization's chain; ``broken_at`` names the first entry that does not match.
+
+    A big log takes longer than one call may (10,000 entries: seconds on FerretDB, which decodes
+    every document it returns), so a call stops after ``budget_seconds`` at the end of a bulk read and
+    answers ``next_cursor``: the last entry it checked. The next call (``after`` = that cursor) links
+    on from that entry's stored hash, which the previous call checked against its content, so the
+    calls together check exactly what one call would."""
+    started = time.monotonic()
+    chain_doc = store.chain(org_id)
     retained = store.retained(org_id) or {}
-    first_seq, previous = retained.get("first_seq") or 1, retained.get("anchor") or ""
-    head = store.head(org_id, chain) if chain else None
+    first_seq = retained.get("first_seq") or 1
+    head = store.head(org_id, chain_doc) if chain_doc else None
     top = head["seq"] if head else 0
     result = {"organization_id": org_id, "ok": True, "entries": 0, "first_sequence": first_seq if head else None,
               "last_sequence": top or None, "head_hash": head["hash"] if head else None, "broken_at": None,
-              "checked_at": isoformat(utcnow())}
-    expected = first_seq
-    for doc in store.entries_oldest_first(org_id, first_seq, top):
-        if doc["seq"] != expected:
-            return dict(result, ok=False, broken_at={"sequence": expected, "id": None, "reason": "missing"})
-        if doc.get("previous") != previous:
-            return dict(result, ok=False, broken_at={"sequence": doc["seq"], "id": doc["_id"], "reason": "link_mismatch"})
-        if digest(doc) != doc.get("hash"):
-            return dict(result, ok=False, broken_at={"sequence": doc["seq"], "id": doc["_id"], "reason": "hash_mismatch"})
-        previous, expected = doc["hash"], expected + 1
-        result["entries"] += 1
-    if head is not None and expected <= top:  # the newest entries are gone
-        return dict(result, ok=False, broken_at={"sequence": expected, "id": None, "reason": "missing"})
+              "checked_from": None, "checked_to": None, "next_cursor": None}
+    if head is None:
+        return result
+    start = first_seq if after is None else max(int(after) + 1, first_seq)
+    if start > top:
+        return result
+    # the link into the first entry checked: the anchor, or the stored hash of the entry before it
+    previous = retained.get("anchor") or ""
+    if start > first_seq:
+        before = store.entry_at(org_id, start - 1)
+        if before is None:
+            return _broken(result, start - 1, None, "missing")
+        previous = before.get("hash")
+    expected = start
+    for docs in store.bulks(org_id, start, top):
+        for doc in docs:
+            if doc["seq"] != expected:
+                return _broken(result, expected, None, "missing")
+            if doc.get("previous") != previous:
+                return _broken(result, doc["seq"], doc["_id"], "link_mismatch")
+            if digest(doc) != doc.get("hash"):
+                return _broken(result, doc["seq"], doc["_id"], "hash_mismatch")
+            if result["checked_from"] is None:
+                result["checked_from"] = doc["seq"]
+            result["checked_to"] = doc["seq"]
+            previous, expected = doc["hash"], expected + 1
+            result["entries"] += 1
+        if expected <= top and budget_seconds is not None and time.monotonic() - started > budget_seconds:
+            return dict(result, next_cursor=str(expected - 1))  # the rest in the next call
+    if expected <= top:  # entries up to the head are gone
+        return _broken(result, expected, None, "missing")
     return result
+
+
+def _broken(result, sequence, entry_id, reason):
+    return dict(result, ok=False, broken_at={"sequence": sequence, "id": entry_id, "reason": reason})

@@ -56,10 +56,20 @@ def list_entries(store, org_id, limit=50, cursor=None, action=None, actor=None, 
             "next_cursor": str(page[limit - 1]["seq"]) if len(page) > limit else None}
 
 
-def export(store, org_id):
-    """The whole kept log, oldest first, with its verification (the organization's export)."""
+def verify(store, org_id, cursor=None, budget_seconds=None):
+    after = decode_sequence(cursor) if cursor is not None else None
     refuse_if_purged(store, org_id)
-    verification = chain.verify(store, org_id)
-    first = verification["first_sequence"] or 1
-    docs = store.entries_oldest_first(org_id, first, verification["last_sequence"] or 0)
-    return {"entries": [present(doc) for doc in docs], "verification": verification}
+    return chain.verify(store, org_id, after, budget_seconds)
+
+
+def export(store, org_id):
+    """The whole kept log, oldest first (the organization's export), with where its chain starts
+    (``anchor``: what the first kept entry links to) and its head hash, so a copy can be checked
+    without this service; ``GET .../audit-log/verify`` checks the stored log."""
+    refuse_if_purged(store, org_id)
+    head = store.head(org_id)
+    retained = store.retained(org_id) or {}
+    first = retained.get("first_seq") or 1
+    docs = store.entries_oldest_first(org_id, first, head["seq"]) if head else []
+    return {"entries": [present(doc) for doc in docs], "first_sequence": first if head else None,
+            "anchor": retained.get("anchor") or "", "head_hash": head["hash"] if head else None}
