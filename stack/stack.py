@@ -184,7 +184,7 @@ class Instance:
                 env.setdefault("USAGE_REPAIR_SECONDS", "1")
                 # audit: a retention run every second (each run is claimed; tests/test_audit.py)
                 env.setdefault("AUDIT_RETENTION_SECONDS", "1")
-                # audit: a verification call checks one bulk read (1,024 entries) and says where to go on
+                # audit: a verification call checks one bulk read (256 entries) and says where to go on
                 env.setdefault("AUDIT_VERIFY_BUDGET_SECONDS", "0")
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
