@@ -17,7 +17,7 @@ def purge(store, org_id):
     with tombstones.purge_lease(store.db, org_id) as mine:
         if not mine:
             return None
-        removed = store.delete_organization(org_id)
+        removed = store.purge_organization(org_id)
         store.outbox.publish_entry(outbox.pending(events.organization_purged("audit"), org_id, service="audit",
                                                   removed=removed))
     return removed
@@ -27,6 +27,6 @@ def scrub_if_purged(store, org_id):
     """After an append: a purge that ran meanwhile (it remembers the organization, then deletes) may
     have missed what was just written, so the writer deletes it itself."""
     if store.was_purged(org_id):
-        store.delete_organization(org_id)
+        store.purge_organization(org_id)
         return True
     return False

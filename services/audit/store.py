@@ -129,7 +129,7 @@ class AuditStore(Store):
         return True
 
     # -- deletion ------------------------------------------------------------------------------------
-    def delete_organization(self, org_id):
+    def purge_organization(self, org_id):
         """Every document of the organization, by collection (also what a racing append left)."""
         return {"entries": purge_delete(self.db.entries, "org_id", [org_id]),
                 "chains": purge_delete(self.db.chains, "_id", [org_id]),
