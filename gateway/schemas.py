@@ -567,7 +567,9 @@ class LedgerPageSchema(Open):
 ACTOR_SCHEMA = {"oneOf": [
     {"type": "string", "enum": ["system"], "description": "no person: a timer, a sweep, a reaction to another event"},
     {"type": "object", "required": ["user_id", "is_superuser"],
-     "properties": {"user_id": {"type": "string"}, "is_superuser": {"type": "boolean"}}}]}
+     "properties": {"user_id": {"type": "string", "nullable": True,
+                                "description": "null: the person deleted their account since"},
+                    "is_superuser": {"type": "boolean"}}}]}
 
 
 class AuditLogQuery(Strict):
@@ -595,7 +597,9 @@ class AuditEntrySchema(Open):
     actor = fields.Raw(required=True, metadata=dict(ACTOR_SCHEMA, description="who did it"))
     action = fields.String(required=True, metadata={"description": "what happened, e.g. `member.role_changed`"})
     target = fields.Nested(AuditTargetSchema, required=True)
-    details = fields.Dict(required=True, metadata={"description": "what the action changed; never a secret"})
+    details = fields.Dict(required=True, metadata={
+        "description": "what the action changed; never a secret; a person's id, address or name is null "
+                       "once they deleted their account"})
     request_id = fields.String(allow_none=True, required=True, metadata={
         "description": "the X-Request-ID of the request that caused it; null for system work"})
     hash = fields.String(required=True, metadata={

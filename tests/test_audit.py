@@ -370,3 +370,33 @@ def test_a_big_log_is_verified_over_several_calls_that_check_it_all(gateway, own
     calls = verify_all()
     assert len(calls) == (2_000 - 1) // bulk + 1 and all(c["ok"] for c in calls[:-1]), calls
     assert calls[-1]["broken_at"] == {"sequence": 2_000, "id": victim["_id"], "reason": "hash_mismatch"}
+
+
+def test_a_deleted_account_is_forgotten_by_the_log_which_still_verifies(gateway, tap, owner, audit_db):
+    """Entries name people by token (services/audit/people.py): after ``DELETE /me`` the audit
+    database holds neither the person's id nor their address, the entries show null for them, and
+    the chain still verifies (no entry changed)."""
+    email = unique_email("leaver")
+    token, _ = invite(gateway, tap, owner, email, "member")
+    joined = gateway.post("/auth/signup", {"email": email, "password": PASSWORD, "name": "Lee Leaver",
+                                           "invite_token": token})
+    assert joined.status_code == 201, joined.text
+    leaver = joined.json()
+    user_id = leaver["user"]["id"]
+    items = wait_entries(gateway, owner.org_id, owner.token, 5)  # created, joined, invited, accepted, joined
+    assert person(user_id) in [e["actor"] for e in items]
+    assert [e["actor"] for e in entries(gateway, owner.org_id, owner.token, actor=user_id)] == [person(user_id)] * 2
+    stored = repr(list(audit_db.entries.find({"org_id": owner.org_id})))
+    assert user_id not in stored and email not in stored  # entries hold tokens only
+
+    assert gateway.delete("/me", {"password": PASSWORD}, leaver["access_token"]).status_code == 200
+    wait_until(lambda: not any(user_id in repr(doc) or email in repr(doc)
+                               for name in audit_db.list_collection_names() for doc in audit_db[name].find()),
+               timeout=30, interval=0.2, what="the audit service to forget the person")
+    items = wait_entries(gateway, owner.org_id, owner.token, 6)  # ... and member.left
+    assert items[0]["action"] == "member.left" and items[0]["actor"] == {"user_id": None, "is_superuser": False}
+    joined_entry = next(e for e in items if e["action"] == "member.joined" and e["details"].get("via_invite"))
+    assert joined_entry["target"]["id"] is None and joined_entry["details"]["email"] is None
+    assert joined_entry["details"]["name"] is None
+    assert gateway.get("/organizations/%s/audit-log/verify" % owner.org_id, owner.token).json()["ok"] is True
+    assert entries(gateway, owner.org_id, owner.token, actor=user_id) == []

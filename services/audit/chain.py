@@ -45,16 +45,16 @@ def digest(doc):
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def record(store, event, meaning):
-    """Append the entries ``meaning`` (``[(action, target, details)]``) of ``event``; returns how many
-    were new. Idempotent: a repeated event adds nothing."""
+def record(store, event, actor, meaning):
+    """Append the entries ``meaning`` (``[(action, target, details)]``, people already by token) of
+    ``event`` by ``actor``; returns how many were new. Idempotent: a repeated event adds nothing."""
     org_id = event["organization_id"]
     written = 0
-    if meaning:
+    if meaning and store.chain(org_id) is None:
         store.start_chain(org_id, event["occurred_at"])
     for index, (action, target, details) in enumerate(meaning):
         fields = {"_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"],
-                  "actor": event.get("actor") or "system", "action": action, "target": target,
+                  "actor": actor, "action": action, "target": target,
                   "details": details, "request_id": event.get("request_id"), "event_id": event["event_id"]}
         with _STRIPES[hash(org_id) % len(_STRIPES)]:
             written += _append(store, fields)

@@ -15,7 +15,7 @@ from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.timers import configured_timer
 from common.validation import checked_rpc
-from services.audit import chain, deletion, entries, log, retention
+from services.audit import chain, deletion, entries, log, people, retention
 from services.audit.store import AuditStore
 
 bus.least_privilege()  # this process declares no exchange; its replies carry its name (common/bus.py)
@@ -55,8 +55,12 @@ class AuditService:
         org_id = event.get("organization_id")
         if org_id is None or self.store.was_purged(org_id):
             return
-        chain.record(self.store, event, entries.of(event_type, event))
-        deletion.scrub_if_purged(self.store, org_id)
+        meaning = entries.of(event_type, event)
+        if not meaning:
+            return
+        actor, meaning = people.stored(self.store, org_id, event.get("actor") or "system", meaning)
+        if chain.record(self.store, event, actor, meaning):
+            deletion.scrub_if_purged(self.store, org_id)
 
     @reliable_handler(events.ORGANIZATION_CREATED)
     def on_organization_created(self, event):
@@ -119,6 +123,12 @@ class AuditService:
     @reliable_handler(events.STORAGE_UPDATED)
     def on_storage_updated(self, event):
         self._record(events.STORAGE_UPDATED, event)
+
+    @reliable_handler(events.ACCOUNT_DELETED)
+    def on_account_deleted(self, event):
+        """The person deleted their account: the log forgets who they were (``people.py``)."""
+        event = events.load_event(events.ACCOUNT_DELETED, event)
+        people.forget(self.store, event["user_id"], event["email"])
 
     # -- housekeeping (every replica runs it; one claims each run) -------------------------------------
     @configured_timer("AUDIT_RETENTION_SECONDS", 3600)

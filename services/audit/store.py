@@ -16,11 +16,16 @@
   appends' ``$max`` on the top page never touch the same document (the local server updates a
   document as read-modify-write of the whole).
 * ``retention_claims``: one insert per retention run decides which replica does it.
+* ``people``: the values behind the tokens entries name people by (``people.py``): per organization
+  and kind (``user``, ``email``) one document, found by ``key`` (unique), forgotten by ``value``.
 """
+import uuid
+
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from common import pages
+from common.events import utcnow
 from common.mongo import Store, purge_delete
 
 #: entries per bulk key (``bk``)
@@ -40,6 +45,9 @@ class AuditStore(Store):
         "chains": [],
         "retention": [],
         "retention_claims": [],
+        "forgotten_people": [],
+        "people": [IndexModel([("key", ASCENDING)], unique=True, name="key"), IndexModel([("value", ASCENDING)]),
+                   IndexModel([("org_id", ASCENDING)])],
     }
 
     # -- the chain of one organization ---------------------------------------------------------------
@@ -128,9 +136,66 @@ class AuditStore(Store):
         self.db.retention_claims.delete_many({"_id": {"$ne": run_id}})
         return True
 
+    # -- people (pseudonyms) ---------------------------------------------------------------------------
+    @staticmethod
+    def _person_key(org_id, kind, value):
+        return "%s/%s/%s" % (org_id, kind, value)  # no NUL: PostgreSQL's jsonb refuses it
+
+    def find_person(self, org_id, kind, value):
+        doc = self.db.people.find_one({"key": self._person_key(org_id, kind, value)}, {"_id": 1})
+        return doc["_id"] if doc else None
+
+    def person_token(self, org_id, kind, value, forgotten_digest, name=None):
+        """The token of ``value`` in the organization, created on first sight (the unique key lets
+        one of two concurrent creators win; the other reads the winner's); ``name`` is kept current.
+        A forgotten person (``forgotten_digest`` remembered) gets a token nothing resolves: an event
+        still in flight after the account's deletion must not bring the person back."""
+        key = self._person_key(org_id, kind, value)
+        doc = self.db.people.find_one({"key": key})
+        if doc is not None:
+            if name is not None and doc.get("name") != name:
+                self.db.people.update_one({"_id": doc["_id"]}, {"$set": {"name": name}})
+            return doc["_id"]
+        token = "p:" + uuid.uuid4().hex
+        if self._forgotten(forgotten_digest):
+            return token
+        doc = dict({"_id": token, "org_id": org_id, "kind": kind, "value": value, "key": key},
+                   **({"name": name} if name is not None else {}))
+        try:
+            self.db.people.insert_one(doc)
+        except DuplicateKeyError:
+            return self.db.people.find_one({"key": key}, {"_id": 1})["_id"]
+        if self._forgotten(forgotten_digest):  # forgotten while we wrote: take it back
+            self.db.people.delete_one({"_id": token})
+        return token
+
+    def _forgotten(self, digest):
+        return self.db.forgotten_people.find_one({"_id": digest}, {"_id": 1}) is not None
+
+    def people(self, tokens):
+        """``{token: person}`` (by ``_id``, one read each: a page names a few people)."""
+        found = {}
+        for token in tokens:
+            doc = self.db.people.find_one({"_id": token})
+            if doc is not None:
+                found[token] = doc
+        return found
+
+    def org_people(self, org_id):
+        return {doc["_id"]: doc for doc in self.db.people.find({"org_id": org_id})}
+
+    def forget_people(self, values_and_digests):
+        """Remember each digest first (see :meth:`person_token`), then delete the documents."""
+        removed = 0
+        for value, digest in values_and_digests:
+            self.db.forgotten_people.update_one({"_id": digest}, {"$setOnInsert": {"at": utcnow()}}, upsert=True)
+            removed += self.db.people.delete_many({"value": value}).deleted_count
+        return removed
+
     # -- deletion ------------------------------------------------------------------------------------
     def purge_organization(self, org_id):
         """Every document of the organization, by collection (also what a racing append left)."""
         return {"entries": purge_delete(self.db.entries, "org_id", [org_id]),
                 "chains": purge_delete(self.db.chains, "_id", [org_id]),
-                "retention": purge_delete(self.db.retention, "_id", [org_id])}
+                "retention": purge_delete(self.db.retention, "_id", [org_id]),
+                "people": purge_delete(self.db.people, "org_id", [org_id])}
