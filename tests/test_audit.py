@@ -39,13 +39,16 @@ def audit_db(test_stack):
     client.close()
 
 
-def entries(gateway, org_id, token, **query):
-    """The whole log, newest first, page by page (``limit`` 200)."""
+def entries(gateway, org_id, token, missing_ok=False, **query):
+    """The whole log, newest first, page by page (``limit`` 200); ``missing_ok``: None while the
+    service has no event of the organization yet (404)."""
     found, cursor = [], None
     while True:
         params = dict(query, limit=200, **({"cursor": cursor} if cursor else {}))
         response = gateway.get("/organizations/%s/audit-log?%s" % (
             org_id, "&".join("%s=%s" % item for item in params.items())), token)
+        if missing_ok and response.status_code == 404:
+            return None
         assert response.status_code == 200, response.text
         page = response.json()
         found += page["items"]
@@ -55,8 +58,8 @@ def entries(gateway, org_id, token, **query):
 
 
 def wait_entries(gateway, org_id, token, count, timeout=30):
-    return wait_until(lambda: (lambda items: items if len(items) >= count else None)(
-        entries(gateway, org_id, token)), timeout=timeout, interval=0.2, what="%d audit entries of %s" % (count, org_id))
+    return wait_until(lambda: (lambda items: items if items is not None and len(items) >= count else None)(
+        entries(gateway, org_id, token, missing_ok=True)), timeout=timeout, interval=0.2, what="%d audit entries of %s" % (count, org_id))
 
 
 def person(user_id, superuser=False):
@@ -302,8 +305,8 @@ def test_retention_removes_old_entries_and_the_chain_still_verifies(gateway, tes
         publish(test_stack, events.ORGANIZATION_RENAMED, body)
         # recorded before the next is published (a queue's events may be handled side by side);
         # the head's position counts, as retention may already have removed the entry itself
-        wait_until(lambda: gateway.get("/organizations/%s/audit-log/verify" % org, su["token"]).json()[
-            "last_sequence"] == index + 1, timeout=30, interval=0.2, what="entry %d recorded" % (index + 1))
+        wait_until(lambda: gateway.get("/organizations/%s/audit-log/verify" % org, su["token"]).json().get(
+            "last_sequence") == index + 1, timeout=30, interval=0.2, what="entry %d recorded" % (index + 1))
     items = wait_until(lambda: (lambda found: found if [e["details"]["name"] for e in found] == [
         "Old Lab 3", "Old Lab 2"] else None)(entries(gateway, org, su["token"])), timeout=30, interval=0.2,
         what="the recent entries, and retention to remove the two old ones")
@@ -345,7 +348,7 @@ def test_a_big_log_is_verified_over_several_calls_that_check_it_all(gateway, own
 
     org = owner.org_id
     path = "/organizations/%s/audit-log/verify" % org
-    head = wait_until(lambda: (lambda v: v if v["last_sequence"] == 2 else None)(gateway.get(path, owner.token).json()),
+    head = wait_until(lambda: (lambda v: v if v.get("last_sequence") == 2 else None)(gateway.get(path, owner.token).json()),
                       what="the sign-up's entries")
     shapes.insert(audit_db.entries, shapes.audit_log(org, 2_500, first_seq=3, previous=head["head_hash"]))
     shapes.move_audit_top(audit_db, org, 2_502)
@@ -390,6 +393,7 @@ def test_a_deleted_account_is_forgotten_by_the_log_which_still_verifies(gateway,
     assert user_id not in stored and email not in stored  # entries hold tokens only
 
     assert gateway.delete("/me", {"password": PASSWORD}, leaver["access_token"]).status_code == 200
+    tap.wait_for("account_deleted", user_id=user_id)  # the session's tap has it before later tests look
     wait_until(lambda: not any(user_id in repr(doc) or email in repr(doc)
                                for name in audit_db.list_collection_names() for doc in audit_db[name].find()),
                timeout=30, interval=0.2, what="the audit service to forget the person")
