@@ -78,7 +78,14 @@ SUBSCRIPTIONS = [
     Subscription(events.organization_purged("notifications"), "org", "on_notifications_purged"),
     Subscription(events.organization_purged("usage"), "org", "on_usage_purged"),
     Subscription(events.ORGANIZATION_DELETION_REQUESTED, "membership", "on_organization_deletion_requested"),
-]
+    Subscription(events.organization_purged("audit"), "org", "on_audit_purged"),
+    # audit: built from the documented events alone (issue 19); one entry (or two) per event
+] + [Subscription(event, "audit", "on_" + event[1]) for event in (
+    events.ORGANIZATION_CREATED, events.ORGANIZATION_RENAMED, events.PLAN_CHANGED,
+    events.ORGANIZATION_DELETION_REQUESTED, events.NOTIFICATION_SETTINGS_CHANGED,
+    events.MEMBER_JOINED, events.MEMBER_LEFT, events.MEMBER_ROLE_CHANGED, events.DELETION_RIGHT_CHANGED,
+    events.OWNERSHIP_TRANSFERRED, events.INVITE_CREATED, events.INVITE_REVOKED,
+    events.CREDITS_CHANGED, events.AI_JOB_COMPLETED, events.STORAGE_UPDATED, events.ACCOUNT_DELETED)]
 
 EVENT_SOURCES = sorted({source for source, _ in events.SCHEMAS})
 

@@ -165,6 +165,7 @@ class NotificationsService:
         """Sends what is due: retries after backoff, and mail a crash left recorded but unsent."""
         dispatch.dispatch_due(self.store, self.mailer.sender, self.mailer.policy)
         deletion.purge_ready(self.store)
+        self.store.outbox.sweep(NotificationsStore.OUTBOX_COLLECTIONS)  # settings changes a crash left unannounced
 
     @configured_timer("REMINDER_INTERVAL_SECONDS", 60)
     def plan_reminders(self):

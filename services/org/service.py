@@ -81,6 +81,11 @@ class OrgService:
         domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event),
                                  self._receipt_days())
 
+    @reliable_handler(events.organization_purged("audit"))
+    def on_audit_purged(self, event):
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("audit"), event),
+                                 self._receipt_days())
+
     @configured_timer("DELETION_REDRIVE_SECONDS", 30)
     def redrive_deletions(self):
         domain.redrive_deletions(self.store, float(self.config.get("DELETION_REDRIVE_SECONDS") or 30),
