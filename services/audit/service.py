@@ -11,6 +11,7 @@ from nameko.rpc import rpc
 from common import bus, events
 from common.context import RequestContext
 from common.handlers import reliable_handler
+from common.liveness import Liveness
 from common.metrics import Metrics
 from common.mongo import StoreProvider
 from common.timers import configured_timer
@@ -26,6 +27,7 @@ domain_rpc = checked_rpc  # @rpc, DomainError expected; arguments must be Unicod
 class AuditService:
     name = "audit"
     context = RequestContext()  # the request and event id of each worker (common/context.py)
+    liveness = Liveness()  # a heartbeat while the queue consumer consumes (common/liveness.py, common/probe.py)
     metrics = Metrics()  # /metrics on METRICS_PORT (common/metrics.py)
 
     store = StoreProvider(AuditStore, "audit")
