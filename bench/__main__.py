@@ -4,7 +4,7 @@ Starts its own isolated instance (``TEST_INSTANCE=bench``, port offset 300, ``BE
 measures, stops it, and ends with one line per figure: ``name: value (goal ...)``. Exits 1 when a
 figure misses its goal. ``--profile`` also samples the busy processes with py-spy during the
 overview load and the deletion and prints where their time goes. ``--only a,b`` runs a subset
-(overview, console, mail, ledger, deletion, scale_out); memory is always reported.
+(overview, console, mail, ledger, growth, deletion, audit, scale_out, ...); memory is always reported.
 """
 import argparse
 import logging
@@ -23,12 +23,13 @@ from bench import (
     observability,
     throughput,
 )
+from bench import audit as audit_bench
 from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "scale_out", "observability",
-         "signups", "slow_connections")
+PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "audit", "scale_out",
+         "observability", "signups", "slow_connections")
 
 
 def machine():
@@ -112,6 +113,10 @@ def main(argv=None):
             print("[4/7] deletion", flush=True)
             with _profiler(args.profile, "deletion", inst, ("membership", "usage", "notifications", "org")):
                 figures.extend(deletion.measure(inst, client))
+        if "audit" in parts:
+            print("[4b/7] audit log verification", flush=True)
+            with _profiler(args.profile, "audit", inst, ("audit", "gateway-worker-1")):
+                figures.append(audit_bench.measure(inst, client))
         after = memory.snapshot(inst)
         if "scale_out" in parts:
             print("[5/7] scale out", flush=True)

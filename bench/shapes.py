@@ -108,3 +108,26 @@ def deliveries(notifications_db, org_id, count, tag):
                          "at": now, "outcome": "sent", "error": None, "status": "sent", "next_attempt_at": None,
                          pages.FIELD: key})
     return logs, attempts
+
+
+def audit_log(org_id, count, first_seq=1, previous=""):
+    """``count`` audit entries continuing an organization's chain from ``previous`` (the head's hash),
+    hashed by the audit service's own rule (``services/audit/chain.py``), so they verify as its own."""
+    from services.audit import chain
+    from services.audit.store import keys as store_keys
+
+    now = utcnow()
+    docs = []
+    for seq in range(first_seq, first_seq + count):
+        doc = {"_id": uuid.uuid4().hex, "org_id": org_id, "seq": seq, **store_keys(org_id, seq),
+               "at": f'{(now + timedelta(milliseconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]}Z',
+               "actor": {"user_id": "seeded", "is_superuser": False}, "action": "organization.renamed",
+               "target": {"type": "organization", "id": org_id}, "details": {"name": f"Seeded {seq}"},
+               "request_id": None, "event_id": uuid.uuid4().hex, "previous": previous, "recorded_at": now}
+        doc["hash"] = previous = chain.digest(doc)
+        docs.append(doc)
+    return docs
+
+
+def move_audit_top(audit_db, org_id, last_seq):
+    audit_db.chains.update_one({"_id": org_id}, {"$max": {"top_page": pages.number(last_seq)}})

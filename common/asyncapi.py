@@ -20,7 +20,9 @@ AMQP_BINDING_VERSION = "0.3.0"
 
 
 def _field_schema(field):
-    if isinstance(field, fields.Nested):
+    if getattr(field, "json_schema", None) is not None:  # a field that describes itself (events.Actor)
+        schema = dict(field.json_schema)
+    elif isinstance(field, fields.Nested):
         schema = _object_schema(field.schema)
     elif isinstance(field, fields.List):
         schema = {"type": "array", "items": _field_schema(field.inner)}

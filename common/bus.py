@@ -26,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-SERVICES = ("org", "membership", "notifications", "usage")
+SERVICES = ("org", "membership", "notifications", "usage", "audit")
 COMPONENTS = ("gateway",) + SERVICES
 ADMIN = "admin"
 
@@ -48,6 +48,7 @@ GATEWAY_CALLS = {
     "org": ("export", "get_deletion", "get_deletion_by_receipt", "get_overview", "ping", "rename", "set_plan"),
     "usage": ("export", "get_ledger", "get_usage", "grant_credits", "ping", "report_storage",
               "reserve_credits", "settle_reservation"),
+    "audit": ("export", "list_entries", "ping", "verify"),
 }
 
 #: Every RPC one service makes of another (checked against services/ the same way).

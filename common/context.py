@@ -3,7 +3,8 @@
 A request id ties an HTTP request to the RPC calls, events and mails it caused. The gateway takes a
 client's well-formed ``X-Request-ID`` or makes one; it travels in nameko RPC as context data
 (``request_id``, sent as the header ``nameko.request_id``, which nameko also forwards on calls one
-service makes to another), is stored with each outbox entry, and goes out as the event's AMQP
+service makes to another; the verified caller travels the same way as ``actor``), is stored with each outbox entry, and
+goes out as the event's AMQP
 ``correlation_id``; an event handler takes it from there (``common.handlers``), so the events and
 mail a handler causes carry it too.
 
@@ -29,12 +30,17 @@ REQUEST_ID_HEADER = "X-Request-ID"
 #: nameko context data keys (headers ``nameko.request_id``, ``nameko.event_id``)
 REQUEST_ID = "request_id"
 EVENT_ID = "event_id"
+#: who asked (``{"user_id", "is_superuser"}``), as the gateway verified it from the access token
+ACTOR = "actor"
+#: the actor of work no person asked for (timers, sweeps, reactions to other events)
+SYSTEM = "system"
 # What a client may send: 1-128 visible characters of a conservative set, so an id is safe in a
 # log line, an AMQP short string and a header without escaping (UUIDs, ULIDs, trace ids all fit).
 _WELL_FORMED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
 
 _request_id = contextvars.ContextVar("request_id", default=None)
 _event_id = contextvars.ContextVar("event_id", default=None)
+_actor = contextvars.ContextVar("actor", default=None)
 
 
 def well_formed(value):
@@ -56,6 +62,36 @@ def request_id():
 def event_id():
     """The id of the event being handled, or None."""
     return _event_id.get()
+
+
+def actor():
+    """Who asked for the work in hand (``{"user_id", "is_superuser"}``), or None when no person did.
+
+    Informational only -- it names the actor in the events the work causes (audit trails, issue 19);
+    services never decide a right by it: they re-check the caller against their own data."""
+    return _actor.get()
+
+
+def event_actor():
+    """``actor()`` as events carry it: the person, else ``"system"``."""
+    return _actor.get() or SYSTEM
+
+
+def as_actor(value):
+    """A well-formed actor from context data or a claims-like dict, else None (malformed data from a
+    client never reaches an event)."""
+    if not isinstance(value, dict) or not isinstance(value.get("user_id"), str) or not value["user_id"]:
+        return None
+    return {"user_id": value["user_id"], "is_superuser": bool(value.get("is_superuser"))}
+
+
+def bind_actor(value):
+    """Make ``value`` (an actor, or None) the actor of the work in hand; returns a reset token."""
+    return _actor.set(as_actor(value))
+
+
+def unbind_actor(token):
+    _actor.reset(token)
 
 
 def bind(request=None, event=None):
@@ -81,6 +117,7 @@ class RequestContext(DependencyProvider):
         data = worker_ctx.data or {}
         request = data.get(REQUEST_ID)
         bind(request if well_formed(request) else None, data.get(EVENT_ID))
+        bind_actor(data.get(ACTOR))
         worker_ctx.orgplatform_started = time.monotonic()  # not in data: that travels on with every call
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
@@ -99,6 +136,7 @@ class RequestContext(DependencyProvider):
 
     def worker_teardown(self, worker_ctx):
         bind(None, None)
+        bind_actor(None)
 
     def get_dependency(self, worker_ctx):
         return (worker_ctx.data or {}).get(REQUEST_ID)

@@ -31,15 +31,43 @@ MEMBER_LEFT = ("membership", "member_left")
 MEMBER_ROLE_CHANGED = ("membership", "member_role_changed")
 OWNERSHIP_TRANSFERRED = ("membership", "ownership_transferred")
 INVITE_CREATED = ("membership", "invite_created")
+INVITE_REVOKED = ("membership", "invite_revoked")
+DELETION_RIGHT_CHANGED = ("membership", "deletion_right_changed")
 ACCESS_REVOKED = ("membership", "access_revoked")
 ACCOUNT_DELETED = ("membership", "account_deleted")
 STORAGE_UPDATED = ("usage", "storage_updated")
 CREDITS_CHANGED = ("usage", "credits_changed")
 AI_JOB_COMPLETED = ("usage", "ai_job_completed")
+NOTIFICATION_SETTINGS_CHANGED = ("notifications", "notification_settings_changed")
 
 
 def organization_purged(service):
     return (service, "organization_purged")
+
+
+class Actor(fields.Field):
+    """Who caused the event: ``{"user_id", "is_superuser"}`` (a person, as the gateway verified their
+    token) or the string ``"system"`` (a timer, a sweep, a reaction to another event)."""
+
+    #: what the AsyncAPI document says of it (``common.asyncapi``)
+    json_schema = {"oneOf": [
+        {"type": "string", "enum": ["system"]},
+        {"type": "object", "required": ["user_id", "is_superuser"],
+         "properties": {"user_id": {"type": "string"}, "is_superuser": {"type": "boolean"}}}]}
+
+    def _validate_actor(self, value):
+        if value == "system":
+            return value
+        if (isinstance(value, dict) and set(value) == {"user_id", "is_superuser"}
+                and isinstance(value["user_id"], str) and value["user_id"] and isinstance(value["is_superuser"], bool)):
+            return value
+        raise ValidationError('Must be "system" or {"user_id": <string>, "is_superuser": <boolean>}.')
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return self._validate_actor(value)
 
 
 class EventSchema(Schema):
@@ -53,6 +81,12 @@ class EventSchema(Schema):
         "description": "ISO 8601 UTC with milliseconds and a Z", "format": "date-time"})
     organization_id = fields.String(allow_none=True, metadata={
         "description": "null only for account_deleted"})
+    # Extensions (issue 19): every event says who caused it and in answer to which request, so a
+    # subscriber (the audit service) never has to ask back. Filled in by ``common.outbox.pending``.
+    actor = Actor(metadata={"description": "who caused the event: a person or \"system\""})
+    request_id = fields.String(allow_none=True, metadata={
+        "description": "the request that caused the event (also the AMQP correlation_id); null for "
+                       "work no request caused"})
 
 
 class Iso(fields.String):
@@ -83,6 +117,7 @@ class OrganizationCreated(EventSchema):
 
 class OrganizationRenamed(EventSchema):
     name = fields.String(required=True)
+    previous_name = fields.String()  # extension: the name before
 
 
 class PlanChanged(EventSchema):
@@ -111,6 +146,7 @@ class MemberJoined(EventSchema):
     name = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     via_invite = fields.Boolean(required=True)
+    invite_id = fields.String()  # extension: the invite accepted, when via_invite
     is_owner = fields.Boolean()
     member_count = fields.Integer()  # seats taken after this join
 
@@ -124,6 +160,14 @@ class MemberLeft(EventSchema):
 class MemberRoleChanged(EventSchema):
     user_id = fields.String(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    previous_role = fields.String(validate=validate.OneOf(ROLES))  # extension
+
+
+class DeletionRightChanged(EventSchema):
+    """An admin was given (or lost) the right to delete the organization: by the owner, or by a
+    demotion, which clears it."""
+    user_id = fields.String(required=True)
+    granted = fields.Boolean(required=True)
 
 
 class OwnershipTransferred(EventSchema):
@@ -141,6 +185,20 @@ class InviteCreated(EventSchema):
     accept_url = fields.String(required=True)
     expires_at = fields.String(required=True)
     organization_name = fields.String()
+
+
+class InviteRevoked(EventSchema):
+    """An admin revoked a pending invite (its link no longer works). No token, ever."""
+    invite_id = fields.String(required=True)
+    email = fields.String(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+
+
+class NotificationSettingsChanged(EventSchema):
+    """Who gets which mail changed (``PUT .../notifications``): the settings after the change."""
+    plan_email = fields.String(allow_none=True, required=True)
+    new_user_email = fields.String(allow_none=True, required=True)
+    ai_job_recipients = fields.String(required=True)
 
 
 class AccessRevoked(EventSchema):
@@ -165,12 +223,24 @@ class StorageUpdated(EventSchema):
     datasets = fields.Integer(required=True)
     # Extension: position in the organization's report chain; read models keep the highest.
     sequence = fields.Integer()
+    # Extensions: the plan's limit as the usage service knew it, and the total before this report
+    # (a subscriber tells a crossing of the limit from a report while over it)
+    included_bytes = fields.Integer(allow_none=True, metadata={"description": "bytes; null = unlimited"})
+    exceeded = fields.Boolean()
+    previous_used_bytes = fields.Integer(metadata={"description": "bytes"})
 
 
 class CreditsChanged(EventSchema):
     balance = fields.Integer(required=True, metadata={"description": "milli-credits (1 credit = 1000)"})
     # Extension: the ledger entry's position (``seq``); read models keep the highest.
     sequence = fields.Integer()
+    # Extensions: the ledger entry that changed the balance
+    kind = fields.String(validate=validate.OneOf(("grant", "reservation", "settlement", "refund", "expiry")))
+    amount = fields.Integer(metadata={"description": "milli-credits, negative for a debit"})
+    entry_id = fields.String()
+    job_id = fields.String(allow_none=True)
+    job_type = fields.String(allow_none=True)
+    comment = fields.String(allow_none=True)
 
 
 class AiJobCompleted(EventSchema):
@@ -181,6 +251,7 @@ class AiJobCompleted(EventSchema):
     credits = fields.Integer(required=True, metadata={
         "description": "milli-credits (1 credit = 1000) reserved for the job: spent if it succeeded, refunded if it "
                        "failed"})
+    reservation_id = fields.String()  # extension: the ledger entry settled
 
 
 class OrganizationPurged(EventSchema):
@@ -199,13 +270,16 @@ SCHEMAS = {
     MEMBER_ROLE_CHANGED: MemberRoleChanged,
     OWNERSHIP_TRANSFERRED: OwnershipTransferred,
     INVITE_CREATED: InviteCreated,
+    INVITE_REVOKED: InviteRevoked,
+    DELETION_RIGHT_CHANGED: DeletionRightChanged,
+    NOTIFICATION_SETTINGS_CHANGED: NotificationSettingsChanged,
     ACCESS_REVOKED: AccessRevoked,
     ACCOUNT_DELETED: AccountDeleted,
     STORAGE_UPDATED: StorageUpdated,
     CREDITS_CHANGED: CreditsChanged,
     AI_JOB_COMPLETED: AiJobCompleted,
 }
-for _service in ("org", "membership", "notifications", "usage"):
+for _service in ("org", "membership", "notifications", "usage", "audit"):
     SCHEMAS[organization_purged(_service)] = OrganizationPurged
 
 

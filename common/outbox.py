@@ -44,10 +44,14 @@ def pending(event, organization_id=None, **payload):
     """An outbox entry for ``event``, validated against the event schema now, not at publish.
 
     It keeps the request id of the work in hand (``common.context``): the event may be published
-    later, by a sweep after a crash, and must still name the request that caused it."""
+    later, by a sweep after a crash, and must still name the request that caused it. The body names
+    them too (``request_id``, and ``actor``: who asked, unless the caller says who acted), so a
+    subscriber that stores events (the audit service) needs nothing but the body."""
+    request_id = context.request_id()
+    payload.setdefault("actor", context.event_actor())
+    payload.setdefault("request_id", request_id)
     source, event_type, body = make_event(event, organization_id, **payload)
     entry = {"source": source, "type": event_type, "body": body, "queued_at": utcnow()}
-    request_id = context.request_id()
     if request_id:
         entry["request_id"] = request_id
     return entry

@@ -24,13 +24,14 @@ PAGE = 32
 FIELD = "pk"
 
 
-def number(ordinal):
-    """The page that holds ``ordinal`` (ordinals start at 1)."""
-    return (max(int(ordinal), 1) - 1) // PAGE
+def number(ordinal, size=PAGE):
+    """The page that holds ``ordinal`` (ordinals start at 1); ``size``: documents per page (a list
+    read whole, like an audit log's verification, may keep a coarser key beside ``pk``)."""
+    return (max(int(ordinal), 1) - 1) // size
 
 
-def key(org_id, ordinal):
-    return f"{org_id}/{number(ordinal)}"
+def key(org_id, ordinal, size=PAGE):
+    return f"{org_id}/{number(ordinal, size)}"
 
 
 def key_of_page(org_id, page):
@@ -42,16 +43,19 @@ def starts_page(ordinal):
     return (int(ordinal) - 1) % PAGE == 0
 
 
-def newest_first(fetch, org_id, top, limit, before=None, field="ordinal"):
+def newest_first(fetch, org_id, top, limit, before=None, field="ordinal", keep=None, lowest=1):
     """Up to ``limit`` documents with ``field`` below ``before`` (all if None), newest first.
 
     ``fetch(page_key)`` returns the documents of one page key; ``top`` is the highest ordinal (or
-    any ordinal in the highest page). Walks down from the page of the newest wanted ordinal."""
+    any ordinal in the highest page). Walks down from the page of the newest wanted ordinal.
+    ``keep(doc)``: a filter applied page by page (a filtered list still reads by equality alone);
+    ``lowest``: the lowest ordinal still kept (a list whose oldest entries were removed)."""
     start = top if before is None else min(top, before - 1)
     found = []
     page = number(start) if start >= 1 else -1
-    while page >= 0 and len(found) < limit:
-        docs = [doc for doc in fetch(key_of_page(org_id, page)) if doc.get(field) is not None and doc[field] <= start]
+    while page >= number(lowest) and len(found) < limit:
+        docs = [doc for doc in fetch(key_of_page(org_id, page)) if doc.get(field) is not None and doc[field] <= start
+                and (keep is None or keep(doc))]
         docs.sort(key=lambda doc: doc[field], reverse=True)
         found.extend(docs)
         page -= 1

@@ -15,7 +15,8 @@ Subscription = namedtuple("Subscription", "event service method")
 #: The services whose event handlers are the subscriber queues, imported only when the list is
 #: needed (declaring the topology, provisioning broker users): ``common`` imports no service.
 SERVICE_CLASSES = ("services.org.service:OrgService", "services.membership.service:MembershipService",
-                   "services.notifications.service:NotificationsService", "services.usage.service:UsageService")
+                   "services.notifications.service:NotificationsService", "services.usage.service:UsageService",
+                   "services.audit.service:AuditService")
 
 
 @functools.lru_cache(maxsize=1)

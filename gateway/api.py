@@ -201,6 +201,7 @@ TAGS = {
     "notifications": "Who gets which mail, and the delivery log",
     "usage": "Storage reports and the usage summary",
     "credits": "The credit ledger (integer milli-credits): grants, reservations, settlements",
+    "audit": "The activity log: who did what, when, built from the platform's events; tamper-evident",
 }
 ERROR_DESCRIPTIONS = {
     "400": "malformed request (not JSON, not an object, nested too deeply)",

@@ -8,7 +8,8 @@ not executed later when the service comes back.
 
 Every call gets a worker context of its own: the standalone proxy's single context would give
 every call through it the same nameko call id. It carries the request id of the HTTP request
-(``common.context``) as context data, which the service's workers bind and forward.
+and the caller its token names (``common.context``) as context data, which the service's workers
+bind and forward.
 """
 import logging
 import queue
@@ -65,9 +66,9 @@ class _PooledProxy:
 
     def call(self, service, method, args, kwargs):
         shared, reply_listener = standalone_parts(self.standalone)
-        request_id = context.request_id()
-        worker_ctx = WorkerContext(shared.container, None, shared.entrypoint,
-                                   data={context.REQUEST_ID: request_id} if request_id else None)
+        data = {key: value for key, value in ((context.REQUEST_ID, context.request_id()),
+                                              (context.ACTOR, context.actor())) if value}
+        worker_ctx = WorkerContext(shared.container, None, shared.entrypoint, data=data or None)
         proxy = ServiceProxy(worker_ctx, service, reply_listener,
                              expiration=self.timeout, retry=True, retry_policy=_PUBLISH_RETRY)
         return getattr(proxy, method)(*args, **kwargs)

@@ -321,6 +321,7 @@ class DeletionServicesSchema(Open):
     membership = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
     notifications = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
     usage = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
+    audit = fields.String(required=True, validate=validate.OneOf(("pending", "purged")))
 
 
 class DeletionStatusSchema(Open):
@@ -345,6 +346,8 @@ class ExportSchema(Open):
     membership = fields.Dict(required=True, metadata={"description": "members and invites (no tokens)"})
     notifications = fields.Dict(required=True, metadata={"description": "settings and delivery log"})
     usage = fields.Dict(required=True, metadata={"description": "storage report, credit ledger, reservations"})
+    audit = fields.Dict(required=True, metadata={"description": "the activity log, oldest first, with its chain's "
+                                                                "anchor and head hash"})
 
 
 class DeleteAccountRequest(Strict):
@@ -553,3 +556,81 @@ class LedgerPageSchema(Open):
     balance = fields.Integer(required=True, metadata={"description": MILLI})
     items = fields.List(fields.Nested(LedgerEntrySchema), required=True, metadata={"description": "newest first"})
     next_cursor = fields.String(allow_none=True, required=True)
+
+
+# -- audit: the organization's activity log (services/audit) ------------------------------------
+
+ACTOR_SCHEMA = {"oneOf": [
+    {"type": "string", "enum": ["system"], "description": "no person: a timer, a sweep, a reaction to another event"},
+    {"type": "object", "required": ["user_id", "is_superuser"],
+     "properties": {"user_id": {"type": "string", "nullable": True,
+                                "description": "null: the person deleted their account since"},
+                    "is_superuser": {"type": "boolean"}}}]}
+
+
+class AuditLogQuery(Strict):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(load_default=None, validate=SEQUENCE_CURSOR)
+    action = fields.String(load_default=None, validate=[validate.Length(max=64), validate.Regexp(
+        r"^[a-z_]+(\.[a-z_]+)?$", error="Not an action name.")], metadata={
+        "description": "only entries of this action (`member.joined`) or of this kind (`member`)"})
+    actor = fields.String(load_default=None, validate=validate.Length(min=1, max=100), metadata={
+        "description": "only entries of this user id, or `system`"})
+    since = BoundedDateTime(load_default=None, metadata={"description": "only entries at or after this moment"})
+
+
+class AuditTargetSchema(Open):
+    type = fields.String(required=True, metadata={
+        "description": "organization, member, invite, credits, storage or notification_settings"})
+    id = fields.String(allow_none=True, required=True)
+
+
+class AuditEntrySchema(Open):
+    id = fields.String(required=True)
+    sequence = fields.Integer(required=True, metadata={"description": "position in the organization's log (its hash "
+                                                                      "chain)"})
+    organization_id = fields.String(required=True)
+    at = Timestamp(required=True, metadata={"description": "when it happened (the event's occurred_at)"})
+    actor = fields.Raw(required=True, metadata=dict(ACTOR_SCHEMA, description="who did it"))
+    action = fields.String(required=True, metadata={"description": "what happened, e.g. `member.role_changed`"})
+    target = fields.Nested(AuditTargetSchema, required=True)
+    details = fields.Dict(required=True, metadata={
+        "description": "what the action changed; never a secret; a person's id, address or name is null "
+                       "once they deleted their account"})
+    request_id = fields.String(allow_none=True, required=True, metadata={
+        "description": "the X-Request-ID of the request that caused it; null for system work"})
+    hash = fields.String(required=True, metadata={
+        "description": "SHA-256 (hex) over this entry and the previous entry's hash"})
+
+
+class AuditLogPageSchema(Open):
+    items = fields.List(fields.Nested(AuditEntrySchema), required=True, metadata={"description": "newest first"})
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+class AuditBreakSchema(Open):
+    sequence = fields.Integer(required=True)
+    id = fields.String(allow_none=True, required=True, metadata={"description": "null: the entry is missing"})
+    reason = fields.String(required=True, validate=validate.OneOf(("hash_mismatch", "missing", "link_mismatch")))
+
+
+class AuditVerifyQuery(Strict):
+    cursor = fields.String(load_default=None, validate=SEQUENCE_CURSOR, metadata={
+        "description": "the `next_cursor` of the previous call: go on after that entry"})
+
+
+class AuditVerificationSchema(Open):
+    organization_id = fields.String(required=True)
+    ok = fields.Boolean(required=True, metadata={"description": "no entry of the checked range failed"})
+    entries = fields.Integer(required=True, metadata={"description": "entries checked by this call"})
+    checked_from = fields.Integer(allow_none=True, required=True)
+    checked_to = fields.Integer(allow_none=True, required=True)
+    next_cursor = fields.String(allow_none=True, required=True, metadata={
+        "description": "null: checked up to the newest entry; else call again with it (a big log is "
+                       "checked over several calls, each within the service's time budget)"})
+    first_sequence = fields.Integer(allow_none=True, required=True, metadata={
+        "description": "the oldest entry kept (older ones left by retention; the chain starts from its anchor)"})
+    last_sequence = fields.Integer(allow_none=True, required=True)
+    head_hash = fields.String(allow_none=True, required=True)
+    broken_at = fields.Nested(AuditBreakSchema, allow_none=True, required=True, metadata={
+        "description": "the first entry whose hash or link does not match; null when ok"})

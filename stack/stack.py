@@ -21,7 +21,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
-SERVICES = ("org", "membership", "notifications", "usage")
+SERVICES = ("org", "membership", "notifications", "usage", "audit")
 RABBIT_HOME = "/usr/lib/rabbitmq/bin"
 SECRETS = os.path.join(ROOT, "var", "secrets")
 #: the broker administrator a broker we start is created with (see broker_admin)
@@ -183,6 +183,10 @@ class Instance:
                 # usage: grant expiry and repair timers tick every second in tests
                 env.setdefault("USAGE_EXPIRY_SECONDS", "1")
                 env.setdefault("USAGE_REPAIR_SECONDS", "1")
+                # audit: a retention run every second (each run is claimed; tests/test_audit.py)
+                env.setdefault("AUDIT_RETENTION_SECONDS", "1")
+                # audit: a verification call checks one bulk read (256 entries) and says where to go on
+                env.setdefault("AUDIT_VERIFY_BUDGET_SECONDS", "0")
             env["SUPERUSER_EMAIL"] = "superuser@example.test"
             env["SUPERUSER_PASSWORD"] = "superuser-test-password"
         return env

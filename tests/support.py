@@ -161,7 +161,7 @@ class EventTap:
     fails the run if any event lacked one, except those a test published bare on purpose
     (:meth:`allow_bare`, an older publisher's event)."""
 
-    def __init__(self, amqp_uri, sources=("org", "membership", "usage", "notifications")):
+    def __init__(self, amqp_uri, sources=("org", "membership", "usage", "notifications", "audit")):
         self.amqp_uri = amqp_uri
         self.sources = sources
         self.events = []

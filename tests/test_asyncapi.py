@@ -16,12 +16,14 @@ import pytest
 
 from common.asyncapi import document
 from stack import stack
-from tests.support import join, superuser_token
+from tests.support import invite, join, superuser_token, unique_email
 
 HERE = os.path.join(stack.ROOT, "tests", "asyncapi")
 TOOLS = os.path.join(stack.ROOT, ".venv", "asyncapi")
 FILES = ("package.json", "package-lock.json", "validate.mjs")
-SOURCES = ("org", "membership", "notifications", "usage")
+SOURCES = ("org", "membership", "notifications", "usage", "audit")
+#: every payload's fields, named once above the README's table rather than in each row
+COMMON_FIELDS = {"event_id", "occurred_at", "organization_id", "actor", "request_id"}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,12 @@ def test_every_event_of_a_journey_matches_the_document(served, gateway, tap):
     assert gateway.patch(org + f"/members/{manager.user_id}", {"role": "member"}, owner.token).status_code == 200
     assert gateway.patch(org + f"/members/{manager.user_id}", {"role": "dataset_manager"},
                          owner.token).status_code == 200
+    assert gateway.patch(org + f"/members/{admin.user_id}", {"can_delete_organization": True},
+                         owner.token).status_code == 200
+    _, revoked = invite(gateway, tap, owner, unique_email("revoked"))
+    assert gateway.delete(org + f"/invites/{revoked}", None, owner.token).status_code == 200
+    assert gateway.request("PUT", org + "/notifications", owner.token, json={
+        "plan_email": None, "new_user_email": None, "ai_job_recipients": "admins"}).status_code == 200
     assert gateway.post(org + "/ownership", {"user_id": admin.user_id}, owner.token).status_code == 200
     assert gateway.post(org + "/storage-reports", {"datasets": [{"dataset_id": "d1", "bytes": 1234}],
                                                    "complete": True}, su).status_code == 201
@@ -156,7 +164,7 @@ def readme_events():
                 if re.fullmatch(r"[a-z_]+", name):
                     named.add(name)
         for source in sources:
-            rows[(source, cells[1].strip("`"))] = named - {"event_id", "occurred_at", "organization_id"}
+            rows[(source, cells[1].strip("`"))] = named - COMMON_FIELDS
     return rows
 
 
@@ -168,8 +176,7 @@ def test_the_readme_event_table_and_the_document_agree(served):
         [message_ref] = channel["messages"].values()
         message = served["components"]["messages"][message_ref["$ref"].rsplit("/", 1)[1]]
         schema = served["components"]["schemas"][message["payload"]["$ref"].rsplit("/", 1)[1]]
-        described[(source, channel["address"])] = set(schema["properties"]) - {"event_id", "occurred_at",
-                                                                                "organization_id"}
+        described[(source, channel["address"])] = set(schema["properties"]) - COMMON_FIELDS
     assert set(readme) == set(described), (sorted(set(readme) ^ set(described)))
     disagree = {event: {"README only": sorted(readme[event] - fields), "document only": sorted(fields - readme[event])}
                 for event, fields in described.items() if readme[event] != fields}

@@ -227,7 +227,7 @@ def test_journey(people, test_stack, gateway):
     assert ada.heading() == "Deleting Analytical Engines"
     until(lambda: ada.page.locator("#deletion-status").inner_text() == "Deleted", timeout=90,
           what="the progress view reaching deleted")
-    assert [s.inner_text() for s in ada.page.locator("[data-service]").all()] == ["purged"] * 4
+    assert [s.inner_text() for s in ada.page.locator("[data-service]").all()] == ["purged"] * 5
     ada.check("deletion")
     # invitation tokens and the deletion receipt never reach the access log (paths are redacted,
     # the receipt travels only inside the sealed cookie)

@@ -116,6 +116,10 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
     assert len(export["usage"]["storage"]["datasets_report"]) == 5
     assert len(export["usage"]["credits"]["reservations"]) == 2
     assert {e["kind"] for e in export["usage"]["credits"]["ledger"]} >= {"grant", "reservation", "settlement"}
+    # the activity log (issue 19), verified, with the journey's actions
+    assert export["audit"]["head_hash"] == export["audit"]["entries"][-1]["hash"]
+    assert {"organization.created", "member.joined", "invite.created", "plan.changed",
+            "credits.granted"} <= {e["action"] for e in export["audit"]["entries"]}
     for secret in ("token_hash", "password_hash", "refresh_hash", "accept_url"):
         assert secret not in response.text
     assert_error(gateway.get(f"/organizations/{org}/export", doomed["manager"].token), 403, "forbidden")
@@ -144,7 +148,7 @@ def test_export_then_delete_leaves_only_a_tombstone(gateway, tap, su, client, te
     status = wait_until(lambda: (lambda s: s if s["status"] == "deleted" else None)(
         deletion_status(gateway, org, su)), timeout=60, what="deletion to complete")
     assert status["services"] == {"org": "purged", "membership": "purged", "notifications": "purged",
-                                  "usage": "purged"}
+                                  "usage": "purged", "audit": "purged"}
     assert status["completed_at"] >= status["requested_at"]
     assert_error(gateway.get(path, su), 410, "organization_gone")  # the tombstone answers
 

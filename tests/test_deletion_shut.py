@@ -176,7 +176,7 @@ def test_the_requester_follows_the_deletion_by_receipt_and_the_owner_is_mailed_a
     wait_until(lambda: gateway.get("/me", admin.token).status_code == 401, timeout=2, what="token revoked")
     status = wait_until(lambda: deleted(gateway, receipt_url), timeout=60, what="deletion to complete")
     assert set(status) == {"organization_id", "status", "requested_at", "completed_at", "services"}
-    assert status["services"] == dict.fromkeys(("org", "membership", "notifications", "usage"), "purged")
+    assert status["services"] == dict.fromkeys(("org", "membership", "notifications", "usage", "audit"), "purged")
     assert_error(gateway.post("/auth/login", {"email": admin.email, "password": admin.password}), 401)
     # the same status as the superuser's GET .../deletion, nothing more
     su_view = gateway.get(f"/organizations/{owner.org_id}/deletion", superuser_token(gateway)).json()

@@ -98,7 +98,7 @@ def test_health_and_readiness(gateway):
     assert gateway.get(gateway.base_url + "/healthz").json() == {"status": "ok"}
     ready = gateway.get(gateway.base_url + "/readyz")
     assert ready.status_code == 200, ready.text
-    assert set(ready.json()["checks"]) == {"org", "membership", "notifications", "usage"}
+    assert set(ready.json()["checks"]) == {"org", "membership", "notifications", "usage", "audit"}
 
 
 class FlaskAnswer:

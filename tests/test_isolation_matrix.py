@@ -115,6 +115,9 @@ EXPECTED = {
     "grant_credits": operator_row(201),
     "reserve_credits": org_row(201, "dataset_manager", "admin", "owner", "superuser"),
     "settle_reservation": operator_row(200),
+    # the activity log (issue 19): admins of A and the operator, nobody else
+    "list_audit_log": org_row(200, *ADMINS),
+    "verify_audit_log": org_row(200, *ADMINS),
 }
 
 # operations that run in worlds of their own, in this order (the rest share one world)
@@ -344,6 +347,14 @@ def build_put_notification_settings(world, p, ok):
 
 def build_list_deliveries(world, p, ok):
     return Call(_org(world, "/notifications/deliveries"))
+
+
+def build_list_audit_log(world, p, ok):
+    return Call(_org(world, "/audit-log?limit=200"))
+
+
+def build_verify_audit_log(world, p, ok):
+    return Call(_org(world, "/audit-log/verify"))
 
 
 def build_create_organization(world, p, ok):

@@ -19,7 +19,7 @@ K8S = os.path.join(ROOT, "deploy", "k8s")
 BROKEN = os.path.join(ROOT, "tests", "fixtures", "k8s-broken")
 KUBECONFORM = os.environ.get("KUBECONFORM") or os.path.join(ROOT, ".venv", "bin", "kubeconform")
 SCHEMAS = os.environ.get("K8S_SCHEMAS") or os.path.join(ROOT, ".venv", "k8s-schemas")
-SERVICES = ("org", "membership", "notifications", "usage")
+SERVICES = ("org", "membership", "notifications", "usage", "audit")
 
 
 def kubeconform(path):

@@ -33,7 +33,7 @@ def test_the_probe_fails_when_the_consumer_stops_iterating_and_passes_when_it_re
 
 
 def test_every_service_of_the_stack_beats(test_stack, gateway):
-    for service in ("org", "membership", "notifications", "usage"):
+    for service in stack.SERVICES:
         pid = stack.read_pid(stack._pid_file(test_stack, service))
         wait_until(lambda pid=pid: heartbeat.beating(pid, max_age=MAX_AGE), timeout=15,
                    what=f"{service}'s heartbeat")

@@ -1,6 +1,6 @@
 """A write racing each service's purge never resurrects the organization (issue 18, acceptance 2).
 
-Membership, notifications and usage purge through ``common.purge`` (tombstone, lease, delete,
+Membership, notifications, usage and audit purge through ``common.purge`` (tombstone, lease, delete,
 report); the org service's part is the tombstone it shrinks the organization to. The race is the
 one a real write can lose: the writer checked ``was_purged`` (False), the whole purge ran, then the
 write landed. The writer's own re-check after writing must find the tombstone and take the write
@@ -16,6 +16,9 @@ from common import purge
 from common.errors import DomainError
 from common.mongo import Store
 from common.outbox import Outbox
+from services.audit import chain as audit_chain
+from services.audit import deletion as audit_deletion
+from services.audit.store import AuditStore
 from services.membership.store import MembershipStore
 from services.notifications import preferences
 from services.notifications.store import NotificationsStore
@@ -85,6 +88,21 @@ def test_usage_purge_takes_back_a_late_organization_and_fact(scratch, test_stack
         assert store.insert_organization(org_id, "Lab", now) is False  # refused: taken back
         store.set_fact_if_newer("member_counts", org_id, {"count": 3}, now)
     race(store, "usage", org_id, tap, late_writes)
+
+
+def test_audit_purge_scrubs_a_late_entry(scratch, test_stack, tap):
+    """An event recorded after the audit log's purge (it passed the check before) is scrubbed by the
+    recorder's own re-check (``deletion.scrub_if_purged``)."""
+    store = store_of(AuditStore, scratch, test_stack)
+    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc).isoformat()
+    event = {"event_id": str(uuid.uuid4()), "organization_id": org_id, "occurred_at": now}
+    audit_chain.record(store, event, "system", [("organization.renamed", {"type": "organization", "id": org_id}, {})])
+
+    def late_entry():
+        late = dict(event, event_id=str(uuid.uuid4()))
+        audit_chain.record(store, late, "system", [("plan.changed", {"type": "organization", "id": org_id}, {})])
+        assert audit_deletion.scrub_if_purged(store, org_id)
+    race(store, "audit", org_id, tap, late_entry)
 
 
 def test_org_tombstone_takes_no_late_fact(scratch, test_stack, tap):

@@ -97,7 +97,7 @@ def check_one_run(gateway, test_stack, tmp_path, block):
                      ("PATCH", api + "/organizations/{id}"), ("POST", api + "/organizations/{id}/invites"),
                      ("GET", api + "/invites/{token}"), ("POST", api + "/auth/signup"),
                      ("POST", api + "/invites/{token}/accept"), ("POST", api + "/auth/switch"),
-                     ("GET", api + "/openapi.json")], steps
+                     ("GET", api + "/openapi.json"), ("GET", api + "/organizations/{id}/audit-log")], steps
 
     # the flow: signup -> token -> me -> organization -> rename, each answer the one written about
     assert calls[0]["status"] == 201 and signup["access_token"]
@@ -118,6 +118,7 @@ def check_one_run(gateway, test_stack, tmp_path, block):
     mine = {o["id"] for o in gateway.get("/me", switched["access_token"]).json()["organizations"]}
     assert mine == {org_id, hopper}
     assert calls[9]["body"].startswith(b'{') and b'"openapi"' in calls[9]["body"]
+    assert isinstance(json.loads(calls[10]["body"])["items"], list)  # the audit log (written as events arrive)
 
 
 def test_the_configuration_section_names_every_setting():
@@ -197,7 +198,8 @@ def test_down_stops_every_process_it_started_and_frees_its_ports(spare_instance)
     inst = spare_instance
     stack.start_replica(inst, "org", "org-2")  # one more process, as tests and benchmarks add them
     groups = {name: stack.read_pid(os.path.join(inst.run_dir, name + ".pid")) for name in stack.started_processes(inst)}
-    assert set(groups) == {"nginx", "gateway", "org", "membership", "notifications", "usage", "org-2", "smtp"}
+    assert set(groups) == {"nginx", "gateway", "org", "membership", "notifications", "usage", "audit", "org-2",
+                           "smtp"}
     assert all(groups.values()), groups
     assert {inst.gateway_port, inst.upstream_port, inst.smtp_port} <= listening_ports()
     # gunicorn's and nginx's workers share their master's process group: the check below covers them

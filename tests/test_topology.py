@@ -14,6 +14,7 @@ from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 
 from common import subscriptions, topology
 from common.handlers import ReliableEventHandler
+from services.audit.service import AuditService
 from services.membership.service import MembershipService
 from services.notifications.service import NotificationsService
 from services.org.service import OrgService
@@ -21,7 +22,7 @@ from services.usage.service import UsageService
 from stack import stack
 from tests.support import wait_until
 
-SERVICES = (OrgService, MembershipService, NotificationsService, UsageService)
+SERVICES = (OrgService, MembershipService, NotificationsService, UsageService, AuditService)
 
 
 def declared_handlers():

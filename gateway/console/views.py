@@ -702,6 +702,35 @@ def revoke_invite(org_id, invite_id):
                          invite_id=invite_id)
 
 
+# -- Activity (the audit log) ------------------------------------------------------------------
+
+#: how the Activity tab names an action (``services/audit/entries.py`` lists them)
+ACTIVITY = {
+    "organization.created": "created the organization", "organization.renamed": "renamed the organization",
+    "plan.changed": "changed the plan", "notification_settings.changed": "changed who gets which mail",
+    "member.joined": "joined", "member.left": "left", "member.removed": "removed a member",
+    "member.role_changed": "changed a role", "deletion_right.granted": "granted the right to delete",
+    "deletion_right.revoked": "took back the right to delete", "ownership.transferred": "transferred ownership",
+    "invite.created": "invited", "invite.revoked": "revoked an invitation", "invite.accepted": "accepted an invitation",
+    "credits.granted": "granted credits", "credits.reserved": "reserved credits", "credits.settled": "settled a job",
+    "credits.refunded": "was refunded credits", "credits.expired": "credits expired",
+    "storage.limit_exceeded": "exceeded the storage limit", "organization.deletion_requested": "asked to delete it",
+}
+
+
+@bp.get("/orgs/<org_id>/activity")
+@login_required
+def activity(org_id):
+    """Who did what, newest first (admins): the API's audit-log operation, a page at a time."""
+    found = gather(log=("list_audit_log", token(), {"query": {"limit": PAGE_SIZE, "cursor": request.args.get("cursor")},
+                                                    "org_id": org_id}),
+                   members=("list_members", token(), {"query": {"limit": 200}, "org_id": org_id}))
+    # entries name people by id (the log keeps no profile); today's members are shown by name
+    names = {m["user_id"]: m["name"] for m in found["members"]["items"]}
+    return render("activity.html", **org_context(org_id, log=found["log"], actions=ACTIVITY, names=names,
+                                                 tab="activity"))
+
+
 # -- Notifications ---------------------------------------------------------------------------
 
 def notifications_context(org_id, **extra):

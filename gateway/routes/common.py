@@ -1,6 +1,7 @@
 """Shared helpers of the route modules."""
 from flask import current_app, g, request
 
+from common import context
 from gateway.api import Api
 from gateway.edge import client_address as _client_address
 
@@ -9,7 +10,14 @@ api = Api()
 
 
 def rpc(service, method, *args, **kwargs):
-    return current_app.extensions["rpc"].call(service, method, *args, **kwargs)
+    """One call; the services learn who asks (``common.context``): the events the call causes name
+    that person as their actor."""
+    claims = getattr(g, "claims", None) or {}
+    token = context.bind_actor({"user_id": claims.get("sub"), "is_superuser": claims.get("su")})
+    try:
+        return current_app.extensions["rpc"].call(service, method, *args, **kwargs)
+    finally:
+        context.unbind_actor(token)
 
 
 def actor():

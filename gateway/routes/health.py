@@ -22,7 +22,7 @@ def register_health(app):
     @app.get("/readyz")
     def readyz():
         checks = {}
-        for service in ("org", "membership", "notifications", "usage"):
+        for service in ("org", "membership", "notifications", "usage", "audit"):
             try:
                 checks[service] = "ok" if rpc(service, "ping") == "pong" else "unexpected answer"
             except Exception as error:  # any failure means "not ready"; say which

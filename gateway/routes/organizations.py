@@ -87,7 +87,7 @@ def get_deletion_by_receipt(receipt):
     return rpc("org", "get_deletion_by_receipt", receipt)
 
 
-EXPORT_PARTS = ("org", "membership", "notifications", "usage")
+EXPORT_PARTS = ("org", "membership", "notifications", "usage", "audit")
 
 
 @api.route("/organizations/<org_id>/export", "GET", ADMIN, "Everything every service holds for the organization",

@@ -157,8 +157,13 @@ def list_invites(store, org_id, actor):
 def revoke_invite(store, org_id, actor, invite_id):
     require_active(store, org_id)
     members.require_role(store, org_id, actor, "admin")
+    found = store.invite(invite_id, org_id) if isinstance(invite_id, str) else None
+    if found is None or found["status"] != "pending":
+        raise not_found("invite")
+    revoked = outbox.pending(events.INVITE_REVOKED, org_id, invite_id=invite_id, email=found["email"],
+                             role=found["role"])
     invite = store.set_invite_status(invite_id, "pending", {"status": "revoked", "revoked_at": utcnow()},
-                                     org_id=org_id)
+                                     org_id=org_id, events=(revoked,))
     if invite is None:
         raise not_found("invite")
     return invite_view(invite)
@@ -269,7 +274,8 @@ def _join(store, security, invite, organization, account, limit):
         store.release_seat(org_id)
         raise not_found("invite")
     membership = members.new_membership(org_id, account, invite["role"])
-    if not store.insert_membership(membership, members.member_joined(org_id, account, invite["role"], True, count)):
+    if not store.insert_membership(membership, members.member_joined(org_id, account, invite["role"], True, count,
+                                                                      invite_id=invite["_id"])):
         store.release_seat(org_id)
         raise DomainError("already_member", "you are already a member of this organization")
     store.set_account(account["_id"], {"last_org_id": org_id})

@@ -33,10 +33,15 @@ def new_membership(org_id, account, role):
             "can_delete_organization": False, "tokens_not_before": now_seconds(), "joined_at": utcnow()}
 
 
-def member_joined(org_id, account, role, via_invite, member_count, is_owner=False):
+def member_joined(org_id, account, role, via_invite, member_count, is_owner=False, invite_id=None):
+    """Joining is always the joiner's own act (sign-up, a new organization, an accepted invite), also
+    when no token says so yet: they are the event's actor."""
+    extra = {"invite_id": invite_id} if invite_id else {}
     return outbox.pending(events.MEMBER_JOINED, org_id, user_id=account["_id"], email=account["email"],
                           name=account["name"], role=role, via_invite=via_invite, is_owner=is_owner,
-                          member_count=member_count)
+                          member_count=member_count, actor={"user_id": account["_id"],
+                                                           "is_superuser": bool(account.get("is_superuser"))},
+                          **extra)
 
 
 def record_new_organization(store, organization, account):
@@ -121,10 +126,15 @@ def change_member(store, org_id, actor, user_id, role=None, can_delete_organizat
             fields.update(role=new_role, tokens_not_before=cutoff)
             if new_role != "admin":
                 fields["can_delete_organization"] = False
-            pending = [outbox.pending(events.MEMBER_ROLE_CHANGED, org_id, user_id=user_id, role=new_role),
+            pending = [outbox.pending(events.MEMBER_ROLE_CHANGED, org_id, user_id=user_id, role=new_role,
+                                      previous_role=target["role"]),
                        access_revoked(org_id, user_id, not_before=cutoff)]
         if not fields:
             return member_view(target, organization)
+        held = bool(target.get("can_delete_organization"))
+        if "can_delete_organization" in fields and fields["can_delete_organization"] != held:
+            pending.append(outbox.pending(events.DELETION_RIGHT_CHANGED, org_id, user_id=user_id,
+                                          granted=fields["can_delete_organization"]))
         updated = store.update_membership(org_id, user_id, fields, *pending,
                                           cutoff=target.get("tokens_not_before"))
         if updated is not None:

@@ -283,13 +283,16 @@ class MembershipStore(Store):
             query["email"] = email
         return list(self.db.invites.find(query, HIDE).sort("created_at", DESCENDING))
 
-    def set_invite_status(self, invite_id, from_status, fields, org_id=None):
-        """Move an invite out of ``from_status`` exactly once; returns the updated invite or None."""
+    def invite(self, invite_id, org_id):
+        return self.db.invites.find_one({"_id": invite_id, "org_id": org_id}, HIDE)
+
+    def set_invite_status(self, invite_id, from_status, fields, org_id=None, events=()):
+        """Move an invite out of ``from_status`` exactly once; returns the updated invite or None.
+        ``events`` announce the move (queued in the same write, published after it)."""
         query = {"_id": invite_id, "status": from_status}
         if org_id is not None:
             query["org_id"] = org_id
-        return outbox.without_outbox(self.db.invites.find_one_and_update(
-            query, {"$set": fields}, return_document=ReturnDocument.AFTER))
+        return self._find_and_update("invites", query, {"$set": fields}, events)
 
     # -- sessions ----------------------------------------------------------------------------
     def insert_session(self, doc):

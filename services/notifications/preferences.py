@@ -1,5 +1,5 @@
 """Per-organization notification settings and the delivery log as the API shows them."""
-from common import pages
+from common import events, outbox, pages
 from common.addresses import normalize_address
 from common.errors import DomainError, gone
 from common.events import AI_JOB_RECIPIENTS
@@ -45,7 +45,9 @@ def put_settings(store, org_id, values):
     clean["ai_job_recipients"] = recipients
     if errors:
         raise DomainError("validation_failed", "invalid input", errors)
-    store.put_settings(org_id, clean)
+    changed = current(store, org_id) != clean
+    store.put_settings(org_id, clean, *([outbox.pending(events.NOTIFICATION_SETTINGS_CHANGED, org_id, **clean)]
+                                        if changed else []))
     if store.take_back_if_purged(org_id, "settings", org_id):  # the purge ran since the caller's check
         raise gone()
     return get_settings(store, org_id)

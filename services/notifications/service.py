@@ -160,6 +160,7 @@ class NotificationsService(Service):
         """Sends what is due: retries after backoff, and mail a crash left recorded but unsent."""
         dispatch.dispatch_due(self.store, self.mailer)
         deletion.purge_ready(self.store)
+        self.store.outbox.sweep(NotificationsStore.OUTBOX_COLLECTIONS)  # settings changes a crash left unannounced
 
     @configured_timer("reminder_interval_seconds")
     def plan_reminders(self):

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from common import pages
+from common import outbox, pages
 from common.batching import GroupCommit, NewestWins, SharedReads
 from common.mongo import Store, purge_delete
 
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class NotificationsStore(Store):
+    #: settings changes are announced through the outbox (``notification_settings_changed``)
+    OUTBOX_COLLECTIONS = ("settings",)
     INDEXES = {
         "organizations": [IndexModel([("reminder_due_at", ASCENDING)])],
         "members": [IndexModel([("org_id", ASCENDING), ("role", ASCENDING)])],
@@ -206,9 +208,15 @@ class NotificationsStore(Store):
     def settings(self, org_id):
         return self._read("settings", org_id)
 
-    def put_settings(self, org_id, fields):
-        return self.db.settings.find_one_and_update({"_id": org_id}, {"$set": fields}, upsert=True,
-                                                    return_document=ReturnDocument.AFTER)
+    def put_settings(self, org_id, fields, *events):
+        """``events`` announce the change: queued in the same write, published right after it (or by
+        the sweep, ``OUTBOX_COLLECTIONS``, after a crash)."""
+        doc = self.db.settings.find_one_and_update({"_id": org_id}, outbox.update_with_events({"$set": fields}, *events)
+                                                   if events else {"$set": fields}, upsert=True,
+                                                   return_document=ReturnDocument.AFTER)
+        if events:
+            self.outbox.flush("settings", org_id)
+        return outbox.without_outbox(doc)
 
     # -- deliveries ----------------------------------------------------------------------------
     # FerretDB (SQLite) reads, updates and deletes by scanning the collection, even by _id; only

@@ -4,7 +4,7 @@ import re
 import secrets
 from datetime import timedelta
 
-from common import events, outbox
+from common import context, events, outbox
 from common.errors import DomainError, gone, not_found
 from common.events import DEFAULT_PLAN, PlanSchema, isoformat, utcnow
 from common.validation import bounded_moment
@@ -43,9 +43,11 @@ def create_organization(store, org_id, name, owner):
            "owner": {"id": owner["id"], "name": owner["name"], "email": owner["email"]},
            "plan": plan, "members": {"count": 1}, "storage": {"used_bytes": 0, "datasets": 0},
            "credits": {"balance": 0}}
+    # the caller (POST /organizations) or, at sign-up (no token yet), the new owner: they created it
+    actor = context.actor() or {"user_id": owner["id"], "is_superuser": False}
     event = outbox.pending(events.ORGANIZATION_CREATED, org_id, name=name, owner_user_id=owner["id"],
                            owner_email=owner["email"], owner_name=owner["name"],
-                           plan=PLAN.dump(plan), created_at=isoformat(now))
+                           plan=PLAN.dump(plan), created_at=isoformat(now), actor=actor)
     if not store.insert_organization(doc, event):
         existing = store.get_organization(org_id)
         if existing["owner"]["id"] != owner["id"]:
@@ -56,8 +58,8 @@ def create_organization(store, org_id, name, owner):
 
 def rename(store, org_id, name):
     name = clean_name(name)
-    _live(store, org_id)
-    event = outbox.pending(events.ORGANIZATION_RENAMED, org_id, name=name)
+    current = _live(store, org_id)
+    event = outbox.pending(events.ORGANIZATION_RENAMED, org_id, name=name, previous_name=current["name"])
     doc = store.rename_active(org_id, name, utcnow(), event)
     if doc is None:
         _live(store, org_id)  # raises the right error if it changed state meanwhile
@@ -147,7 +149,7 @@ def set_plan(store, org_id, plan, changed_by):
 
 # -- deletion ------------------------------------------------------------------------------------
 #: every service that holds data of an organization and reports its purge
-PURGING_SERVICES = ("membership", "notifications", "usage")
+PURGING_SERVICES = ("membership", "notifications", "usage", "audit")
 #: the deletion receipt: 256 random bits, base64url (43 characters); only its SHA-256 is stored
 RECEIPT_BYTES = 32
 RECEIPT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{43}$")

@@ -72,6 +72,11 @@ class OrgService(Service):
         domain.on_service_purged(self.store, events.load_event(events.organization_purged("usage"), event),
                                  self._receipt_days())
 
+    @reliable_handler(events.organization_purged("audit"))
+    def on_audit_purged(self, event):
+        domain.on_service_purged(self.store, events.load_event(events.organization_purged("audit"), event),
+                                 self._receipt_days())
+
     @configured_timer("deletion_redrive_seconds")
     def redrive_deletions(self):
         domain.redrive_deletions(self.store, self.settings.deletion_redrive_seconds,

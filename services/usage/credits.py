@@ -139,7 +139,9 @@ def _append_locked(store, org_id, op_id, request, build):
             raise DomainError("insufficient_credits", "not enough credits")
         if entry["amount"] != 0:
             pending_events = list(pending_events) + [outbox.pending(
-                events.CREDITS_CHANGED, org_id, balance=entry["balance_after"], sequence=entry["seq"])]
+                events.CREDITS_CHANGED, org_id, balance=entry["balance_after"], sequence=entry["seq"],
+                kind=entry["kind"], amount=entry["amount"], entry_id=op_id, job_id=entry.get("job_id"),
+                job_type=entry.get("job_type"), comment=entry.get("comment"))]
         if store.insert_ledger_entry(entry, *pending_events):
             metrics.LEDGER_WRITES.labels(entry.get("kind") or "unknown").inc()
             if len(_HEADS) >= _HEADS_MAX:
@@ -224,7 +226,7 @@ def settle(store, org_id, actor_id, reservation_id, outcome):
     def build(head):
         completed = outbox.pending(events.AI_JOB_COMPLETED, org_id, job_id=reservation["job_id"],
                                    job_type=reservation["job_type"], initiator_user_id=reservation["actor"],
-                                   outcome=outcome, credits=reserved)
+                                   outcome=outcome, credits=reserved, reservation_id=reservation_id)
         common = {"actor": actor_id, "reference": reservation_id, "idempotency_key": None, "outcome": outcome,
                   "job_id": reservation["job_id"], "job_type": reservation["job_type"]}
         if outcome == "succeeded":  # the reserved credits stay spent

@@ -82,8 +82,11 @@ def _totals(doc):
 
 def _finish(store, report, status, totals):
     now = utcnow()
+    included = ((store.fact("plans", report["org_id"]) or {}).get("plan") or DEFAULT_PLAN).get("included_storage_bytes")
     event = outbox.pending(events.STORAGE_UPDATED, report["org_id"], used_bytes=totals["used_bytes"],
-                           datasets=totals["datasets"], sequence=report["seq"])
+                           datasets=totals["datasets"], sequence=report["seq"], included_bytes=included,
+                           exceeded=included is not None and totals["used_bytes"] > included,
+                           previous_used_bytes=report["used_bytes"])
     store.finish_storage_report(report["_id"], dict(totals, status=status, applied_at=now), event,
                                 before_publish=lambda: refuse_if_purged(store, report["org_id"]))
     return dict(report, status=status, applied_at=now, **totals)

@@ -4,12 +4,13 @@ import pytest
 
 from common.settings import SettingsError
 from gateway.settings import GatewaySettings
+from services.audit.settings import AuditSettings
 from services.membership.settings import MembershipSettings
 from services.notifications.settings import NotificationsSettings
 from services.org.settings import OrgSettings
 from services.usage.settings import UsageSettings
 
-ALL = (GatewaySettings, MembershipSettings, NotificationsSettings, OrgSettings, UsageSettings)
+ALL = (GatewaySettings, MembershipSettings, NotificationsSettings, OrgSettings, UsageSettings, AuditSettings)
 
 
 @pytest.mark.parametrize("settings_class", ALL, ids=lambda cls: cls.__name__)

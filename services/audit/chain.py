@@ -1,0 +1,135 @@
+"""The log as a hash chain: appending an event's entries, and verifying an organization's chain.
+
+Entry ``n`` stores ``hash = SHA-256(canonical JSON of its content + the hash of entry n - 1)``
+(``previous``; the first entry's is ``""``, or after retention the anchor it left). Editing, removing
+or reordering a stored entry therefore shows: its own hash no longer matches, or the next entry's
+``previous`` no longer names it. Verification recomputes the chain from the oldest kept entry and
+names the first entry that does not match.
+
+Appending follows the usage ledger's pattern (``services/usage/credits.py``): read the head, insert
+``seq = head + 1`` under the unique ``(org_id, seq)`` index, re-read and retry if another writer won.
+The entry's ``_id`` is derived from the event id (and the entry's index within the event), so a
+redelivered or duplicated event finds its entries and adds none.
+"""
+import hashlib
+import json
+import random
+import threading
+import time
+
+from common.errors import DomainError
+from common.events import utcnow
+
+#: the fields an entry's hash covers (``previous`` is the link), in the API's names
+HASHED = ("id", "organization_id", "sequence", "at", "actor", "action", "target", "details", "request_id",
+          "previous")
+MAX_ATTEMPTS = 400
+# appends of one organization take turns within a process (no insert races among our own workers);
+# across replicas the unique (org_id, seq) index decides
+_STRIPES = [threading.Lock() for _ in range(64)]
+
+
+def entry_id(event_id, index):
+    return hashlib.sha256((f"{event_id}\x00{index}").encode()).hexdigest()[:32]
+
+
+def content(doc):
+    """What the hash covers, from a stored entry."""
+    return {"id": doc["_id"], "organization_id": doc["org_id"], "sequence": doc["seq"], "at": doc["at"],
+            "actor": doc["actor"], "action": doc["action"], "target": doc["target"], "details": doc["details"],
+            "request_id": doc.get("request_id"), "previous": doc["previous"]}
+
+
+def digest(doc):
+    canonical = json.dumps(content(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record(store, event, actor, meaning):
+    """Append the entries ``meaning`` (``[(action, target, details)]``, people already by token) of
+    ``event`` by ``actor``; returns how many were new. Idempotent: a repeated event adds nothing."""
+    org_id = event["organization_id"]
+    written = 0
+    if meaning and store.chain(org_id) is None:
+        store.start_chain(org_id, event["occurred_at"])
+    for index, (action, target, details) in enumerate(meaning):
+        fields = {"_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"],
+                  "actor": actor, "action": action, "target": target,
+                  "details": details, "request_id": event.get("request_id"), "event_id": event["event_id"]}
+        with _STRIPES[hash(org_id) % len(_STRIPES)]:
+            written += _append(store, fields)
+    return written
+
+
+def _append(store, fields):
+    for attempt in range(MAX_ATTEMPTS):
+        if store.entry(fields["_id"]) is not None:
+            return 0  # this event's entry is in the log already (a redelivery, a duplicate)
+        head = store.head(fields["org_id"])
+        doc = dict(fields, seq=(head["seq"] if head else 0) + 1, previous=head["hash"] if head else _anchor(
+            store, fields["org_id"]), recorded_at=utcnow())
+        doc["hash"] = digest(doc)
+        if store.insert_entry(doc):
+            return 1
+        if attempt > 3:  # another replica keeps winning the position: step aside a little
+            time.sleep(random.uniform(0, min(0.002 * attempt, 0.05)))
+    raise DomainError("service_unavailable", "the audit log is too busy, try again")
+
+
+def _anchor(store, org_id):
+    """What the first entry links to: nothing, or what retention left of the entries before."""
+    return (store.retained(org_id) or {}).get("anchor") or ""
+
+
+def verify(store, org_id, after=None, budget_seconds=None):
+    """Recompute the organization's chain; ``broken_at`` names the first entry that does not match.
+
+    A big log takes longer than one call may (10,000 entries: seconds on FerretDB, which decodes
+    every document it returns), so a call stops after ``budget_seconds`` at the end of a bulk read and
+    answers ``next_cursor``: the last entry it checked. The next call (``after`` = that cursor) links
+    on from that entry's stored hash, which the previous call checked against its content, so the
+    calls together check exactly what one call would."""
+    started = time.monotonic()
+    chain_doc = store.chain(org_id)
+    retained = store.retained(org_id) or {}
+    first_seq = retained.get("first_seq") or 1
+    head = store.head(org_id, chain_doc) if chain_doc else None
+    top = head["seq"] if head else 0
+    result = {"organization_id": org_id, "ok": True, "entries": 0, "first_sequence": first_seq if head else None,
+              "last_sequence": top or None, "head_hash": head["hash"] if head else None, "broken_at": None,
+              "checked_from": None, "checked_to": None, "next_cursor": None}
+    if head is None:
+        return result
+    start = first_seq if after is None else max(int(after) + 1, first_seq)
+    if start > top:
+        return result
+    # the link into the first entry checked: the anchor, or the stored hash of the entry before it
+    previous = retained.get("anchor") or ""
+    if start > first_seq:
+        before = store.entry_at(org_id, start - 1)
+        if before is None:
+            return _broken(result, start - 1, None, "missing")
+        previous = before.get("hash")
+    expected = start
+    for docs in store.bulks(org_id, start, top):
+        for doc in docs:
+            if doc["seq"] != expected:
+                return _broken(result, expected, None, "missing")
+            if doc.get("previous") != previous:
+                return _broken(result, doc["seq"], doc["_id"], "link_mismatch")
+            if digest(doc) != doc.get("hash"):
+                return _broken(result, doc["seq"], doc["_id"], "hash_mismatch")
+            if result["checked_from"] is None:
+                result["checked_from"] = doc["seq"]
+            result["checked_to"] = doc["seq"]
+            previous, expected = doc["hash"], expected + 1
+            result["entries"] += 1
+        if expected <= top and budget_seconds is not None and time.monotonic() - started > budget_seconds:
+            return dict(result, next_cursor=str(expected - 1))  # the rest in the next call
+    if expected <= top:  # entries up to the head are gone
+        return _broken(result, expected, None, "missing")
+    return result
+
+
+def _broken(result, sequence, entry_id, reason):
+    return dict(result, ok=False, broken_at={"sequence": sequence, "id": entry_id, "reason": reason})
