@@ -94,7 +94,7 @@ def test_audit_purge_scrubs_a_late_entry(scratch, test_stack, tap):
     """An event recorded after the audit log's purge (it passed the check before) is scrubbed by the
     recorder's own re-check (``deletion.scrub_if_purged``)."""
     store = store_of(AuditStore, scratch, test_stack)
-    org_id, now = str(uuid.uuid4()), datetime.now(timezone.utc).isoformat()
+    org_id, now = str(uuid.uuid4()), datetime.now(UTC).isoformat()
     event = {"event_id": str(uuid.uuid4()), "organization_id": org_id, "occurred_at": now}
     audit_chain.record(store, event, "system", [("organization.renamed", {"type": "organization", "id": org_id}, {})])
 
