@@ -634,3 +634,44 @@ class FakeOrgStore(FakeStore):
         current = doc.get(section) or {}
         if current.get("as_of") is None or current["as_of"] < as_of:
             doc[section] = dict(current, **values, as_of=as_of)
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+class FakeAuditStore(FakeStore):
+    """The audit log's chain: entries numbered per organization, one chain document each."""
+
+    def __init__(self):
+        super().__init__()
+        self.entries = self.table("entries")
+        self.chains = self.table("chains")
+
+    def chain(self, org_id):
+        return _copy(self.chains.get(org_id))
+
+    def start_chain(self, org_id, at):
+        self.chains.setdefault(org_id, {"_id": org_id, "org_id": org_id, "top_page": 0, "first_at": at})
+
+    def head(self, org_id, chain=None):
+        mine = [e for e in self.entries.values() if e["org_id"] == org_id]
+        return _copy(max(mine, key=lambda e: e["seq"])) if mine else None
+
+    def entry(self, entry_id):
+        return _copy(self.entries.get(entry_id))
+
+    def entry_at(self, org_id, seq):
+        return _copy(next((e for e in self.entries.values() if e["org_id"] == org_id and e["seq"] == seq), None))
+
+    def insert_entry(self, doc):
+        taken = any(e["org_id"] == doc["org_id"] and e["seq"] == doc["seq"] for e in self.entries.values())
+        if taken or doc["_id"] in self.entries:
+            return False
+        self.entries[doc["_id"]] = _copy(doc)
+        return True
+
+    def retained(self, org_id):
+        return None
+
+    def bulks(self, org_id, first_seq, top_seq):
+        yield sorted((_copy(e) for e in self.entries.values()
+                      if e["org_id"] == org_id and first_seq <= e["seq"] <= top_seq), key=lambda e: e["seq"])
