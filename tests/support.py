@@ -15,7 +15,8 @@ SUMMARY = pytest.StashKey[list]()
 
 
 def wait_until(check, timeout=10.0, interval=0.05, what="condition"):
-    """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds. ``what`` may be
+    a callable, asked at the failure (e.g. how far the awaited work got)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -23,7 +24,8 @@ def wait_until(check, timeout=10.0, interval=0.05, what="condition"):
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what} (last value: {last!r})")
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {described} (last value: {last!r})")
 
 
 def run_together(target, arguments, timeout=None):
