@@ -21,6 +21,7 @@ from bench import (
     mail,
     memory,
     observability,
+    quorum,
     throughput,
 )
 from bench import audit as audit_bench
@@ -28,7 +29,7 @@ from bench import console as console_bench
 from bench import ledger as ledger_bench
 from bench.harness import BenchStack, Client, Figure
 
-PARTS = ("overview", "edge", "tail", "console", "mail", "ledger", "growth", "deletion", "audit", "scale_out",
+PARTS = ("overview", "edge", "tail", "quorum", "console", "mail", "ledger", "growth", "deletion", "audit", "scale_out",
          "observability", "signups", "slow_connections")
 
 
@@ -88,6 +89,9 @@ def main(argv=None):
         if "tail" in parts:
             print("[1d] tail latency at 16 and 64 connections", flush=True)
             figures.extend(throughput.tail_latency(inst, org_id, token))
+        if "quorum" in parts:
+            print("[1e] a quorum queue next to a classic one", flush=True)
+            figures.append(quorum.measure(inst))
         if "console" in parts:
             print("[1b] console overview page vs the API overview", flush=True)
             figures.append(console_bench.measure(inst.gateway_url, owner["user"]["email"], "bench password 123",
