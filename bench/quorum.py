@@ -22,7 +22,7 @@ BODY = json.dumps({"args": ["00000000-0000-4000-8000-000000000000"], "kwargs": {
 def _round_trip(connection, queue_type, messages):
     """Seconds to publish ``messages``, each waiting for its confirm (as the services' publishes do),
     and consume them with acks (prefetch 16)."""
-    name = "bench-%s-%s" % (queue_type, uuid.uuid4().hex[:8])
+    name = f"bench-{queue_type}-{uuid.uuid4().hex[:8]}"
     exchange = Exchange("", type="direct")
     queue = Queue(name, exchange=exchange, routing_key=name, durable=True, no_declare=False,
                   queue_arguments={"x-queue-type": queue_type})
@@ -57,8 +57,7 @@ def measure(inst, messages=2000, rounds=3):
             for queue_type in samples:
                 samples[queue_type].append(messages / _round_trip(connection, queue_type, messages))
     rates = {queue_type: sorted(values)[len(values) // 2] for queue_type, values in samples.items()}
-    print("  queue round trips (messages/s, median of %d): classic %.0f, quorum %.0f"
-          % (rounds, rates["classic"], rates["quorum"]), flush=True)
+    print(f"  queue round trips (messages/s, median of {rounds}): classic {rates['classic']:.0f}, "
+          f"quorum {rates['quorum']:.0f}", flush=True)
     return Figure("quorum_vs_classic_messages", rates["quorum"] / rates["classic"], None,
-                  "(%.0f vs %.0f confirmed and acked messages/s through one queue)"
-                  % (rates["quorum"], rates["classic"]))
+                  f"({rates['quorum']:.0f} vs {rates['classic']:.0f} confirmed and acked messages/s through one queue)")
