@@ -4,9 +4,14 @@ Importing this makes the process's nameko declare no exchange and name its repli
 service (``common/bus.py``). :class:`Service` carries the dependencies every service has -- the
 request and event id of each worker (``common/context.py``), the liveness heartbeat
 (``common/liveness.py``) and ``/metrics`` on ``METRICS_PORT`` (``common/metrics.py``); a service adds its store, its
-settings and its own providers. It has no
-entrypoint, so ``nameko run`` never takes it for a service.
+settings and its own providers. It has one
+entrypoint, ``ping`` (what readiness checks and tests ask every service), so a service module must
+not hold this class under a name of its own: ``nameko run <module>`` takes every class of the module
+with an entrypoint for a service. Service modules therefore ``from common import service`` and
+subclass ``service.Service``.
 """
+from nameko.rpc import rpc
+
 from common import bus
 from common.context import RequestContext
 from common.liveness import Liveness
@@ -23,3 +28,7 @@ class Service:
     context = RequestContext()
     liveness = Liveness()  # a heartbeat while the queue consumer consumes (common/liveness.py, common/probe.py)
     metrics = Metrics()
+
+    @rpc
+    def ping(self):
+        return "pong"

@@ -5,12 +5,11 @@ own database, and asks no other service anything: what an entry needs, the event
 in ``entries`` (event -> entries), ``chain`` (append, verify), ``log`` (reads), ``deletion`` and
 ``retention``; this module only wires them to nameko.
 """
-from nameko.rpc import rpc
 
-from common import events
+from common import events, service
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
-from common.service import Service, domain_rpc
+from common.service import domain_rpc
 from common.settings_provider import SettingsProvider
 from common.timers import configured_timer
 from services.audit import chain, deletion, entries, log, people, retention
@@ -18,15 +17,12 @@ from services.audit.settings import AuditSettings
 from services.audit.store import AuditStore
 
 
-class AuditService(Service):
+class AuditService(service.Service):
     name = "audit"
 
     store = StoreProvider(AuditStore)
     settings = SettingsProvider(AuditSettings)
 
-    @rpc
-    def ping(self):
-        return "pong"
 
     # -- reads ---------------------------------------------------------------------------------------
     @domain_rpc

@@ -2,12 +2,12 @@
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy, rpc
 
-from common import events
+from common import events, service
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
-from common.service import Service, domain_rpc
+from common.service import domain_rpc
 from common.settings_provider import SettingsProvider, settings_of
 from common.timers import configured_timer
 from services.membership import accounts, deletion, invites, members, sessions, signup
@@ -29,7 +29,7 @@ class SuperuserBootstrap(DependencyProvider):
                                       settings.superuser_email, settings.superuser_password, settings.superuser_name)
 
 
-class MembershipService(Service):
+class MembershipService(service.Service):
     name = "membership"
 
     store = StoreProvider(MembershipStore)
@@ -51,9 +51,6 @@ class MembershipService(Service):
     def _request_deletion(self, org_id, requested_by, confirm_name):
         return self._ask_org("request_deletion", org_id, requested_by, confirm_name)
 
-    @rpc
-    def ping(self):
-        return "pong"
 
     @rpc
     def public_keys(self):

@@ -7,14 +7,14 @@ delivery log) and
 from datetime import timedelta
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
 
-from common import events
+from common import events, service
 from common.events import utcnow
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
-from common.service import Service, domain_rpc
+from common.service import domain_rpc
 from common.settings_provider import SettingsProvider, settings_of
 from common.timers import configured_timer
 from services.notifications import deletion, dispatch, notify, preferences
@@ -37,7 +37,7 @@ class Mailer(DependencyProvider):
         return self.outgoing
 
 
-class NotificationsService(Service):
+class NotificationsService(service.Service):
     name = "notifications"
 
     store = StoreProvider(NotificationsStore)
@@ -66,9 +66,6 @@ class NotificationsService(Service):
             # the purge may have run while this event was handled: what it missed goes now
             deletion.scrub_if_purged(self.store, event.get("organization_id"))
 
-    @rpc
-    def ping(self):
-        return "pong"
 
     # -- settings and the delivery log -----------------------------------------------------------
     @domain_rpc

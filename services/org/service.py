@@ -1,10 +1,9 @@
 """Org service entrypoints: organizations, plans and the overview read model."""
-from nameko.rpc import rpc
 
-from common import events
+from common import events, service
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
-from common.service import Service, domain_rpc
+from common.service import domain_rpc
 from common.settings_provider import SettingsProvider
 from common.timers import configured_timer
 from services.org import domain
@@ -12,15 +11,12 @@ from services.org.settings import OrgSettings
 from services.org.store import OrgStore
 
 
-class OrgService(Service):
+class OrgService(service.Service):
     name = "org"
 
     store = StoreProvider(OrgStore)
     settings = SettingsProvider(OrgSettings)
 
-    @rpc
-    def ping(self):
-        return "pong"
 
     @domain_rpc
     def create_organization(self, org_id, name, owner):

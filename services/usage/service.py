@@ -1,12 +1,12 @@
 """Usage service entrypoints: storage reports and the credit ledger (logic in storage.py / credits.py)."""
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
 
-from common import events
+from common import events, service
 from common.errors import DomainError
 from common.handlers import reliable_handler
 from common.mongo import StoreProvider
 from common.rpc import ask
-from common.service import Service, domain_rpc
+from common.service import domain_rpc
 from common.settings_provider import SettingsProvider
 from common.timers import configured_timer
 from services.usage import credits, deletion, storage
@@ -15,7 +15,7 @@ from services.usage.settings import UsageSettings
 from services.usage.store import UsageStore
 
 
-class UsageService(Service):
+class UsageService(service.Service):
     name = "usage"
 
     store = StoreProvider(UsageStore)
@@ -35,9 +35,6 @@ class UsageService(Service):
                 raise
         return call()
 
-    @rpc
-    def ping(self):
-        return "pong"
 
     # -- storage and the usage summary --------------------------------------------------------
     @domain_rpc
