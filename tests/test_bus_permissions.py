@@ -230,8 +230,17 @@ def read(path):
 
 
 def rpc_methods(service):
-    source = read(os.path.join(ROOT, "services", service, "service.py"))
-    return set(re.findall(r"@(?:domain_)?rpc\b[^\n]*\n\s*def (\w+)", source))
+    """The RPC entrypoints of ``service``'s class, inherited ones (``ping``, common/service.py) included."""
+    import importlib
+    import inspect
+
+    from nameko.rpc import Rpc
+
+    [path] = [p for p in subscriptions.SERVICE_CLASSES if p.startswith(f"services.{service}.")]
+    module, name = path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return {method for method, member in inspect.getmembers(cls)
+            if any(isinstance(entrypoint, Rpc) for entrypoint in getattr(member, "nameko_entrypoints", ()))}
 
 
 def test_gateway_call_list_is_exactly_what_the_gateway_calls():
