@@ -339,6 +339,8 @@ def test_the_console_shows_the_activity_tab(people):
     text = ada.page.locator("table").inner_text()
     assert "renamed the organization" in text and "created the organization" in text and "joined" in text
     assert "Ada Activity" in text and "Very Active Lab" in text
+    # read as a person reads: flags in words, no internal ids, no Python spellings
+    assert "is owner: yes" in text and "True" not in text and "False" not in text and "user id" not in text
     ada.check("activity")
 
 

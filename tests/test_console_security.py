@@ -229,7 +229,7 @@ def test_keyboard_only_login_and_menu_and_phone_width(people, gateway, tap):
     assert invited.status_code == 201, invited.text
     phone = people("phone", viewport={"width": 375, "height": 740})
     logged_in(phone, owner)
-    for tab in ("", "/members", "/notifications", "/delete"):
+    for tab in ("", "/members", "/notifications", "/activity", "/delete"):
         phone.goto(f"/orgs/{owner.org_id}{tab}")
         assert phone.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), tab
         wide = phone.page.evaluate("Array.from(document.querySelectorAll('.table-wrap'))"

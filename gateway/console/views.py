@@ -345,6 +345,27 @@ def format_role(role):
     return ROLE_LABEL.get(role, role)
 
 
+@bp.app_template_filter("details")
+def format_details(details):
+    """An audit entry's details as a reader wants them: ``[(label, text)]``, yes/no for flags, roles
+    by their names, moments as the page shows them; internal ids (``*_id``) and nested values are
+    left out (the page names people already)."""
+    shown = []
+    for key, value in (details or {}).items():
+        if value is None or isinstance(value, (dict, list)) or key == "id" or key.endswith("_id"):
+            continue
+        if isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif key.endswith("role"):
+            text = format_role(value)
+        elif key.endswith("_at"):
+            text = format_moment(value)
+        else:
+            text = str(value)
+        shown.append((key.replace("_", " "), text))
+    return shown
+
+
 def plan_warning(paid_until):
     """A visible warning when the paid period ends within the reminder window or has ended."""
     moment = parse_moment(paid_until)
