@@ -31,7 +31,7 @@ def on_starting(server):
     """Before the workers fork: the overview change stamps they share (gateway/readmodel.py)."""
     from gateway import readmodel
 
-    readmodel.share_between_workers()
+    readmodel.shared_stamps()
 
 
 def post_worker_init(worker):

@@ -57,17 +57,13 @@ class ChangeStamps:
         self._view[self._slot(key)] = int.from_bytes(os.urandom(8), "little")
 
 
-def share_between_workers():
-    """Called in gunicorn's master before the workers fork (``on_starting``), so they all share one."""
+def shared_stamps():
+    """The host's stamps: made by gunicorn's master before the workers fork (``on_starting``), so
+    they all share one; a process not forked from gunicorn's master (a test app) gets its own."""
     global _shared
     if _shared is None:
         _shared = ChangeStamps()
     return _shared
-
-
-def shared_stamps():
-    """The host's stamps; a process not forked from gunicorn's master (a test app) gets its own."""
-    return share_between_workers()
 
 
 class OverviewCache:
