@@ -123,3 +123,38 @@ def test_the_stamps_are_shared_with_forked_workers():
     _, status = os.waitpid(child, 0)
     assert status == 0
     assert stamps.stamp("o1") != before
+
+
+def test_no_overview_is_served_from_memory_after_the_deletion_answered(gateway, test_stack, owner):
+    """Readers race the deletion on every worker: a read that starts after the 202 never gets 200."""
+    import threading
+    import time
+
+    import requests
+
+    su = superuser_token(gateway)  # a platform token: the deletion does not revoke it
+    url = test_stack.upstream_url + f"/api/v1/organizations/{owner.org_id}"
+    on_new_connections(test_stack, f"/organizations/{owner.org_id}", su)  # every worker holds a copy
+    answered_at, seen, stop = [], [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            started = time.monotonic()
+            status = requests.get(url, headers={"Authorization": "Bearer " + su}, timeout=15).status_code
+            seen.append((started, status))
+    readers = [threading.Thread(target=read) for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    try:
+        name = gateway.get(f"/organizations/{owner.org_id}", su).json()["name"]
+        deleted = gateway.delete(f"/organizations/{owner.org_id}", {"confirm_name": name}, owner.token)
+        answered_at.append(time.monotonic())
+        assert deleted.status_code == 202, deleted.text
+        wait_until(lambda: sum(1 for started, _ in seen if started > answered_at[0]) >= 60, timeout=30,
+                   what="reads after the deletion's answer")
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=20)
+    late = [status for started, status in seen if started > answered_at[0]]
+    assert late and 200 not in late, sorted(set(late))
