@@ -17,6 +17,8 @@ import logging
 import uuid
 from datetime import timedelta
 
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
 from nameko.amqp.publish import Publisher
 
 from common import context
@@ -95,9 +97,17 @@ class Outbox:
                                **envelope(entry["source"], entry["type"], body, entry.get("request_id")))
 
     def flush(self, collection, doc_id):
-        """Publish and clear what one document has pending; returns how many were published."""
+        """Publish and clear what one document has pending; returns how many were published.
+
+        Right after a write this is best effort: the write stands and its events wait in the
+        document, so a broker that fails now (a node dying mid-publish) leaves them to the sweep
+        instead of failing the caller's answer."""
         doc = self.db[collection].find_one({"_id": doc_id}, PROJECTION)
-        return self._flush_doc(collection, doc) if doc else 0
+        try:
+            return self._flush_doc(collection, doc) if doc else 0
+        except (KombuError, AMQPError, OSError) as error:
+            log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
+            return 0
 
     def publish_written(self, collection, doc_id, entries):
         """Publish ``entries`` that the caller has just written into a new document (it holds them in
@@ -105,8 +115,12 @@ class Outbox:
         a document with other pending events (an update's) use :meth:`flush`."""
         if not entries:
             return 0
-        for entry in sorted(entries, key=lambda item: item["body"]["occurred_at"]):
-            self.publish_entry(entry)
+        try:
+            for entry in sorted(entries, key=lambda item: item["body"]["occurred_at"]):
+                self.publish_entry(entry)
+        except (KombuError, AMQPError, OSError) as error:  # as in flush(): the sweep publishes them
+            log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
+            return 0
         unset = {f'{FIELD}.{entry["body"]["event_id"]}': "" for entry in entries}
         self.db[collection].update_one({"_id": doc_id}, {"$unset": unset, "$inc": {COUNT: -len(entries)}})
         return len(entries)
