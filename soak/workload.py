@@ -182,7 +182,8 @@ class Lane:
         self.sent = []                # (recipient, subject) of every invite sent
         self.confirmations = []       # (recipient, subject) of every deletion's confirmation
         self.uncertain = []           # mails of invites whose request got no answer: at most one each
-        self.blocked = set()          # (email, org id) of those invites: never invited again
+        self.blocked = set()          # (email, org id) of every invite sent or tried: never invited again
+                                      # (a mail is known by recipient and subject, one per pair)
         self.deletions = {}           # org id -> {"requested": monotonic, "deleted": monotonic or None}
         self.su = Account(SUPERUSER["email"])
 
@@ -306,6 +307,7 @@ class Lane:
         body = response.json()
         if len(body["items"]) != len(invites) or body["skipped"]:
             self.stats.mismatch(f"invite answer {body!r} for {len(invites)} new invitees")
+        self.blocked.update((i.email, org.id) for i in invites)
         for invite in invites:
             invite.role = role
             self.invites.append(invite)
