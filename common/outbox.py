@@ -3,7 +3,8 @@
 MongoDB-compatible servers here have no multi-document transactions, so an event is written
 *into the document whose change it announces*, in the same single-document write:
 ``_outbox.<event_id>: event`` plus ``$inc: {_outbox_n: 1}``. After the write the service publishes
-the pending events and unsets them (decrementing the counter). If the process dies in between,
+the events *it* queued and unsets them (decrementing the counter); events other writers queued in
+the same document are theirs to publish. If the process dies in between,
 the periodic ``sweep`` finds documents with ``_outbox_n > 0`` and publishes what they still hold;
 subscribers dedupe or are idempotent, so a rare double publish is harmless.
 
@@ -109,10 +110,17 @@ class Outbox:
             log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
             return 0
 
-    def publish_written(self, collection, doc_id, entries):
-        """Publish ``entries`` that the caller has just written into a new document (it holds them in
-        memory), then clear them in one update: no read, one write for any number of events. For
-        a document with other pending events (an update's) use :meth:`flush`."""
+    def publish_written(self, collection, doc_id, entries, delete_after=False):
+        """Publish the ``entries`` the caller has just written into a document -- a new one or an
+        update of an existing one; it holds them in memory -- then clear exactly those, in one
+        update: no read, one write for any number of events. ``delete_after``: the write marked the
+        document ``_delete_after_publish``; it is deleted once nothing is pending in it.
+
+        Only the writer's own events. Other events pending in the same document belong to writers
+        that are publishing them right now (or to the sweep, after a crash): when every write of a
+        document published everything it held, n concurrent writers of one document (renames of
+        one organization) published each other's events, O(n²) publishes and subscriber work that
+        cut rename throughput as concurrency rose. Best effort like :meth:`flush`."""
         if not entries:
             return 0
         try:
@@ -121,9 +129,22 @@ class Outbox:
         except (KombuError, AMQPError, OSError) as error:  # as in flush(): the sweep publishes them
             log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
             return 0
-        unset = {f'{FIELD}.{entry["body"]["event_id"]}': "" for entry in entries}
-        self.db[collection].update_one({"_id": doc_id}, {"$unset": unset, "$inc": {COUNT: -len(entries)}})
+        self._clear(collection, doc_id, [f'{FIELD}.{entry["body"]["event_id"]}' for entry in entries])
+        if delete_after:
+            self.db[collection].delete_one({"_id": doc_id, COUNT: {"$lte": 0}, DELETE_AFTER: True})
         return len(entries)
+
+    def _clear(self, collection, doc_id, keys):
+        """Unset published entries and count them off, each only while it is still there: the sweep
+        may have published and cleared one meanwhile, and the counter must not drop twice for it.
+        One update for all of them; key by key only if that found some gone."""
+        done = self.db[collection].update_one(
+            dict({key: {"$exists": True} for key in keys}, _id=doc_id),
+            {"$unset": {key: "" for key in keys}, "$inc": {COUNT: -len(keys)}})
+        if done.matched_count == 0 and len(keys) > 1:
+            for key in keys:
+                self.db[collection].update_one({"_id": doc_id, key: {"$exists": True}},
+                                               {"$unset": {key: ""}, "$inc": {COUNT: -1}})
 
     def insert_batch(self, collection, entries):
         """Queue many events in one new document of their own (one insert); returns its id.
@@ -150,9 +171,7 @@ class Outbox:
         for event_id, entry in sorted((doc.get(FIELD) or {}).items(),
                                       key=lambda item: item[1]["body"]["occurred_at"]):
             self.publish_entry(entry)
-            key = f"{FIELD}.{event_id}"
-            self.db[collection].update_one({"_id": doc["_id"], key: {"$exists": True}},
-                                           {"$unset": {key: ""}, "$inc": {COUNT: -1}})
+            self._clear(collection, doc["_id"], [f"{FIELD}.{event_id}"])
             published += 1
         if doc.get(DELETE_AFTER):
             self.db[collection].delete_one({"_id": doc["_id"], COUNT: {"$lte": 0}, DELETE_AFTER: True})

@@ -56,7 +56,7 @@ class MembershipStore(Store):
         result = self.db[collection].update_one(query, outbox.update_with_events(update, *events)
                                                 if events else update)
         if result.modified_count and events:
-            self.outbox.flush(collection, query["_id"])
+            self.outbox.publish_written(collection, query["_id"], events)
         return bool(result.modified_count)
 
     def _find_and_update(self, collection, query, update, events=(), upsert=False):
@@ -64,7 +64,7 @@ class MembershipStore(Store):
             query, outbox.update_with_events(update, *events) if events else update,
             return_document=ReturnDocument.AFTER, upsert=upsert))
         if doc is not None and events:
-            self.outbox.flush(collection, doc["_id"])
+            self.outbox.publish_written(collection, doc["_id"], events, delete_after=bool(doc.get(outbox.DELETE_AFTER)))
         return doc
 
     # -- accounts ---------------------------------------------------------------------------

@@ -215,7 +215,7 @@ class NotificationsStore(Store):
                                                    if events else {"$set": fields}, upsert=True,
                                                    return_document=ReturnDocument.AFTER)
         if events:
-            self.outbox.flush("settings", org_id)
+            self.outbox.publish_written("settings", org_id, events)
         return outbox.without_outbox(doc)
 
     # -- deliveries ----------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class OrgStore(Store):
         if doc is not None:
             self._changed(org_id)
         if doc is not None and events:
-            self.outbox.flush("organizations", org_id)
+            self.outbox.publish_written("organizations", org_id, events)
         return doc
 
     def rename_active(self, org_id, name, at, *events):

@@ -28,7 +28,7 @@ class FakeOutbox:
         for entry in entries:
             self.publish_entry(entry)
 
-    def publish_written(self, collection, doc_id, entries):
+    def publish_written(self, collection, doc_id, entries, delete_after=False):
         self.publish_all(entries)
         return len(entries)
 
