@@ -141,12 +141,7 @@ def main(argv=None):
     finally:
         bench_stack.stop()
     print(f"\nbench finished in {time.monotonic() - began:.0f}s on {machine()}")
-    for figure in figures:
-        print(figure.line())
-    missed = [figure.name for figure in figures if not figure.ok]
-    if missed:
-        print("missed: " + ", ".join(missed))
-    return 1 if missed else 0
+    return harness.summary(figures)
 
 
 class _NoProfiler:

@@ -48,6 +48,18 @@ class Figure:
         return f'{self.name}: {self.value:.3f} ({goal}{verdict}){("  " + self.note if self.note else "")}'
 
 
+def summary(figures):
+    """Print each figure's line, then the names of those that missed their goal; the exit status
+    (1 if any did). For the bench's figures and the soak's (anything with ``name``, ``ok`` and
+    ``line()``); pytest-style, the verdict is the last line."""
+    for figure in figures:
+        print(figure.line())
+    missed = [figure.name for figure in figures if not figure.ok]
+    if missed:
+        print("missed: " + ", ".join(missed))
+    return 1 if missed else 0
+
+
 # -- the instance ------------------------------------------------------------------------------
 
 class BenchStack:

@@ -24,6 +24,7 @@ import warnings  # noqa: E402
 
 _bench_routes = os.environ.get("BENCH_ROUTES")
 from bench import memory  # noqa: E402  (its harness switches the bench-only route on; not here)
+from bench.harness import summary  # noqa: E402
 
 if _bench_routes is None:
     os.environ.pop("BENCH_ROUTES", None)
@@ -139,12 +140,7 @@ def main():
     if FUZZ_CASES and os.path.exists(os.path.join(stack.ROOT, "tests", "test_fuzz.py")):
         figures.append(run_fuzz())
     print(f"\nsoak finished in {time.monotonic() - STARTED:.0f}s")
-    for figure in figures:
-        print(figure.line())
-    missed = [figure.name for figure in figures if not figure.ok]
-    if missed:
-        print("missed: " + ", ".join(missed))
-    return 1 if missed else 0
+    return summary(figures)
 
 
 if __name__ == "__main__":
