@@ -97,19 +97,6 @@ class Outbox:
                                routing_key=entry["type"], mandatory=False,
                                **envelope(entry["source"], entry["type"], body, entry.get("request_id")))
 
-    def flush(self, collection, doc_id):
-        """Publish and clear what one document has pending; returns how many were published.
-
-        Right after a write this is best effort: the write stands and its events wait in the
-        document, so a broker that fails now (a node dying mid-publish) leaves them to the sweep
-        instead of failing the caller's answer."""
-        doc = self.db[collection].find_one({"_id": doc_id}, PROJECTION)
-        try:
-            return self._flush_doc(collection, doc) if doc else 0
-        except (KombuError, AMQPError, OSError) as error:
-            log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
-            return 0
-
     def publish_written(self, collection, doc_id, entries, delete_after=False):
         """Publish the ``entries`` the caller has just written into a document -- a new one or an
         update of an existing one; it holds them in memory -- then clear exactly those, in one
@@ -120,13 +107,17 @@ class Outbox:
         that are publishing them right now (or to the sweep, after a crash): when every write of a
         document published everything it held, n concurrent writers of one document (renames of
         one organization) published each other's events, O(n²) publishes and subscriber work that
-        cut rename throughput as concurrency rose. Best effort like :meth:`flush`."""
+        cut rename throughput as concurrency rose.
+
+        Best effort: the write stands and its events wait in the document, so a broker that fails
+        now (a node dying mid-publish) leaves them to the sweep instead of failing the caller's
+        answer."""
         if not entries:
             return 0
         try:
             for entry in sorted(entries, key=lambda item: item["body"]["occurred_at"]):
                 self.publish_entry(entry)
-        except (KombuError, AMQPError, OSError) as error:  # as in flush(): the sweep publishes them
+        except (KombuError, AMQPError, OSError) as error:
             log.warning("events of %s %s left for the sweep: %r", collection, doc_id, error)
             return 0
         self._clear(collection, doc_id, [f'{FIELD}.{entry["body"]["event_id"]}' for entry in entries])

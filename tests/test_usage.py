@@ -379,8 +379,10 @@ def test_credit_validation_and_pagination(gateway, team, su):
 
 def rpc_channels(inst, service):
     """The AMQP channel of each process consuming ``service``'s RPC queue (management API)."""
-    queue = stack._management(inst, "GET", f'/api/queues/{quote(inst.vhost, safe="")}/rpc-{service}')
-    return [consumer["channel_details"]["name"] for consumer in queue["consumer_details"]]
+    queue = stack._management(inst, "GET", f'/api/queues/{quote(inst.vhost, safe="")}/rpc-{service}') or {}
+    # a busy broker may answer without the details yet (the caller waits until both are listed)
+    return [consumer["channel_details"]["name"] for consumer in queue.get("consumer_details") or []
+            if isinstance(consumer.get("channel_details"), dict)]
 
 
 def delivered(inst, channel):

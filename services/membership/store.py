@@ -165,7 +165,7 @@ class MembershipStore(Store):
         except DuplicateKeyError:
             return False
         self._take_back_if_gone("memberships", doc)
-        self.outbox.flush("memberships", doc["_id"])
+        self.outbox.publish_written("memberships", doc["_id"], events)
         return True
 
     def membership(self, org_id, user_id):
@@ -212,7 +212,7 @@ class MembershipStore(Store):
     def insert_invite(self, doc, *events):
         self.db.invites.insert_one(dict(doc, **outbox.new_document_fields(*events)))
         self._take_back_if_gone("invites", doc)
-        self.outbox.flush("invites", doc["_id"])
+        self.outbox.publish_written("invites", doc["_id"], events)
 
     def insert_invites(self, docs_and_events):
         """Many invites in one insert, their ``invite_created`` events queued in one batch document

@@ -64,7 +64,7 @@ class OrgStore(Store):
             self.organizations.insert_one(dict(doc, **outbox.new_document_fields(*events)))
         except DuplicateKeyError:
             return False
-        self.outbox.flush("organizations", doc["_id"])
+        self.outbox.publish_written("organizations", doc["_id"], events)
         return True
 
     def get_organization(self, org_id):
@@ -141,7 +141,7 @@ class OrgStore(Store):
                                                 dict(tombstone, **outbox.new_document_fields(*events)))
         if result.modified_count:
             self._changed(org_id)
-            self.outbox.flush("organizations", org_id)
+            self.outbox.publish_written("organizations", org_id, events)
         return bool(result.modified_count)
 
     def deletions_requested_before(self, cutoff):

@@ -19,8 +19,8 @@ class CrashAfterLedgerWrite(DependencyProvider):
         store = next(dep.store for dep in self.container.dependencies if isinstance(dep, StoreProvider))
         publish_written = store.outbox.publish_written
 
-        def crash_before_publishing(collection, doc_id, entries):
+        def crash_before_publishing(collection, doc_id, entries, **options):
             if collection == "ledger":
                 os._exit(1)
-            return publish_written(collection, doc_id, entries)
+            return publish_written(collection, doc_id, entries, **options)
         store.outbox.publish_written = crash_before_publishing

@@ -166,7 +166,7 @@ class UsageStore(Store):
                                                                                          *events))
         if before_publish is not None:
             before_publish()
-        self.outbox.flush("storage_reports", report_id)
+        self.outbox.publish_written("storage_reports", report_id, events)
 
     def drop_storage_claim(self, report_id):
         """Give back a claim nothing was written under (its report was refused)."""
