@@ -42,10 +42,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """The worker's access lines still in its buffer (gateway/accesslog.py) go out before it does."""
+    """The worker's access lines still in its buffer (gateway/accesslog.py) and the answers it has
+    not yet written to the metrics files (gateway/metrics.py) go out before it does."""
+    from gateway import metrics
+
     flush = getattr(server.log, "flush_access", None)
     if flush is not None:
         flush()
+    metrics.flush_all()
 
 
 def child_exit(server, worker):
