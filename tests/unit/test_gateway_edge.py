@@ -2,13 +2,15 @@
 the security headers, the target limit, the metrics counted in memory and flushed, and the access
 line written by hand. Each is checked against what the hooks, ``Histogram.observe`` and
 ``json.dumps`` gave before."""
+import datetime
+import json
 import re
 import uuid
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from common import context
+from common import context, logs
 from gateway import metrics
 from gateway.app import create_app
 from gateway.headers import SECURITY_HEADERS
@@ -122,3 +124,64 @@ def test_429s_are_counted_at_once():
     answers.observe("/test/limited", "POST", 429, 0.001)
     assert metrics.RATE_LIMITED.labels("/test/limited")._value.get() == before + 1
     assert "gateway_rate_limited_total" in generate_latest().decode()
+
+
+# -- the access line ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def access_log():
+    from gunicorn.config import Config
+
+    from gateway.accesslog import RedactingLogger
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", '%(h)s "%(r)s" %(s)s %(b)s %(M)sms')
+    return RedactingLogger(cfg)
+
+
+class Response:
+    def __init__(self, status_code, sent, headers=()):
+        self.status_code, self.sent, self.headers = status_code, sent, list(headers)
+
+
+TRICKY = [
+    ("GET", "/healthz", "", "/healthz", 200, 16),
+    ("GET", "/api/v1/no\u2028such\x85path\"\\\n", "", "/api/v1/no%E2%80%A8such", 404, 88),
+    ("POST", "/api/v1/invites/SECRET-TOKEN/accept", "access_token=abc&x=1", "/api/v1/invites/SECRET-TOKEN/accept?"
+     "access_token=abc&x=1", 201, None),
+    ("GE\"T", "/api/v1/deletions/receipt", "Token=%3C&code=1", "/api/v1/deletions/receipt?Token=%3C&code=1", None, 0),
+]
+
+
+@pytest.mark.parametrize("method,path,query,raw,status,sent", TRICKY)
+def test_the_access_line_is_the_json_record_it_was(access_log, method, path, query, raw, status, sent):
+    from gateway.accesslog import redact, redact_query
+
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "RAW_URI": raw,
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.7", "orgplatform.request_id": "rid-1"}
+    took = datetime.timedelta(microseconds=12345)
+    line = access_log._json_access_line(Response(status, sent), None, environ, took)
+    assert line.isascii() and "\n" not in line and "SECRET-TOKEN" not in line and "abc" not in line
+    record = json.loads(line)
+    message = '10.0.0.7 "{}" {} {} 12ms'.format(redact(f"{method} {raw} HTTP/1.1"), status,
+                                                 sent if sent is not None else "-")
+    expected = logs.json_line("gateway", access_log.access_log.name, "INFO", message, {
+        "method": method, "path": redact(path), "query": redact_query(query) or None, "status": status,
+        "bytes": sent, "duration_ms": 12.3, "remote": "10.0.0.7", "request_id": "rid-1"})
+    timestamp = re.compile(r'"timestamp": "[^"]+"')
+    assert timestamp.sub("", line) == timestamp.sub("", expected)  # the same text, key order and escaping
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["timestamp"])
+    moment = datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
+    assert abs((datetime.datetime.now(datetime.UTC) - moment).total_seconds()) < 5
+
+
+def test_redaction_takes_its_shortcut_only_where_nothing_is_redacted():
+    from gateway import accesslog
+
+    def always(text):
+        text = accesslog._INVITE_TOKEN.sub(r"\1[redacted]", text)
+        return accesslog._QUERY.sub(lambda match: match.group(1) + accesslog._redact_pairs(match.group(2)), text)
+    for text in ("/healthz", "GET /a/invites/t0k3n?x=1 HTTP/1.1", "/x?token=1#f", "/deletions/r?", "/invites",
+                 "/Invites/abc", "?password=p&b=2 HTTP/1.0", "/a/b/c"):
+        assert accesslog.redact(text) == always(text), text
