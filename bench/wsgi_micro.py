@@ -6,8 +6,9 @@ bare app under the bench has no access log. Metrics are in multiprocess mode (a 
 ``PROMETHEUS_MULTIPROC_DIR``), as in production.
 
 ``python -m bench.wsgi_micro [requests] [--profile]``: microseconds per request, the best of 7
-interleaved rounds (bare, gateway, bare, ...) of ``requests`` each: on a shared machine the best
-round is the one least disturbed by other work.
+interleaved rounds (bare, gateway, bare, ...) of ``requests`` each, in CPU time of this process
+(``time.process_time``: every thread, the gateway's flushers included, and none of the time other
+work on a shared machine holds the cores); the best round is the one least disturbed.
 """
 import datetime
 import os
@@ -75,10 +76,10 @@ def per_request_us(calls, requests, rounds=7):
     best = dict.fromkeys(calls, float("inf"))
     for _ in range(rounds):
         for name, once in calls.items():
-            started = time.perf_counter()
+            started = time.process_time()
             for _ in range(requests):
                 once()
-            best[name] = min(best[name], (time.perf_counter() - started) / requests * 1e6)
+            best[name] = min(best[name], (time.process_time() - started) / requests * 1e6)
     return best
 
 

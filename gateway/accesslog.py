@@ -40,6 +40,14 @@ _URL_ATOMS = ("r", "U", "q", "f")
 _SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i")
 
 
+#: gunicorn.conf.py's access_log_format, which :func:`_default_message` writes without ``%``
+DEFAULT_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def _default_message(remote, request_line, status, sent, milliseconds):
+    return f'{remote} "{request_line}" {status} {sent if sent is not None else "-"} {int(milliseconds)}ms'
+
+
 def _json_int(value):
     """An int (or None) as ``json.dumps`` writes it."""
     return "null" if value is None else str(int(value))
@@ -97,14 +105,18 @@ class BufferedLines:
     def __init__(self, stream, interval=0.2):
         self._stream, self._interval = stream, interval
         self._lines, self._lock = [], threading.Lock()
-        self._pid = None  # the process whose flusher runs (threads do not survive gunicorn's fork)
+        self._running = False  # this process's flusher started (threads do not survive gunicorn's fork)
+        os.register_at_fork(after_in_child=self._forked)  # a flag, not os.getpid() (a system call) per line
         atexit.register(self.flush)
+
+    def _forked(self):
+        self._running, self._lock = False, threading.Lock()
 
     def write(self, line):
         with self._lock:
             self._lines.append(line)
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
+            if not self._running:
+                self._running = True
                 threading.Thread(target=self._run, name="access-log", daemon=True).start()
 
     def _run(self):
@@ -147,6 +159,9 @@ class RedactingLogger(Logger):
         stream = next((h.stream for h in self.access_log.handlers if hasattr(h, "stream")), None)
         json_format = settings.log_format.strip().lower() == "json"
         self._json_lines = BufferedLines(stream) if json_format and stream is not None else None
+        # the access format as one function when it is gunicorn.conf.py's (no atoms dict, no %)
+        self._format = self.cfg.access_log_format
+        self._message = _default_message if self._format == DEFAULT_FORMAT else None
         # what follows the timestamp up to the message's value, the same on every access line
         self._json_head = f', "level": "INFO", "service": "gateway", "logger": {_quoted(self.access_log.name)}, ' \
                           '"message": '
@@ -171,14 +186,16 @@ class RedactingLogger(Logger):
         path, query = redact(environ.get("PATH_INFO") or ""), redact_query(environ.get("QUERY_STRING") or "")
         remote = environ.get("REMOTE_ADDR") or "-"
         status = resp.status_code
-        atoms = {"h": remote, "m": method, "U": path, "q": query,
-                 "r": redact(f'{method} {environ.get("RAW_URI")} {environ.get("SERVER_PROTOCOL")}'),
-                 "s": status, "b": str(sent) if sent is not None else "-", "M": int(milliseconds)}
-        try:
-            message = self.cfg.access_log_format % atoms
-        except (KeyError, TypeError, ValueError):  # a format with other atoms: gunicorn's full set
-            message = self.cfg.access_log_format % self.atoms_wrapper_class(
-                self.atoms(resp, req, environ, request_time))
+        line = redact(f'{method} {environ.get("RAW_URI")} {environ.get("SERVER_PROTOCOL")}')
+        if self._message is not None:
+            message = self._message(remote, line, status, sent, milliseconds)
+        else:
+            atoms = {"h": remote, "m": method, "U": path, "q": query, "r": line, "s": status,
+                     "b": str(sent) if sent is not None else "-", "M": int(milliseconds)}
+            try:
+                message = self._format % atoms
+            except (KeyError, TypeError, ValueError):  # a format with other atoms: gunicorn's full set
+                message = self._format % self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
         request_id = environ.get(wsgi.REQUEST_ID_KEY) or next(
             (value for name, value in resp.headers if name.lower() == "x-request-id"), None)
         return (f'{{"timestamp": "{_timestamp_now()}"{self._json_head}{_quoted(message)}, '

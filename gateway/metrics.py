@@ -99,6 +99,11 @@ class Answers:
         self._gauges = {}  # the gauges' last values: set (a write to the shared file) only when one changes
         self._lock = threading.Lock()  # one flush at a time
         self._flusher = None
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self):
+        """A forked child starts its own flusher and leaves the parent's pending answers to it."""
+        self._pending, self._lock, self._flusher = collections.deque(), threading.Lock(), None
 
     def observe(self, route, method, status, seconds):
         self._pending.append((route, method, status, seconds))

@@ -71,6 +71,7 @@ class Edge:
         self.wsgi_app = wsgi_app
         self.headers = ()  # (name, value) every answer gets unless it set that header itself
         self._lower = frozenset()
+        self._watched = frozenset((_REQUEST_ID_LOWER,))  # an answer setting one of these is merged
         self.max_target = None  # MAX_URL_BYTES: a longer request target is answered by too_long
         self.too_long = None  # a WSGI app (gateway/headers.py: 414 in the error shape)
         self.observe = None  # observe(route, method, status, seconds) after each answer
@@ -80,6 +81,15 @@ class Edge:
         own CSP, caching and referrer policy)."""
         self.headers = tuple(self.headers) + tuple(headers.items())
         self._lower = frozenset(name.lower() for name, _ in self.headers)
+        self._watched = self._lower | {_REQUEST_ID_LOWER}
+
+    def _merged(self, headers, request_id):
+        """The answer's headers with ours, where it set some of them itself (console pages)."""
+        present = {name.lower() for name, _ in headers}
+        merged = [header for header in headers if header[0].lower() != _REQUEST_ID_LOWER]  # ours replaces it
+        merged.append((_REQUEST_ID_HEADER, request_id))
+        merged.extend(header for header in self.headers if header[0].lower() not in present)
+        return merged
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -87,17 +97,17 @@ class Edge:
         request_id = offered if offered is not None and context.well_formed(offered) else context.new_request_id()
         environ[REQUEST_ID_KEY] = request_id
         answered = [0]
+        watched = self._watched
 
         def start(status, headers, exc_info=None):
             answered[0] = status
-            present = {name.lower() for name, _ in headers}
-            if _REQUEST_ID_LOWER in present:  # ours replaces any the app set
-                headers = [header for header in headers if header[0].lower() != _REQUEST_ID_LOWER]
-            headers.append((_REQUEST_ID_HEADER, request_id))
-            if present.isdisjoint(self._lower):
+            for name, _ in headers:
+                if name.lower() in watched:
+                    headers = self._merged(headers, request_id)
+                    break
+            else:  # the usual answer sets none of ours: append them all
+                headers.append((_REQUEST_ID_HEADER, request_id))
                 headers.extend(self.headers)
-            else:
-                headers.extend(header for header in self.headers if header[0].lower() not in present)
             return start_response(status, headers, exc_info)
 
         tokens = context.bind(request_id)

@@ -57,6 +57,22 @@ def test_a_console_page_keeps_its_own_policies_and_gets_the_others(client):
     assert page.headers.getlist("X-Frame-Options") == ["DENY"] and page.headers["X-Request-ID"]
 
 
+def test_an_answer_setting_our_headers_keeps_its_own_policies_but_not_its_request_id():
+    from gateway import wsgi
+
+    def app(environ, start_response):
+        start_response("200 OK", [("content-security-policy", "mine"), ("X-Request-ID", "from-the-app")])
+        return [b""]
+    edge = wsgi.Edge(app)
+    edge.add_headers(SECURITY_HEADERS)
+    answered = []
+    edge({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_REQUEST_ID": "client-1"},
+         lambda status, headers, exc_info=None: answered.extend(headers))
+    names = [name.lower() for name, _ in answered]
+    assert len(names) == len(set(names)) == len(SECURITY_HEADERS) + 1
+    assert ("content-security-policy", "mine") in answered and ("X-Request-ID", "client-1") in answered
+
+
 def test_the_request_id_is_the_clients_well_formed_one_and_bound_while_the_app_runs(client):
     kept = client.get("/_seen", headers={"X-Request-ID": "client-chosen.1"})
     assert kept.headers["X-Request-ID"] == "client-chosen.1" == SEEN["request_id"]
@@ -174,6 +190,28 @@ def test_the_access_line_is_the_json_record_it_was(access_log, method, path, que
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["timestamp"])
     moment = datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
     assert abs((datetime.datetime.now(datetime.UTC) - moment).total_seconds()) < 5
+
+
+@pytest.mark.parametrize("method,path,query,raw,status,sent", TRICKY)
+def test_the_default_format_is_written_as_percent_would(method, path, query, raw, status, sent):
+    from gateway.accesslog import DEFAULT_FORMAT, _default_message
+
+    line = f"{method} {raw} HTTP/1.1"
+    atoms = {"h": "10.0.0.7", "r": line, "s": status, "b": str(sent) if sent is not None else "-", "M": 12}
+    assert _default_message("10.0.0.7", line, status, sent, 12.9) == DEFAULT_FORMAT % atoms
+
+
+def test_another_format_still_works(access_log):
+    saved = access_log._format, access_log._message
+    access_log._format, access_log._message = "%(m)s %(U)s %(s)s", None
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "QUERY_STRING": "", "RAW_URI": "/healthz",
+                   "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.7", "orgplatform.request_id": "rid-2"}
+        line = access_log._json_access_line(Response(200, 16, [("X-Request-ID", "rid-2")]), None, environ,
+                                            datetime.timedelta(milliseconds=3))
+        assert json.loads(line)["message"] == "GET /healthz 200"
+    finally:
+        access_log._format, access_log._message = saved
 
 
 def test_redaction_takes_its_shortcut_only_where_nothing_is_redacted():
