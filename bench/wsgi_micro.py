@@ -10,8 +10,10 @@ interleaved rounds (bare, gateway, bare, ...) of ``requests`` each, in CPU time 
 (``time.process_time``: every thread, the gateway's flushers included, and none of the time other
 work on a shared machine holds the cores); the best round is the one least disturbed.
 """
+import atexit
 import datetime
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,7 +90,9 @@ def main(argv=None):
     profile = "--profile" in argv
     argv = [a for a in argv if a != "--profile"]
     requests = int(argv[0]) if argv else 5000
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="wsgi-micro-"))
+    scratch = tempfile.mkdtemp(prefix="wsgi-micro-")  # its own: never a running gateway's folder
+    atexit.register(shutil.rmtree, scratch, True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = scratch
     # no broker is needed: nothing connects until an RPC is made (the port is closed)
     from bench.bare_app import create_app as bare_app
     from gateway.app import create_app
