@@ -161,7 +161,7 @@ def _add_to_histogram(histogram, total, buckets):
     """Add ``sum(buckets)`` observations totalling ``total`` to one labelled histogram, ``buckets[i]``
     of them in bucket ``i`` (not cumulative), as that many ``observe`` calls would: prometheus-client
     (pinned) keeps a value per bucket and one for the sum and has no public call for this;
-    ``tests/unit/test_gateway_metrics.py`` checks the result against ``observe``."""
+    ``tests/unit/test_gateway_edge.py`` checks the result against ``observe``."""
     histogram._sum.inc(total)
     for index, count in enumerate(buckets):
         if count:

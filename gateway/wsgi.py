@@ -67,6 +67,9 @@ def _target(environ):
 
 
 class Edge:
+    """The middleware: ``Edge(app.wsgi_app)`` is a WSGI app; ``headers``, ``max_target``/``too_long``
+    and ``observe`` are set by the concerns' ``init_app`` (none set: only the request id)."""
+
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app
         self.headers = ()  # (name, value) every answer gets unless it set that header itself
