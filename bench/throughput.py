@@ -110,9 +110,22 @@ def healthz_vs_bare_flask(inst):
         rates = interleaved(targets)
     finally:
         stack.stop_pid_file(pid_file)
+    _print_wsgi_micro()
     return Figure("healthz_vs_bare_flask", rates["gateway"] / rates["bare"], ">= 0.9",
                   f'({rates["gateway"]:.0f} vs {rates["bare"]:.0f} req/s, gunicorn {workers} workers x {threads} '
                   'threads, no proxy)')
+
+
+def _print_wsgi_micro():
+    """The same two apps timed through their WSGI callables alone (``bench/wsgi_micro.py``, a process
+    of its own): the per-request microseconds behind the ratio, without gunicorn and sockets."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "bench.wsgi_micro"], cwd=stack.ROOT, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    for line in result.stdout.splitlines():
+        print(f"  WSGI callables alone: {line}", flush=True)
 
 
 def _answers(url):

@@ -18,7 +18,6 @@ import logging
 import random
 import re
 import time
-import uuid
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
@@ -47,11 +46,19 @@ def well_formed(value):
     return isinstance(value, str) and _WELL_FORMED.fullmatch(value) is not None
 
 
+# a random 128-bit number made a version 4, RFC 4122 variant UUID: version nibble 4, variant bits 10
+_UUID4_KEEP = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_request_id():
-    """A random (version 4) UUID. Request ids correlate, they guard nothing (a client may choose its
-    own), so they come from ``random`` (reseeded in every forked child) rather than ``os.urandom``,
-    a system call that cost more than the rest of the gateway's ``/healthz`` hooks together."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    """A random (version 4) UUID, hyphenated. Request ids correlate, they guard nothing (a client may
+    choose its own), so they come from ``random`` (reseeded in every forked child) rather than
+    ``os.urandom``, a system call that cost more than the rest of the gateway's ``/healthz`` hooks
+    together; formatted by hand (0.7 us) rather than through ``uuid.UUID`` (2.4 us): the gateway
+    makes one per request that brings none."""
+    digits = "%032x" % (random.getrandbits(128) & _UUID4_KEEP | _UUID4_SET)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def request_id():

@@ -22,9 +22,12 @@ _CODE_BY_STATUS = {400: "malformed_request", 401: "unauthorized", 403: "forbidde
                    429: "rate_limited"}
 
 
+def error_document(code, message, details=None):
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
 def error_response(code, message, details=None, status=None, headers=None):
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return jsonify(body), status or STATUS_BY_CODE[code], headers or {}
+    return jsonify(error_document(code, message, details)), status or STATUS_BY_CODE[code], headers or {}
 
 
 def init_app(app):

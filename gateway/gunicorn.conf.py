@@ -1,6 +1,7 @@
 """gunicorn settings; the app is created in each worker after fork, so no RPC connection crosses a fork."""
 import os
 
+from gateway.accesslog import DEFAULT_FORMAT
 from gateway.settings import GatewaySettings
 
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
@@ -11,7 +12,7 @@ timeout = int(os.environ.get("GATEWAY_WORKER_TIMEOUT", "30"))
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+access_log_format = DEFAULT_FORMAT  # '%(h)s "%(r)s" %(s)s %(b)s %(M)sms', written without % (gateway/accesslog.py)
 logger_class = "gateway.accesslog.RedactingLogger"  # invite tokens in paths never reach the log
 preload_app = False
 # gunicorn's own request-line limit (at most 8190 bytes) would answer 414 in HTML; 0 lifts it to its
@@ -42,10 +43,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """The worker's access lines still in its buffer (gateway/accesslog.py) go out before it does."""
+    """The worker's access lines still in its buffer (gateway/accesslog.py) and the answers it has
+    not yet written to the metrics files (gateway/metrics.py) go out before it does."""
+    from gateway import metrics
+
     flush = getattr(server.log, "flush_access", None)
     if flush is not None:
         flush()
+    metrics.flush_all()
 
 
 def child_exit(server, worker):

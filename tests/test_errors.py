@@ -138,4 +138,4 @@ def test_an_unexpected_exception_is_a_500_in_the_error_shape_without_details(app
         for leak in ("Traceback", "RuntimeError", "KeyError", "hunter2", "/srv/secret", "no-such-key", ".py"):
             assert leak not in answer.text, (leak, answer.text)
         assert answer.headers["Content-Type"] == "application/json"
-        assert answer.headers["X-Content-Type-Options"] == "nosniff"  # the error passed through after_request
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"  # the middleware adds it to errors too
