@@ -134,6 +134,43 @@ class Outbox:
             self.db[collection].delete_one({"_id": doc_id, COUNT: {"$lte": 0}, DELETE_AFTER: True})
         return len(entries)
 
+    def publish_inserted(self, collection, docs, scope=None, published=None):
+        """Publish the events of documents the caller has just inserted -- in the given order, each
+        document's own in the order they occurred -- then clear them all in one update (one per
+        ``scope``). A group commit inserts many documents with one command (the usage ledger's
+        appends); clearing them one by one would give back most of what it saved.
+
+        Only for documents that hold nothing but the events their insert queued and are never
+        updated afterwards (a ledger entry): the clear unsets the whole outbox and zeroes the
+        counter, guarded by ``_outbox_n > 0``, so the sweep clearing the same document first (it
+        publishes only entries older than its grace) leaves nothing to count off twice.
+
+        ``scope(doc)``: equality fields naming where the document lives (a page key), added to the
+        clear's filter so that the embedded FerretDB answers it from an equality index instead of
+        scanning the collection for an ``$in`` of ids (``common/pages.py``); documents with the same
+        scope share one update. ``published()`` runs after the publishes and before the clear (the
+        callers waiting for their events need not wait for the clear too). Best effort like
+        :meth:`flush`: a broker failure leaves the events to the sweep; returns how many went out."""
+        docs = [doc for doc in docs if doc.get(FIELD)]
+        try:
+            for doc in docs:
+                for entry in sorted(doc[FIELD].values(), key=lambda item: item["body"]["occurred_at"]):
+                    self.publish_entry(entry)
+        except (KombuError, AMQPError, OSError) as error:
+            log.warning("events of %d %s documents left for the sweep: %r", len(docs), collection, error)
+            return 0
+        finally:
+            if published is not None:
+                published()
+        groups = {}
+        for doc in docs:
+            fields = scope(doc) if scope is not None else {}
+            groups.setdefault(tuple(sorted(fields.items())), []).append(doc["_id"])
+        for fields, ids in groups.items():
+            query = dict(fields, _id=ids[0] if len(ids) == 1 else {"$in": ids}, **{COUNT: {"$gt": 0}})
+            self.db[collection].update_many(query, {"$unset": {FIELD: ""}, "$set": {COUNT: 0}})
+        return sum(len(doc[FIELD]) for doc in docs)
+
     def _clear(self, collection, doc_id, keys):
         """Unset published entries and count them off, each only while it is still there: the sweep
         may have published and cleared one meanwhile, and the counter must not drop twice for it.
