@@ -22,7 +22,7 @@
 import uuid
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common import pages
 from common.events import utcnow
@@ -87,15 +87,27 @@ class AuditStore(Store):
     def entry(self, entry_id):
         return self.db.entries.find_one({"_id": entry_id})
 
-    def insert_entry(self, doc):
-        """Insert entry ``seq``; False if ``seq`` or ``_id`` is taken (the caller re-reads)."""
-        if pages.starts_page(doc["seq"]):
-            self.db.chains.update_one({"_id": doc["org_id"]}, {"$max": {"top_page": pages.number(doc["seq"])}})
+    def insert_entries(self, docs):
+        """Insert consecutive entries of one organization with one ordered insert; returns how many
+        went in: a prefix, up to the first whose ``seq`` or ``_id`` is taken (the caller re-reads).
+
+        At most ``pages.PAGE`` of them, so they touch at most two pages: the top page moves up before
+        the insert, and a head read looks in the top page and the one below."""
+        if not docs:
+            return 0
+        if len(docs) > pages.PAGE:
+            raise ValueError(f"at most {pages.PAGE} entries per insert")
+        starts = [doc["seq"] for doc in docs if pages.starts_page(doc["seq"])]
+        if starts:
+            self.db.chains.update_one({"_id": docs[0]["org_id"]}, {"$max": {"top_page": pages.number(max(starts))}})
         try:
-            self.db.entries.insert_one(dict(doc, **keys(doc["org_id"], doc["seq"])))
-            return True
-        except DuplicateKeyError:
-            return False
+            self.db.entries.insert_many([dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs], ordered=True)
+        except BulkWriteError as error:
+            details = error.details or {}
+            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
+                raise
+            return details.get("nInserted", 0)
+        return len(docs)
 
     def bulks(self, org_id, first_seq, top_seq):
         """The kept entries from ``first_seq`` up to ``top_seq``, oldest first, one list per bulk key

@@ -658,6 +658,7 @@ class FakeAuditStore(FakeStore):
         super().__init__()
         self.entries = self.table("entries")
         self.chains = self.table("chains")
+        self.inserts = []  # entries per insert_entries call
 
     def chain(self, org_id):
         return _copy(self.chains.get(org_id))
@@ -675,12 +676,16 @@ class FakeAuditStore(FakeStore):
     def entry_at(self, org_id, seq):
         return _copy(next((e for e in self.entries.values() if e["org_id"] == org_id and e["seq"] == seq), None))
 
-    def insert_entry(self, doc):
-        taken = any(e["org_id"] == doc["org_id"] and e["seq"] == doc["seq"] for e in self.entries.values())
-        if taken or doc["_id"] in self.entries:
-            return False
-        self.entries[doc["_id"]] = _copy(doc)
-        return True
+    def insert_entries(self, docs):
+        """An ordered insert: stops at the first entry whose ``seq`` or ``_id`` is taken."""
+        assert len(docs) <= 32, "at most a page per insert"
+        self.inserts.append(len(docs))
+        for count, doc in enumerate(docs):
+            taken = any(e["org_id"] == doc["org_id"] and e["seq"] == doc["seq"] for e in self.entries.values())
+            if taken or doc["_id"] in self.entries:
+                return count
+            self.entries[doc["_id"]] = _copy(doc)
+        return len(docs)
 
     def retained(self, org_id):
         return None
