@@ -18,9 +18,10 @@ import random
 import time
 
 from common import pages
-from common.batching import GroupCommit
+from common.batching import READ_MODEL_LINGER, GroupCommit
 from common.errors import DomainError
 from common.events import utcnow
+from services.audit import deletion
 
 #: the fields an entry's hash covers (``previous`` is the link), in the API's names
 HASHED = ("id", "organization_id", "sequence", "at", "actor", "action", "target", "details", "request_id",
@@ -54,23 +55,22 @@ def digest(doc):
 
 def record(store, event, actor, meaning):
     """Append the entries ``meaning`` (``[(action, target, details)]``, people already by token) of
-    ``event`` by ``actor``; returns how many were new. Idempotent: a repeated event adds nothing.
+    ``event`` by ``actor``; returns how many were new (see :func:`record_event`)."""
+    return record_event(store, event, lambda: (actor, meaning))
 
-    The entries of concurrent events of one organization are group-committed (``_write_group``): a
-    burst of events (a run of credit reservations) is one insert per group instead of a key look-up,
-    a head read and an insert per event."""
-    if not meaning:
-        return 0
-    org_id = event["organization_id"]
-    if org_id not in _CHAINS:
-        if store.chain(org_id) is None:
-            store.start_chain(org_id, event["occurred_at"])
-        _remember(_CHAINS, org_id, True)
-    items = [{"_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"],
-              "actor": actor, "action": action, "target": target, "details": details,
-              "request_id": event.get("request_id"), "event_id": event["event_id"]}
-             for index, (action, target, details) in enumerate(meaning)]
-    return _GROUPS[hash(org_id) % len(_GROUPS)].submit((store, org_id, items))
+
+def record_event(store, event, resolve):
+    """Append the entries of ``event``; ``resolve()`` returns ``(actor, meaning)`` with people by
+    token (``people.stored``). Returns how many entries were new. Idempotent: a repeated event adds
+    nothing. A late event of a purged organization is dropped, and what an append raced a purge
+    with is scrubbed (``deletion.scrub_if_purged``), so nothing of the organization comes back.
+
+    Concurrent events of one organization are group-committed (``_write_groups``): the group checks
+    the tombstone once before and once after, and writes every event's entries with one ordered
+    insert, instead of two tombstone reads, a key look-up, a head read and an insert per event. A
+    lone event waits ``READ_MODEL_LINGER`` for company, so a burst arriving one event at a time (a
+    run of credit reservations) still makes groups; the log shows an event that much later."""
+    return _GROUPS[hash(event["organization_id"]) % len(_GROUPS)].submit((store, event, resolve))
 
 
 def _remember(cache, key, value):
@@ -80,24 +80,55 @@ def _remember(cache, key, value):
 
 
 def _write_groups(queued):
-    """``GroupCommit`` flush of one stripe: the queued events' entries, organization by organization,
-    in arrival order; a count of new entries (or an error) per event."""
+    """``GroupCommit`` flush of one stripe: the queued events, organization by organization, in
+    arrival order; a count of new entries (or an error) per event."""
     results = [None] * len(queued)
     by_org = {}
-    for index, (store, org_id, _) in enumerate(queued):
-        by_org.setdefault((id(store), org_id), (store, org_id, []))[2].append(index)
-    for store, org_id, indexes in by_org.values():
-        counts = {index: 0 for index in indexes}
-        pending = [(index, fields) for index in indexes for fields in queued[index][2]]
+    for index, (store, event, _) in enumerate(queued):
+        by_org.setdefault((id(store), event["organization_id"]), (store, []))[1].append(index)
+    for store, indexes in by_org.values():
         try:
-            _write_group(store, org_id, pending, counts)
-            failure = DomainError("service_unavailable", "the audit log is too busy, try again")
-        except Exception as error:  # entries written stand; their events are simply not redone
-            failure = error
-        failed = {index for index, _ in pending}
-        for index in indexes:
-            results[index] = failure if index in failed else counts[index]
+            counts = _record_group(store, [queued[index] for index in indexes])
+        except Exception as error:  # nothing was decided for these events: each handler retries its own
+            counts = [error] * len(indexes)
+        for index, count in zip(indexes, counts, strict=True):
+            results[index] = count
     return results
+
+
+def _record_group(store, queued):
+    """The events of one organization: a count of new entries (or an error) per event."""
+    org_id = queued[0][1]["organization_id"]
+    if store.was_purged(org_id):
+        return [0] * len(queued)
+    counts, pending = [0] * len(queued), []
+    for position, (_, event, resolve) in enumerate(queued):
+        try:
+            actor, meaning = resolve()
+        except Exception as error:  # this event's handler retries it; the others go on
+            counts[position] = error
+            continue
+        pending.extend((position, {
+            "_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"], "actor": actor,
+            "action": action, "target": target, "details": details, "request_id": event.get("request_id"),
+            "event_id": event["event_id"]}) for index, (action, target, details) in enumerate(meaning))
+    if not pending:
+        return counts
+    if org_id not in _CHAINS:
+        if store.chain(org_id) is None:
+            store.start_chain(org_id, pending[0][1]["at"])
+        _remember(_CHAINS, org_id, True)
+    left = list(pending)
+    try:
+        _write_group(store, org_id, left, counts)
+        failure = DomainError("service_unavailable", "the audit log is too busy, try again")
+    except Exception as error:  # what was written stands; the events not written are retried
+        failure = error
+    for position, _ in left:
+        counts[position] = failure
+    if any(isinstance(count, int) and count for count in counts):
+        deletion.scrub_if_purged(store, org_id)
+    return counts
 
 
 def _write_group(store, org_id, pending, counts):
@@ -139,7 +170,7 @@ def _write_group(store, org_id, pending, counts):
             time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
 
 
-_GROUPS = [GroupCommit(_write_groups, max_batch=pages.PAGE) for _ in range(64)]
+_GROUPS = [GroupCommit(_write_groups, max_batch=pages.PAGE, linger=READ_MODEL_LINGER) for _ in range(64)]
 
 
 def _anchor(store, org_id):

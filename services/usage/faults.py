@@ -19,8 +19,8 @@ class CrashAfterLedgerWrite(DependencyProvider):
         store = next(dep.store for dep in self.container.dependencies if isinstance(dep, StoreProvider))
         publish_inserted = store.outbox.publish_inserted
 
-        def crash_before_publishing(collection, docs, scope=None, published=None):
+        def crash_before_publishing(collection, docs, published=None):
             if collection == "ledger":
                 os._exit(1)
-            return publish_inserted(collection, docs, scope, published)
+            return publish_inserted(collection, docs, published)
         store.outbox.publish_inserted = crash_before_publishing

@@ -159,13 +159,10 @@ class UsageStore(Store):
         return len(docs)
 
     def publish_ledger_entries(self, entries, published=None):
-        """Publish the events of entries just inserted (``insert_ledger_entries``), then clear them with
-        one update per page key (equality: FerretDB answers it from the page index; see
-        ``Outbox.publish_inserted``). ``published()`` runs between the two."""
-        docs = [dict(outbox.new_document_fields(*events), _id=entry["_id"], org_id=entry["org_id"], seq=entry["seq"])
-                for entry, events in entries if events]
-        return self.outbox.publish_inserted("ledger", docs, scope=lambda doc: {
-            pages.FIELD: pages.key(doc["org_id"], doc["seq"])}, published=published)
+        """Publish the events of entries just inserted (``insert_ledger_entries``), then clear them
+        (``Outbox.publish_inserted``); ``published()`` runs between the two."""
+        docs = [dict(outbox.new_document_fields(*events), _id=entry["_id"]) for entry, events in entries if events]
+        return self.outbox.publish_inserted("ledger", docs, published=published)
 
     def ledger_page(self, org_id, limit, before_seq=None, top_seq=0):
         """Newest first, below ``before_seq``; ``top_seq`` is the head's (read a page key at a time)."""

@@ -120,3 +120,25 @@ def test_another_replica_appending_meanwhile_costs_a_retry_not_a_broken_chain():
     assert chain.record(store, event, "system", meaning) == 1
     assert sorted(e["seq"] for e in store.entries.values()) == [1, 2, 3]
     assert chain.verify(store, org_id)["ok"]
+
+
+def test_a_late_event_of_a_purged_organization_is_dropped_before_anyone_is_named():
+    store, org_id = FakeAuditStore(), str(uuid.uuid4())
+    store.remember_purged(org_id)
+    event, _ = renamed(org_id, "Late")
+
+    def resolve():
+        raise AssertionError("people are not looked up for a purged organization")
+    assert chain.record_event(store, event, resolve) == 0
+    assert store.mentioning(org_id) == []
+
+
+def test_an_append_that_raced_the_purge_is_scrubbed():
+    store, org_id = FakeAuditStore(), str(uuid.uuid4())
+    event, meaning = renamed(org_id, "Racing")
+
+    def resolve():  # the purge runs between the group's tombstone check and its insert
+        store.remember_purged(org_id)
+        return "system", meaning
+    assert chain.record_event(store, event, resolve) == 1
+    assert store.mentioning(org_id) == []
