@@ -12,6 +12,7 @@ benchmarks): its figures include their work, so read them from runs on a quiet m
 runs taken close together.
 """
 import os
+import time
 from contextlib import contextmanager
 
 from stack import stack
@@ -97,6 +98,26 @@ class Usage:
         return (f"CPU ms per {unit}: {sum(ms for _, ms in shown):.1f} = "
                 + ", ".join(f"{label} {ms:.1f}" for label, ms in shown)
                 + f" (elsewhere on the machine: {per.get('elsewhere', 0.0):.1f})")
+
+
+def settle(inst, labels=("usage", "audit", "org", "membership", "notifications"), idle=0.05, window=0.5,
+           timeout=60.0):
+    """Wait until the instance's services are idle (together under ``idle`` of a core over ``window``
+    seconds): the events a measured stretch caused are handled by then. Returns the seconds waited.
+
+    A figure that compares a burst of writes with a baseline measured right after it must not let
+    the burst's consumers (an audit log catching up) run during the baseline: it would slow the
+    baseline and flatter the figure, the more the slower they are."""
+    started = time.monotonic()
+    before = snapshot(inst)
+    while time.monotonic() - started < timeout:
+        time.sleep(window)
+        now = snapshot(inst)
+        busy = sum(now.get(label, 0.0) - before.get(label, 0.0) for label in labels)
+        if busy < idle * window:
+            break
+        before = now
+    return time.monotonic() - started
 
 
 @contextmanager

@@ -56,12 +56,15 @@ def _nothing():
     yield None
 
 
-def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger", observe=None):
+def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger", observe=None,
+            settle=None):
     """Reservations/s through ``api`` vs. inserts/s of the same documents; returns a dict of the rates.
 
     ``observe()``: a context manager entered around each of the two timed stretches (the bench's
     per-process CPU accounting, ``bench/cpu.py``); what it yields is returned as ``ledger_observed``
-    and ``insert_observed``."""
+    and ``insert_observed``. ``settle()``: waits until the platform has handled the events of the
+    reservations (inside the ledger's observation, after its timing), so that their consumers do
+    not run during the inserts."""
     observe = observe or _nothing
     signup = requests.post(api + "/auth/signup", json={
         "email": f"bench-{uuid.uuid4().hex[:10]}@example.test", "password": "bench password 123",
@@ -91,6 +94,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
             failures.append(response.status_code)
     with observe() as ledger_observed:
         ledger_seconds = _run_threads(n, threads, reserve)
+        settled_seconds = settle() if settle is not None else None
 
     client = pymongo.MongoClient(mongo_url, tz_aware=True)
     scratch = client[scratch_db]
@@ -107,7 +111,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
     return {"n": n, "threads": threads, "failures": len(failures), "ledger_seconds": ledger_seconds,
             "ledger_rate": n / ledger_seconds, "insert_rate": n / insert_seconds,
             "ledger_vs_insert": (n / ledger_seconds) / (n / insert_seconds), "ledger_observed": ledger_observed,
-            "insert_observed": insert_observed}
+            "insert_observed": insert_observed, "settled_seconds": settled_seconds}
 
 
 def main(argv=None):
