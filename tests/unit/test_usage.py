@@ -211,3 +211,15 @@ def test_an_organization_being_deleted_refuses_the_whole_group(usage_store, org)
                                                             f"r{index}"))
     assert {result.code for result in results} == {"organization_gone"}
     assert len(usage_store.ledger_entries(org)) == 1
+
+
+def test_a_reservation_after_the_purge_is_refused_and_leaves_nothing(usage_store, org):
+    """The group reads the organization once per process; after the purge the tombstone, checked
+    after every insert, refuses what slipped in and scrubs it."""
+    credits.grant(usage_store, org, "su", 5000, "g1")
+    credits.reserve(usage_store, org, "u1", 1000, "job-1", "seg", "r1")  # found active: remembered
+    usage_store.remember_purged(org)
+    usage_store.purge_organization(org)
+    assert code(credits.reserve, usage_store, org, "u1", 1000, "job-2", "seg", "r2") == "organization_gone"
+    assert usage_store.mentioning(org) == []
+    assert code(credits.reserve, usage_store, org, "u1", 1000, "job-3", "seg", "r3") == "organization_gone"
