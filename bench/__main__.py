@@ -15,6 +15,7 @@ import warnings
 
 from bench import (
     abuse,
+    cpu,
     deletion,
     growth,
     harness,  # sets the bench instance's environment before anything reads it
@@ -104,7 +105,11 @@ def main(argv=None):
             print("[3/7] ledger", flush=True)
             with _profiler(args.profile, "ledger", inst, ("usage", "gateway-worker-1")):
                 result = ledger_bench.measure(client.api, inst.mongo_url, client.superuser_token(), n=300,
-                                              threads=8, scratch_db=inst.db_prefix + "scratch_ledger")
+                                              threads=8, scratch_db=inst.db_prefix + "scratch_ledger",
+                                              observe=lambda: cpu.measure(inst), settle=lambda: cpu.settle(inst))
+            print(f'  reservations (and the {result["settled_seconds"]:.1f} s their events took to settle after the '
+                  'last answer): ' + result["ledger_observed"].line(result["n"]), flush=True)
+            print("  inserts: " + result["insert_observed"].line(result["n"], "insert"), flush=True)
             if result["failures"]:
                 raise RuntimeError(f'{result["failures"]} reservations failed')
             figures.append(Figure("ledger_vs_insert", result["ledger_vs_insert"], ">= 0.25",

@@ -12,6 +12,7 @@ Usage: python -m bench.ledger [--n 300] [--threads 8]  (standalone, against a ru
 `make bench` calls :func:`measure` on its own instance.
 """
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -50,8 +51,21 @@ def _run_threads(count, threads, work):
     return time.perf_counter() - started
 
 
-def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger"):
-    """Reservations/s through ``api`` vs. inserts/s of the same documents; returns a dict of the rates."""
+@contextlib.contextmanager
+def _nothing():
+    yield None
+
+
+def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scratch_ledger", observe=None,
+            settle=None):
+    """Reservations/s through ``api`` vs. inserts/s of the same documents; returns a dict of the rates.
+
+    ``observe()``: a context manager entered around each of the two timed stretches (the bench's
+    per-process CPU accounting, ``bench/cpu.py``); what it yields is returned as ``ledger_observed``
+    and ``insert_observed``. ``settle()``: waits until the platform has handled the events of the
+    reservations (inside the ledger's observation, after its timing), so that their consumers do
+    not run during the inserts."""
+    observe = observe or _nothing
     signup = requests.post(api + "/auth/signup", json={
         "email": f"bench-{uuid.uuid4().hex[:10]}@example.test", "password": "bench password 123",
         "name": "Bench", "organization_name": f"Bench {uuid.uuid4().hex[:6]}"}, timeout=15)
@@ -78,7 +92,9 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
             headers={"Authorization": "Bearer " + owner}, timeout=30)
         if response.status_code != 201:
             failures.append(response.status_code)
-    ledger_seconds = _run_threads(n, threads, reserve)
+    with observe() as ledger_observed:
+        ledger_seconds = _run_threads(n, threads, reserve)
+        settled_seconds = settle() if settle is not None else None
 
     client = pymongo.MongoClient(mongo_url, tz_aware=True)
     scratch = client[scratch_db]
@@ -88,12 +104,14 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
     def insert(index):
         scratch.entries.insert_one(dict(template, _id=uuid.uuid4().hex, org_id=org_id, seq=index + 2,
                                         idempotency_key=f"bench-{index}"))
-    insert_seconds = _run_threads(n, threads, insert)
+    with observe() as insert_observed:
+        insert_seconds = _run_threads(n, threads, insert)
     client.drop_database(scratch_db)
     client.close()
     return {"n": n, "threads": threads, "failures": len(failures), "ledger_seconds": ledger_seconds,
             "ledger_rate": n / ledger_seconds, "insert_rate": n / insert_seconds,
-            "ledger_vs_insert": (n / ledger_seconds) / (n / insert_seconds)}
+            "ledger_vs_insert": (n / ledger_seconds) / (n / insert_seconds), "ledger_observed": ledger_observed,
+            "insert_observed": insert_observed, "settled_seconds": settled_seconds}
 
 
 def main(argv=None):

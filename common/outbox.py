@@ -125,6 +125,39 @@ class Outbox:
             self.db[collection].delete_one({"_id": doc_id, COUNT: {"$lte": 0}, DELETE_AFTER: True})
         return len(entries)
 
+    def publish_inserted(self, collection, docs, published=None):
+        """Publish the events of documents the caller has just inserted -- in the given order, each
+        document's own in the order they occurred -- then clear them (a group commit inserted many
+        documents with one command: the usage ledger's appends).
+
+        Only for documents that hold nothing but the events their insert queued and are never
+        updated afterwards (a ledger entry): the clear unsets the whole outbox and zeroes the
+        counter, guarded by ``_outbox_n > 0``, so the sweep clearing the same document first (it
+        publishes only entries older than its grace) leaves nothing to count off twice. One update
+        per document, by ``_id``: on the embedded FerretDB an update of several documents at once
+        costs more than the single ones (an ``$in`` of ids is a collection scan, a shared page key
+        decodes the whole page: measured ~11 ms of FerretDB CPU against ~1.4 ms for each single
+        update), and a bulk of single updates no less than sending them one by one.
+
+        ``published()`` runs after the publishes and before the clears (the callers waiting for
+        their events need not wait for the clears too). Best effort like :meth:`publish_written`: a broker
+        failure leaves the events to the sweep; returns how many went out."""
+        docs = [doc for doc in docs if doc.get(FIELD)]
+        try:
+            for doc in docs:
+                for entry in sorted(doc[FIELD].values(), key=lambda item: item["body"]["occurred_at"]):
+                    self.publish_entry(entry)
+        except (KombuError, AMQPError, OSError) as error:
+            log.warning("events of %d %s documents left for the sweep: %r", len(docs), collection, error)
+            return 0
+        finally:
+            if published is not None:
+                published()
+        for doc in docs:
+            self.db[collection].update_one({"_id": doc["_id"], COUNT: {"$gt": 0}},
+                                           {"$unset": {FIELD: ""}, "$set": {COUNT: 0}})
+        return sum(len(doc[FIELD]) for doc in docs)
+
     def _clear(self, collection, doc_id, keys):
         """Unset published entries and count them off, each only while it is still there: the sweep
         may have published and cleared one meanwhile, and the counter must not drop twice for it.

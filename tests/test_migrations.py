@@ -20,7 +20,7 @@ def test_a_ledger_from_before_page_keys_reads_and_appends_after_the_migration(sc
     assert store.ledger_head("org-a")["seq"] == 70
     page = store.ledger_page("org-a", 50, top_seq=70)
     assert [entry["seq"] for entry in page] == list(range(70, 20, -1))
-    assert store.insert_ledger_entry({"_id": "e71", "org_id": "org-a", "seq": 71, "balance_after": 71})
+    assert store.insert_ledger_entries([({"_id": "e71", "org_id": "org-a", "seq": 71, "balance_after": 71}, [])]) == 1
     assert store.ledger_head("org-a")["seq"] == 71
     scratch.ledger.insert_one({"_id": "late", "org_id": "org-a", "seq": 999})  # once per database:
     store.migrate()

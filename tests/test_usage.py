@@ -378,11 +378,12 @@ def test_credit_validation_and_pagination(gateway, team, su):
 # -- concurrency, crash, expiry -----------------------------------------------------------------------
 
 def rpc_channels(inst, service):
-    """The AMQP channel of each process consuming ``service``'s RPC queue (management API)."""
+    """The AMQP channel of each process consuming ``service``'s RPC queue (management API). A busy
+    broker may answer without the details yet, or know a consumer before its channel
+    (``channel_details`` still an empty list): those are left out, the caller waits for both."""
     queue = stack._management(inst, "GET", f'/api/queues/{quote(inst.vhost, safe="")}/rpc-{service}') or {}
-    # a busy broker may answer without the details yet (the caller waits until both are listed)
     return [consumer["channel_details"]["name"] for consumer in queue.get("consumer_details") or []
-            if isinstance(consumer.get("channel_details"), dict)]
+            if isinstance(consumer.get("channel_details"), dict) and consumer["channel_details"].get("name")]
 
 
 def delivered(inst, channel):

@@ -6,27 +6,35 @@ or reordering a stored entry therefore shows: its own hash no longer matches, or
 ``previous`` no longer names it. Verification recomputes the chain from the oldest kept entry and
 names the first entry that does not match.
 
-Appending follows the usage ledger's pattern (``services/usage/credits.py``): read the head, insert
-``seq = head + 1`` under the unique ``(org_id, seq)`` index, re-read and retry if another writer won.
-The entry's ``_id`` is derived from the event id (and the entry's index within the event), so a
-redelivered or duplicated event finds its entries and adds none.
+Appending follows the usage ledger's pattern (``services/usage/credits.py``): insert ``seq = head + 1``
+under the unique ``(org_id, seq)`` index, re-read the head and retry if another writer won; concurrent
+events of one organization are written as one group of consecutive entries. The entry's ``_id`` is
+derived from the event id (and the entry's index within the event), so a redelivered or duplicated
+event finds its entries and adds none.
 """
 import hashlib
 import json
 import random
-import threading
 import time
 
+from common import pages
+from common.batching import READ_MODEL_LINGER, GroupCommit
 from common.errors import DomainError
 from common.events import utcnow
+from services.audit import deletion
 
 #: the fields an entry's hash covers (``previous`` is the link), in the API's names
 HASHED = ("id", "organization_id", "sequence", "at", "actor", "action", "target", "details", "request_id",
           "previous")
 MAX_ATTEMPTS = 400
-# appends of one organization take turns within a process (no insert races among our own workers);
-# across replicas the unique (org_id, seq) index decides
-_STRIPES = [threading.Lock() for _ in range(64)]
+# Appends of one organization are group-committed within a process (no insert races among our own
+# workers, one insert per group); across replicas the unique (org_id, seq) index decides. The last
+# entry this process wrote per organization is kept as a hint of the head, and the organizations
+# whose chain document exists (it is only ever deleted with the whole log, by a purge, after which
+# no event of the organization is recorded again).
+_HEADS = {}
+_CHAINS = {}
+_CACHE_MAX = 10_000
 
 
 def entry_id(event_id, index):
@@ -47,33 +55,122 @@ def digest(doc):
 
 def record(store, event, actor, meaning):
     """Append the entries ``meaning`` (``[(action, target, details)]``, people already by token) of
-    ``event`` by ``actor``; returns how many were new. Idempotent: a repeated event adds nothing."""
-    org_id = event["organization_id"]
-    written = 0
-    if meaning and store.chain(org_id) is None:
-        store.start_chain(org_id, event["occurred_at"])
-    for index, (action, target, details) in enumerate(meaning):
-        fields = {"_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"],
-                  "actor": actor, "action": action, "target": target,
-                  "details": details, "request_id": event.get("request_id"), "event_id": event["event_id"]}
-        with _STRIPES[hash(org_id) % len(_STRIPES)]:
-            written += _append(store, fields)
-    return written
+    ``event`` by ``actor``; returns how many were new (see :func:`record_event`)."""
+    return record_event(store, event, lambda: (actor, meaning))
 
 
-def _append(store, fields):
-    for attempt in range(MAX_ATTEMPTS):
-        if store.entry(fields["_id"]) is not None:
-            return 0  # this event's entry is in the log already (a redelivery, a duplicate)
-        head = store.head(fields["org_id"])
-        doc = dict(fields, seq=(head["seq"] if head else 0) + 1, previous=head["hash"] if head else _anchor(
-            store, fields["org_id"]), recorded_at=utcnow())
-        doc["hash"] = digest(doc)
-        if store.insert_entry(doc):
-            return 1
-        if attempt > 3:  # another replica keeps winning the position: step aside a little
-            time.sleep(random.uniform(0, min(0.002 * attempt, 0.05)))
-    raise DomainError("service_unavailable", "the audit log is too busy, try again")
+def record_event(store, event, resolve):
+    """Append the entries of ``event``; ``resolve()`` returns ``(actor, meaning)`` with people by
+    token (``people.stored``). Returns how many entries were new. Idempotent: a repeated event adds
+    nothing. A late event of a purged organization is dropped, and what an append raced a purge
+    with is scrubbed (``deletion.scrub_if_purged``), so nothing of the organization comes back.
+
+    Concurrent events of one organization are group-committed (``_write_groups``): the group checks
+    the tombstone once before and once after, and writes every event's entries with one ordered
+    insert, instead of two tombstone reads, a key look-up, a head read and an insert per event. A
+    lone event waits ``READ_MODEL_LINGER`` for company, so a burst arriving one event at a time (a
+    run of credit reservations) still makes groups; the log shows an event that much later."""
+    return _GROUPS[hash(event["organization_id"]) % len(_GROUPS)].submit((store, event, resolve))
+
+
+def _remember(cache, key, value):
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+
+
+def _write_groups(queued):
+    """``GroupCommit`` flush of one stripe: the queued events, organization by organization, in
+    arrival order; a count of new entries (or an error) per event."""
+    results = [None] * len(queued)
+    by_org = {}
+    for index, (store, event, _) in enumerate(queued):
+        by_org.setdefault((id(store), event["organization_id"]), (store, []))[1].append(index)
+    for store, indexes in by_org.values():
+        try:
+            counts = _record_group(store, [queued[index] for index in indexes])
+        except Exception as error:  # nothing was decided for these events: each handler retries its own
+            counts = [error] * len(indexes)
+        for index, count in zip(indexes, counts, strict=True):
+            results[index] = count
+    return results
+
+
+def _record_group(store, queued):
+    """The events of one organization: a count of new entries (or an error) per event."""
+    org_id = queued[0][1]["organization_id"]
+    if store.was_purged(org_id):
+        return [0] * len(queued)
+    counts, pending = [0] * len(queued), []
+    for position, (_, event, resolve) in enumerate(queued):
+        try:
+            actor, meaning = resolve()
+        except Exception as error:  # this event's handler retries it; the others go on
+            counts[position] = error
+            continue
+        pending.extend((position, {
+            "_id": entry_id(event["event_id"], index), "org_id": org_id, "at": event["occurred_at"], "actor": actor,
+            "action": action, "target": target, "details": details, "request_id": event.get("request_id"),
+            "event_id": event["event_id"]}) for index, (action, target, details) in enumerate(meaning))
+    if not pending:
+        return counts
+    if org_id not in _CHAINS:
+        if store.chain(org_id) is None:
+            store.start_chain(org_id, pending[0][1]["at"])
+        _remember(_CHAINS, org_id, True)
+    left = list(pending)
+    try:
+        _write_group(store, org_id, left, counts)
+        failure = DomainError("service_unavailable", "the audit log is too busy, try again")
+    except Exception as error:  # what was written stands; the events not written are retried
+        failure = error
+    for position, _ in left:
+        counts[position] = failure
+    if any(isinstance(count, int) and count for count in counts):
+        deletion.scrub_if_purged(store, org_id)
+    return counts
+
+
+def _write_group(store, org_id, pending, counts):
+    """Append ``pending`` (``[(event index, entry fields)]``) as consecutive entries with ordered
+    inserts of at most a page (so an insert touches at most two pages, see ``AuditStore.insert_entries``).
+
+    The head is this process's last written entry (a hint) or read; another replica appending since
+    makes the insert fail on ``seq`` and the head is read again. A redelivered event's entry fails
+    the insert on its ``_id``: it is skipped (looked up only then, not before every append)."""
+    head, known = _HEADS.get(org_id), org_id in _HEADS
+    conflicts = 0
+    while pending:
+        if not known:
+            head, known = store.head(org_id), True
+        docs, previous = [], head
+        for _, fields in pending[:pages.PAGE]:
+            doc = dict(fields, seq=(previous["seq"] if previous else 0) + 1,
+                       previous=previous["hash"] if previous else _anchor(store, org_id), recorded_at=utcnow())
+            doc["hash"] = digest(doc)
+            docs.append(doc)
+            previous = doc
+        inserted = store.insert_entries(docs)
+        for (index, _), doc in zip(pending[:inserted], docs, strict=False):
+            counts[index] += 1
+            head = doc
+        del pending[:inserted]
+        if inserted:
+            _remember(_HEADS, org_id, head)
+        if inserted == len(docs):
+            continue
+        if store.entry(docs[inserted]["_id"]) is not None:
+            del pending[0]  # this event's entry is in the log already (a redelivery, a duplicate)
+            continue
+        _HEADS.pop(org_id, None)
+        known, conflicts = False, conflicts + 1
+        if conflicts >= MAX_ATTEMPTS:
+            return
+        if conflicts > 3:  # another replica keeps winning the position: step aside a little
+            time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
+
+
+_GROUPS = [GroupCommit(_write_groups, max_batch=pages.PAGE, linger=READ_MODEL_LINGER) for _ in range(64)]
 
 
 def _anchor(store, org_id):

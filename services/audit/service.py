@@ -42,14 +42,12 @@ class AuditService(service.Service):
         """A late event for a purged organization is dropped, not allowed to start its log again."""
         event = events.load_event(event_type, body)
         org_id = event.get("organization_id")
-        if org_id is None or self.store.was_purged(org_id):
-            return
-        meaning = entries.of(event_type, event)
+        meaning = entries.of(event_type, event) if org_id is not None else None
         if not meaning:
             return
-        actor, meaning = people.stored(self.store, org_id, event.get("actor") or "system", meaning)
-        if chain.record(self.store, event, actor, meaning):
-            deletion.scrub_if_purged(self.store, org_id)
+        # people become tokens only once the log knows the organization is not purged
+        chain.record_event(self.store, event, lambda: people.stored(self.store, org_id, event.get("actor") or "system",
+                                                                    meaning))
 
     @reliable_handler(events.ORGANIZATION_CREATED)
     def on_organization_created(self, event):

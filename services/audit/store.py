@@ -22,7 +22,7 @@
 import uuid
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common import pages
 from common.events import utcnow
@@ -49,6 +49,10 @@ class AuditStore(Store):
         "people": [IndexModel([("key", ASCENDING)], unique=True, name="key"), IndexModel([("value", ASCENDING)]),
                    IndexModel([("org_id", ASCENDING)])],
     }
+
+    def __init__(self, db, outbox=None):
+        super().__init__(db, outbox)
+        self._tokens = {}
 
     # -- the chain of one organization ---------------------------------------------------------------
     def chain(self, org_id):
@@ -87,15 +91,27 @@ class AuditStore(Store):
     def entry(self, entry_id):
         return self.db.entries.find_one({"_id": entry_id})
 
-    def insert_entry(self, doc):
-        """Insert entry ``seq``; False if ``seq`` or ``_id`` is taken (the caller re-reads)."""
-        if pages.starts_page(doc["seq"]):
-            self.db.chains.update_one({"_id": doc["org_id"]}, {"$max": {"top_page": pages.number(doc["seq"])}})
+    def insert_entries(self, docs):
+        """Insert consecutive entries of one organization with one ordered insert; returns how many
+        went in: a prefix, up to the first whose ``seq`` or ``_id`` is taken (the caller re-reads).
+
+        At most ``pages.PAGE`` of them, so they touch at most two pages: the top page moves up before
+        the insert, and a head read looks in the top page and the one below."""
+        if not docs:
+            return 0
+        if len(docs) > pages.PAGE:
+            raise ValueError(f"at most {pages.PAGE} entries per insert")
+        starts = [doc["seq"] for doc in docs if pages.starts_page(doc["seq"])]
+        if starts:
+            self.db.chains.update_one({"_id": docs[0]["org_id"]}, {"$max": {"top_page": pages.number(max(starts))}})
         try:
-            self.db.entries.insert_one(dict(doc, **keys(doc["org_id"], doc["seq"])))
-            return True
-        except DuplicateKeyError:
-            return False
+            self.db.entries.insert_many([dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs], ordered=True)
+        except BulkWriteError as error:
+            details = error.details or {}
+            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
+                raise
+            return details.get("nInserted", 0)
+        return len(docs)
 
     def bulks(self, org_id, first_seq, top_seq):
         """The kept entries from ``first_seq`` up to ``top_seq``, oldest first, one list per bulk key
@@ -145,16 +161,28 @@ class AuditStore(Store):
         doc = self.db.people.find_one({"key": self._person_key(org_id, kind, value)}, {"_id": 1})
         return doc["_id"] if doc else None
 
+    #: tokens this process found or created, ``key -> (token, name)``: a person's token never changes
+    #: (``TOKENS_MAX`` kept, then forgotten all at once)
+    TOKENS_MAX = 10_000
+
     def person_token(self, org_id, kind, value, forgotten_digest, name=None):
         """The token of ``value`` in the organization, created on first sight (the unique key lets
         one of two concurrent creators win; the other reads the winner's); ``name`` is kept current.
         A forgotten person (``forgotten_digest`` remembered) gets a token nothing resolves: an event
-        still in flight after the account's deletion must not bring the person back."""
+        still in flight after the account's deletion must not bring the person back.
+
+        A token once seen is answered from memory (every credit reservation names its initiator: a
+        read per event otherwise). After the person is forgotten -- here or by another replica -- a
+        remembered token resolves to nothing, exactly like the fresh one the database would give."""
         key = self._person_key(org_id, kind, value)
+        known = self._tokens.get(key)
+        if known is not None and (name is None or known[1] == name):
+            return known[0]
         doc = self.db.people.find_one({"key": key})
         if doc is not None:
             if name is not None and doc.get("name") != name:
                 self.db.people.update_one({"_id": doc["_id"]}, {"$set": {"name": name}})
+            self._remember_token(key, doc["_id"], name if name is not None else doc.get("name"))
             return doc["_id"]
         token = "p:" + uuid.uuid4().hex
         if self._forgotten(forgotten_digest):
@@ -167,7 +195,14 @@ class AuditStore(Store):
             return self.db.people.find_one({"key": key}, {"_id": 1})["_id"]
         if self._forgotten(forgotten_digest):  # forgotten while we wrote: take it back
             self.db.people.delete_one({"_id": token})
+            return token
+        self._remember_token(key, token, name)
         return token
+
+    def _remember_token(self, key, token, name):
+        if len(self._tokens) >= self.TOKENS_MAX:
+            self._tokens.clear()
+        self._tokens[key] = (token, name)
 
     def _forgotten(self, digest):
         return self.db.forgotten_people.find_one({"_id": digest}, {"_id": 1}) is not None
@@ -187,6 +222,7 @@ class AuditStore(Store):
     def forget_people(self, values_and_digests):
         """Remember each digest first (see :meth:`person_token`), then delete the documents."""
         removed = 0
+        self._tokens.clear()
         for value, digest in values_and_digests:
             self.db.forgotten_people.update_one({"_id": digest}, {"$setOnInsert": {"at": utcnow()}}, upsert=True)
             removed += self.db.people.delete_many({"value": value}).deleted_count
@@ -195,6 +231,7 @@ class AuditStore(Store):
     # -- deletion ------------------------------------------------------------------------------------
     def purge_organization(self, org_id):
         """Every document of the organization, by collection (also what a racing append left)."""
+        self._tokens = {key: known for key, known in self._tokens.items() if not key.startswith(f"{org_id}/")}
         return {"entries": purge_delete(self.db.entries, "org_id", [org_id]),
                 "chains": purge_delete(self.db.chains, "_id", [org_id]),
                 "retention": purge_delete(self.db.retention, "_id", [org_id]),

@@ -9,6 +9,7 @@ and the unspent remainders of expiring grants (``lots``) -- the balance *is* the
 ``balance_after``, so there is no second document to keep in step. Events ride in the entry's
 outbox and are published after the insert (or by the sweep after a crash). See docs/credits.md.
 """
+import contextvars
 import hashlib
 import logging
 import random
@@ -16,7 +17,8 @@ import threading
 import time
 from datetime import timedelta
 
-from common import events, metrics, outbox
+from common import events, metrics, outbox, pages
+from common.batching import GroupCommit
 from common.errors import DomainError, gone, not_found
 from common.events import isoformat, utcnow
 from common.organizations import require_active
@@ -32,13 +34,23 @@ MAX_PAGE = 200
 ORPHAN_SCHEDULE_SECONDS = 120
 EMPTY_HEAD = {"seq": 0, "balance_after": 0, "lots": {}}
 
-# Within one process, appends to the same organization take turns (no wasted insert races between
-# our own workers); across processes the unique (org_id, seq) index decides. The last head this
-# process wrote is kept as a hint: if another process appended since, the hint's ``seq + 1`` is taken
-# (the chain has no gaps) and the insert fails, so a stale hint costs one retry, never correctness.
-_STRIPES = [threading.Lock() for _ in range(64)]
+# Within one process, appends to the same organization are group-committed (``_append``): no
+# wasted insert races between our own workers, and one insert for every append that queued while
+# the previous group was written. Across processes the unique (org_id, seq) index decides. The last
+# head this process wrote is kept as a hint: if another process appended since, the hint's
+# ``seq + 1`` is taken (the chain has no gaps) and the insert fails, so a stale hint costs one
+# retry, never correctness.
 _HEADS = {}
 _HEADS_MAX = 10_000
+# Organizations this process found active. Its copy of an organization only ever goes away with the
+# purge, which leaves a tombstone first, and every append checks the tombstone after its insert
+# (``refuse_if_purged``: the entry is scrubbed and the caller gets 410): so an append needs no read
+# of the organization once it was found active here -- a purged one costs a wasted insert, never a
+# wrong answer. Forgotten when that check finds it purged.
+_ACTIVE = {}
+#: appends of one group (one ordered insert): at most a page, so one insert touches at most two
+#: pages (``UsageStore.insert_ledger_entries``)
+GROUP_MAX = pages.PAGE
 
 
 def entry_id(org_id, scope, key):
@@ -81,77 +93,204 @@ def balance(store, org_id):
     return (store.ledger_head(org_id) or EMPTY_HEAD)["balance_after"]
 
 
-# -- the append loop ---------------------------------------------------------------------------
+# -- the append loop: group commit ------------------------------------------------------------
 
-def _append(store, org_id, op_id, request, build):
+class _Append:
+    """One operation waiting to be appended: ``build(head)`` returns ``(entry fields, [outbox
+    entries])`` or raises; ``check``: the group verifies the organization is active for it.
+    ``context``: its caller's context variables: whoever writes the group builds this entry and its
+    events in them, so each event names its own request and actor (``common.context``)."""
+    __slots__ = ("org_id", "op_id", "request", "build", "check", "context")
+
+    def __init__(self, org_id, op_id, request, build, check):
+        self.org_id, self.op_id, self.request, self.build, self.check = org_id, op_id, request, build, check
+        self.context = contextvars.copy_context()
+
+
+class _Publication:
+    """The events of one group's entries, published once by whichever of its callers gets there
+    first (normally the leader, which is still running); the others wait for it, so every caller
+    answers after its own event is out, as a lone append does."""
+
+    def __init__(self, store, org_id, written):
+        self.store, self.org_id, self.written = store, org_id, written
+        self._lock = threading.Lock()
+        self._claimed = False
+        self._done = threading.Event()
+        self._error = None
+
+    def finish(self):
+        with self._lock:
+            mine, self._claimed = not self._claimed, True
+        if not mine:
+            self._done.wait()
+            if self._error is not None:
+                raise self._error
+            return
+        try:
+            try:
+                refuse_if_purged(self.store, self.org_id)
+            except DomainError:
+                _ACTIVE.pop(self.org_id, None)
+                raise
+            # a ledger entry is never updated: its outbox holds exactly the events its insert queued
+            self.store.publish_ledger_entries(self.written, published=self._done.set)
+        except BaseException as error:
+            if not self._done.is_set():  # the others' answer too; a failing clear is only the claimer's
+                self._error = error
+            raise
+        finally:
+            self._done.set()
+
+
+def _append(store, org_id, op_id, request, build, check=False):
     """Apply an operation once. ``build(head)`` returns ``(entry fields, [outbox entries])`` or raises.
+    ``check``: verify (once for the group it joins) that the organization is active.
 
     Returns ``(entry, replayed)``. A repeated ``op_id`` returns the entry it produced the first time,
     or 409 if ``request`` (the operation's parameters) differs.
-    """
-    with _STRIPES[hash(org_id) % len(_STRIPES)]:
-        entry, pending_events, replayed = _append_locked(store, org_id, op_id, request, build)
-    if replayed:
-        return entry, True
-    refuse_if_purged(store, org_id)
-    store.outbox.publish_written("ledger", op_id, pending_events)  # a ledger entry is never updated
-    return entry, False
+
+    Group commit: the caller queues its append; whoever finds no group being written takes every
+    append queued for its stripe (``common.batching.GroupCommit``) and writes them as consecutive
+    entries ``n + 1 .. n + k`` with one ordered insert, then their events are published and cleared
+    (``_Publication``). So under load a group of k reservations costs one insert and one tombstone
+    read instead of k of each (and no organization read once it was found active, see
+    ``_ACTIVE``); a lone append is written at once."""
+    entry, replayed, publication = _GROUPS[hash(org_id) % len(_GROUPS)].submit(
+        (store, _Append(org_id, op_id, request, build, check)))
+    if publication is not None:
+        publication.finish()
+    return entry, replayed
 
 
 def _replay(store, org_id, op_id, request):
-    """``(entry, (), True)`` if ``op_id`` was applied already; 409 if with other parameters."""
+    """``(entry, True, None)`` if ``op_id`` was applied already; 409 if with other parameters."""
     existing = store.ledger_entry(op_id)
     if existing is None:
         return None
     if existing["org_id"] != org_id or existing.get("request") != request:
-        raise DomainError("conflict", "this idempotency key was already used with different parameters",
-                          {"idempotency_key": ["Already used with different parameters."]})
-    return existing, (), True
+        return DomainError("conflict", "this idempotency key was already used with different parameters",
+                           {"idempotency_key": ["Already used with different parameters."]})
+    return existing, True, None
 
 
-def _append_locked(store, org_id, op_id, request, build):
-    for attempt in range(MAX_ATTEMPTS):
-        hint = _HEADS.get(org_id) if attempt == 0 else None
-        # With a hint (this process appended last) the insert itself tells whether the key was
-        # applied: its ``_id`` is the key's, so a replay fails the insert and the next round reads
-        # it. That saves a read per append; without a hint the key is looked up first.
-        if hint is None:
-            replay = _replay(store, org_id, op_id, request)
-            if replay is not None:
-                return replay
-        head = hint or store.ledger_head(org_id) or EMPTY_HEAD
+def _write_groups(store_items):
+    """``GroupCommit`` flush of one stripe: the queued appends, organization by organization."""
+    results = [None] * len(store_items)
+    by_org = {}
+    for index, (store, item) in enumerate(store_items):
+        by_org.setdefault((id(store), item.org_id), (store, []))[1].append(index)
+    for store, indexes in by_org.values():
+        for index, result in zip(indexes, _write_group(store, [store_items[i][1] for i in indexes]), strict=True):
+            results[index] = result
+    return results
+
+
+def _write_group(store, items):
+    """Append ``items`` (all of one organization) in arrival order; a result per item:
+    ``(entry, replayed, publication)`` or the exception its caller raises."""
+    org_id = items[0].org_id
+    results = [None] * len(items)
+    if org_id not in _ACTIVE and any(item.check for item in items):
         try:
-            fields, pending_events = build(head)
+            require_active(store, org_id)
+            if len(_ACTIVE) >= _HEADS_MAX:
+                _ACTIVE.clear()
+            _ACTIVE[org_id] = True
         except DomainError as error:
-            if hint is None:
-                raise
-            replay = _replay(store, org_id, op_id, request)  # a replay answers as the first time did
-            if replay is not None:
-                return replay
-            if error.code != "insufficient_credits":
-                raise
-            continue  # never refuse on a hint: another process may have granted since; read the real head
-        now = utcnow()
-        entry = dict(fields, _id=op_id, org_id=org_id, seq=head["seq"] + 1, request=request,
-                     created_at=now)
-        entry["balance_after"] = head["balance_after"] + entry["amount"]
-        if entry["balance_after"] < 0:  # build() refuses first; this is the invariant, stated once more
-            raise DomainError("insufficient_credits", "not enough credits")
-        if entry["amount"] != 0:
-            pending_events = list(pending_events) + [outbox.pending(
-                events.CREDITS_CHANGED, org_id, balance=entry["balance_after"], sequence=entry["seq"],
-                kind=entry["kind"], amount=entry["amount"], entry_id=op_id, job_id=entry.get("job_id"),
-                job_type=entry.get("job_type"), comment=entry.get("comment"))]
-        if store.insert_ledger_entry(entry, *pending_events):
+            for index, item in enumerate(items):
+                if item.check:
+                    results[index] = error
+    pending = [index for index, result in enumerate(results) if result is None]
+    written = []
+    try:
+        _write_pending(store, org_id, items, pending, results, written)
+        failure = DomainError("service_unavailable", "the ledger is too busy, try again")
+    except Exception as error:  # what was written stands (its events are published below); the rest fail
+        failure = error
+    for index in pending:
+        results[index] = failure
+    publication = _Publication(store, org_id, written) if written else None
+    return [(result, False, publication) if isinstance(result, dict) else result for result in results]
+
+
+def _write_pending(store, org_id, items, pending, results, written):
+    """The append loop of one organization's group: fills ``results`` and ``written`` and removes
+    from ``pending`` whatever it answered; raises only what the database raised."""
+    head, proven = _HEADS.get(org_id), False  # a hint is never grounds for a refusal; a read or an insert is
+    conflicts = 0
+    while pending:
+        if head is None:
+            head, proven = store.ledger_head(org_id) or EMPTY_HEAD, True
+        batch, refused = _build(items, pending[:GROUP_MAX], head, org_id)
+        inserted = store.insert_ledger_entries([(entry, queued) for _, entry, queued in batch]) if batch else 0
+        for index, entry, queued in batch[:inserted]:
             metrics.LEDGER_WRITES.labels(entry.get("kind") or "unknown").inc()
+            written.append((entry, queued))
+            results[index] = entry
+            head, proven = entry, True  # the insert proved it the real head
+        del pending[:inserted]
+        if inserted:
             if len(_HEADS) >= _HEADS_MAX:
                 _HEADS.clear()
-            _HEADS[org_id] = entry
-            return entry, pending_events, False
-        # someone else took seq n + 1 (or applied this very key): re-read and try again
-        if attempt > 3:
-            time.sleep(random.uniform(0, min(0.002 * attempt, 0.05)))
-    raise DomainError("service_unavailable", "the ledger is too busy, try again")
+            _HEADS[org_id] = head
+        if inserted < len(batch):  # seq n + 1 was taken by another writer, or this key was applied
+            index = batch[inserted][0]
+            replay = _replay(store, org_id, items[index].op_id, items[index].request)
+            if replay is not None:
+                results[index] = replay
+                pending.remove(index)
+                continue
+            _HEADS.pop(org_id, None)
+            head, conflicts = None, conflicts + 1
+            if conflicts >= MAX_ATTEMPTS:
+                break
+            if conflicts > 3:  # another process keeps winning the position: step aside a little
+                time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
+            continue
+        if refused is not None:  # build() refused the next append on the head it would follow
+            index, error = refused
+            replay = _replay(store, org_id, items[index].op_id, items[index].request)  # answers as the first time
+            if replay is not None or proven or error.code != "insufficient_credits":
+                results[index] = replay if replay is not None else error
+                pending.remove(index)
+            else:
+                head = None  # never refuse on a hint: another process may have granted since
+
+
+def _build(items, indexes, head, org_id):
+    """Entries for ``indexes`` chained on ``head``: ``([(index, entry, events)], (index, error) or
+    None)``, stopping at the first append that ``build`` refuses."""
+    batch = []
+    for index in indexes:
+        item = items[index]
+        try:
+            entry, pending_events = item.context.run(_entry, item, head)
+        except DomainError as error:
+            return batch, (index, error)
+        batch.append((index, entry, pending_events))
+        head = entry
+    return batch, None
+
+
+def _entry(item, head):
+    """The entry ``item`` appends after ``head``, and its events (run in the item's own context)."""
+    fields, pending_events = item.build(head)
+    entry = dict(fields, _id=item.op_id, org_id=item.org_id, seq=head["seq"] + 1, request=item.request,
+                 created_at=utcnow())
+    entry["balance_after"] = head["balance_after"] + entry["amount"]
+    if entry["balance_after"] < 0:  # build() refuses first; this is the invariant, stated once more
+        raise DomainError("insufficient_credits", "not enough credits")
+    pending_events = list(pending_events)
+    if entry["amount"] != 0:
+        pending_events.append(outbox.pending(
+            events.CREDITS_CHANGED, item.org_id, balance=entry["balance_after"], sequence=entry["seq"],
+            kind=entry["kind"], amount=entry["amount"], entry_id=item.op_id, job_id=entry.get("job_id"),
+            job_type=entry.get("job_type"), comment=entry.get("comment")))
+    return entry, pending_events
+
+
+_GROUPS = [GroupCommit(_write_groups, max_batch=GROUP_MAX) for _ in range(64)]
 
 
 def _lots_after_debit(lots, amount):
@@ -200,7 +339,6 @@ def reserve(store, org_id, actor_id, amount, job_id, job_type, idempotency_key):
     job_id = _text(job_id, "job_id", 200)
     job_type = _text(job_type, "job_type", 100)
     key = _text(idempotency_key, "idempotency_key", MAX_KEY)
-    require_active(store, org_id)
     request = {"op": "reservation", "amount": amount, "job_id": job_id, "job_type": job_type}
 
     def build(head):
@@ -211,7 +349,8 @@ def reserve(store, org_id, actor_id, amount, job_id, job_type, idempotency_key):
         return {"kind": "reservation", "amount": -amount, "actor": actor_id, "reference": job_id,
                 "idempotency_key": key, "job_id": job_id, "job_type": job_type, "allocation": allocation,
                 "lots": lots}, []
-    return _append(store, org_id, entry_id(org_id, "key", key), request, build)
+    # the organization is checked by the group this append joins: one read for concurrent reservations
+    return _append(store, org_id, entry_id(org_id, "key", key), request, build, check=True)
 
 
 def settle(store, org_id, actor_id, reservation_id, outcome):

@@ -17,10 +17,10 @@ class CrashAfterLedgerWrite(DependencyProvider):
         if not settings_of(self.container).usage_fault_crash_after_ledger:
             return
         store = next(dep.store for dep in self.container.dependencies if isinstance(dep, StoreProvider))
-        publish_written = store.outbox.publish_written
+        publish_inserted = store.outbox.publish_inserted
 
-        def crash_before_publishing(collection, doc_id, entries, **options):
+        def crash_before_publishing(collection, docs, published=None):
             if collection == "ledger":
                 os._exit(1)
-            return publish_written(collection, doc_id, entries, **options)
-        store.outbox.publish_written = crash_before_publishing
+            return publish_inserted(collection, docs, published)
+        store.outbox.publish_inserted = crash_before_publishing

@@ -13,7 +13,7 @@ Facts learnt from events live in one document per fact (``plans``, ``member_coun
 handlers running at once never overwrite each other's field.
 """
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from common import outbox, pages
 from common.batching import READ_MODEL_LINGER, NewestWins
@@ -130,9 +130,39 @@ class UsageStore(Store):
     def ledger_entry(self, entry_id):
         return self.db.ledger.find_one({"_id": entry_id}, HIDE)
 
-    def insert_ledger_entry(self, entry, *events):
-        """Append; False if the key was applied already or another writer took this ``seq``."""
-        return self._chain_insert("ledger", dict(entry, **outbox.new_document_fields(*events)))
+    def insert_ledger_entries(self, entries):
+        """Append consecutive entries ``(entry, [events])`` with one ordered insert; returns how many
+        went in: a prefix, up to the first whose ``seq`` another writer took or whose key (``_id``)
+        was applied already.
+
+        At most ``pages.PAGE`` entries, so that they touch at most two pages: the top page moves up
+        (``$max``) before the insert, and a head read looks in the top page and the one below, so
+        an insert that stops short must not leave the top two pages above the head."""
+        if not entries:
+            return 0
+        if len(entries) > pages.PAGE:
+            raise ValueError(f"at most {pages.PAGE} entries per insert")
+        starts = [entry["seq"] for entry, _ in entries if pages.starts_page(entry["seq"])]
+        if starts:
+            self.db.organizations.update_one({"_id": entries[0][0]["org_id"]},
+                                             {"$max": {self.CHAINS["ledger"]: pages.number(max(starts))}})
+        docs = [dict(entry, **outbox.new_document_fields(*events), **{pages.FIELD: pages.key(entry["org_id"],
+                                                                                              entry["seq"])})
+                for entry, events in entries]
+        try:
+            self.db.ledger.insert_many(docs, ordered=True)
+        except BulkWriteError as error:
+            details = error.details or {}
+            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
+                raise
+            return details.get("nInserted", 0)
+        return len(docs)
+
+    def publish_ledger_entries(self, entries, published=None):
+        """Publish the events of entries just inserted (``insert_ledger_entries``), then clear them
+        (``Outbox.publish_inserted``); ``published()`` runs between the two."""
+        docs = [dict(outbox.new_document_fields(*events), _id=entry["_id"]) for entry, events in entries if events]
+        return self.outbox.publish_inserted("ledger", docs, published=published)
 
     def ledger_page(self, org_id, limit, before_seq=None, top_seq=0):
         """Newest first, below ``before_seq``; ``top_seq`` is the head's (read a page key at a time)."""

@@ -377,6 +377,8 @@ class FakeUsageStore(FakeStore):
         self.orgs = self.table("organizations")
         self.ledger = self.table("ledger")
         self.expiries = self.table("grant_expiries")
+        self.inserts = []  # entries per insert_ledger_entries call
+        self.clears = 0
 
     def insert_organization(self, org_id, name, created_at):
         self.orgs.setdefault(org_id, {"_id": org_id, "name": name, "status": "active", "created_at": created_at})
@@ -395,12 +397,23 @@ class FakeUsageStore(FakeStore):
     def ledger_entry(self, entry_id):
         return _copy(self.ledger.get(entry_id))
 
-    def insert_ledger_entry(self, entry, *events):
-        taken = any(e["org_id"] == entry["org_id"] and e["seq"] == entry["seq"] for e in self.ledger.values())
-        if taken or entry["_id"] in self.ledger:
-            return False
-        self.ledger[entry["_id"]] = _copy(entry)  # its events are published by the caller (publish_written)
-        return True
+    def insert_ledger_entries(self, entries):
+        """An ordered insert: stops at the first entry whose ``seq`` or ``_id`` is taken."""
+        assert len(entries) <= 32, "at most a page per insert"
+        self.inserts.append(len(entries))
+        for count, (entry, _events) in enumerate(entries):
+            taken = any(e["org_id"] == entry["org_id"] and e["seq"] == entry["seq"] for e in self.ledger.values())
+            if taken or entry["_id"] in self.ledger:
+                return count
+            self.ledger[entry["_id"]] = _copy(entry)  # its events are published by publish_ledger_entries
+        return len(entries)
+
+    def publish_ledger_entries(self, entries, published=None):
+        self.outbox.publish_all([event for _, events in entries for event in events])
+        self.clears += 1
+        if published is not None:
+            published()
+        return sum(len(events) for _, events in entries)
 
     def ledger_entries(self, org_id):
         return sorted((_copy(e) for e in self.ledger.values() if e["org_id"] == org_id), key=lambda e: e["seq"])
@@ -645,6 +658,7 @@ class FakeAuditStore(FakeStore):
         super().__init__()
         self.entries = self.table("entries")
         self.chains = self.table("chains")
+        self.inserts = []  # entries per insert_entries call
 
     def chain(self, org_id):
         return _copy(self.chains.get(org_id))
@@ -662,12 +676,16 @@ class FakeAuditStore(FakeStore):
     def entry_at(self, org_id, seq):
         return _copy(next((e for e in self.entries.values() if e["org_id"] == org_id and e["seq"] == seq), None))
 
-    def insert_entry(self, doc):
-        taken = any(e["org_id"] == doc["org_id"] and e["seq"] == doc["seq"] for e in self.entries.values())
-        if taken or doc["_id"] in self.entries:
-            return False
-        self.entries[doc["_id"]] = _copy(doc)
-        return True
+    def insert_entries(self, docs):
+        """An ordered insert: stops at the first entry whose ``seq`` or ``_id`` is taken."""
+        assert len(docs) <= 32, "at most a page per insert"
+        self.inserts.append(len(docs))
+        for count, doc in enumerate(docs):
+            taken = any(e["org_id"] == doc["org_id"] and e["seq"] == doc["seq"] for e in self.entries.values())
+            if taken or doc["_id"] in self.entries:
+                return count
+            self.entries[doc["_id"]] = _copy(doc)
+        return len(docs)
 
     def retained(self, org_id):
         return None
