@@ -56,7 +56,8 @@ class MembershipStore(Store):
         result = self.db[collection].update_one(query, outbox.update_with_events(update, *events)
                                                 if events else update)
         if result.modified_count and events:
-            self.outbox.publish_written(collection, query["_id"], events)
+            self.outbox.publish_written(collection, query["_id"], events,
+                                        delete_after=bool(update.get("$set", {}).get(outbox.DELETE_AFTER)))
         return bool(result.modified_count)
 
     def _find_and_update(self, collection, query, update, events=(), upsert=False):
