@@ -724,6 +724,11 @@ def start_proxy(inst):
     values = proxy_values(inst)
     os.makedirs(values["PROXY_DIR"], exist_ok=True)
     os.makedirs(inst.log_dir, exist_ok=True)
+    # nginx's workers run unprivileged: they read the error pages and buffer request bodies under
+    # the checkout, which a private folder (mktemp -d) would hide from them -- unless the PostgreSQL
+    # start had opened it already, and with MONGO_URL or a shared PostgreSQL nothing did (403 HTML)
+    for path in (values["PROXY_ERRORS_DIR"], values["PROXY_DIR"]):
+        _traversable(path)
     for template, target in (("gateway.conf.template", "gateway.conf"), ("nginx.conf.template", "nginx.conf")):
         with open(os.path.join(values["PROXY_DIR"], target), "w") as handle:
             handle.write(_render(template, values))
