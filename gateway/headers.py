@@ -2,15 +2,11 @@
 ``CORS_ALLOWED_ORIGINS`` only, and the request target's length (``MAX_URL_BYTES``, 414 in the
 error shape). ``init_app(app, settings)`` sets them up.
 
-The security headers and the target limit are applied by the WSGI middleware (``gateway/wsgi.py``):
-constant header tuples appended to every answer that lacks them, no Flask hook and no werkzeug
-header validation per request. CORS depends on the request's ``Origin`` and merges into ``Vary``
-and the preflight's ``Allow``, so it stays an ``after_request`` hook, registered only when origins
-are configured.
+All of it is applied by the WSGI middleware (``gateway/wsgi.py``) to the answer's header list:
+constant header tuples appended to every answer that lacks them, CORS from the environ's
+``Origin``, no Flask hook and no werkzeug header validation per request.
 """
 import json
-
-from flask import request
 
 from gateway import wsgi
 from gateway.errors import error_document
@@ -33,30 +29,49 @@ def init_app(app, settings):
     edge = wsgi.install(app)
     edge.add_headers(SECURITY_HEADERS)  # those the answer lacks (the console's pages set some of their own)
     edge.max_target, edge.too_long = settings.max_url_bytes, _too_long(settings.max_url_bytes)
-    allowed_origins = set(settings.cors_allowed_origins)
-    if not allowed_origins:
-        return
+    allowed_origins = frozenset(settings.cors_allowed_origins)
+    if allowed_origins:
+        edge.cors = _cors(allowed_origins)
 
-    @app.after_request
-    def cors(response):
-        response.vary.add("Origin")  # answers differ per origin: caches must keep them apart
-        origin = request.headers.get("Origin")
+
+def _cors(allowed_origins):
+    """CORS for ``allowed_origins``, applied to an answer's WSGI header list: ``Vary: Origin`` on
+    every answer (answers differ per origin: caches must keep them apart), and for an allowed
+    ``Origin`` the allow-origin header with either the preflight's answer (the route's methods, as
+    Flask's automatic ``OPTIONS`` answer lists them in ``Allow``) or the exposed headers. The
+    ``Origin`` echoed is one of the configured origins, never other client text."""
+    preflight_headers = [("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                         ("Access-Control-Max-Age", str(CORS_MAX_AGE))]
+    expose = ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
+
+    def cors(environ, headers):
+        allow = None
+        for index, (name, value) in enumerate(headers):
+            lower = name.lower()
+            if lower == "vary":
+                if "origin" not in {token.strip().lower() for token in value.split(",")}:
+                    headers[index] = (name, f"{value}, Origin" if value.strip() else "Origin")
+                break
+            if lower == "allow":
+                allow = value
+        else:
+            headers.append(("Vary", "Origin"))
+        origin = environ.get("HTTP_ORIGIN")
         if origin and origin in allowed_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
-                # preflight: the route's methods (Flask's automatic OPTIONS answer lists them)
-                response.headers["Access-Control-Allow-Methods"] = response.headers.get("Allow", "")
-                response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-                response.headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE)
+            headers.append(("Access-Control-Allow-Origin", origin))
+            if environ.get("REQUEST_METHOD") == "OPTIONS" and environ.get("HTTP_ACCESS_CONTROL_REQUEST_METHOD"):
+                if allow is None:
+                    allow = next((value for name, value in headers if name.lower() == "allow"), "")
+                headers.append(("Access-Control-Allow-Methods", allow))
+                headers.extend(preflight_headers)
             else:
-                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
-        return response
+                headers.append(expose)
+    return cors
 
 
 def _too_long(max_url_bytes):
     """The answer to a request target over ``MAX_URL_BYTES``: 414 in the error shape, made by the
-    middleware before Flask parses the target (the middleware adds the request id and headers; as
-    no Flask hook runs, it carries no CORS headers)."""
+    middleware before Flask parses the target (the middleware adds the request id and headers)."""
     document = error_document("uri_too_long", f"the request target is longer than {max_url_bytes} bytes")
     data = (json.dumps(document, separators=(",", ":")) + "\n").encode()
 

@@ -1,7 +1,8 @@
 """The fixed work of every answer in one thin WSGI middleware around the Flask app.
 
-Every request gets a request id, every answer the request id and the security headers, every request
-target is held to ``MAX_URL_BYTES``, and every answer is counted in the metrics. Done as Flask hooks
+Every request gets a request id, every answer the request id, the security headers and (with
+``CORS_ALLOWED_ORIGINS``) the CORS headers, every request target is held to ``MAX_URL_BYTES``, and
+every answer is counted in the metrics. Done as Flask hooks
 this was the larger part of a ``/healthz`` answer (about 70 us of werkzeug context-local look-ups,
 validated header writes and Prometheus file writes against about 45 us for Flask's own work); here it
 is a few dictionary reads of the WSGI environ and a few tuples appended to the header list in
@@ -10,7 +11,7 @@ is a few dictionary reads of the WSGI environ and a few tuples appended to the h
 catch.
 
 Each concern configures its part in its own ``init_app`` (``gateway/requestid.py``: installs this;
-``gateway/headers.py``: the headers and the target limit; ``gateway/metrics.py``: ``observe``).
+``gateway/headers.py``: the headers, CORS and the target limit; ``gateway/metrics.py``: ``observe``).
 
 What the rest of the gateway reads: the request id is bound for the request's thread
 (``common.context``, read by the RPC pool and the log formatter) while the app runs, and kept in the
@@ -78,6 +79,7 @@ class Edge:
         self.max_target = None  # MAX_URL_BYTES: a longer request target is answered by too_long
         self.too_long = None  # a WSGI app (gateway/headers.py: 414 in the error shape)
         self.observe = None  # observe(route, method, status, seconds) after each answer
+        self.cors = None  # cors(environ, headers): CORS_ALLOWED_ORIGINS' headers (gateway/headers.py)
 
     def add_headers(self, headers):
         """``headers`` ({name: value}) on every answer that lacks them (the console's pages set their
@@ -111,6 +113,8 @@ class Edge:
             else:  # the usual answer sets none of ours: append them all
                 headers.append((_REQUEST_ID_HEADER, request_id))
                 headers.extend(self.headers)
+            if self.cors is not None:
+                self.cors(environ, headers)
             return start_response(status, headers, exc_info)
 
         tokens = context.bind(request_id)

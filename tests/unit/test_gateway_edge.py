@@ -223,3 +223,40 @@ def test_redaction_takes_its_shortcut_only_where_nothing_is_redacted():
     for text in ("/healthz", "GET /a/invites/t0k3n?x=1 HTTP/1.1", "/x?token=1#f", "/deletions/r?", "/invites",
                  "/Invites/abc", "?password=p&b=2 HTTP/1.0", "/a/b/c"):
         assert accesslog.redact(text) == always(text), text
+
+
+# -- CORS ---------------------------------------------------------------------------------------
+
+ORIGIN = "https://app.example.test"
+
+
+@pytest.fixture(scope="module")
+def cors_client():
+    return create_app({"AMQP_URI": f"amqp://guest:guest@127.0.0.1:{free_port()}/", "CONSOLE_SESSION_KEY": "unit",
+                       "CORS_ALLOWED_ORIGINS": ORIGIN}).test_client()
+
+
+def test_cors_answers_the_allowed_origin_only_and_always_varies_by_origin(cors_client):
+    allowed = cors_client.get("/api/v1/me", headers={"Origin": ORIGIN})
+    assert allowed.status_code == 401
+    assert allowed.headers.getlist("Access-Control-Allow-Origin") == [ORIGIN]
+    assert "Retry-After" in allowed.headers["Access-Control-Expose-Headers"]
+    assert allowed.headers.getlist("Vary") == ["Origin"]
+    for origin in (None, "https://evil.example.test", "null", ORIGIN + ".evil.test"):
+        other = cors_client.get("/healthz", headers={"Origin": origin} if origin else {})
+        assert "Access-Control-Allow-Origin" not in other.headers and other.headers["Vary"] == "Origin"
+    page = cors_client.get("/login", headers={"Origin": ORIGIN})  # the console varies by Cookie already
+    assert page.headers.getlist("Vary") == ["Cookie, Origin"]
+
+
+def test_a_cors_preflight_names_the_routes_methods(cors_client):
+    answer = cors_client.options("/api/v1/auth/login", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "POST" in {m.strip() for m in answer.headers["Access-Control-Allow-Methods"].split(",")}
+    assert "content-type" in answer.headers["Access-Control-Allow-Headers"].lower()
+    assert int(answer.headers["Access-Control-Max-Age"]) > 0
+    refused = cors_client.options("/api/v1/auth/login", headers={
+        "Origin": "https://evil.example.test", "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Methods" not in refused.headers
