@@ -13,7 +13,7 @@ from datetime import UTC, timedelta
 
 import pymongo
 from nameko.extensions import DependencyProvider
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from common import outbox, pages, tombstones
 from common.batching import SharedReads
@@ -169,6 +169,19 @@ class Store:
                         queued = queued if queued.tzinfo else queued.replace(tzinfo=UTC)
                         oldest = queued if oldest is None else min(oldest, queued)
         return pending, oldest
+
+    def insert_in_order(self, collection, docs):
+        """Insert ``docs`` with one ordered command and return how many went in: it stops at the
+        first duplicate key (a chain's next position another writer took, or an entry already
+        there), so nothing after that one lands. Any other error raises."""
+        try:
+            self.db[collection].insert_many(docs, ordered=True)
+        except BulkWriteError as error:
+            details = error.details or {}
+            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
+                raise
+            return details.get("nInserted", 0)
+        return len(docs)
 
     def take_back_if_purged(self, org_id, collection, doc_id):
         """After an upsert for ``org_id`` that checked ``was_purged`` first: a purge that ran in

@@ -22,7 +22,7 @@
 import uuid
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from common import pages
 from common.events import utcnow
@@ -104,14 +104,7 @@ class AuditStore(Store):
         starts = [doc["seq"] for doc in docs if pages.starts_page(doc["seq"])]
         if starts:
             self.db.chains.update_one({"_id": docs[0]["org_id"]}, {"$max": {"top_page": pages.number(max(starts))}})
-        try:
-            self.db.entries.insert_many([dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs], ordered=True)
-        except BulkWriteError as error:
-            details = error.details or {}
-            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
-                raise
-            return details.get("nInserted", 0)
-        return len(docs)
+        return self.insert_in_order("entries", [dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs])
 
     def bulks(self, org_id, first_seq, top_seq):
         """The kept entries from ``first_seq`` up to ``top_seq``, oldest first, one list per bulk key

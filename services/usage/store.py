@@ -13,7 +13,7 @@ Facts learnt from events live in one document per fact (``plans``, ``member_coun
 handlers running at once never overwrite each other's field.
 """
 from pymongo import ASCENDING, DESCENDING, IndexModel
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from common import outbox, pages
 from common.batching import READ_MODEL_LINGER, NewestWins
@@ -149,14 +149,7 @@ class UsageStore(Store):
         docs = [dict(entry, **outbox.new_document_fields(*events), **{pages.FIELD: pages.key(entry["org_id"],
                                                                                               entry["seq"])})
                 for entry, events in entries]
-        try:
-            self.db.ledger.insert_many(docs, ordered=True)
-        except BulkWriteError as error:
-            details = error.details or {}
-            if any(failure.get("code") != 11000 for failure in details.get("writeErrors") or ()):
-                raise
-            return details.get("nInserted", 0)
-        return len(docs)
+        return self.insert_in_order("ledger", docs)
 
     def publish_ledger_entries(self, entries, published=None):
         """Publish the events of entries just inserted (``insert_ledger_entries``), then clear them
