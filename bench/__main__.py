@@ -17,6 +17,7 @@ from bench import (
     abuse,
     cpu,
     deletion,
+    floor,
     growth,
     harness,  # sets the bench instance's environment before anything reads it
     mail,
@@ -115,6 +116,8 @@ def main(argv=None):
             figures.append(Figure("ledger_vs_insert", result["ledger_vs_insert"], ">= 0.25",
                                   f'({result["ledger_rate"]:.0f} reservations/s vs {result["insert_rate"]:.0f} '
                                   'inserts/s)'))
+            print("[3a/7] the floor under ledger_vs_insert: the design's hops with no logic on them", flush=True)
+            figures.extend(floor.measure(inst, result["insert_rate"]))
         if "growth" in parts:
             print("[3b/7] growth: one organization's pages with 10x data elsewhere and 10x its own", flush=True)
             figures.extend(growth.measure(inst, client))
