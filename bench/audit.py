@@ -25,8 +25,10 @@ def measure(inst, client):
     owner = client.signup("Audit Bench")
     org_id, token = owner["organization"]["id"], owner["access_token"]
     path = f"/organizations/{org_id}/audit-log/verify"
-    head = client.wait(lambda: (lambda v: v if v["last_sequence"] and v["last_sequence"] >= 2 else None)(
-        client.call("GET", path, token)), "the sign-up's audit entries")
+    # 404 until the audit service has handled the organization's first event (README, "Audit log"):
+    # after the deletion part it may still be catching up on the purges' events
+    head = client.wait(lambda: (lambda v: v if (v.get("last_sequence") or 0) >= 2 else None)(
+        client.call("GET", path, token, expect=(200, 404))), "the sign-up's audit entries")
     mongo = pymongo.MongoClient(inst.mongo_url, tz_aware=True)
     try:
         db = mongo[inst.db_prefix + "audit"]
