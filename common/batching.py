@@ -15,6 +15,7 @@ results (or an exception raised by ``flush``) is raised in the caller(s) concern
 real threads and with eventlet's patched ``threading`` (nameko services).
 """
 import copy
+import random
 import threading
 import time
 
@@ -22,6 +23,22 @@ import time
 #: others: a burst of events trickling in is then a few updates instead of one each, and the fact
 #: shows at most this much later.
 READ_MODEL_LINGER = 0.05
+
+
+def remember(cache, key, value, limit=10_000):
+    """``cache[key] = value`` in a per-process memo of at most ``limit`` keys, emptied whole when
+    full: what a group commit remembers between groups (an organization's head, that it is active)
+    is a hint the next write proves or refutes, so forgetting all of it at once is only a read more."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
+def step_aside(conflicts):
+    """After more than three lost races for the same position (another process keeps winning it),
+    wait a random moment that grows with the count, at most 50 ms, so the two stop colliding."""
+    if conflicts > 3:
+        time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
 
 
 class _Slot:

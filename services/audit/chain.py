@@ -14,11 +14,10 @@ event finds its entries and adds none.
 """
 import hashlib
 import json
-import random
 import time
 
 from common import pages
-from common.batching import READ_MODEL_LINGER, GroupCommit
+from common.batching import READ_MODEL_LINGER, GroupCommit, remember, step_aside
 from common.errors import DomainError
 from common.events import utcnow
 from services.audit import deletion
@@ -73,12 +72,6 @@ def record_event(store, event, resolve):
     return _GROUPS[hash(event["organization_id"]) % len(_GROUPS)].submit((store, event, resolve))
 
 
-def _remember(cache, key, value):
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[key] = value
-
-
 def _write_groups(queued):
     """``GroupCommit`` flush of one stripe: the queued events, organization by organization, in
     arrival order; a count of new entries (or an error) per event."""
@@ -117,7 +110,7 @@ def _record_group(store, queued):
     if org_id not in _CHAINS:
         if store.chain(org_id) is None:
             store.start_chain(org_id, pending[0][1]["at"])
-        _remember(_CHAINS, org_id, True)
+        remember(_CHAINS, org_id, True, _CACHE_MAX)
     left = list(pending)
     try:
         _write_group(store, org_id, left, counts)
@@ -156,7 +149,7 @@ def _write_group(store, org_id, pending, counts):
             head = doc
         del pending[:inserted]
         if inserted:
-            _remember(_HEADS, org_id, head)
+            remember(_HEADS, org_id, head, _CACHE_MAX)
         if inserted == len(docs):
             continue
         if store.entry(docs[inserted]["_id"]) is not None:
@@ -166,8 +159,7 @@ def _write_group(store, org_id, pending, counts):
         known, conflicts = False, conflicts + 1
         if conflicts >= MAX_ATTEMPTS:
             return
-        if conflicts > 3:  # another replica keeps winning the position: step aside a little
-            time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
+        step_aside(conflicts)
 
 
 _GROUPS = [GroupCommit(_write_groups, max_batch=pages.PAGE, linger=READ_MODEL_LINGER) for _ in range(64)]

@@ -12,13 +12,11 @@ outbox and are published after the insert (or by the sweep after a crash). See d
 import contextvars
 import hashlib
 import logging
-import random
 import threading
-import time
 from datetime import timedelta
 
 from common import events, metrics, outbox, pages
-from common.batching import GroupCommit
+from common.batching import GroupCommit, remember, step_aside
 from common.errors import DomainError, gone, not_found
 from common.events import isoformat, utcnow
 from common.organizations import require_active
@@ -194,9 +192,7 @@ def _write_group(store, items):
     if org_id not in _ACTIVE and any(item.check for item in items):
         try:
             require_active(store, org_id)
-            if len(_ACTIVE) >= _HEADS_MAX:
-                _ACTIVE.clear()
-            _ACTIVE[org_id] = True
+            remember(_ACTIVE, org_id, True, _HEADS_MAX)
         except DomainError as error:
             for index, item in enumerate(items):
                 if item.check:
@@ -231,9 +227,7 @@ def _write_pending(store, org_id, items, pending, results, written):
             head, proven = entry, True  # the insert proved it the real head
         del pending[:inserted]
         if inserted:
-            if len(_HEADS) >= _HEADS_MAX:
-                _HEADS.clear()
-            _HEADS[org_id] = head
+            remember(_HEADS, org_id, head, _HEADS_MAX)
         if inserted < len(batch):  # seq n + 1 was taken by another writer, or this key was applied
             index = batch[inserted][0]
             replay = _replay(store, org_id, items[index].op_id, items[index].request)
@@ -245,8 +239,7 @@ def _write_pending(store, org_id, items, pending, results, written):
             head, conflicts = None, conflicts + 1
             if conflicts >= MAX_ATTEMPTS:
                 break
-            if conflicts > 3:  # another process keeps winning the position: step aside a little
-                time.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
+            step_aside(conflicts)
             continue
         if refused is not None:  # build() refused the next append on the head it would follow
             index, error = refused
