@@ -9,6 +9,7 @@ Events the real store would queue in its outbox are appended to ``outbox.publish
 """
 import copy
 import itertools
+import time
 from contextlib import contextmanager
 
 from common import tombstones
@@ -693,3 +694,21 @@ class FakeAuditStore(FakeStore):
     def bulks(self, org_id, first_seq, top_seq):
         yield sorted((_copy(e) for e in self.entries.values()
                       if e["org_id"] == org_id and first_seq <= e["seq"] <= top_seq), key=lambda e: e["seq"])
+
+
+class SlowWrites:
+    """A fake store whose ``method`` takes ``seconds`` per call: writes arriving meanwhile queue
+    behind it and the next group carries them all (as a database round trip does for real)."""
+
+    def __init__(self, store, method, seconds=0.02):
+        self.store, self.method, self.seconds = store, method, seconds
+
+    def __getattr__(self, name):
+        found = getattr(self.store, name)
+        if name != self.method:
+            return found
+
+        def slow(*args, **kwargs):
+            time.sleep(self.seconds)
+            return found(*args, **kwargs)
+        return slow

@@ -1,12 +1,11 @@
 """The audit log's rules on an in-memory store: what an event means, the hash chain and its check."""
 import threading
-import time
 import uuid
 
 from common import events
 from common.events import make_event
 from services.audit import chain, deletion, entries
-from tests.unit.fakes import FakeAuditStore
+from tests.unit.fakes import FakeAuditStore, SlowWrites
 
 
 def recorded(store, kind, org_id, **payload):
@@ -53,20 +52,6 @@ def test_the_audit_purge_leaves_nothing_and_reports():
 
 # -- group commit: a burst of events of one organization ---------------------------------------------
 
-class SlowInserts:
-    """Each insert takes a moment, so events handled meanwhile queue and the next group carries them."""
-
-    def __init__(self, store, seconds=0.02):
-        self.store, self.seconds = store, seconds
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    def insert_entries(self, docs):
-        time.sleep(self.seconds)
-        return self.store.insert_entries(docs)
-
-
 def renamed(org_id, name):
     _, _, body = make_event(events.ORGANIZATION_RENAMED, org_id, name=name, previous_name="Lab")
     event = events.load_event(events.ORGANIZATION_RENAMED, body)
@@ -91,7 +76,7 @@ def record_together(store, recordings):
 def test_concurrent_events_are_appended_in_groups_and_the_chain_verifies():
     store, org_id = FakeAuditStore(), str(uuid.uuid4())
     recordings = [renamed(org_id, f"Name {index}") for index in range(20)]
-    assert record_together(SlowInserts(store), recordings) == [1] * 20
+    assert record_together(SlowWrites(store, "insert_entries"), recordings) == [1] * 20
     assert sorted(e["seq"] for e in store.entries.values()) == list(range(1, 21))
     assert sorted(e["event_id"] for e in store.entries.values()) == sorted(event["event_id"] for event, _ in recordings)
     assert max(store.inserts) > 1 and len(store.inserts) < 20  # grouped
@@ -102,7 +87,7 @@ def test_concurrent_events_are_appended_in_groups_and_the_chain_verifies():
 def test_an_event_delivered_twice_at_once_is_recorded_once():
     store, org_id = FakeAuditStore(), str(uuid.uuid4())
     recordings = [renamed(org_id, f"Name {index}") for index in range(5)]
-    assert sorted(record_together(SlowInserts(store), recordings * 3)) == [0] * 10 + [1] * 5
+    assert sorted(record_together(SlowWrites(store, "insert_entries"), recordings * 3)) == [0] * 10 + [1] * 5
     assert len(store.entries) == 5 and chain.verify(store, org_id)["ok"]
 
 

@@ -1,6 +1,5 @@
 """The credit ledger's arithmetic on an in-memory store: grants, reservations, settlements, expiry."""
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -9,6 +8,7 @@ from common import context
 from common.errors import DomainError
 from common.events import utcnow
 from services.usage import credits
+from tests.unit.fakes import SlowWrites
 from tests.unit.refusals import code
 
 
@@ -97,21 +97,6 @@ def test_the_ledger_pages_newest_first(usage_store, org):
 
 # -- group commit: concurrent appends of one organization -------------------------------------------
 
-class SlowInserts:
-    """Wraps a fake usage store so that each insert takes a moment: appends arriving meanwhile queue
-    behind it and the next group carries them all (as a database round trip does for real)."""
-
-    def __init__(self, store, seconds=0.02):
-        self.store, self.seconds = store, seconds
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
-
-    def insert_ledger_entries(self, entries):
-        time.sleep(self.seconds)
-        return self.store.insert_ledger_entries(entries)
-
-
 def run_together(count, work):
     """``work(i)`` for i in range(count) on as many threads, released together; results or errors."""
     barrier, results = threading.Barrier(count), [None] * count
@@ -136,7 +121,7 @@ def credit_events(store):
 
 def test_concurrent_reservations_are_written_in_groups_as_one_unbroken_chain(usage_store, org):
     credits.grant(usage_store, org, "su", 100_000, "g1")
-    slow = SlowInserts(usage_store)
+    slow = SlowWrites(usage_store, "insert_ledger_entries")
 
     def reserve(index):
         tokens = context.bind(f"request-{index}")
@@ -163,7 +148,7 @@ def test_concurrent_reservations_are_written_in_groups_as_one_unbroken_chain(usa
 
 def test_a_group_never_overdraws(usage_store, org):
     credits.grant(usage_store, org, "su", 7000, "g1")
-    slow = SlowInserts(usage_store)
+    slow = SlowWrites(usage_store, "insert_ledger_entries")
     results = run_together(20, lambda index: credits.reserve(slow, org, "u1", 1000, f"job-{index}", "seg",
                                                              f"r{index}"))
     refused = [result for result in results if isinstance(result, DomainError)]
@@ -175,7 +160,7 @@ def test_a_group_never_overdraws(usage_store, org):
 
 def test_a_key_sent_twice_at_once_is_applied_once(usage_store, org):
     credits.grant(usage_store, org, "su", 100_000, "g1")
-    slow = SlowInserts(usage_store)
+    slow = SlowWrites(usage_store, "insert_ledger_entries")
     results = run_together(12, lambda index: credits.reserve(slow, org, "u1", 1000, "job", "seg", f"r{index % 4}"))
     assert sum(1 for result in results if not isinstance(result, DomainError) and not result[1]) == 4
     assert sum(1 for result in results if not isinstance(result, DomainError) and result[1]) == 8
@@ -207,8 +192,8 @@ def test_a_refusal_on_the_hint_reads_the_real_head_first(usage_store, org):
 def test_an_organization_being_deleted_refuses_the_whole_group(usage_store, org):
     credits.grant(usage_store, org, "su", 100_000, "g1")
     usage_store.orgs[org]["status"] = "deleting"
-    results = run_together(6, lambda index: credits.reserve(SlowInserts(usage_store), org, "u1", 1000, "job", "seg",
-                                                            f"r{index}"))
+    slow = SlowWrites(usage_store, "insert_ledger_entries")
+    results = run_together(6, lambda index: credits.reserve(slow, org, "u1", 1000, "job", "seg", f"r{index}"))
     assert {result.code for result in results} == {"organization_gone"}
     assert len(usage_store.ledger_entries(org)) == 1
 
