@@ -17,12 +17,14 @@ a quorum queue as for a classic one (about 0.5 ms, and 0.2 ms per further queue,
 """
 import os
 import threading
-import time
 import urllib.parse
 import uuid
 
+import pymongo
+
 from bench import cpu
 from bench.harness import Figure
+from bench.ledger import run_threads
 from common import bus
 from stack import stack
 
@@ -30,26 +32,19 @@ SUBSCRIBER_QUEUES = ("evt-floor-reserved--floor_a.on_reserved", "evt-floor-reser
 
 
 def _calls(proxies, n, write, org_id):
-    """``n`` reservations spread over the proxies' threads; returns the elapsed seconds."""
-    lock, next_index = threading.Lock(), [0]
+    """``n`` reservations over the proxies, one thread each (``bench.ledger.run_threads``); returns the
+    elapsed seconds."""
+    free, lock, mine = list(proxies), threading.Lock(), threading.local()
 
-    def worker(proxy):
-        while True:
+    def reserve(index):
+        proxy = getattr(mine, "proxy", None)
+        if proxy is None:
             with lock:
-                index = next_index[0]
-                next_index[0] += 1
-            if index >= n:
-                return
-            proxy.floor.reserve({"_id": uuid.uuid4().hex, "org_id": org_id, "seq": index + 1, "kind": "reservation",
-                                 "amount": -1000, "job_id": f"floor-{index}", "idempotency_key": f"floor-{index}"},
-                                write=write)
-    threads = [threading.Thread(target=worker, args=(proxy,)) for proxy in proxies]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
+                proxy = mine.proxy = free.pop()
+        proxy.floor.reserve({"_id": uuid.uuid4().hex, "org_id": org_id, "seq": index + 1, "kind": "reservation",
+                             "amount": -1000, "job_id": f"floor-{index}", "idempotency_key": f"floor-{index}"},
+                            write=write)
+    return run_threads(n, len(proxies), reserve)
 
 
 def measure(inst, insert_rate, n=1500, threads=8):
@@ -108,8 +103,6 @@ def measure(inst, insert_rate, n=1500, threads=8):
             proxy.stop()
         stack.stop_pid_file(pid_file)
         management("DELETE", f"/api/vhosts/{bus.quote(vhost)}")
-        import pymongo
-
         client = pymongo.MongoClient(inst.mongo_url)
         client.drop_database(scratch_db)
         client.close()

@@ -29,7 +29,7 @@ def _login(api, email, password):
     return response.json()["access_token"]
 
 
-def _run_threads(count, threads, work):
+def run_threads(count, threads, work):
     """Run ``work(i)`` for i in range(count) on ``threads`` threads; returns elapsed seconds."""
     lock = threading.Lock()
     next_index = [0]
@@ -93,7 +93,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
         if response.status_code != 201:
             failures.append(response.status_code)
     with observe() as ledger_observed:
-        ledger_seconds = _run_threads(n, threads, reserve)
+        ledger_seconds = run_threads(n, threads, reserve)
         settled_seconds = settle() if settle is not None else None
 
     client = pymongo.MongoClient(mongo_url, tz_aware=True)
@@ -105,7 +105,7 @@ def measure(api, mongo_url, superuser, n=300, threads=8, scratch_db="bench_scrat
         scratch.entries.insert_one(dict(template, _id=uuid.uuid4().hex, org_id=org_id, seq=index + 2,
                                         idempotency_key=f"bench-{index}"))
     with observe() as insert_observed:
-        insert_seconds = _run_threads(n, threads, insert)
+        insert_seconds = run_threads(n, threads, insert)
     client.drop_database(scratch_db)
     client.close()
     return {"n": n, "threads": threads, "failures": len(failures), "ledger_seconds": ledger_seconds,
