@@ -183,6 +183,24 @@ class Store:
             return details.get("nInserted", 0)
         return len(docs)
 
+    def insert_chain_run(self, collection, docs, tops, top_field):
+        """Append consecutive entries of one organization's chain (``seq`` n + 1, n + 2, ...; each
+        with its page key) with one ordered insert; returns how many went in, a prefix up to the
+        first whose ``seq`` or ``_id`` is taken (:meth:`insert_in_order`).
+
+        The chain's top page (``top_field`` of the organization's document in ``tops``) moves up
+        (``$max``) before the insert, so a reader never misses a written entry; at most
+        ``pages.PAGE`` entries, so they touch at most two pages and an insert that stops short
+        leaves the head in the top page or the one below, where a head read looks."""
+        if not docs:
+            return 0
+        if len(docs) > pages.PAGE:
+            raise ValueError(f"at most {pages.PAGE} entries per insert")
+        starts = [doc["seq"] for doc in docs if pages.starts_page(doc["seq"])]
+        if starts:
+            self.db[tops].update_one({"_id": docs[0]["org_id"]}, {"$max": {top_field: pages.number(max(starts))}})
+        return self.insert_in_order(collection, docs)
+
     def take_back_if_purged(self, org_id, collection, doc_id):
         """After an upsert for ``org_id`` that checked ``was_purged`` first: a purge that ran in
         between (it remembers the organization, then deletes) may have missed the new document, so

@@ -25,6 +25,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from common import pages
+from common.batching import remember
 from common.events import utcnow
 from common.mongo import Store, purge_delete
 
@@ -92,19 +93,11 @@ class AuditStore(Store):
         return self.db.entries.find_one({"_id": entry_id})
 
     def insert_entries(self, docs):
-        """Insert consecutive entries of one organization with one ordered insert; returns how many
-        went in: a prefix, up to the first whose ``seq`` or ``_id`` is taken (the caller re-reads).
-
-        At most ``pages.PAGE`` of them, so they touch at most two pages: the top page moves up before
-        the insert, and a head read looks in the top page and the one below."""
-        if not docs:
-            return 0
-        if len(docs) > pages.PAGE:
-            raise ValueError(f"at most {pages.PAGE} entries per insert")
-        starts = [doc["seq"] for doc in docs if pages.starts_page(doc["seq"])]
-        if starts:
-            self.db.chains.update_one({"_id": docs[0]["org_id"]}, {"$max": {"top_page": pages.number(max(starts))}})
-        return self.insert_in_order("entries", [dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs])
+        """Insert consecutive entries of one organization with one ordered insert
+        (``insert_chain_run``); returns how many went in: a prefix, up to the first whose ``seq`` or
+        ``_id`` is taken (the caller re-reads)."""
+        return self.insert_chain_run("entries", [dict(doc, **keys(doc["org_id"], doc["seq"])) for doc in docs],
+                                     "chains", "top_page")
 
     def bulks(self, org_id, first_seq, top_seq):
         """The kept entries from ``first_seq`` up to ``top_seq``, oldest first, one list per bulk key
@@ -193,9 +186,7 @@ class AuditStore(Store):
         return token
 
     def _remember_token(self, key, token, name):
-        if len(self._tokens) >= self.TOKENS_MAX:
-            self._tokens.clear()
-        self._tokens[key] = (token, name)
+        remember(self._tokens, key, (token, name), self.TOKENS_MAX)
 
     def _forgotten(self, digest):
         return self.db.forgotten_people.find_one({"_id": digest}, {"_id": 1}) is not None

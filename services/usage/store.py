@@ -113,16 +113,9 @@ class UsageStore(Store):
         return None
 
     def _chain_insert(self, collection, doc):
-        """Insert entry ``seq`` of a chain; the first entry of a page moves the top page up first
-        (so a reader never misses a written entry). False if ``seq`` or ``_id`` is taken."""
-        if pages.starts_page(doc["seq"]):
-            self.db.organizations.update_one({"_id": doc["org_id"]},
-                                             {"$max": {self.CHAINS[collection]: pages.number(doc["seq"])}})
-        try:
-            self.db[collection].insert_one(dict(doc, **{pages.FIELD: pages.key(doc["org_id"], doc["seq"])}))
-            return True
-        except DuplicateKeyError:
-            return False
+        """Insert entry ``seq`` of a chain (``insert_chain_run``); False if ``seq`` or ``_id`` is taken."""
+        doc = dict(doc, **{pages.FIELD: pages.key(doc["org_id"], doc["seq"])})
+        return self.insert_chain_run(collection, [doc], "organizations", self.CHAINS[collection]) == 1
 
     def ledger_head(self, org_id, organization=None):
         return self._chain_head("ledger", org_id, organization)
@@ -131,25 +124,13 @@ class UsageStore(Store):
         return self.db.ledger.find_one({"_id": entry_id}, HIDE)
 
     def insert_ledger_entries(self, entries):
-        """Append consecutive entries ``(entry, [events])`` with one ordered insert; returns how many
-        went in: a prefix, up to the first whose ``seq`` another writer took or whose key (``_id``)
-        was applied already.
-
-        At most ``pages.PAGE`` entries, so that they touch at most two pages: the top page moves up
-        (``$max``) before the insert, and a head read looks in the top page and the one below, so
-        an insert that stops short must not leave the top two pages above the head."""
-        if not entries:
-            return 0
-        if len(entries) > pages.PAGE:
-            raise ValueError(f"at most {pages.PAGE} entries per insert")
-        starts = [entry["seq"] for entry, _ in entries if pages.starts_page(entry["seq"])]
-        if starts:
-            self.db.organizations.update_one({"_id": entries[0][0]["org_id"]},
-                                             {"$max": {self.CHAINS["ledger"]: pages.number(max(starts))}})
+        """Append consecutive entries ``(entry, [events])`` with one ordered insert
+        (``insert_chain_run``); returns how many went in: a prefix, up to the first whose ``seq``
+        another writer took or whose key (``_id``) was applied already."""
         docs = [dict(entry, **outbox.new_document_fields(*events), **{pages.FIELD: pages.key(entry["org_id"],
                                                                                               entry["seq"])})
                 for entry, events in entries]
-        return self.insert_in_order("ledger", docs)
+        return self.insert_chain_run("ledger", docs, "organizations", self.CHAINS["ledger"])
 
     def publish_ledger_entries(self, entries, published=None):
         """Publish the events of entries just inserted (``insert_ledger_entries``), then clear them
